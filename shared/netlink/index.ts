@@ -1,0 +1,18 @@
+/**
+ * netlink-ts: the project's netlink package. Layers, bottom up:
+ *   native.ts   the only file that loads the native binding (socket/setns/flock)
+ *   codec.ts    netlink wire format, pure
+ *   socket.ts   request/ack/dump over one socket bound to one namespace
+ *   link/addr/route/neigh.ts  rtnetlink message codecs, pure
+ *   handle.ts   typed verbs (linkAdd, addrAdd, routeAdd, neighSet, fdbAdd, ...)
+ */
+export * from './consts';
+export { NetlinkError, isNetlinkError, isNotFound, errnoName } from './errors';
+export { NetlinkHandle, withHandle, linkExistsInNetns } from './handle';
+export type { NeighSpec, FdbSpec } from './handle';
+export type { Link, LinkSpec, MacvlanMode, IpvlanMode, IpvlanFlag } from './link';
+export type { Addr, AddrOptions } from './addr';
+export type { Route, RouteSpec } from './route';
+export type { Neigh } from './neigh';
+export { parseIp, parseCidr, formatIp, formatCidr, networkOf, canonicalIp, parseMac, formatMac, isIp, AddressParseError } from './ipaddr';
+export type { IpAddr, Cidr } from './ipaddr';

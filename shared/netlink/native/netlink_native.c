@@ -1,0 +1,228 @@
+/*
+ * The only native code in netlink-ts: thin wrappers over the system calls
+ * that Node cannot make itself. Everything above the socket (message
+ * framing, attributes, rtnetlink and xfrm semantics) lives in TypeScript.
+ *
+ * All calls are synchronous and run on the JavaScript thread. That matters
+ * for setns(2): it changes the namespace of the calling thread only, so the
+ * thread that enters a namespace must be the one that leaves it, and no
+ * libuv worker thread is ever affected.
+ *
+ * Errors are thrown as JS Error objects with `errno` (positive number) and
+ * `syscall` set, so the TypeScript layer can map them to typed errors.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <node_api.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define RECV_DEFAULT 65536
+
+static napi_value throw_errno(napi_env env, const char *syscall, int err) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  napi_value message, error, errno_value, syscall_value;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, NULL, message, &error);
+  napi_create_int32(env, err, &errno_value);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_set_named_property(env, error, "errno", errno_value);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static int arg_int(napi_env env, napi_callback_info info, size_t want, int32_t *out) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  for (size_t i = 0; i < want; i++) {
+    if (i >= argc || napi_get_value_int32(env, argv[i], &out[i]) != napi_ok) {
+      napi_throw_type_error(env, NULL, "expected integer arguments");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  napi_create_int64(env, v, &out);
+  return out;
+}
+
+/* socket(protocol) -> fd: an AF_NETLINK raw socket in the thread's current netns. */
+static napi_value nl_socket(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, a[0]);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  return make_int(env, fd);
+}
+
+/* socketAt(nsFd, protocol) -> fd: a netlink socket created inside another
+ * network namespace. A socket stays bound to the namespace it was created in,
+ * so after this returns the thread is back home and the socket still talks to
+ * the target namespace's kernel state. */
+static napi_value nl_socket_at(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) return throw_errno(env, "open", errno);
+  if (setns(a[0], CLONE_NEWNET) < 0) {
+    int e = errno;
+    close(home);
+    return throw_errno(env, "setns", e);
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, a[1]);
+  int socket_errno = errno;
+  if (setns(home, CLONE_NEWNET) < 0) {
+    /* Cannot return to the original namespace: continuing would run every
+     * later step in the wrong namespace, so fail hard. */
+    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
+    abort();
+  }
+  close(home);
+  if (fd < 0) return throw_errno(env, "socket", socket_errno);
+  return make_int(env, fd);
+}
+
+/* bind(fd, groups) -> portId assigned by the kernel */
+static napi_value nl_bind(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  struct sockaddr_nl addr;
+  memset(&addr, 0, sizeof addr);
+  addr.nl_family = AF_NETLINK;
+  addr.nl_groups = (uint32_t)a[1];
+  if (bind(a[0], (struct sockaddr *)&addr, sizeof addr) < 0) return throw_errno(env, "bind", errno);
+  socklen_t len = sizeof addr;
+  if (getsockname(a[0], (struct sockaddr *)&addr, &len) < 0) return throw_errno(env, "getsockname", errno);
+  return make_int(env, addr.nl_pid);
+}
+
+/* setsockoptInt(fd, level, option, value) */
+static napi_value nl_setsockopt_int(napi_env env, napi_callback_info info) {
+  int32_t a[4];
+  if (arg_int(env, info, 4, a)) return NULL;
+  int value = a[3];
+  if (setsockopt(a[0], a[1], a[2], &value, sizeof value) < 0) return throw_errno(env, "setsockopt", errno);
+  return NULL;
+}
+
+/* send(fd, buffer) -> bytes sent, to the kernel (port 0) */
+static napi_value nl_send(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "send(fd, buffer)");
+    return NULL;
+  }
+  struct sockaddr_nl kernel;
+  memset(&kernel, 0, sizeof kernel);
+  kernel.nl_family = AF_NETLINK;
+  ssize_t n;
+  do {
+    n = sendto(fd, data, len, 0, (struct sockaddr *)&kernel, sizeof kernel);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return throw_errno(env, "sendto", errno);
+  return make_int(env, n);
+}
+
+/* recv(fd) -> Buffer holding one datagram (possibly several netlink messages).
+ * Peeks first so a datagram larger than the default buffer is never truncated. */
+static napi_value nl_recv(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  ssize_t want;
+  char probe[1];
+  do {
+    want = recv(a[0], probe, sizeof probe, MSG_PEEK | MSG_TRUNC);
+  } while (want < 0 && errno == EINTR);
+  if (want < 0) return throw_errno(env, "recv", errno);
+  size_t cap = want > RECV_DEFAULT ? (size_t)want : RECV_DEFAULT;
+  void *buf;
+  napi_value out;
+  char *tmp = malloc(cap);
+  if (!tmp) return throw_errno(env, "malloc", ENOMEM);
+  ssize_t n;
+  do {
+    n = recv(a[0], tmp, cap, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    int e = errno;
+    free(tmp);
+    return throw_errno(env, "recv", e);
+  }
+  napi_create_buffer_copy(env, (size_t)n, tmp, &buf, &out);
+  free(tmp);
+  return out;
+}
+
+/* close(fd) */
+static napi_value nl_close(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  if (close(a[0]) < 0 && errno != EINTR) return throw_errno(env, "close", errno);
+  return NULL;
+}
+
+/* setns(fd, nstype): move the calling (JavaScript) thread into a namespace. */
+static napi_value nl_setns(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  if (setns(a[0], a[1]) < 0) return throw_errno(env, "setns", errno);
+  return NULL;
+}
+
+/* flock(fd, operation): advisory whole-file lock (LOCK_SH=1, LOCK_EX=2,
+ * LOCK_NB=4, LOCK_UN=8). Node has no flock; state files (IPAM allocations,
+ * reference counts) need a lock that the kernel drops when a plugin process
+ * dies, so a crashed ADD can never leave the store locked. Blocks the thread
+ * while waiting, which is what a one-shot plugin wants. */
+static napi_value nl_flock(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  int r;
+  do {
+    r = flock(a[0], a[1]);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, "flock", errno);
+  return NULL;
+}
+
+#define EXPORT(name, fn)                                          \
+  do {                                                            \
+    napi_value f;                                                 \
+    napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f); \
+    napi_set_named_property(env, exports, name, f);               \
+  } while (0)
+
+static napi_value init(napi_env env, napi_value exports) {
+  EXPORT("socket", nl_socket);
+  EXPORT("socketAt", nl_socket_at);
+  EXPORT("bind", nl_bind);
+  EXPORT("setsockoptInt", nl_setsockopt_int);
+  EXPORT("send", nl_send);
+  EXPORT("recv", nl_recv);
+  EXPORT("close", nl_close);
+  EXPORT("setns", nl_setns);
+  EXPORT("flock", nl_flock);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,129 @@
+/**
+ * Network namespace handles.
+ *
+ * Why this is careful: setns(2) moves only the calling thread. Node runs our
+ * JavaScript on one thread and does synchronous file and process work on that
+ * same thread, so `withNetns` can enter a namespace, run *synchronous* code
+ * (open /proc/sys files, spawnSync nft), and leave again. Asynchronous work
+ * started inside would run on libuv's worker threads, which never moved, so
+ * `withNetns` only accepts synchronous functions and refuses promises.
+ *
+ * Netlink work does not need any of this: netlink-ts opens its socket inside
+ * the target namespace once (socketAt) and the socket stays bound there.
+ */
+import * as fs from 'node:fs';
+import { CLONE_NEWNET, native } from '../netlink/native';
+
+/** An open network namespace file (a /var/run/netns/X bind mount or /proc/PID/ns/net). */
+export class NetNs {
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+  ) {}
+
+  static open(nsPath: string): NetNs {
+    const fd = fs.openSync(nsPath, fs.constants.O_RDONLY | 0o2000000 /* O_CLOEXEC */);
+    if (!isNsfs(fd)) {
+      fs.closeSync(fd);
+      throw new NotANetnsError(nsPath);
+    }
+    return new NetNs(nsPath, fd);
+  }
+
+  /** The namespace this thread is in right now. */
+  static current(): NetNs {
+    return NetNs.open('/proc/thread-self/ns/net');
+  }
+
+  /** Inode number: equal inodes mean the same namespace. */
+  inode(): number {
+    return fs.fstatSync(this.fd).ino;
+  }
+
+  /** Run a synchronous function inside this namespace and come back, even on throw. */
+  run<T>(fn: () => T): T {
+    return withNetnsFd(this.fd, fn);
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+export class NotANetnsError extends Error {
+  constructor(readonly nsPath: string) {
+    super(`${nsPath} is not a network namespace`);
+  }
+}
+
+let nsfsDev: number | undefined;
+
+/** nsfs files all share one device number; a regular file or directory does not. */
+function isNsfs(fd: number): boolean {
+  nsfsDev ??= fs.statSync('/proc/self/ns/net').dev;
+  return fs.fstatSync(fd).dev === nsfsDev;
+}
+
+/** True when nsPath names a network namespace (existing nsfs file). */
+export function isNetnsPath(nsPath: string): boolean {
+  try {
+    NetNs.open(nsPath).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** True when nsPath is the host's network namespace (the one PID 1 lives in). */
+export function isHostNetns(nsPath: string): boolean {
+  const target = fs.statSync(nsPath);
+  const host = fs.statSync('/proc/1/ns/net');
+  return target.ino === host.ino && target.dev === host.dev;
+}
+
+function withNetnsFd<T>(fd: number, fn: () => T): T {
+  const binding = native();
+  const home = fs.openSync('/proc/thread-self/ns/net', fs.constants.O_RDONLY);
+  try {
+    binding.setns(fd, CLONE_NEWNET);
+    try {
+      const out = fn();
+      if (out instanceof Promise) throw new Error('withNetns: the function must be synchronous');
+      return out;
+    } finally {
+      binding.setns(home, CLONE_NEWNET);
+    }
+  } finally {
+    fs.closeSync(home);
+  }
+}
+
+/** Run a synchronous function inside the namespace at nsPath (host namespace when undefined). */
+export function withNetns<T>(nsPath: string | undefined, fn: () => T): T {
+  if (nsPath === undefined) return fn();
+  const ns = NetNs.open(nsPath);
+  try {
+    return ns.run(fn);
+  } finally {
+    ns.close();
+  }
+}
+
+function sysctlPath(key: string): string {
+  // accept both net.ipv4.ip_forward and net/ipv4/ip_forward
+  return `/proc/sys/${key.includes('/') ? key : key.replace(/\./g, '/')}`;
+}
+
+/**
+ * sysctl -w KEY=VALUE, inside nsPath when given. /proc/sys/net resolves the
+ * namespace at open(2) time, from the opening thread, so the open must happen
+ * inside the namespace. Interface names containing dots need the slash form.
+ */
+export function sysctlSet(key: string, value: string, nsPath?: string): void {
+  withNetns(nsPath, () => fs.writeFileSync(sysctlPath(key), value));
+}
+
+/** sysctl -n KEY, inside nsPath when given. */
+export function sysctlGet(key: string, nsPath?: string): string {
+  return withNetns(nsPath, () => fs.readFileSync(sysctlPath(key), 'utf8').trim());
+}
