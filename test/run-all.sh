@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one command that runs every test: installs what it needs, builds the
+# executable, then runs unit, kernel, conformance, runtime (podman) and VM
+# tests with vitest, and ends with one "N passed, N failed" line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+unset NODE_EXTRA_CA_CERTS
+
+bash scripts/deps.sh
+bash build.sh
+
+report=$(mktemp /tmp/cni-ts-vitest.XXXXXX.json)
+status=0
+npx --no-install vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@" || status=$?
+
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+' "$report" || echo "0 passed, 1 failed"
+rm -f "$report"
+exit $status
