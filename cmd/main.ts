@@ -15,6 +15,8 @@ type Entry = () => void;
 const plugins: Record<string, Entry> = {
   none: () => require('../plugins/none/main').main(),
   host: () => require('../plugins/host/main').main(),
+  bridge: () => require('../plugins/bridge/main').main(),
+  'cluster-ipam': () => require('../ipam/main').main(),
 };
 
 const tools: Record<string, (args: string[]) => void> = {

@@ -73,6 +73,7 @@ async function check(ctx: CniContext<Conf>): Promise<void> {
 
 export const plugin: Plugin<Conf> = {
   about: 'host: share the host network stack (cni-ts)',
+  usesHostNetns: true,
   schema,
   add,
   del,

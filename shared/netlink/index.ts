@@ -7,7 +7,7 @@
  *   handle.ts   typed verbs (linkAdd, addrAdd, routeAdd, neighSet, fdbAdd, ...)
  */
 export * from './consts';
-export { NetlinkError, isNetlinkError, isNotFound, errnoName } from './errors';
+export { NetlinkError, isNetlinkError, isNotFound, errnoName, EEXIST, ENODEV, ENOENT, EBUSY, EINVAL, EOPNOTSUPP } from './errors';
 export { NetlinkHandle, withHandle, linkExistsInNetns } from './handle';
 export type { NeighSpec, FdbSpec } from './handle';
 export type { Link, LinkSpec, MacvlanMode, IpvlanMode, IpvlanFlag } from './link';

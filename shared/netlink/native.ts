@@ -27,6 +27,8 @@ export interface NativeBinding {
   setns(fd: number, nstype: number): void;
   /** flock(2): LOCK_SH=1, LOCK_EX=2, LOCK_NB=4, LOCK_UN=8 */
   flock(fd: number, operation: number): void;
+  /** ioctl(fd, NS_GET_NSTYPE): the CLONE_NEW* type of a namespace file */
+  nsType(fd: number): number;
 }
 
 /** Error thrown by the binding: errno is the positive kernel errno. */

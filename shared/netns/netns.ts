@@ -56,12 +56,16 @@ export class NotANetnsError extends Error {
   }
 }
 
-let nsfsDev: number | undefined;
-
-/** nsfs files all share one device number; a regular file or directory does not. */
+/**
+ * A network namespace file: the kernel says so (NS_GET_NSTYPE). A regular
+ * file fails the ioctl; a UTS or mount namespace answers another type.
+ */
 function isNsfs(fd: number): boolean {
-  nsfsDev ??= fs.statSync('/proc/self/ns/net').dev;
-  return fs.fstatSync(fd).dev === nsfsDev;
+  try {
+    return native().nsType(fd) === CLONE_NEWNET;
+  } catch {
+    return false;
+  }
 }
 
 /** True when nsPath names a network namespace (existing nsfs file). */

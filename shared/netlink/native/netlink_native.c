@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -205,6 +206,18 @@ static napi_value nl_flock(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* nsType(fd) -> CLONE_NEW* constant of the namespace open at fd
+ * (ioctl NS_GET_NSTYPE), so a UTS or mount namespace file passed as
+ * CNI_NETNS is told apart from a network namespace without parsing /proc. */
+#define NS_GET_NSTYPE_IOCTL 0xb703
+static napi_value nl_ns_type(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  int r = ioctl(a[0], NS_GET_NSTYPE_IOCTL);
+  if (r < 0) return throw_errno(env, "ioctl(NS_GET_NSTYPE)", errno);
+  return make_int(env, r);
+}
+
 #define EXPORT(name, fn)                                          \
   do {                                                            \
     napi_value f;                                                 \
@@ -222,6 +235,7 @@ static napi_value init(napi_env env, napi_value exports) {
   EXPORT("close", nl_close);
   EXPORT("setns", nl_setns);
   EXPORT("flock", nl_flock);
+  EXPORT("nsType", nl_ns_type);
   return exports;
 }
 

@@ -1,0 +1,284 @@
+/**
+ * bridge: Docker's bridge driver as a CNI plugin, with the reference bridge
+ * plugin's config names. Per container: a veth pair whose host end is a
+ * port of the network's Linux bridge and whose other end is CNI_IFNAME in
+ * the container; addresses and routes from IPAM; the gateway address on the
+ * bridge; the network's firewall/NAT in nftables (firewall.ts).
+ */
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { netConfBase } from '../../shared/cni/config';
+import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
+import {
+  AF_INET6,
+  NetlinkHandle,
+  formatCidr,
+  isNetlinkError,
+  networkOf,
+  parseCidr,
+  parseIp,
+  withHandle,
+  EEXIST,
+} from '../../shared/netlink';
+import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
+import { realNft } from '../../shared/nft/real';
+import { UndoStack } from '../../shared/undo';
+import * as ipam from '../../ipam/client';
+import { addNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
+
+const schema = netConfBase.extend({
+  bridge: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').default('cni0'),
+  /** put the gateway address on the bridge */
+  isGateway: z.boolean().default(false),
+  /** also make it the containers' default route (implies isGateway) */
+  isDefaultGateway: z.boolean().default(false),
+  /** egress NAT for traffic leaving the subnet */
+  ipMasq: z.boolean().default(false),
+  /** Docker's internal network: no gateway, no NAT, no route out */
+  internal: z.boolean().default(false),
+  /** Docker's icc: containers on this bridge may talk to each other */
+  icc: z.boolean().default(true),
+  mtu: z.number().int().min(68).max(65535).optional(),
+  hairpinMode: z.boolean().default(false),
+  promiscMode: z.boolean().default(false),
+  runtimeConfig: z
+    .object({
+      mac: z.string().optional(),
+      ips: z.array(z.string()).optional(),
+    })
+    .passthrough()
+    .optional(),
+});
+type Conf = z.infer<typeof schema>;
+type Ctx = CniContext<Conf>;
+
+/**
+ * Host-side veth name derived from the attachment, so DEL and CHECK can name
+ * it without the container's namespace ("veth" + 11 hex = 15 chars, IFNAMSIZ).
+ */
+export function hostVethName(containerId: string, ifname: string): string {
+  return `veth${createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 11)}`;
+}
+
+/** Docker's container MAC: 02:42 followed by the IPv4 address's four bytes. */
+export function macFromIPv4(ip: string): string {
+  const b = parseIp(ip).bytes;
+  return ['02', '42', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+function gatewayEnabled(conf: Conf): boolean {
+  return !conf.internal && (conf.isGateway || conf.isDefaultGateway);
+}
+
+/** ip link add BRIDGE type bridge (unless present); returns whether we created it. */
+function ensureBridge(host: NetlinkHandle, conf: Conf): boolean {
+  const existing = host.linkByName(conf.bridge);
+  if (existing) {
+    if (existing.kind !== 'bridge') {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `${conf.bridge} already exists and is not a bridge (${existing.kind ?? 'device'})`);
+    }
+    if (!existing.up) host.linkSetUp(conf.bridge);
+    return false;
+  }
+  try {
+    host.linkAdd({ kind: 'bridge', name: conf.bridge, mtu: conf.mtu, up: true });
+  } catch (e) {
+    // a concurrent ADD created it first
+    if (!isNetlinkError(e, EEXIST)) throw e;
+    return false;
+  }
+  if (conf.promiscMode) host.linkSetPromisc(conf.bridge, true);
+  return true;
+}
+
+function bridgePorts(host: NetlinkHandle, bridge: string): number {
+  const br = host.linkByName(bridge);
+  if (!br) return 0;
+  return host.linkList().filter((l) => l.masterIndex === br.index).length;
+}
+
+function subnetsOf(ips: readonly IPConfig[]): string[] {
+  return [...new Set(ips.map((ip) => formatCidr(networkOf(parseCidr(ip.address)))))];
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const conf = ctx.config;
+  if (conf.internal && conf.ipMasq) throw new CniError(ErrorCode.InvalidNetworkConfig, 'an internal network cannot have ipMasq');
+  const host = NetlinkHandle.open();
+  const ns = NetNs.open(ctx.netns);
+  const cont = NetlinkHandle.open(ctx.netns);
+  try {
+    return await UndoStack.run(async (undo) => {
+      // 1. the network's bridge
+      if (ensureBridge(host, conf)) {
+        undo.push('bridge', () => bridgePorts(host, conf.bridge) === 0 && host.linkDelIfExists(conf.bridge));
+      }
+
+      // 2. the veth pair, its container end created directly in the container
+      const hostVeth = hostVethName(ctx.containerId, ctx.ifname);
+      host.linkAdd({ kind: 'veth', name: hostVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu: conf.mtu });
+      undo.push('veth', () => host.linkDelIfExists(hostVeth));
+      host.linkSetMaster(hostVeth, conf.bridge);
+      if (conf.hairpinMode) host.linkSetHairpin(hostVeth, true);
+      // icc=false: isolated ports reach the bridge (gateway) but not each other
+      if (!conf.icc) host.linkSetIsolated(hostVeth, true);
+      host.linkSetUp(hostVeth);
+
+      // 3. addresses
+      const result: Result = ipam.hasIpam(ctx) ? await ipam.ipamAdd(ctx) : { cniVersion: ctx.cniVersion, ips: [], routes: [] };
+      if (ipam.hasIpam(ctx)) undo.push('ipam', () => ipam.ipamDel(ctx));
+      const ips = result.ips ?? [];
+      const v4 = ips.find((ip) => !ip.address.includes(':'));
+
+      // 4. the container's end: MAC, addresses, up, routes
+      const mac = conf.runtimeConfig?.mac ?? (v4 ? macFromIPv4(v4.address.split('/')[0]) : undefined);
+      if (mac) cont.linkSetMac(ctx.ifname, mac);
+      for (const ip of ips) cont.addrAdd(ctx.ifname, ip.address, { noDad: ip.address.includes(':') });
+      cont.linkSetUp(ctx.ifname);
+      const contLink = cont.link(ctx.ifname);
+      const routes = [...(result.routes ?? [])];
+      if (conf.internal) {
+        // no route out: drop any default the IPAM offered
+        for (let i = routes.length - 1; i >= 0; i--) if (isDefault(routes[i].dst)) routes.splice(i, 1);
+      } else if (conf.isDefaultGateway) {
+        for (const ip of ips) {
+          const family = ip.address.includes(':') ? '::/0' : '0.0.0.0/0';
+          if (ip.gateway && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
+        }
+      }
+      for (const r of routes) {
+        const gw = r.gw ?? (isDefault(r.dst) || !conf.internal ? gatewayFor(ips, r.dst) : undefined);
+        cont.routeAdd({ dst: r.dst, gw, oifIndex: contLink.index });
+      }
+      result.routes = routes;
+
+      // 5. the gateway on the bridge
+      if (gatewayEnabled(conf)) {
+        for (const ip of ips) {
+          if (!ip.gateway) continue;
+          const prefix = ip.address.split('/')[1];
+          try {
+            host.addrAdd(conf.bridge, `${ip.gateway}/${prefix}`, { noDad: ip.gateway.includes(':') });
+          } catch (e) {
+            if (!isNetlinkError(e, EEXIST)) throw e;
+          }
+          sysctlSet(ip.gateway.includes(':') ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward', '1');
+        }
+      } else {
+        for (const ip of ips) delete ip.gateway;
+      }
+
+      // 6. the network's firewall and NAT: one atomic nft transaction
+      addNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal });
+
+      const br = host.link(conf.bridge);
+      const hv = host.link(hostVeth);
+      result.interfaces = [
+        { name: br.name, mac: br.mac },
+        { name: hv.name, mac: hv.mac },
+        { name: ctx.ifname, mac: cont.link(ctx.ifname).mac, sandbox: ctx.netns },
+      ];
+      for (const ip of ips) ip.interface = 2;
+      result.cniVersion = ctx.cniVersion;
+      return result;
+    });
+  } finally {
+    cont.close();
+    ns.close();
+    host.close();
+  }
+}
+
+function isDefault(dst: string): boolean {
+  return dst === '0.0.0.0/0' || dst === '::/0';
+}
+
+function gatewayFor(ips: readonly IPConfig[], dst: string): string | undefined {
+  const v6 = dst.includes(':');
+  return ips.find((ip) => ip.address.includes(':') === v6 && ip.gateway)?.gateway;
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  if (ipam.hasIpam(ctx)) await ipam.ipamDel(ctx);
+  // DEL is idempotent: the namespace, the veth and the bridge may all be
+  // gone already (the runtime tore the sandbox down first, or an earlier DEL
+  // finished); each "not found" is success.
+  if (ctx.netns && isNetnsPath(ctx.netns)) {
+    withHandle(ctx.netns, (cont) => cont.linkDelIfExists(ctx.ifname));
+  }
+  withHandle(undefined, (host) => {
+    host.linkDelIfExists(hostVethName(ctx.containerId, ctx.ifname));
+    if (bridgePorts(host, conf.bridge) === 0) removeNetworkRules(realNft(), conf.bridge);
+  });
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  const prev = requirePrevResult(ctx);
+  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
+  withHandle(undefined, (host) => {
+    const br = host.linkByName(conf.bridge);
+    if (!br || br.kind !== 'bridge') throw fail(`bridge ${conf.bridge} is missing`);
+    const hv = host.linkByName(hostVethName(ctx.containerId, ctx.ifname));
+    if (!hv) throw fail(`host veth of ${ctx.ifname} is missing`);
+    if (hv.masterIndex !== br.index) throw fail(`${hv.name} is not attached to ${conf.bridge}`);
+  });
+  withHandle(ctx.netns, (cont) => {
+    const link = cont.linkByName(ctx.ifname);
+    if (!link) throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
+    if (link.kind !== 'veth') throw fail(`${ctx.ifname} is a ${link.kind ?? 'device'}, not a veth`);
+    const want = prev.interfaces?.find((i) => i.name === ctx.ifname && i.sandbox);
+    if (want?.mac && link.mac !== want.mac.toLowerCase()) throw fail(`${ctx.ifname} has MAC ${link.mac}, expected ${want.mac}`);
+    const have = new Set(cont.addrList(ctx.ifname).map((a) => a.cidr));
+    for (const ip of prev.ips ?? []) {
+      const c = parseCidr(ip.address);
+      const text = formatCidr(c);
+      if (!have.has(text)) throw fail(`address ${ip.address} is missing on ${ctx.ifname}`);
+    }
+    const routes = cont.routeList();
+    for (const r of prev.routes ?? []) {
+      const family = r.dst.includes(':') ? AF_INET6 : undefined;
+      const dst = isDefault(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
+      const found = routes.some((k) => k.dst === dst && (family === undefined || k.family === family) && (!r.gw || k.gw === r.gw) && k.oifIndex === link.index);
+      if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
+    }
+  });
+  if (!networkRulesPresent(realNft(), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
+  if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
+}
+
+async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
+  if (ipam.hasIpam(ctx)) await ipam.ipamGc(ctx, valid);
+  // Host veths of attachments that are not valid any more (their container
+  // is gone but its namespace was leaked): recognisable by name.
+  const keep = new Set(valid.map((a) => hostVethName(a.containerID, a.ifname)));
+  withHandle(undefined, (host) => {
+    const br = host.linkByName(ctx.config.bridge);
+    if (!br) return;
+    for (const l of host.linkList()) {
+      if (l.masterIndex === br.index && l.kind === 'veth' && /^veth[0-9a-f]{11}$/.test(l.name) && !keep.has(l.name)) host.linkDelIfExists(l.name);
+    }
+  });
+}
+
+async function status(ctx: Ctx): Promise<void> {
+  if (ipam.hasIpam(ctx)) await ipam.ipamStatus(ctx);
+}
+
+export const plugin: Plugin<Conf> = {
+  about: 'bridge: Docker bridge networks over a Linux bridge and veth pairs (cni-ts)',
+  schema,
+  createsInterface: true,
+  add,
+  del,
+  check,
+  gc,
+  status,
+};
+
+export function main(): void {
+  pluginMain(plugin);
+}

@@ -1,0 +1,36 @@
+/**
+ * Rollback for multi-step ADDs, in the shape of the reference bridge
+ * plugin's "success flag + deferred undo": push the undo of each step right
+ * after the step succeeds; if the ADD fails, the undos run newest first and
+ * the original error is what the caller sees. A failing undo is reported on
+ * stderr but never hides the error that caused the rollback.
+ */
+export class UndoStack {
+  private readonly steps: Array<{ what: string; undo: () => unknown }> = [];
+
+  push(what: string, undo: () => unknown): void {
+    this.steps.push({ what, undo });
+  }
+
+  async unwind(): Promise<void> {
+    while (this.steps.length) {
+      const { what, undo } = this.steps.pop()!;
+      try {
+        await undo();
+      } catch (e) {
+        process.stderr.write(`rollback: undo "${what}" failed: ${(e as Error).message}\n`);
+      }
+    }
+  }
+
+  /** Run fn; on any failure unwind, then rethrow the failure. */
+  static async run<T>(fn: (undo: UndoStack) => Promise<T> | T): Promise<T> {
+    const undo = new UndoStack();
+    try {
+      return await fn(undo);
+    } catch (e) {
+      await undo.unwind();
+      throw e;
+    }
+  }
+}
