@@ -69,6 +69,8 @@ export class NetlinkHandle {
 
   /** ip link show NAME; undefined when there is no such link */
   linkByName(name: string): Link | undefined {
+    // IFNAMSIZ: no link can have a longer name (the kernel would say ERANGE)
+    if (name.length > 15) return undefined;
     try {
       const [m] = this.sock.request(C.RTM_GETLINK, 0, ifinfomsg(), [attrString(C.IFLA_IFNAME, name)], `ip link show ${name}`);
       return m ? parseLink(m.payload) : undefined;
@@ -159,7 +161,7 @@ export class NetlinkHandle {
     this.setLink(name, `ip link set ${name} netns`, [attrU32(C.IFLA_NET_NS_FD, nsFd)]);
   }
 
-  /** ip link set NAME name NEWNAME (the link must be down) */
+  /** ip link set NAME name NEWNAME */
   linkRename(name: string, newName: string): void {
     this.setLink(name, `ip link set ${name} name ${newName}`, [attrString(C.IFLA_IFNAME, newName)]);
   }
@@ -276,7 +278,7 @@ export class NetlinkHandle {
     this.sock.request(C.RTM_DELNEIGH, 0, ndmsg(ip.family, index, 0, 0), [attrBytes(C.NDA_DST, ip.bytes)], `ip neigh del ${ipText} dev ${dev}`);
   }
 
-  /** ip -j neigh show [dev NAME] */
+  /** ip -j neigh show nud all [dev NAME] (ARP/NDP entries of every state) */
   neighList(dev?: string, family: number = C.AF_UNSPEC): Neigh[] {
     const index = dev === undefined ? undefined : this.link(dev).index;
     return this.sock

@@ -87,6 +87,8 @@ export function formatIp(family: number, b: Buffer): string {
   if (family === AF_INET) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
   const words: number[] = [];
   for (let i = 0; i < 16; i += 2) words.push(b.readUInt16BE(i));
+  // IPv4-mapped (::ffff:a.b.c.d) keeps its dotted quad, as inet_ntop prints it
+  if (words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff) return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
   // RFC 5952: compress the longest run (>= 2) of zero words
   let bestStart = -1;
   let bestLen = 0;

@@ -87,6 +87,7 @@ export interface VxlanSpec extends LinkCommon {
   local?: string;
   /** underlay device index */
   parentIndex?: number;
+  /** off unless asked: entries are programmed statically (unlike `ip`, whose default is on) */
   learning?: boolean;
   ttl?: number;
   udpCsum?: boolean;

@@ -68,6 +68,9 @@ export class NetlinkSocket {
    * `op` names the operation in `ip` terms for error messages.
    */
   request(type: number, flags: number, familyHeader: Buffer, attrs: Attr[], op: string): Message[] {
+    // A closed fd number is soon reused by another socket, maybe in another
+    // namespace: a stale handle must fail, never act there.
+    if (this.closed) throw new Error(`netlink socket closed (${op})`);
     const isDump = (flags & NLM_F_DUMP) === NLM_F_DUMP;
     for (let attempt = 0; ; attempt++) {
       const seq = this.nextSeq();

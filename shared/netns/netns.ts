@@ -100,9 +100,23 @@ export function netnsInode(nsPath: string): number {
   return readNsLink(nsPath) ?? fs.statSync(nsPath).ino;
 }
 
-/** True when nsPath is the host's network namespace (the one PID 1 lives in). */
+/**
+ * The host's network namespace: the one PID 1 lives in. Where PID 1 cannot
+ * be inspected (it holds capabilities we lack, so ptrace access checks
+ * refuse even readlink, as in some sandboxes), the namespace this plugin was
+ * started in stands for it: runtimes exec plugins from the host namespace.
+ */
+export function hostNetnsInode(): number {
+  try {
+    return netnsInode('/proc/1/ns/net');
+  } catch {
+    return netnsInode('/proc/self/ns/net');
+  }
+}
+
+/** True when nsPath is the host's network namespace. */
 export function isHostNetns(nsPath: string): boolean {
-  return netnsInode(nsPath) === netnsInode('/proc/1/ns/net');
+  return netnsInode(nsPath) === hostNetnsInode();
 }
 
 function withNetnsFd<T>(fd: number, fn: () => T): T {
