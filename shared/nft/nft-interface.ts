@@ -1,0 +1,98 @@
+/**
+ * The seam between firewall logic and nftables.
+ *
+ * Plugin code builds a Transaction (transaction.ts) and hands it to an `Nft`.
+ * Two implementations: `realNft()` (real.ts) pipes the rendered script into
+ * one `nft -f -`, which the kernel applies atomically; `FakeNft` (fake.ts)
+ * applies it to an in-memory model with the same errors, so bridge/portmap
+ * logic is tested against golden `dump()` text without a kernel.
+ *
+ * Synchronous on purpose: a CNI plugin is a one-shot process doing one
+ * operation, and spawnSync is what lets realNft run nft inside a network
+ * namespace (see real.ts).
+ */
+import type { Transaction } from './transaction';
+
+/** Address families this project uses. `inet` covers IPv4 and IPv6 (NAT included, kernel >= 5.2). */
+export type Family = 'inet' | 'ip' | 'ip6';
+
+/** Names one table. Every object in a transaction carries one. */
+export interface TableRef {
+  family: Family;
+  table: string;
+}
+
+export interface Nft {
+  /**
+   * Apply every queued command as one atomic batch: all of it or none of it.
+   * Throws NftError (validation errors of the Transaction included).
+   * An empty transaction does nothing and starts no process.
+   */
+  run(tx: Transaction): void;
+  /** Like run, but only checks the batch (`nft -c -f -`): nothing changes. */
+  check(tx: Transaction): void;
+  /**
+   * One table with its chains (rule handles and comments, not rule text),
+   * sets and maps (with elements). `nft -j -a list table FAMILY NAME`.
+   * Returns undefined when the table does not exist.
+   */
+  list(family: Family, table: string): Listing | undefined;
+}
+
+/**
+ * What `list` returns: enough to find things by comment and delete them by
+ * handle. Table and chain comments are not included: nft 1.0.6's JSON
+ * output leaves them out.
+ */
+export interface Listing extends TableRef {
+  /** In the order nft lists them (creation order). */
+  chains: ListedChain[];
+  /** Sets and maps, in the order nft lists them. */
+  sets: ListedSet[];
+}
+
+export interface ListedChain {
+  name: string;
+  handle: number;
+  /** Base chains only. */
+  type?: ChainType;
+  hook?: Hook;
+  /** Numeric priority (srcnat = 100, dstnat = -100, filter = 0 ...). */
+  priority?: number;
+  policy?: Policy;
+  rules: ListedRule[];
+}
+
+export interface ListedRule {
+  handle: number;
+  comment?: string;
+  /** Chains this rule jumps or goes to: a chain referenced by a rule cannot be deleted. */
+  jumps: string[];
+  /** Sets and maps this rule looks up (`@name`): a referenced set cannot be deleted. */
+  sets: string[];
+}
+
+export interface ListedSet {
+  kind: 'set' | 'map';
+  name: string;
+  handle: number;
+  /** Key type, concatenations joined with " . " (e.g. "ipv4_addr . inet_service"). */
+  type: string;
+  /** Maps only: value type, e.g. "verdict" or "ipv4_addr . inet_service". */
+  valueType?: string;
+  flags: SetFlag[];
+  comment?: string;
+  elements: ListedElement[];
+}
+
+/** Element text as nft prints it: "10.0.0.0/24", "1.2.3.4 . 80", "\"eth0\"", "jump x". */
+export interface ListedElement {
+  key: string;
+  value?: string;
+  comment?: string;
+}
+
+export type ChainType = 'filter' | 'nat' | 'route';
+export type Hook = 'prerouting' | 'input' | 'forward' | 'output' | 'postrouting';
+export type Policy = 'accept' | 'drop';
+export type SetFlag = 'constant' | 'interval' | 'timeout' | 'dynamic';
