@@ -14,6 +14,7 @@ import { allocate, collectGarbage, rangeFor, release, verify, withLock, type All
 import { allocatableCount, describeRangeSet, loadIpamConfig, type IpamConfig } from './config';
 import { IpamErrorCode } from './errors';
 import { formatIP, parseCIDR } from './ip';
+import { openEtcdStore } from './etcd/open';
 import { LocalStore } from './local/store';
 
 /** What the verbs read of an invocation; the skel's CniContext satisfies it. */
@@ -35,20 +36,17 @@ export interface IpamDeps {
 export const defaultDeps: IpamDeps = { openStore };
 
 /**
- * The store the configuration selects. Only the local store exists so far;
- * the etcd store (issue 5) is to be required lazily here, so a local-store
- * call never loads etcd3 and its gRPC stack.
+ * The store the configuration selects. The etcd store is required lazily,
+ * so a local-store call never loads etcd3 and its gRPC stack.
  */
 export function openStore(conf: IpamConfig): AllocationStore {
   switch (conf.store) {
     case 'local':
       return LocalStore.open(conf.dataDir, conf.name);
     case 'etcd':
-      throw new CniError(
-        ErrorCode.InvalidNetworkConfig,
-        'ipam.store "etcd" is not available in this version',
-        'use "store": "local" (the default)',
-      );
+      // openEtcdStore loads the store (and etcd3 with its gRPC stack, about
+      // 240 ms) on the store's first call only: a local-store call never pays.
+      return openEtcdStore(conf);
   }
 }
 

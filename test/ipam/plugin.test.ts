@@ -98,10 +98,10 @@ describe('cluster-ipam verbs', () => {
     expect(fs.readdirSync(path.join(dir, 'plugnet')).filter((n) => !['lock'].includes(n))).toEqual([]);
   });
 
-  it('refuses the etcd store with a clear code 7 until it exists', async () => {
-    const err = await cniError(ipamAdd({ containerId: 'c1', ifname: 'eth0', config: netConf(tmpDir(), { store: 'etcd' }) }));
-    expect(err.code).toBe(ErrorCode.InvalidNetworkConfig);
-    expect(err.msg).toMatch(/etcd/);
+  it('answers try-again-later (code 11) when the etcd store it selects cannot be reached', async () => {
+    const config = netConf(tmpDir(), { store: 'etcd', etcd: { endpoints: ['http://127.0.0.1:9'], requestTimeoutMs: 1000 } });
+    const err = await cniError(ipamAdd({ containerId: 'c1', ifname: 'eth0', config }));
+    expect(err.code).toBe(ErrorCode.TryAgainLater);
   });
 
   it('frees on DEL, succeeds on a second DEL, and the address comes back only after the range wraps', async () => {

@@ -1,0 +1,191 @@
+/**
+ * The "etcd" section of cluster-ipam's configuration, read only when
+ * "store": "etcd" is selected:
+ *
+ *   "ipam": {
+ *     "type": "cluster-ipam",
+ *     "store": "etcd",
+ *     "ranges": [[{ "subnet": "10.22.0.0/16" }]],
+ *     "etcd": {
+ *       "endpoints": ["https://10.0.0.1:2379"],
+ *       "caFile": "/etc/cni/etcd/ca.pem", "certFile": "...", "keyFile": "...",   // optional TLS
+ *       "username": "cni", "password": "...",                                     // optional auth
+ *       "keyPrefix": "/cni-ts/ipam",
+ *       "requestTimeoutMs": 5000,   // the whole store operation's bound; past it: error 11
+ *       "blockSize": 26,            // IPv4 per-host block prefix length
+ *       "blockSizeV6": 122,         // IPv6 per-host block prefix length
+ *       "nodeName": "node-a",       // default: os.hostname()
+ *       "hostId": "...",            // default: /etc/machine-id
+ *       "gcGracePeriodMs": 900000   // a leak is freed only when seen twice this far apart
+ *     }
+ *   }
+ *
+ * Everything here is checked before any connection is made, so a bad
+ * section is error 7 with nothing written.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { z } from 'zod';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import type { RangeSet } from '../config';
+import { formatCIDR } from '../ip';
+
+export const DEFAULT_KEY_PREFIX = '/cni-ts/ipam';
+export const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
+export const DEFAULT_BLOCK_SIZE_V4 = 26;
+export const DEFAULT_BLOCK_SIZE_V6 = 122;
+/** Calico's default leak grace period (kube-controllers), for the same reason:
+ *  a runtime's list of valid attachments may predate an ADD in flight. */
+export const DEFAULT_GC_GRACE_PERIOD_MS = 15 * 60 * 1000;
+
+const MACHINE_ID_FILES = ['/etc/machine-id', '/var/lib/dbus/machine-id'];
+
+const etcdSectionSchema = z
+  .object({
+    endpoints: z.array(z.string().min(1)).min(1).default(['http://127.0.0.1:2379']),
+    caFile: z.string().min(1).optional(),
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+    username: z.string().min(1).optional(),
+    password: z.string().optional(),
+    keyPrefix: z
+      .string()
+      .regex(/^\/[^\s]*[^/\s]$/, 'must start with "/" and not end with "/"')
+      .default(DEFAULT_KEY_PREFIX),
+    requestTimeoutMs: z.number().int().min(100).max(600_000).default(DEFAULT_REQUEST_TIMEOUT_MS),
+    blockSize: z.number().int().min(16, 'blocks larger than /16 are not supported').max(32).default(DEFAULT_BLOCK_SIZE_V4),
+    blockSizeV6: z.number().int().min(112, 'blocks larger than /112 are not supported').max(128).default(DEFAULT_BLOCK_SIZE_V6),
+    nodeName: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'not a valid node name').optional(),
+    hostId: z.string().min(1).max(256).optional(),
+    gcGracePeriodMs: z.number().int().min(0).default(DEFAULT_GC_GRACE_PERIOD_MS),
+  })
+  .strict();
+
+export interface EtcdTls {
+  readonly ca: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+}
+
+export interface EtcdStoreConfig {
+  readonly endpoints: readonly string[];
+  readonly tls?: EtcdTls;
+  readonly auth?: { readonly username: string; readonly password: string };
+  readonly keyPrefix: string;
+  readonly requestTimeoutMs: number;
+  readonly blockSizeV4: number;
+  readonly blockSizeV6: number;
+  readonly nodeName: string;
+  /** a token unique to the machine: two hosts claiming one nodeName differ here */
+  readonly hostId: string;
+  readonly gcGracePeriodMs: number;
+}
+
+function invalid(msg: string, details?: string): CniError {
+  return new CniError(ErrorCode.InvalidNetworkConfig, msg, details);
+}
+
+/**
+ * Validates ipam.etcd against the network's range sets. `raw` is the
+ * section as given (undefined: all defaults).
+ */
+export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[]): EtcdStoreConfig {
+  const parsed = etcdSectionSchema.safeParse(raw ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const where = ['ipam', 'etcd', ...issue.path].join('.');
+    throw invalid(`invalid IPAM config: ${where}: ${issue.message}`);
+  }
+  const c = parsed.data;
+
+  for (const [i, endpoint] of c.endpoints.entries()) {
+    if (!/^(https?:\/\/)?[^\s/]+:\d+$/.test(endpoint)) {
+      throw invalid(`ipam.etcd.endpoints[${i}]: "${endpoint}" is not host:port or http(s)://host:port`);
+    }
+  }
+  const secure = c.endpoints.some((e) => e.startsWith('https://'));
+  if ((c.certFile === undefined) !== (c.keyFile === undefined)) {
+    throw invalid('ipam.etcd: certFile and keyFile go together', 'a client certificate needs its private key');
+  }
+  if ((c.certFile !== undefined || secure) && c.caFile === undefined) {
+    throw invalid('ipam.etcd: TLS needs caFile', 'set caFile to the CA that signed the etcd server certificate');
+  }
+  if (c.caFile !== undefined && !secure) {
+    throw invalid('ipam.etcd: caFile is set but no endpoint is https://', 'TLS endpoints are written https://host:port');
+  }
+  const tls: EtcdTls | undefined =
+    c.caFile !== undefined
+      ? {
+          ca: readPem('caFile', c.caFile),
+          cert: c.certFile !== undefined ? readPem('certFile', c.certFile) : undefined,
+          key: c.keyFile !== undefined ? readPem('keyFile', c.keyFile) : undefined,
+        }
+      : undefined;
+  if ((c.username === undefined) !== (c.password === undefined)) {
+    throw invalid('ipam.etcd: username and password go together');
+  }
+
+  rangeSets.forEach((set, s) => {
+    set.forEach((range, r) => {
+      const family = range.subnet.network.family;
+      const block = family === 4 ? c.blockSize : c.blockSizeV6;
+      const field = family === 4 ? 'blockSize' : 'blockSizeV6';
+      if (block < range.subnet.prefix) {
+        throw invalid(
+          `range set ${s} range ${r}: subnet ${formatCIDR(range.subnet)} is smaller than one /${block} block`,
+          `set ipam.etcd.${field} to ${range.subnet.prefix} or more (a longer prefix, a smaller block)`,
+        );
+      }
+    });
+  });
+
+  return {
+    endpoints: c.endpoints,
+    tls,
+    auth: c.username !== undefined ? { username: c.username, password: c.password! } : undefined,
+    keyPrefix: c.keyPrefix,
+    requestTimeoutMs: c.requestTimeoutMs,
+    blockSizeV4: c.blockSize,
+    blockSizeV6: c.blockSizeV6,
+    nodeName: c.nodeName ?? nodeNameFromHostname(),
+    hostId: c.hostId ?? machineId(),
+    gcGracePeriodMs: c.gcGracePeriodMs,
+  };
+}
+
+function readPem(field: string, file: string): Buffer {
+  let data: Buffer;
+  try {
+    data = fs.readFileSync(file);
+  } catch (err) {
+    throw invalid(`ipam.etcd.${field}: cannot read ${file}`, (err as Error).message);
+  }
+  if (!data.includes('-----BEGIN ')) throw invalid(`ipam.etcd.${field}: ${file} is not PEM`);
+  return data;
+}
+
+function nodeNameFromHostname(): string {
+  const name = os.hostname();
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name)) {
+    throw invalid(`hostname "${name}" cannot be a node name`, 'set ipam.etcd.nodeName');
+  }
+  return name;
+}
+
+/**
+ * The machine's identity, distinct from its name: two machines given the
+ * same nodeName (cloned images, a typo) have different machine IDs, and the
+ * store refuses the second one instead of letting both allocate from the
+ * same blocks.
+ */
+function machineId(): string {
+  for (const file of MACHINE_ID_FILES) {
+    try {
+      const id = fs.readFileSync(file, 'utf8').trim();
+      if (id) return id;
+    } catch {
+      // next candidate
+    }
+  }
+  throw invalid('no machine ID to identify this host', `none of ${MACHINE_ID_FILES.join(', ')} is readable; set ipam.etcd.hostId`);
+}

@@ -1,0 +1,676 @@
+/**
+ * The etcd store: cluster-wide allocations without a cluster-wide lock.
+ *
+ * Each range set is cut into aligned blocks (/26 for IPv4, /122 for IPv6 by
+ * default). A host claims a block with one transaction on
+ * version(claim) == 0, Flannel's subnet-lease rule, so two hosts can never
+ * win the same block; a lost race just means trying another. A host then
+ * allocates inside its own blocks, where nobody else writes in the normal
+ * case, claims another block when they are full, and only when no block is
+ * left takes a single address from another host's block (a "borrow",
+ * counted and logged on stderr).
+ *
+ * Keys (P = keyPrefix, N = P/networks/<network>):
+ *   P/hosts/<node>                 {hostId}: who this node name belongs to
+ *   N/blocks/<block>               <node>: the claim, the compare-and-swap target
+ *   N/hostblocks/<node>/<block>    {cidr, seq, last, used: {offset: seq}}: the block's state
+ *   N/ips/<ip>                     {containerId, ifname, node, block, blockKey, seq}
+ *   N/owners/<cid>/<ifname>/<ip>   {node, blockKey}: index by attachment
+ *   N/leaks/<node>/<ip>            {seq, createRevision, firstSeen}: GC's first sighting
+ *
+ * An allocation is one transaction: it compares the block state's mod
+ * revision (nobody changed the block since we read it) and the address key's
+ * version (nobody holds the address), and writes the block (sequence number
+ * + 1, the address marked used with that number), the address key and the
+ * owner index together. A release is the mirror image. So there is never a
+ * half-written allocation, whatever fails when.
+ *
+ * Sequence numbers are Calico's answer to ABA: an address released and
+ * handed out again between GC's look and GC's free carries another sequence
+ * number (and the key another create revision), so GC, which frees only with
+ * a compare on what it saw, leaves it alone. GC also frees a leak only when
+ * it has seen the same allocation (same sequence number) twice, at least a
+ * grace period apart: the runtime's valid-attachments list may be older
+ * than an ADD that is still in flight.
+ *
+ * Cost of an ADD once the host holds a block with room: one read transaction
+ * (host registration, the owner's keys, the host's blocks) and one
+ * allocation transaction.
+ *
+ * lock()/unlock() take no lock anywhere: the transactions are the exclusion.
+ * lock() starts the operation's time budget (requestTimeoutMs): every etcd
+ * call and every conflict retry of the operation fits in it, and past it the
+ * operation fails with 11 (try again later).
+ */
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import type { Allocation, AllocationStore, Owner } from '../allocator';
+import { allocatable, describeRangeSet, rangeContains, type IpamConfig, type IpamRange, type RangeSet } from '../config';
+import { noFreeAddress } from '../errors';
+import { formatIP, mask, parseIP, type Family, type IP } from '../ip';
+import { loadEtcdConfig, type EtcdStoreConfig } from './config';
+import { EtcdKV, tryAgainLater, type Compare, type KeyValue, type KV, type Op } from './kv';
+
+export interface EtcdStoreOptions {
+  /** the etcd client; default: etcd3 over the configured endpoints */
+  kv?: KV;
+  /** epoch milliseconds for GC's grace period (request deadlines always use the real clock) */
+  clock?: () => number;
+  /** one line per event worth an operator's eye (borrows); default stderr */
+  log?: (line: string) => void;
+  /** [0, 1); spreads block choices and retry delays */
+  random?: () => number;
+}
+
+/** What the block state key holds. Offsets are decimal (address - block network). */
+interface BlockData {
+  cidr: string;
+  host: string;
+  seq: number;
+  last?: string;
+  used: Record<string, number>;
+}
+
+interface BlockState {
+  readonly id: string;
+  readonly key: string;
+  readonly network: bigint;
+  readonly prefix: number;
+  readonly family: Family;
+  rev: bigint;
+  data: BlockData;
+}
+
+interface AddressValue {
+  containerId: string;
+  ifname: string;
+  node: string;
+  block: string;
+  blockKey: string;
+  seq: number;
+  borrowed?: boolean;
+}
+
+interface LeakValue {
+  containerId: string;
+  ifname: string;
+  seq: number;
+  createRevision: string;
+  firstSeen: number;
+}
+
+/** Where lastReserved pointed the allocator, and why. */
+interface Target {
+  readonly ip: IP;
+  readonly kind: 'mine' | 'claim' | 'borrow';
+}
+
+interface Session {
+  readonly deadline: number;
+  /** the host's blocks, read once per operation */
+  mine?: Map<string, BlockState>;
+  /** every block's claimant; read only when the host's own blocks do not suffice */
+  claims?: Map<string, string>;
+  readonly targets: Map<string, Target>;
+}
+
+/** how many of the first unclaimed blocks a claim picks from at random: fewer lost races */
+const CLAIM_SPREAD = 8;
+const BACKOFF_FIRST_MS = 5;
+const BACKOFF_MAX_MS = 250;
+
+export interface EtcdStoreStats {
+  claimed: number;
+  borrowed: number;
+  conflicts: number;
+}
+
+export class EtcdStore implements AllocationStore {
+  readonly stats: EtcdStoreStats = { claimed: 0, borrowed: 0, conflicts: 0 };
+  private session?: Session;
+  private hostChecked = false;
+  private closed = false;
+  private readonly clock: () => number;
+  private readonly log: (line: string) => void;
+  private readonly random: () => number;
+  private readonly net: string;
+
+  private constructor(
+    readonly conf: EtcdStoreConfig,
+    private readonly network: string,
+    readonly rangeSets: readonly RangeSet[],
+    private readonly kv: KV,
+    options: EtcdStoreOptions,
+  ) {
+    this.clock = options.clock ?? Date.now;
+    this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
+    this.random = options.random ?? Math.random;
+    this.net = `${conf.keyPrefix}/networks/${network}`;
+  }
+
+  /**
+   * Validates ipam.etcd against the ranges (error 7, before any connection)
+   * and returns the store; the connection is made on first use.
+   */
+  static open(ipam: IpamConfig, options: EtcdStoreOptions = {}): EtcdStore {
+    const conf = loadEtcdConfig(ipam.etcd, ipam.rangeSets);
+    return new EtcdStore(conf, ipam.name, ipam.rangeSets, options.kv ?? new EtcdKV(conf), options);
+  }
+
+  get nodeName(): string {
+    return this.conf.nodeName;
+  }
+
+  async lock(): Promise<void> {
+    if (this.closed) throw new CniError(ErrorCode.Internal, 'etcd IPAM store used after close');
+    this.session = { deadline: Date.now() + this.conf.requestTimeoutMs, targets: new Map() };
+  }
+
+  async unlock(): Promise<void> {
+    this.session = undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.session = undefined;
+    this.kv.close();
+  }
+
+  async getByOwner(containerId: string, ifname: string): Promise<IP[]> {
+    const owned = await this.load(ownerPrefixKey(this.net, containerId, ifname));
+    return owned.map((kv) => parseIP(kv.key.slice(kv.key.lastIndexOf('/') + 1))).filter((ip): ip is IP => ip !== undefined);
+  }
+
+  /**
+   * Chooses the next address for the set and returns the address the
+   * allocator's round-robin walk should treat as "last", so that its first
+   * candidate is exactly that choice: a free address in one of this host's
+   * blocks, else the first address of an unclaimed block (claimed in
+   * reserve), else a free address in another host's block.
+   */
+  async lastReserved(rangeSetId: string): Promise<IP | undefined> {
+    const s = await this.ensureLoaded();
+    const index = Number(rangeSetId);
+    const set = this.rangeSets[index]!;
+    const target = this.pickInMine(set) ?? (await this.pickUnclaimed(set)) ?? (await this.pickBorrow(set));
+    // Nothing anywhere: say so now rather than let the allocator walk every
+    // address of the set (2^64 of them in an IPv6 /64).
+    if (!target) throw noFreeAddress(index, describeRangeSet(set));
+    s.targets.set(rangeSetId, target);
+    return predecessor(set, target.ip);
+  }
+
+  async reserve(containerId: string, ifname: string, ip: IP, rangeSetId: string): Promise<boolean> {
+    const s = await this.ensureLoaded();
+    const set = this.rangeSets[Number(rangeSetId)]!;
+    const target = s.targets.get(rangeSetId);
+    // The allocator asks for a specific address without lastReserved only
+    // for a static request: that may come from any block.
+    const anyBlock = target === undefined || target.kind === 'borrow';
+    const { id, network, prefix } = this.blockOf(ip);
+    for (let attempt = 0; ; attempt++) {
+      const mine = s.mine!.get(id);
+      if (mine) {
+        const r = await this.tryAllocate(mine, set, ip, { containerId, ifname }, false);
+        if (r !== 'conflict') return r === 'ok';
+      } else {
+        const claimant = (await this.loadClaims()).get(id);
+        if (claimant === undefined) {
+          // Unclaimed: ours now if we win it (the walk only reaches an
+          // unclaimed block when the host's own blocks had no room).
+          await this.claim(id, network, prefix, ip.family);
+          continue;
+        }
+        if (claimant === this.conf.nodeName) {
+          // Claimed by us in a call that did not read it (another process of this host).
+          await this.reloadMine();
+          if (!s.mine!.has(id)) return false;
+          continue;
+        }
+        if (!anyBlock) return false;
+        const foreign = await this.readBlock(this.blockKey(claimant, id), id, network, prefix, ip.family);
+        if (!foreign) {
+          s.claims!.delete(id);
+          continue;
+        }
+        const r = await this.tryAllocate(foreign, set, ip, { containerId, ifname }, true);
+        if (r === 'ok') {
+          this.stats.borrowed++;
+          this.log(
+            `cluster-ipam: node ${this.conf.nodeName} borrowed ${formatIP(ip)} for ${containerId}/${ifname} from block ${foreign.data.cidr} of node ${claimant} (network ${this.network}; borrows by this process: ${this.stats.borrowed})`,
+          );
+        }
+        if (r !== 'conflict') return r === 'ok';
+      }
+      await this.backoff(attempt);
+    }
+  }
+
+  async releaseByOwner(containerId: string, ifname: string): Promise<IP[]> {
+    const deadline = this.deadline();
+    const { results } = await this.kv.txn({ success: [{ get: ownerPrefixKey(this.net, containerId, ifname), prefix: true }] }, deadline);
+    const released: IP[] = [];
+    for (const ownerKv of results[0]!) {
+      const ip = parseIP(ownerKv.key.slice(ownerKv.key.lastIndexOf('/') + 1));
+      if (!ip) continue;
+      if (await this.free(ip, { containerId, ifname })) released.push(ip);
+    }
+    return released;
+  }
+
+  async listAll(): Promise<Allocation[]> {
+    const { results } = await this.kv.txn({ success: [{ get: `${this.net}/ips/`, prefix: true }] }, this.deadline());
+    return results[0]!.flatMap((kv) => {
+      const ip = parseIP(kv.key.slice(kv.key.lastIndexOf('/') + 1));
+      const v = parseJSON<AddressValue>(kv.value);
+      return ip && v ? [{ ip, containerId: v.containerId, ifname: v.ifname }] : [];
+    });
+  }
+
+  /**
+   * Frees this host's allocations (its own and its borrows) whose attachment
+   * is not kept, once each has been seen unkept twice at least
+   * gcGracePeriodMs apart with the same sequence number. Returns what was
+   * freed in this call.
+   */
+  async gc(keep: readonly Owner[]): Promise<Allocation[]> {
+    const node = this.conf.nodeName;
+    const keepKeys = new Set(keep.map((o) => `${o.containerId.trim()}\n${o.ifname}`));
+    const leakPrefix = `${this.net}/leaks/${node}/`;
+    const { results } = await this.kv.txn(
+      { success: [{ get: `${this.net}/ips/`, prefix: true }, { get: leakPrefix, prefix: true }] },
+      this.deadline(),
+    );
+    const leaks = new Map(results[1]!.map((kv) => [kv.key.slice(leakPrefix.length), parseJSON<LeakValue>(kv.value)]));
+    const now = this.clock();
+    const freed: Allocation[] = [];
+    const notes: Op[] = [];
+    const seen = new Set<string>();
+    for (const kv of results[0]!) {
+      const ipText = kv.key.slice(kv.key.lastIndexOf('/') + 1);
+      const ip = parseIP(ipText);
+      const v = parseJSON<AddressValue>(kv.value);
+      if (!ip || !v || v.node !== node || keepKeys.has(`${v.containerId}\n${v.ifname}`)) continue;
+      seen.add(ipText);
+      const leak = leaks.get(ipText);
+      const same = leak !== undefined && leak.seq === v.seq && leak.createRevision === kv.createRevision.toString();
+      if (same && now - leak.firstSeen >= this.conf.gcGracePeriodMs) {
+        if (await this.free(ip, { containerId: v.containerId, ifname: v.ifname }, kv.modRevision)) {
+          freed.push({ ip, containerId: v.containerId, ifname: v.ifname });
+        }
+      } else if (!same) {
+        const note: LeakValue = { containerId: v.containerId, ifname: v.ifname, seq: v.seq, createRevision: kv.createRevision.toString(), firstSeen: now };
+        notes.push({ put: leakPrefix + ipText, value: JSON.stringify(note) });
+      }
+    }
+    // Sightings of allocations that are gone, kept again or replaced are void.
+    for (const ipText of leaks.keys()) if (!seen.has(ipText)) notes.push({ delete: leakPrefix + ipText });
+    if (notes.length > 0) await this.kv.txn({ success: notes }, this.deadline());
+    return freed;
+  }
+
+  // --- internals ---------------------------------------------------------
+
+  private deadline(): number {
+    return this.session?.deadline ?? Date.now() + this.conf.requestTimeoutMs;
+  }
+
+  private ensureSession(): Session {
+    if (this.closed) throw new CniError(ErrorCode.Internal, 'etcd IPAM store used after close');
+    // Called outside lock(): an operation of its own, with its own budget.
+    this.session ??= { deadline: Date.now() + this.conf.requestTimeoutMs, targets: new Map() };
+    return this.session;
+  }
+
+  private async ensureLoaded(): Promise<Session> {
+    const s = this.ensureSession();
+    if (!s.mine) await this.load();
+    return s;
+  }
+
+  /**
+   * The operation's one read: this node's registration, its blocks, and
+   * (given an owner prefix) the owner's index keys, which it returns.
+   * Registers the node on first sight and refuses a node name that another
+   * machine holds.
+   */
+  private async load(ownerPrefix?: string): Promise<KeyValue[]> {
+    const s = this.ensureSession();
+    const hostKey = `${this.conf.keyPrefix}/hosts/${this.conf.nodeName}`;
+    const ops: Op[] = [{ get: hostKey }, { get: this.blockKey(this.conf.nodeName, ''), prefix: true }];
+    if (ownerPrefix) ops.push({ get: ownerPrefix, prefix: true });
+    const { results } = await this.kv.txn({ success: ops }, s.deadline);
+    if (!this.hostChecked) await this.checkHost(hostKey, results[0]![0]);
+    s.mine = this.blocksFrom(results[1]!);
+    return ownerPrefix ? [...results[2]!] : [];
+  }
+
+  private async reloadMine(): Promise<void> {
+    const s = this.ensureSession();
+    const { results } = await this.kv.txn({ success: [{ get: this.blockKey(this.conf.nodeName, ''), prefix: true }] }, s.deadline);
+    s.mine = this.blocksFrom(results[0]!);
+  }
+
+  private blocksFrom(kvs: readonly KeyValue[]): Map<string, BlockState> {
+    const mine = new Map<string, BlockState>();
+    for (const kv of kvs) {
+      const st = this.blockState(kv);
+      if (st) mine.set(st.id, st);
+    }
+    return mine;
+  }
+
+  private blockState(kv: KeyValue): BlockState | undefined {
+    const data = parseJSON<BlockData>(kv.value);
+    const id = kv.key.slice(kv.key.lastIndexOf('/') + 1);
+    const slash = data?.cidr.lastIndexOf('/') ?? -1;
+    const net = data ? parseIP(data.cidr.slice(0, slash)) : undefined;
+    if (!data || !net) return undefined;
+    return { id, key: kv.key, network: net.value, prefix: Number(data.cidr.slice(slash + 1)), family: net.family, rev: kv.modRevision, data };
+  }
+
+  private async checkHost(hostKey: string, existing: KeyValue | undefined): Promise<void> {
+    let current = existing;
+    if (!current) {
+      const value = JSON.stringify({ hostId: this.conf.hostId, registeredAt: new Date(this.clock()).toISOString() });
+      const r = await this.kv.txn(
+        { compare: [{ key: hostKey, target: 'version', value: 0n }], success: [{ put: hostKey, value }], failure: [{ get: hostKey }] },
+        this.deadline(),
+      );
+      if (r.succeeded) {
+        this.hostChecked = true;
+        return;
+      }
+      current = r.results[0]![0];
+    }
+    const holder = parseJSON<{ hostId?: string }>(current?.value ?? '')?.hostId;
+    if (holder !== this.conf.hostId) {
+      throw new CniError(
+        ErrorCode.InvalidNetworkConfig,
+        `node name "${this.conf.nodeName}" is registered in etcd by another host`,
+        `${hostKey} holds host ID ${holder ?? '(unreadable)'}, this host is ${this.conf.hostId}; give each host its own ipam.etcd.nodeName (or remove the stale registration if that host is gone)`,
+      );
+    }
+    this.hostChecked = true;
+  }
+
+  private async loadClaims(): Promise<Map<string, string>> {
+    const s = this.ensureSession();
+    if (!s.claims) {
+      const prefix = `${this.net}/blocks/`;
+      const { results } = await this.kv.txn({ success: [{ get: prefix, prefix: true }] }, s.deadline);
+      s.claims = new Map(results[0]!.map((kv) => [kv.key.slice(prefix.length), kv.value]));
+    }
+    return s.claims;
+  }
+
+  /** Claims the block for this node (version == 0 on the claim key); true if won. */
+  private async claim(id: string, network: bigint, prefix: number, family: Family): Promise<boolean> {
+    const s = this.ensureSession();
+    const claimKey = `${this.net}/blocks/${id}`;
+    const key = this.blockKey(this.conf.nodeName, id);
+    const data: BlockData = { cidr: `${formatIP({ family, value: network })}/${prefix}`, host: this.conf.nodeName, seq: 0, used: {} };
+    const r = await this.kv.txn(
+      {
+        compare: [{ key: claimKey, target: 'version', value: 0n }],
+        success: [{ put: claimKey, value: this.conf.nodeName }, { put: key, value: JSON.stringify(data) }],
+        failure: [{ get: claimKey }],
+      },
+      s.deadline,
+    );
+    if (r.succeeded) {
+      this.stats.claimed++;
+      s.claims?.set(id, this.conf.nodeName);
+      s.mine!.set(id, { id, key, network, prefix, family, rev: r.revision, data });
+      return true;
+    }
+    this.stats.conflicts++;
+    const winner = r.results[0]![0]?.value;
+    if (winner !== undefined) s.claims?.set(id, winner);
+    return false;
+  }
+
+  private async readBlock(key: string, id: string, network: bigint, prefix: number, family: Family): Promise<BlockState | undefined> {
+    const { results } = await this.kv.txn({ success: [{ get: key }] }, this.deadline());
+    const kv = results[0]![0];
+    if (!kv) return undefined;
+    return this.blockState(kv) ?? { id, key, network, prefix, family, rev: kv.modRevision, data: { cidr: '', host: '', seq: 0, used: {} } };
+  }
+
+  /**
+   * One allocation transaction. 'taken': the address is in use;
+   * 'conflict': the block changed under us (its state is refreshed from the
+   * failure branch, so a retry needs no extra read).
+   */
+  private async tryAllocate(
+    st: BlockState,
+    set: RangeSet,
+    ip: IP,
+    owner: Owner,
+    borrowed: boolean,
+  ): Promise<'ok' | 'taken' | 'conflict'> {
+    const range = set.find((r) => rangeContains(r, ip));
+    if (!range || !allocatable(range, ip.value)) return 'taken';
+    const offset = (ip.value - st.network).toString();
+    if (st.data.used[offset] !== undefined) return 'taken';
+    const ipText = formatIP(ip);
+    const ipKey = `${this.net}/ips/${ipText}`;
+    const seq = st.data.seq + 1;
+    const data: BlockData = { ...st.data, seq, last: offset, used: { ...st.data.used, [offset]: seq } };
+    const value: AddressValue = {
+      containerId: owner.containerId.trim(),
+      ifname: owner.ifname,
+      node: this.conf.nodeName,
+      block: st.id,
+      blockKey: st.key,
+      seq,
+      ...(borrowed ? { borrowed: true } : {}),
+    };
+    const r = await this.kv.txn(
+      {
+        compare: [
+          { key: st.key, target: 'mod', value: st.rev },
+          { key: ipKey, target: 'version', value: 0n },
+        ],
+        success: [
+          { put: st.key, value: JSON.stringify(data) },
+          { put: ipKey, value: JSON.stringify(value) },
+          { put: ownerPrefixKey(this.net, owner.containerId, owner.ifname) + ipText, value: JSON.stringify({ node: this.conf.nodeName, blockKey: st.key }) },
+        ],
+        failure: [{ get: st.key }, { get: ipKey }],
+      },
+      this.deadline(),
+    );
+    if (r.succeeded) {
+      st.rev = r.revision;
+      st.data = data;
+      return 'ok';
+    }
+    this.stats.conflicts++;
+    const [blockNow, ipNow] = r.results;
+    if (ipNow!.length > 0) return 'taken';
+    const fresh = blockNow![0] && this.blockState(blockNow![0]);
+    if (!fresh) {
+      // The block is gone (reclaimed): forget it; the caller looks again.
+      this.session?.mine?.delete(st.id);
+      this.session?.claims?.delete(st.id);
+      return 'conflict';
+    }
+    st.rev = fresh.rev;
+    st.data = fresh.data;
+    return st.data.used[offset] !== undefined ? 'taken' : 'conflict';
+  }
+
+  /**
+   * Frees one address held by owner, updating its block in the same
+   * transaction. With `expectRev`, only if the address key is still exactly
+   * that version (GC's guard). Returns whether something was freed.
+   */
+  private async free(ip: IP, owner: Owner, expectRev?: bigint): Promise<boolean> {
+    const ipText = formatIP(ip);
+    const ipKey = `${this.net}/ips/${ipText}`;
+    const ownerKey = ownerPrefixKey(this.net, owner.containerId, owner.ifname) + ipText;
+    const leakKey = `${this.net}/leaks/${this.conf.nodeName}/${ipText}`;
+    for (let attempt = 0; ; attempt++) {
+      const read = await this.kv.txn({ success: [{ get: ipKey }] }, this.deadline());
+      const ipKv = read.results[0]![0];
+      const v = ipKv && parseJSON<AddressValue>(ipKv.value);
+      if (!ipKv || !v || v.containerId !== owner.containerId.trim() || v.ifname !== owner.ifname || (expectRev !== undefined && ipKv.modRevision !== expectRev)) {
+        // Not (or no longer) this owner's: only the stale index entry goes.
+        if (expectRev === undefined) await this.kv.txn({ success: [{ delete: ownerKey }] }, this.deadline());
+        return false;
+      }
+      const blockRead = await this.kv.txn({ success: [{ get: v.blockKey }] }, this.deadline());
+      const blockKv = blockRead.results[0]![0];
+      const st = blockKv && this.blockState(blockKv);
+      const ops: Op[] = [{ delete: ipKey }, { delete: ownerKey }, { delete: leakKey }];
+      const compare: Compare[] = [{ key: ipKey, target: 'mod', value: ipKv.modRevision }];
+      let data: BlockData | undefined;
+      if (st) {
+        const offset = (ip.value - st.network).toString();
+        const used = { ...st.data.used };
+        delete used[offset];
+        data = { ...st.data, seq: st.data.seq + 1, used };
+        ops.push({ put: st.key, value: JSON.stringify(data) });
+        compare.push({ key: st.key, target: 'mod', value: st.rev });
+      } else {
+        compare.push({ key: v.blockKey, target: 'version', value: 0n });
+      }
+      const r = await this.kv.txn({ compare, success: ops }, this.deadline());
+      if (r.succeeded) {
+        // Keep this operation's view of our own block current (an ADD that
+        // fails half-way releases and may be retried by the caller).
+        const mine = this.session?.mine?.get(v.block);
+        if (mine && data && mine.key === v.blockKey) {
+          mine.rev = r.revision;
+          mine.data = data;
+        }
+        return true;
+      }
+      this.stats.conflicts++;
+      await this.backoff(attempt);
+    }
+  }
+
+  private pickInMine(set: RangeSet): Target | undefined {
+    const blocks = [...this.session!.mine!.values()].sort((a, b) => (a.rev === b.rev ? 0 : a.rev > b.rev ? -1 : 1));
+    for (const st of blocks) {
+      const after = st.data.last !== undefined ? st.network + BigInt(st.data.last) : undefined;
+      const v = firstFree(st, set, after) ?? (after !== undefined ? firstFree(st, set) : undefined);
+      if (v !== undefined) return { ip: { family: st.family, value: v }, kind: 'mine' };
+    }
+    return undefined;
+  }
+
+  private async pickUnclaimed(set: RangeSet): Promise<Target | undefined> {
+    const claims = await this.loadClaims();
+    const found: IP[] = [];
+    for (const b of blocksOf(set, this.blockPrefix(set[0]!.subnet.network.family))) {
+      if (claims.has(b.id)) continue;
+      const first = addressesIn(set, b.network, b.prefix, b.family).next();
+      if (first.done) continue;
+      found.push({ family: b.family, value: first.value });
+      if (found.length >= CLAIM_SPREAD) break;
+    }
+    if (found.length === 0) return undefined;
+    return { ip: found[Math.floor(this.random() * found.length)]!, kind: 'claim' };
+  }
+
+  private async pickBorrow(set: RangeSet): Promise<Target | undefined> {
+    const prefix = `${this.net}/hostblocks/`;
+    const { results } = await this.kv.txn({ success: [{ get: prefix, prefix: true }] }, this.deadline());
+    for (const kv of results[0]!) {
+      const st = this.blockState(kv);
+      if (!st || st.data.host === this.conf.nodeName) continue;
+      const v = firstFree(st, set);
+      if (v !== undefined) return { ip: { family: st.family, value: v }, kind: 'borrow' };
+    }
+    return undefined;
+  }
+
+  private blockPrefix(family: Family): number {
+    return family === 4 ? this.conf.blockSizeV4 : this.conf.blockSizeV6;
+  }
+
+  private blockOf(ip: IP): { id: string; network: bigint; prefix: number } {
+    const prefix = this.blockPrefix(ip.family);
+    const network = ip.value & mask(ip.family, prefix);
+    return { id: blockId(ip.family, network, prefix), network, prefix };
+  }
+
+  private blockKey(node: string, id: string): string {
+    return `${this.net}/hostblocks/${node}/${id}`;
+  }
+
+  private async backoff(attempt: number): Promise<void> {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.min(attempt, 10));
+    const delay = Math.round(base * (0.5 + this.random()));
+    if (Date.now() + delay >= this.deadline()) {
+      throw tryAgainLater(`etcd IPAM: conflicting updates did not settle within ${this.conf.requestTimeoutMs} ms`, `network ${this.network}, node ${this.conf.nodeName}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
+function ownerPrefixKey(net: string, containerId: string, ifname: string): string {
+  return `${net}/owners/${encodeURIComponent(containerId.trim())}/${encodeURIComponent(ifname)}/`;
+}
+
+function blockId(family: Family, network: bigint, prefix: number): string {
+  return `${formatIP({ family, value: network })}_${prefix}`;
+}
+
+/** The set's allocatable addresses inside one block, in the set's order. */
+function* addressesIn(set: RangeSet, network: bigint, prefix: number, family: Family): Generator<bigint> {
+  const last = network | (~mask(family, prefix) & ((1n << BigInt(family === 4 ? 32 : 128)) - 1n));
+  for (const range of set) {
+    if (range.subnet.network.family !== family) continue;
+    const lo = range.rangeStart.value > network ? range.rangeStart.value : network;
+    const hi = range.rangeEnd.value < last ? range.rangeEnd.value : last;
+    for (let v = lo; v <= hi; v++) if (allocatable(range, v)) yield v;
+  }
+}
+
+/** The first free address of the block in the set, after `after` if given. */
+function firstFree(st: BlockState, set: RangeSet, after?: bigint): bigint | undefined {
+  for (const v of addressesIn(set, st.network, st.prefix, st.family)) {
+    if (after !== undefined && v <= after) continue;
+    if (st.data.used[(v - st.network).toString()] === undefined) return v;
+  }
+  return undefined;
+}
+
+/** Every block the set's ranges touch, in the set's order (lazily: an IPv6 /64 has 2^58 of them). */
+function* blocksOf(set: RangeSet, prefix: number): Generator<{ id: string; network: bigint; prefix: number; family: Family }> {
+  const seen = new Set<string>();
+  for (const range of set) {
+    const family = range.subnet.network.family;
+    const size = 1n << BigInt((family === 4 ? 32 : 128) - prefix);
+    for (let n = range.rangeStart.value & mask(family, prefix); n <= range.rangeEnd.value; n += size) {
+      const id = blockId(family, n, prefix);
+      if (seen.has(id)) continue;
+      seen.add(id);
+      yield { id, network: n, prefix, family };
+    }
+  }
+}
+
+/**
+ * The address the allocator's walk (candidates()) must start after so that
+ * its first candidate is `ip`: the one before it in its range, or the end of
+ * the previous range when ip opens its range.
+ */
+function predecessor(set: RangeSet, ip: IP): IP | undefined {
+  const k = set.findIndex((r: IpamRange) => rangeContains(r, ip));
+  const range = set[k]!;
+  if (ip.value > range.rangeStart.value) return { family: ip.family, value: ip.value - 1n };
+  return k === 0 ? undefined : set[k - 1]!.rangeEnd;
+}
+
+function parseJSON<T>(text: string): T | undefined {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return undefined;
+  }
+}

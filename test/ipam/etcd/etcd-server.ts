@@ -1,0 +1,73 @@
+/**
+ * A real etcd for the etcd store's tests: the Debian etcd-server binary on
+ * 127.0.0.1, random free ports, a temp data dir, killed and removed by stop().
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export interface EtcdServer {
+  /** http://127.0.0.1:<port> */
+  readonly endpoint: string;
+  stop(): Promise<void>;
+}
+
+/** A port nothing listens on right now (the kernel's choice for port 0). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startEtcd(): Promise<EtcdServer> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-etcd-'));
+  const client = await freePort();
+  const peer = await freePort();
+  const endpoint = `http://127.0.0.1:${client}`;
+  const peerUrl = `http://127.0.0.1:${peer}`;
+  const log = fs.openSync(path.join(dir, 'etcd.log'), 'w');
+  const child: ChildProcess = spawn(
+    'etcd',
+    [
+      '--name', 'default',
+      '--data-dir', path.join(dir, 'data'),
+      '--listen-client-urls', endpoint,
+      '--advertise-client-urls', endpoint,
+      '--listen-peer-urls', peerUrl,
+      '--initial-advertise-peer-urls', peerUrl,
+      '--initial-cluster', `default=${peerUrl}`,
+    ],
+    { stdio: ['ignore', log, log] },
+  );
+  fs.closeSync(log);
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  const stop = async (): Promise<void> => {
+    if (!exited) {
+      const gone = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await gone;
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  for (let i = 0; i < 200; i++) {
+    if (exited) break;
+    try {
+      const res = await fetch(`${endpoint}/health`);
+      if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return { endpoint, stop };
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const text = fs.existsSync(path.join(dir, 'etcd.log')) ? fs.readFileSync(path.join(dir, 'etcd.log'), 'utf8').slice(-2000) : '';
+  await stop();
+  throw new Error(`etcd did not become healthy at ${endpoint}:\n${text}`);
+}

@@ -1,0 +1,267 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CniError } from '../../../shared/cni/errors';
+import { allocate, collectGarbage, release, type AllocationStore } from '../../../ipam/allocator';
+import { loadIpamConfig } from '../../../ipam/config';
+import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
+import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
+import { formatIP, parseCIDR } from '../../../ipam/ip';
+import { ipamAdd, ipamDel } from '../../../ipam/plugin';
+import { freePort, startEtcd, type EtcdServer } from './etcd-server';
+
+let etcd: EtcdServer;
+let raw: EtcdKV;
+let seq = 0;
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+  raw = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000 });
+});
+
+afterAll(async () => {
+  raw?.close();
+  await etcd?.stop();
+});
+
+/** A fresh key prefix per test, so tests never see each other's keys. */
+function prefix(): string {
+  return `/test-${process.pid}-${++seq}`;
+}
+
+function netConf(p: string, subnet: string, etcdExtra: Record<string, unknown> = {}, name = 'net1'): unknown {
+  return {
+    cniVersion: '1.1.0',
+    name,
+    ipam: {
+      type: 'cluster-ipam',
+      store: 'etcd',
+      ranges: [[{ subnet }]],
+      etcd: { endpoints: [etcd.endpoint], keyPrefix: p, hostId: 'machine-1', ...etcdExtra },
+    },
+  };
+}
+
+const opened: AllocationStore[] = [];
+
+function host(p: string, subnet: string, node: string, extra: Record<string, unknown> = {}, options: EtcdStoreOptions = {}): EtcdStore {
+  const conf = loadIpamConfig(netConf(p, subnet, { nodeName: node, hostId: `id-${node}`, ...extra }));
+  const store = EtcdStore.open(conf, options);
+  opened.push(store);
+  return store;
+}
+
+afterAll(async () => {
+  for (const s of opened) await s.close();
+});
+
+async function keys(p: string): Promise<KeyValue[]> {
+  const { results } = await raw.txn({ success: [{ get: `${p}/`, prefix: true }] }, Date.now() + 5000);
+  return [...results[0]!];
+}
+
+async function add(store: EtcdStore, id: string, ifname = 'eth0'): Promise<string> {
+  const [a] = await allocate(store, store.rangeSets, { containerId: id, ifname });
+  return formatIP(a!.ip);
+}
+
+function inCidr(ip: string, cidr: string): boolean {
+  const c = parseCIDR(cidr)!;
+  const x = parseCIDR(`${ip}/32`)!;
+  return (x.ip.value & ~((1n << BigInt(32 - c.subnet.prefix)) - 1n)) === c.subnet.network.value;
+}
+
+describe('etcd store', () => {
+  it('allocates an address inside a block it claims, and a repeated ADD returns the same address', async () => {
+    const p = prefix();
+    const a = host(p, '10.10.0.0/24', 'node-a', {}, { random: () => 0 });
+    const ip = await add(a, 'c1');
+    expect(ip).toBe('10.10.0.2'); // .0 is the network, .1 the gateway
+    expect(await add(a, 'c1')).toBe(ip);
+    const all = await keys(p);
+    const names = all.map((k) => k.key.slice(p.length));
+    expect(names).toContain('/networks/net1/blocks/10.10.0.0_26');
+    expect(names).toContain(`/networks/net1/ips/${ip}`);
+    expect(names).toContain(`/networks/net1/owners/c1/eth0/${ip}`);
+    expect(names).toContain('/hosts/node-a');
+    expect(all.find((k) => k.key.endsWith('/blocks/10.10.0.0_26'))!.value).toBe('node-a');
+    expect(a.stats.claimed).toBe(1);
+  });
+
+  it('claims another block when its blocks are full', async () => {
+    const p = prefix();
+    const a = host(p, '10.11.0.0/24', 'node-a', { blockSize: 28 }, { random: () => 0 });
+    const got = new Set<string>();
+    // block 10.11.0.0/28 holds .2-.15 (14 addresses); the 15th needs a second block
+    for (let i = 0; i < 15; i++) got.add(await add(a, `c${i}`));
+    expect(got.size).toBe(15);
+    expect(a.stats.claimed).toBe(2);
+    const claims = (await keys(p)).filter((k) => k.key.includes('/blocks/'));
+    expect(claims.map((k) => k.value)).toEqual(['node-a', 'node-a']);
+    const blocks = claims.map((k) => k.key.slice(k.key.lastIndexOf('/') + 1).replace('_', '/'));
+    for (const ip of got) expect(blocks.some((b) => inCidr(ip, b))).toBe(true);
+  });
+
+  it('never hands one address to two of 20 hosts allocating 10 addresses each at the same time', async () => {
+    const p = prefix();
+    const hosts = Array.from({ length: 20 }, (_, i) => host(p, '10.12.0.0/16', `node-${i}`));
+    const results = await Promise.all(
+      hosts.map(async (h, i) => {
+        const ips: string[] = [];
+        for (let j = 0; j < 10; j++) ips.push(await add(h, `h${i}-c${j}`));
+        return ips;
+      }),
+    );
+    const all = results.flat();
+    expect(all).toHaveLength(200);
+    expect(new Set(all).size).toBe(200);
+    // every host was served from blocks it claimed itself
+    const claims = new Map((await keys(p)).filter((k) => k.key.includes('/blocks/')).map((k) => [k.key.slice(k.key.lastIndexOf('/') + 1).replace('_', '/'), k.value]));
+    results.forEach((ips, i) => {
+      for (const ip of ips) {
+        const block = [...claims.keys()].find((b) => inCidr(ip, b))!;
+        expect(claims.get(block)).toBe(`node-${i}`);
+      }
+    });
+    expect(hosts.reduce((n, h) => n + h.stats.borrowed, 0)).toBe(0);
+  });
+
+  it('borrows a single address from another host when no block is left, logs it, and reports exhaustion after', async () => {
+    const p = prefix();
+    const lines: string[] = [];
+    // 10.13.0.0/27 in /28 blocks: block .0 holds .2-.15 (14), block .16 holds .16-.30 (15)
+    const a = host(p, '10.13.0.0/27', 'node-a', { blockSize: 28 }, { random: () => 0, log: (l) => lines.push(l) });
+    const b = host(p, '10.13.0.0/27', 'node-b', { blockSize: 28 }, { random: () => 0 });
+    for (let i = 0; i < 14; i++) await add(a, `a${i}`);
+    const fromB = await add(b, 'b0');
+    expect(inCidr(fromB, '10.13.0.16/28')).toBe(true);
+    const borrowed = await add(a, 'a-borrow');
+    expect(inCidr(borrowed, '10.13.0.16/28')).toBe(true);
+    expect(borrowed).not.toBe(fromB);
+    expect(a.stats.borrowed).toBe(1);
+    expect(lines.join('\n')).toContain(`borrowed ${borrowed}`);
+    const ipKey = (await keys(p)).find((k) => k.key.endsWith(`/ips/${borrowed}`))!;
+    expect(JSON.parse(ipKey.value)).toMatchObject({ node: 'node-a', borrowed: true, containerId: 'a-borrow' });
+    // the rest of b's block, then nothing is left anywhere
+    const seen = new Set([fromB, borrowed]);
+    for (let i = 1; i < 14; i++) seen.add(await add(b, `b${i}`));
+    expect(seen.size).toBe(15);
+    const err = await add(a, 'one-too-many').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(100);
+    expect((await keys(p)).some((k) => k.key.includes('one-too-many'))).toBe(false);
+  });
+
+  it('releases an owner’s address on DEL, leaving only the block claim and state', async () => {
+    const p = prefix();
+    const a = host(p, '10.14.0.0/24', 'node-a');
+    const ip = await add(a, 'c1');
+    const freed = await release(a, { containerId: 'c1', ifname: 'eth0' });
+    expect(freed.map(formatIP)).toEqual([ip]);
+    expect(await release(a, { containerId: 'c1', ifname: 'eth0' })).toEqual([]);
+    const left = (await keys(p)).map((k) => k.key.slice(p.length).split('/').slice(0, 4).join('/'));
+    expect(left.sort()).toEqual(['/hosts/node-a', '/networks/net1/blocks', '/networks/net1/hostblocks'].sort());
+    const state = (await keys(p)).find((k) => k.key.includes('/hostblocks/'))!;
+    expect(JSON.parse(state.value).used).toEqual({});
+  });
+
+  it('frees a leak only when GC sees the same allocation twice a grace period apart, and never one handed out again in between', async () => {
+    const p = prefix();
+    let now = 1_000_000;
+    const a = host(p, '10.15.0.0/24', 'node-a', { gcGracePeriodMs: 60_000 }, { clock: () => now });
+    const ip1 = await add(a, 'keep');
+    const ip2 = await add(a, 'leak');
+    const ip3 = await add(a, 'reused');
+    const valid = [{ containerId: 'keep', ifname: 'eth0' }];
+    expect(await collectGarbage(a, valid)).toEqual([]); // first sighting
+    // 'reused' is released and allocated again between the two GC runs (ABA)
+    await release(a, { containerId: 'reused', ifname: 'eth0' });
+    const ip3again = await add(a, 'reused');
+    now += 60_000;
+    const freed = await collectGarbage(a, valid);
+    expect(freed.map((f) => [formatIP(f.ip), f.containerId])).toEqual([[ip2, 'leak']]);
+    const ips = (await keys(p)).filter((k) => k.key.includes('/ips/')).map((k) => k.key.slice(k.key.lastIndexOf('/') + 1));
+    expect(ips.sort()).toEqual([ip1, ip3again].sort());
+    void ip3;
+    // 'reused' goes once its new allocation has itself been seen twice
+    now += 60_000;
+    expect((await collectGarbage(a, valid)).map((f) => f.containerId)).toEqual(['reused']);
+  });
+
+  it('GC leaves other hosts’ allocations alone', async () => {
+    const p = prefix();
+    let now = 0;
+    const a = host(p, '10.16.0.0/24', 'node-a', { gcGracePeriodMs: 0 }, { clock: () => now });
+    const b = host(p, '10.16.0.0/24', 'node-b', { gcGracePeriodMs: 0 }, { clock: () => now });
+    await add(b, 'on-b');
+    expect(await collectGarbage(a, [])).toEqual([]);
+    now += 1;
+    expect(await collectGarbage(a, [])).toEqual([]);
+    expect((await keys(p)).some((k) => k.key.includes('/owners/on-b/'))).toBe(true);
+  });
+
+  it('refuses a second host that claims a node name another host registered, writing nothing', async () => {
+    const p = prefix();
+    const first = host(p, '10.17.0.0/24', 'node-a');
+    await add(first, 'c1');
+    const before = (await keys(p)).length;
+    const conf = loadIpamConfig(netConf(p, '10.17.0.0/24', { nodeName: 'node-a', hostId: 'another-machine' }));
+    const impostor = EtcdStore.open(conf);
+    opened.push(impostor);
+    const err = await add(impostor, 'c2').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(7);
+    expect((err as CniError).msg).toContain('node-a');
+    expect((await keys(p)).length).toBe(before);
+  });
+
+  it('answers 11 (try again later) when etcd is unreachable, within the request timeout', { timeout: 15_000 }, async () => {
+    const port = await freePort();
+    const conf = loadIpamConfig({
+      cniVersion: '1.1.0',
+      name: 'net1',
+      ipam: { type: 'cluster-ipam', store: 'etcd', subnet: '10.18.0.0/24', etcd: { endpoints: [`127.0.0.1:${port}`], requestTimeoutMs: 1500, nodeName: 'n', hostId: 'x' } },
+    });
+    const store = EtcdStore.open(conf);
+    opened.push(store);
+    const err = await allocate(store, conf.rangeSets, { containerId: 'c', ifname: 'eth0' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(11);
+  });
+
+  it('rejects a subnet smaller than one block with code 7 and writes nothing', async () => {
+    const p = prefix();
+    expect(() => host(p, '10.19.0.0/28', 'node-a')).toThrow(expect.objectContaining({ code: 7, msg: expect.stringContaining('smaller than one /26 block') }));
+    expect(() => host(p, '10.19.0.0/24', 'node-a', { blockSize: 20 })).toThrow(expect.objectContaining({ code: 7 }));
+    expect(() => host(p, 'fd00:19::/124', 'node-a')).toThrow(expect.objectContaining({ code: 7, msg: expect.stringContaining('/122') }));
+    expect(() => host(p, '10.19.0.0/24', 'node-a', { keyPrefix: 'no-slash' })).toThrow(expect.objectContaining({ code: 7 }));
+    expect(() => host(p, '10.19.0.0/24', 'node-a', { certFile: '/nonexistent.pem' })).toThrow(expect.objectContaining({ code: 7 }));
+    expect(await keys(p)).toEqual([]);
+  });
+
+  it('allocates IPv6 addresses from /122 blocks', async () => {
+    const p = prefix();
+    const a = host(p, 'fd00:20::/64', 'node-a', {}, { random: () => 0 });
+    const b = host(p, 'fd00:20::/64', 'node-b', {}, { random: () => 0 });
+    const ipA = await add(a, 'c1');
+    const ipB = await add(b, 'c2');
+    expect(ipA).toBe('fd00:20::2');
+    expect(ipB).toBe('fd00:20::40'); // node-b lost the race for the first block, or found it claimed
+  });
+
+  it('serves ADD and DEL through the plugin with the example conflist, loading the etcd store lazily', async () => {
+    const p = prefix();
+    const list = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../examples/bridge-etcd.conflist'), 'utf8'));
+    const bridge = list.plugins[0];
+    const config = { cniVersion: list.cniVersion, name: list.name, ...bridge };
+    config.ipam.etcd = { ...config.ipam.etcd, endpoints: [etcd.endpoint], keyPrefix: p, nodeName: 'node-a', hostId: 'id-a' };
+    const result = await ipamAdd({ containerId: 'ctr1', ifname: 'eth0', config });
+    expect(result.ips![0]!.address).toMatch(/^10\.88\.\d+\.\d+\/16$/);
+    expect(result.ips![0]!.gateway).toBe('10.88.0.1');
+    await ipamDel({ containerId: 'ctr1', ifname: 'eth0', config });
+    // the conflist as shipped, with a bad block size: code 7 through the plugin, nothing written
+    config.ipam.etcd.blockSize = 8;
+    await expect(ipamAdd({ containerId: 'ctr2', ifname: 'eth0', config })).rejects.toMatchObject({ code: 7 });
+    expect((await keys(p)).some((k) => k.key.includes('/ips/'))).toBe(false);
+  });
+});
