@@ -16,6 +16,9 @@ const plugins: Record<string, Entry> = {
   none: () => require('../plugins/none/main').main(),
   host: () => require('../plugins/host/main').main(),
   bridge: () => require('../plugins/bridge/main').main(),
+  portmap: () => require('../plugins/portmap/main').main(),
+  macvlan: () => require('../plugins/macvlan/main').main(),
+  ipvlan: () => require('../plugins/ipvlan/main').main(),
   'cluster-ipam': () => require('../ipam/main').main(),
 };
 

@@ -1,0 +1,236 @@
+/**
+ * macvlan: Docker's macvlan driver as a CNI plugin, with the reference
+ * macvlan plugin's config names. Per container: a macvlan link of the
+ * network's parent ("master"), created directly inside the container's
+ * namespace as CNI_IFNAME, with its own MAC, addresses and routes from IPAM.
+ *
+ *   { "type": "macvlan", "master": "eth0.10", "mode": "bridge", "mtu": 1500,
+ *     "ipam": { "type": "cluster-ipam", ... } }
+ *
+ * The parent defaults to the host's default-route interface. A parent
+ * written `eth0.10` (or "master": "eth0", "vlan": 10) is created on demand as
+ * an 802.1q sub-interface and reference-counted (shared/vlan.ts).
+ *
+ * The known macvlan limit: a container cannot reach the parent's own
+ * addresses (the host), because frames from a macvlan to its lower device
+ * are never delivered up the lower device's stack; other containers on the
+ * same parent are reachable in bridge mode.
+ */
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { netConfBase } from '../../shared/cni/config';
+import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
+import { AF_INET6, EBUSY, EINVAL, NetlinkHandle, formatCidr, isNetlinkError, networkOf, parseCidr, withHandle } from '../../shared/netlink';
+import { NetNs, isNetnsPath } from '../../shared/netns/netns';
+import { DEFAULT_STATE_DIR, ParentManager, vlanOfName, type VlanUser } from '../../shared/vlan';
+import { UndoStack } from '../../shared/undo';
+import * as ipam from '../../ipam/client';
+
+const MODES = ['bridge', 'private', 'vepa', 'passthru'] as const;
+
+const schema = netConfBase.extend({
+  /** parent interface; the host's default-route interface when omitted */
+  master: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').optional(),
+  /** 802.1q VLAN id: the parent becomes `<master>.<vlan>` (range checked with a clear message) */
+  vlan: z.number().int().optional(),
+  mode: z
+    .enum(MODES, {
+      errorMap: (issue, c) => ({
+        message: issue.code === 'invalid_enum_value' ? `unknown macvlan mode ${JSON.stringify(issue.received)}: expected one of ${MODES.join(', ')}` : c.defaultError,
+      }),
+    })
+    .default('bridge'),
+  mtu: z.number().int().min(68).max(65535).optional(),
+  /** where VLAN reference counts live; every network sharing a VLAN must use the same one */
+  stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+  runtimeConfig: z
+    .object({ mac: z.string().optional() })
+    .passthrough()
+    .optional(),
+});
+type Conf = z.infer<typeof schema>;
+type Ctx = CniContext<Conf>;
+
+/** A name no host link has: "cni" + 12 random hex digits (IFNAMSIZ 15). */
+function tempName(): string {
+  return `cni${randomBytes(6).toString('hex')}`;
+}
+
+function user(ctx: Ctx): VlanUser {
+  return { network: ctx.config.name, containerId: ctx.containerId, ifname: ctx.ifname };
+}
+
+/** Name of the VLAN link this config manages, if any, from the config alone (DEL, GC). */
+function managedVlanName(conf: Conf): string | undefined {
+  if (conf.master === undefined) return undefined;
+  try {
+    return vlanOfName(conf.master, conf.vlan)?.name;
+  } catch {
+    return undefined; // a config that never got past ADD has nothing to release
+  }
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const conf = ctx.config;
+  const host = NetlinkHandle.open();
+  const ns = NetNs.open(ctx.netns);
+  const cont = NetlinkHandle.open(ctx.netns);
+  try {
+    const parents = new ParentManager(host, conf.stateDir);
+    // Every check before anything is created: bad input changes nothing.
+    const parent = parents.resolve(conf);
+    if (conf.mtu !== undefined && conf.mtu > parent.mtu) {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `mtu ${conf.mtu} is above the MTU ${parent.mtu} of master ${parent.name}`);
+    }
+    return await UndoStack.run(async (undo) => {
+      // 1. the parent (a VLAN sub-interface is created and counted here)
+      const lower = parents.acquire(parent, user(ctx));
+      if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, user(ctx)));
+
+      // 2. the macvlan, created straight inside the container's namespace
+      // under a temporary name, then renamed: some kernels (6.1) check the
+      // new name against the creating namespace too, where the host's own
+      // eth0 would clash with CNI_IFNAME (the reference plugin does the same).
+      const tmp = tempName();
+      try {
+        host.linkAdd({
+          kind: 'macvlan',
+          name: tmp,
+          parentIndex: lower.index,
+          mode: conf.mode,
+          mtu: conf.mtu,
+          mac: conf.runtimeConfig?.mac,
+          netnsFd: ns.fd,
+        });
+      } catch (e) {
+        throw explainLinkAddError(e, conf.mode, parent.name);
+      }
+      undo.push('macvlan', () => cont.linkDelIfExists(tmp));
+      cont.linkRename(tmp, ctx.ifname);
+      undo.push('macvlan', () => cont.linkDelIfExists(ctx.ifname));
+
+      // 3. addresses and routes
+      const result: Result = ipam.hasIpam(ctx) ? await ipam.ipamAdd(ctx) : { cniVersion: ctx.cniVersion, ips: [], routes: [] };
+      if (ipam.hasIpam(ctx)) undo.push('ipam', () => ipam.ipamDel(ctx));
+      const ips = result.ips ?? [];
+      for (const ip of ips) cont.addrAdd(ctx.ifname, ip.address, { noDad: ip.address.includes(':') });
+      cont.linkSetUp(ctx.ifname);
+      const link = cont.link(ctx.ifname);
+      for (const r of result.routes ?? []) {
+        cont.routeAdd({ dst: r.dst, gw: r.gw ?? gatewayFor(ips, r.dst), oifIndex: link.index });
+      }
+
+      result.interfaces = [{ name: ctx.ifname, mac: link.mac, sandbox: ctx.netns }];
+      for (const ip of ips) ip.interface = 0;
+      result.cniVersion = ctx.cniVersion;
+      return result;
+    });
+  } finally {
+    cont.close();
+    ns.close();
+    host.close();
+  }
+}
+
+/** The kernel's terse EINVAL/EBUSY on RTM_NEWLINK, said in the config's terms (code 7). */
+function explainLinkAddError(e: unknown, mode: string, parent: string): unknown {
+  if (isNetlinkError(e, EINVAL)) {
+    const why =
+      mode === 'passthru'
+        ? `macvlan mode passthru needs master ${parent} to itself, and it already has a macvlan (one passthru container per parent)`
+        : `master ${parent} refused another macvlan: it is held by a passthru macvlan`;
+    return new CniError(ErrorCode.InvalidNetworkConfig, why, e.message);
+  }
+  if (isNetlinkError(e, EBUSY)) {
+    return new CniError(ErrorCode.InvalidNetworkConfig, `master ${parent} is in use by another kind of link (ipvlan?)`, e.message);
+  }
+  return e;
+}
+
+function gatewayFor(ips: readonly IPConfig[], dst: string): string | undefined {
+  const v6 = dst.includes(':');
+  return ips.find((ip) => ip.address.includes(':') === v6 && ip.gateway)?.gateway;
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  if (ipam.hasIpam(ctx)) await ipam.ipamDel(ctx);
+  // DEL is idempotent: the namespace (and with it the macvlan, which the
+  // kernel destroys with its namespace) may be gone already.
+  if (ctx.netns && isNetnsPath(ctx.netns)) {
+    withHandle(ctx.netns, (cont) => cont.linkDelIfExists(ctx.ifname));
+  }
+  // Count out only after our macvlan is gone: the VLAN link may go with us.
+  const vlan = managedVlanName(conf);
+  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).release(vlan, user(ctx)));
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  const prev = requirePrevResult(ctx);
+  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
+  const parentLink = withHandle(undefined, (host) => {
+    const parents = new ParentManager(host, conf.stateDir);
+    const parent = parents.resolve(conf);
+    if (parent.vlan && !parents.holds(parent.name, user(ctx))) throw fail(`${ctx.ifname} is not counted as a user of VLAN link ${parent.name}`);
+    const l = host.linkByName(parent.name);
+    if (!l) throw fail(`master ${parent.name} is missing`);
+    return l;
+  });
+  withHandle(ctx.netns, (cont) => {
+    const link = cont.linkByName(ctx.ifname);
+    if (!link) throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
+    if (link.kind !== 'macvlan') throw fail(`${ctx.ifname} is a ${link.kind ?? 'device'}, not a macvlan`);
+    if (link.macvlanMode !== conf.mode) throw fail(`${ctx.ifname} is in macvlan mode ${link.macvlanMode}, expected ${conf.mode}`);
+    if (link.parentIndex !== parentLink.index) throw fail(`${ctx.ifname} is not a macvlan of ${parentLink.name}`);
+    if (conf.mtu !== undefined && link.mtu !== conf.mtu) throw fail(`${ctx.ifname} has MTU ${link.mtu}, expected ${conf.mtu}`);
+    const want = prev.interfaces?.find((i) => i.name === ctx.ifname && i.sandbox);
+    if (want?.mac && link.mac !== want.mac.toLowerCase()) throw fail(`${ctx.ifname} has MAC ${link.mac}, expected ${want.mac}`);
+    checkAddressesAndRoutes(cont, link.index, ctx.ifname, prev, fail);
+  });
+  if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
+}
+
+function checkAddressesAndRoutes(cont: NetlinkHandle, index: number, ifname: string, prev: Result, fail: (m: string) => Error): void {
+  const have = new Set(cont.addrList(ifname).map((a) => a.cidr));
+  for (const ip of prev.ips ?? []) {
+    if (!have.has(formatCidr(parseCidr(ip.address)))) throw fail(`address ${ip.address} is missing on ${ifname}`);
+  }
+  const routes = cont.routeList();
+  for (const r of prev.routes ?? []) {
+    const v6 = r.dst.includes(':');
+    const dst = /^(0\.0\.0\.0|::)\/0$/.test(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
+    const found = routes.some((k) => k.dst === dst && (k.family === AF_INET6) === v6 && (!r.gw || k.gw === r.gw) && k.oifIndex === index);
+    if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
+  }
+}
+
+async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
+  const conf = ctx.config;
+  if (ipam.hasIpam(ctx)) await ipam.ipamGc(ctx, valid);
+  // Users of this network's VLAN that are not valid any more (a DEL that
+  // never came): count them out, and drop the link if nobody is left.
+  const vlan = managedVlanName(conf);
+  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).gc(vlan, conf.name, valid));
+}
+
+async function status(ctx: Ctx): Promise<void> {
+  if (ipam.hasIpam(ctx)) await ipam.ipamStatus(ctx);
+}
+
+export const plugin: Plugin<Conf> = {
+  about: 'macvlan: Docker macvlan networks, with 802.1q VLAN parents (cni-ts)',
+  schema,
+  createsInterface: true,
+  add,
+  del,
+  check,
+  gc,
+  status,
+};
+
+export function main(): void {
+  pluginMain(plugin);
+}
