@@ -1,0 +1,263 @@
+/**
+ * portmap: publish container ports on the host, as a chained plugin after
+ * bridge (ours or the reference's). It takes the `portMappings` capability,
+ * finds the container's addresses in prevResult, and installs DNAT for
+ * connections from outside and from the host itself (localhost included),
+ * plus the masquerading that localhost and hairpin connections need, in the
+ * project's own nftables table (rules.ts). It creates no interface and
+ * passes prevResult through unchanged.
+ *
+ * Every verb is at most one atomic `nft -f -` that changes something:
+ *   ADD    list once (conflicts), then one transaction; under a host-wide
+ *          lock so two ADDs cannot both see a port as free
+ *   DEL    one transaction, no listing when prevResult and the mappings
+ *          are given; otherwise (or if they do not match what is
+ *          installed) list once and remove what jumps to our chains
+ *   CHECK  list once and compare
+ *   GC     list once, remove the chains and elements of this network's
+ *          attachments that are not in cni.dev/valid-attachments
+ *
+ * Error codes of our own (the spec leaves 100 and up to plugins; cluster-ipam
+ * uses 100-102 in the same chain, so portmap starts at 110):
+ *   110  a requested host port is published by another container
+ *   111  CHECK: the container's mappings are not (all) installed
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { pluginMain, requirePrevResult, type CniContext, type Plugin } from '../../shared/cni/skel';
+import type { Attachment, Result } from '../../shared/cni/types';
+import { AF_INET } from '../../shared/netlink/consts';
+import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
+import { LOCK_EX, native } from '../../shared/netlink/native';
+import { sysctlSet } from '../../shared/netns/netns';
+import { NftError } from '../../shared/nft/errors';
+import type { Nft } from '../../shared/nft/nft-interface';
+import { ownerTag, type Owner } from '../../shared/nft/owned';
+import { realNft } from '../../shared/nft/real';
+import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
+import {
+  T,
+  addTransaction,
+  delTransaction,
+  findConflicts,
+  isClaimCollision,
+  isTableGone,
+  keysOf,
+  missingState,
+  ownerChains,
+  removeOwners,
+  staleOwners,
+  type AddPlan,
+  type Conflict,
+  type Key,
+} from './rules';
+
+export const PortmapErrorCode = {
+  /** A requested host port is published by another container: nothing was applied. */
+  PortConflict: 110,
+  /** CHECK: the container's mappings are not (all) installed. */
+  MappingsMissing: 111,
+} as const;
+
+/** What portmap touches outside itself, so logic tests run on fakes. */
+export interface PortmapDeps {
+  nft(): Nft;
+  /** Run fn holding the host-wide portmap lock (fn is synchronous: the lock must not outlive it). */
+  lock<T>(fn: () => T): T;
+  /** Let packets from 127.0.0.0/8 be routed to `ipv4` (route_localnet on the interface that reaches it). */
+  enableLocalnet(ipv4: string): void;
+}
+
+type Ctx = CniContext<PortmapConf>;
+
+function ownerOf(ctx: Ctx): Required<Owner> {
+  return { network: ctx.config.name, containerID: ctx.containerId, ifname: ctx.ifname };
+}
+
+function planOf(ctx: Ctx, prev: Result | undefined): AddPlan {
+  const addrs = containerAddrs(prev, ctx.ifname);
+  return {
+    owner: ownerOf(ctx),
+    claims: claimsFor(ctx.config.runtimeConfig?.portMappings ?? [], addrs),
+    addrs,
+    masq: { snat: ctx.config.snat, masqAll: ctx.config.masqAll },
+  };
+}
+
+/** "cni-ts:<network>:<containerID>:<ifname>" -> words for an error message. */
+function describeOwner(tag: string | undefined): string {
+  const parts = tag?.split(':') ?? [];
+  if (parts.length !== 4) return 'another container';
+  return `container ${parts[2]} (network ${parts[1]}, ${parts[3]})`;
+}
+
+function portConflict(conflicts: readonly Conflict[]): CniError {
+  const first = conflicts[0];
+  const lines = conflicts.map((c) => `${describeClaim(c.claim)} overlaps ${c.held} of ${describeOwner(c.ownerTag)}`);
+  return new CniError(
+    PortmapErrorCode.PortConflict,
+    `host port ${describeClaim(first.claim)} is already published by ${describeOwner(first.ownerTag)}`,
+    `${[...new Set(lines)].join('; ')}; nothing was applied`,
+  );
+}
+
+function collisionConflict(claims: readonly Claim[]): CniError {
+  return new CniError(
+    PortmapErrorCode.PortConflict,
+    'a requested host port was published by another container at the same time',
+    `requested: ${claims.map(describeClaim).join(', ')}; nothing was applied`,
+  );
+}
+
+export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
+  async function add(ctx: Ctx): Promise<Result> {
+    rejectUnsupported(ctx.config);
+    const prev = ctx.prevResult;
+    if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'portmap must be called as a chained plugin: prevResult is missing');
+    const result: Result = { ...prev, cniVersion: ctx.cniVersion };
+    const plan = planOf(ctx, prev);
+    if (plan.claims.length === 0) return result;
+    const nft = deps.nft();
+    deps.lock(() => {
+      const listing = nft.list(T.family, T.table);
+      const conflicts = findConflicts(listing, plan.owner, plan.claims);
+      if (conflicts.length) throw portConflict(conflicts);
+      const v4 = plan.claims.find((c) => c.family === 'ipv4');
+      if (ctx.config.snat && v4) deps.enableLocalnet(v4.containerIP);
+      try {
+        nft.run(addTransaction(plan, listing));
+      } catch (err) {
+        // Only a writer that ignores the lock can get here: the kernel
+        // refused an element another owner added since our listing.
+        if (isClaimCollision(err)) throw collisionConflict(plan.claims);
+        throw err;
+      }
+    });
+    return result;
+  }
+
+  async function del(ctx: Ctx): Promise<void> {
+    // No rejectUnsupported here: an ADD that refused the config applied
+    // nothing, and the runtime's cleanup DEL must still succeed.
+    const owner = ownerOf(ctx);
+    const nft = deps.nft();
+    // The keys an ADD with this prevResult and these mappings registered;
+    // anything unreadable just means we do not know them.
+    let keys: Key[] = [];
+    try {
+      const plan = planOf(ctx, ctx.prevResult);
+      keys = keysOf(plan.claims, ctx.config.snat);
+    } catch {
+      keys = [];
+    }
+    try {
+      nft.run(delTransaction(owner, keys));
+      return;
+    } catch (err) {
+      // DEL is idempotent: no table means nothing of ours is left.
+      if (isTableGone(err)) return;
+      // Keys that are not (all) ours, or elements we did not know of still
+      // jumping to our chains: fall back to reading the table once.
+      if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
+    }
+    removeOwners(nft, () => [ownerChains(owner)]);
+  }
+
+  async function check(ctx: Ctx): Promise<void> {
+    rejectUnsupported(ctx.config);
+    const prev = requirePrevResult(ctx);
+    const plan = planOf(ctx, prev);
+    if (plan.claims.length === 0) return;
+    const problems = missingState(deps.nft().list(T.family, T.table), plan);
+    if (problems.length) {
+      throw new CniError(PortmapErrorCode.MappingsMissing, `port mappings of container ${ctx.containerId} are not installed`, problems.join('; '));
+    }
+  }
+
+  async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
+    const keep = new Set<string>();
+    for (const a of valid) {
+      try {
+        keep.add(ownerTag({ network: ctx.config.name, containerID: a.containerID, ifname: a.ifname }));
+      } catch {
+        // an ID that cannot be part of a tag never owned anything of ours
+      }
+    }
+    const nft = deps.nft();
+    deps.lock(() => removeOwners(nft, (listing) => staleOwners(listing, ctx.config.name, keep)));
+  }
+
+  return {
+    about: 'portmap: publish container ports on the host with nftables (cni-ts)',
+    schema,
+    add,
+    del,
+    check,
+    gc,
+  };
+}
+
+/* ------------------------------------------------------------------ */
+/* The real host: nft, a lock file, sysctl.                           */
+/* ------------------------------------------------------------------ */
+
+/** Root-only, like the native binding's cache directory beside it. */
+export const LOCK_FILE = '/run/cni-ts/portmap.lock';
+
+function withLockFile<T>(file: string, fn: () => T): T {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | 0o2000000 /* O_CLOEXEC */, 0o600);
+  try {
+    // Released by close, also when the process dies holding it.
+    native().flock(fd, LOCK_EX);
+    return fn();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * The reference's getRoutableHostIF + enableLocalnetRouting: the interface
+ * of the longest main-table route to the container (the bridge), or "all"
+ * when none is found. route_localnet is read as "all OR interface", so
+ * either lets 127.0.0.0/8 cross to the container and the replies back.
+ */
+function enableLocalnet(ipv4: string): void {
+  // netlink only loads on this path: most plugin runs never need it
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const netlink = require('../../shared/netlink') as typeof import('../../shared/netlink');
+  const target = parseIp(ipv4).bytes;
+  const ifname = netlink.withHandle(undefined, (h) => {
+    let best: { len: number; oif: number } | undefined;
+    for (const r of h.routeList(AF_INET)) {
+      if (r.oifIndex === undefined) continue;
+      const len = r.dst === 'default' ? 0 : parseCidr(r.dst).prefixLen;
+      if (r.dst !== 'default' && !prefixContains(parseCidr(r.dst).bytes, len, target)) continue;
+      if (!best || len > best.len) best = { len, oif: r.oifIndex };
+    }
+    return best ? h.linkByIndex(best.oif)?.name : undefined;
+  });
+  // The slash form: interface names may contain dots.
+  sysctlSet(`net/ipv4/conf/${ifname ?? 'all'}/route_localnet`, '1');
+}
+
+function prefixContains(net: Buffer, len: number, ip: Buffer): boolean {
+  for (let bit = 0; bit < len; bit++) {
+    const mask = 0x80 >> (bit & 7);
+    if ((net[bit >> 3] & mask) !== (ip[bit >> 3] & mask)) return false;
+  }
+  return true;
+}
+
+export const realDeps: PortmapDeps = {
+  nft: () => realNft(),
+  lock: (fn) => withLockFile(LOCK_FILE, fn),
+  enableLocalnet,
+};
+
+export const plugin = makePlugin(realDeps);
+
+export function main(): void {
+  pluginMain(plugin);
+}

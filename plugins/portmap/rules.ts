@@ -1,0 +1,423 @@
+/**
+ * portmap's nftables state, in the project's own table:
+ *
+ *   table inet cni_ts_portmap
+ *     map wildcard_ports  nf_proto . inet_proto . inet_service : verdict    e.g. ipv4 . tcp . 8080 : jump pm-<id>
+ *     map hostip4_ports   ipv4_addr . inet_proto . inet_service : verdict   e.g. 127.0.0.1 . tcp . 8080 : jump pm-<id>
+ *     map hostip6_ports   ipv6_addr . inet_proto . inet_service : verdict
+ *     map masq4           ipv4_addr . inet_proto . inet_service : verdict   container ip . proto . container port : jump pm-<id>-masq
+ *     map masq6           ipv6_addr . inet_proto . inet_service : verdict
+ *     chain prerouting   nat/prerouting  dstnat:  fib daddr type local jump dispatch
+ *     chain output       nat/output      -100:    the same, for connections from the host itself (localhost included)
+ *     chain dispatch     one lookup per map: a host-address claim first, then a wildcard one
+ *     chain postrouting  nat/postrouting srcnat:  DNAT'ed connections -> the owner's masquerade chain
+ *     chain pm-<id>      one container's DNAT rules           (every rule commented with its owner tag)
+ *     chain pm-<id>-masq one container's masquerade rules     (localhost and hairpin sources)
+ *
+ * <id> is a hash of network, container ID and ifname, so DEL can name the
+ * chains without reading anything.
+ *
+ * The maps are the port registry: an element is a claim and its value names
+ * the owner. Adding an element that exists with another value fails in the
+ * kernel (EEXIST), so two containers can never hold the same key even when
+ * their ADDs race; overlaps between a wildcard and a host-address claim are
+ * found in the listing ADD reads anyway (and ADDs are serialised by a lock).
+ *
+ * DEL runs one transaction and lists nothing when it knows its keys
+ * (prevResult and the mappings): for each key `add element k : jump mine`
+ * then `delete element k`. The add is a no-op on our own element and fails
+ * on someone else's, so we can never delete another container's claim, and
+ * `delete chain` at the end fails while anything still jumps to our chain.
+ * Either failure means the keys were not the whole story: then the table is
+ * listed once and everything that jumps to our chains goes. The batch starts
+ * with `add chain`, which fails only when the table itself is gone, and that
+ * is the other way DEL is done.
+ *
+ * Masquerading needs no packet marks: the postrouting lookup on the
+ * connection's post-DNAT destination (the container's address and port)
+ * leads to the owner's chain, which masquerades sources from 127.0.0.0/8
+ * (needs route_localnet, see main.ts) and from the container's own subnet
+ * (hairpin: itself or a neighbour on the bridge reaching it through a host
+ * address, whose replies must come back through the host to be un-NATed).
+ */
+import { createHash } from 'node:crypto';
+import { NftError } from '../../shared/nft/errors';
+import type { Listing, Nft } from '../../shared/nft/nft-interface';
+import { TABLE_PREFIX, networkTag, ownerTag, tagMatches, type Owner } from '../../shared/nft/owned';
+import { Transaction, type NftMap } from '../../shared/nft/transaction';
+import type { Claim, ContainerAddr, IpFamily } from './config';
+
+export const TABLE = `${TABLE_PREFIX}portmap`;
+export const T = { family: 'inet' as const, table: TABLE };
+
+export const MAPS = {
+  wildcard: 'wildcard_ports',
+  hostip4: 'hostip4_ports',
+  hostip6: 'hostip6_ports',
+  masq4: 'masq4',
+  masq6: 'masq6',
+} as const;
+
+const MAP_TYPES: Record<string, string[]> = {
+  [MAPS.wildcard]: ['nf_proto', 'inet_proto', 'inet_service'],
+  [MAPS.hostip4]: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  [MAPS.hostip6]: ['ipv6_addr', 'inet_proto', 'inet_service'],
+  [MAPS.masq4]: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  [MAPS.masq6]: ['ipv6_addr', 'inet_proto', 'inet_service'],
+};
+
+const CLAIM_MAPS: readonly string[] = [MAPS.wildcard, MAPS.hostip4, MAPS.hostip6];
+const ALL_MAPS: readonly string[] = Object.keys(MAP_TYPES);
+
+/** The two chains one attachment owns. */
+export interface OwnerChains {
+  dnat: string;
+  masq: string;
+}
+
+export function ownerChains(owner: Required<Owner>): OwnerChains {
+  const id = createHash('sha256').update(`${owner.network}\n${owner.containerID}\n${owner.ifname}`).digest('hex').slice(0, 16);
+  return { dnat: `pm-${id}`, masq: `pm-${id}-masq` };
+}
+
+const DNAT_CHAIN_RE = /^pm-[0-9a-f]{16}$/;
+
+/** An element of one of our maps, as text in the form nft prints it. */
+export interface Key {
+  map: string;
+  key: string[];
+}
+
+/** The claim's element: where its host port is registered. */
+export function claimKey(c: Claim): Key {
+  if (!c.hostIP) return { map: MAPS.wildcard, key: [c.family, c.protocol, String(c.hostPort)] };
+  return { map: c.family === 'ipv4' ? MAPS.hostip4 : MAPS.hostip6, key: [c.hostIP, c.protocol, String(c.hostPort)] };
+}
+
+/** The element that sends the claim's forwarded connections to the owner's masquerade chain. */
+export function masqKey(c: Claim): Key {
+  return { map: c.family === 'ipv4' ? MAPS.masq4 : MAPS.masq6, key: [c.containerIP, c.protocol, String(c.containerPort)] };
+}
+
+const keyText = (k: Key): string => `${k.map} ${k.key.join(' . ')}`;
+
+function uniqueKeys<K extends Key>(keys: readonly K[]): K[] {
+  const seen = new Map<string, K>();
+  for (const k of keys) seen.set(keyText(k), k);
+  return [...seen.values()];
+}
+
+export function dnatRule(c: Claim): string {
+  const ip = c.family === 'ipv4' ? 'ip' : 'ip6';
+  const match = c.hostIP ? `${ip} daddr ${c.hostIP}` : `meta nfproto ${c.family}`;
+  const to = c.family === 'ipv4' ? `${c.containerIP}:${c.containerPort}` : `[${c.containerIP}]:${c.containerPort}`;
+  return `${match} ${c.protocol} dport ${c.hostPort} dnat ${ip} to ${to}`;
+}
+
+export interface MasqOptions {
+  /** masquerade localhost and hairpin sources (the `snat` option) */
+  snat: boolean;
+  /** masquerade every source (the `masqAll` option) */
+  masqAll: boolean;
+}
+
+/** The owner's masquerade rules for the families it publishes. */
+export function masqRules(addrs: readonly ContainerAddr[], families: ReadonlySet<IpFamily>, opts: MasqOptions): string[] {
+  if (!opts.snat) return [];
+  const rules: string[] = [];
+  for (const a of addrs) {
+    if (!families.has(a.family)) continue;
+    if (opts.masqAll) rules.push(`meta nfproto ${a.family} masquerade`);
+    else if (a.family === 'ipv4') rules.push(`ip saddr { 127.0.0.0/8, ${a.subnet} } masquerade`);
+    // No ::1 here: the kernel never lets a packet from ::1 leave lo (see config.ts).
+    else rules.push(`ip6 saddr ${a.subnet} masquerade`);
+  }
+  return rules;
+}
+
+/** The shared skeleton, rewritten exactly by every ADD (reconcile by flush; identical content every time). */
+function queueSkeleton(tx: Transaction): void {
+  tx.add({ kind: 'table', ...T, comment: 'cni-ts portmap: published container ports' });
+  for (const name of ALL_MAPS) {
+    const map: NftMap = { kind: 'map', ...T, name, type: MAP_TYPES[name], valueType: 'verdict' };
+    tx.add(map);
+  }
+  tx.add({ kind: 'chain', ...T, name: 'dispatch' });
+  tx.add({ kind: 'chain', ...T, name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' });
+  // nft 1.0.6 names "dstnat" only on prerouting; -100 is the same priority.
+  tx.add({ kind: 'chain', ...T, name: 'output', type: 'nat', hook: 'output', priority: -100, policy: 'accept' });
+  tx.add({ kind: 'chain', ...T, name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' });
+  const rules: Record<string, Array<{ rule: string; comment?: string }>> = {
+    dispatch: [
+      { rule: `ip daddr . meta l4proto . th dport vmap @${MAPS.hostip4}` },
+      { rule: `ip6 daddr . meta l4proto . th dport vmap @${MAPS.hostip6}` },
+      { rule: `meta nfproto . meta l4proto . th dport vmap @${MAPS.wildcard}` },
+    ],
+    prerouting: [{ rule: 'fib daddr type local jump dispatch' }],
+    output: [
+      { rule: 'ip6 daddr ::1 return', comment: 'IPv6 cannot forward from loopback' },
+      { rule: 'fib daddr type local jump dispatch' },
+    ],
+    postrouting: [
+      { rule: `ct status dnat ip daddr . meta l4proto . th dport vmap @${MAPS.masq4}` },
+      { rule: `ct status dnat ip6 daddr . meta l4proto . th dport vmap @${MAPS.masq6}` },
+    ],
+  };
+  for (const [chain, list] of Object.entries(rules)) {
+    tx.flush({ kind: 'chain', ...T, name: chain });
+    for (const r of list) tx.add({ kind: 'rule', ...T, chain, ...r });
+  }
+}
+
+const jumpTo = (chain: string): string => `jump ${chain}`;
+
+/** Every element of our maps whose value jumps to one of `chains`. */
+function elementsJumpingTo(listing: Listing, chains: readonly string[]): Key[] {
+  const values = new Set(chains.map(jumpTo));
+  const out: Key[] = [];
+  for (const s of listing.sets) {
+    if (!ALL_MAPS.includes(s.name)) continue;
+    for (const e of s.elements) if (e.value !== undefined && values.has(e.value)) out.push({ map: s.name, key: splitKey(e.key) });
+  }
+  return out;
+}
+
+function splitKey(text: string): string[] {
+  return text.split(' . ').map((p) => p.trim());
+}
+
+export interface AddPlan {
+  owner: Required<Owner>;
+  claims: readonly Claim[];
+  addrs: readonly ContainerAddr[];
+  masq: MasqOptions;
+}
+
+/**
+ * The ADD transaction: skeleton, the owner's chains rewritten, its elements
+ * added, and elements of an earlier ADD of the same owner that the new
+ * request no longer has removed (found in `listing`). Masquerade elements
+ * for our address held by another owner are stale (the address is ours now,
+ * IPAM says so) and are taken over.
+ */
+export function addTransaction(plan: AddPlan, listing: Listing | undefined): Transaction {
+  const tx = new Transaction();
+  const chains = ownerChains(plan.owner);
+  const tag = ownerTag(plan.owner);
+  queueSkeleton(tx);
+  const families = new Set(plan.claims.map((c) => c.family));
+  const dnat = plan.claims.map((c) => ({ rule: dnatRule(c), comment: tag }));
+  const masq = masqRules(plan.addrs, families, plan.masq).map((rule) => ({ rule, comment: tag }));
+  for (const [name, rules] of [
+    [chains.dnat, dnat],
+    [chains.masq, masq],
+  ] as const) {
+    tx.add({ kind: 'chain', ...T, name });
+    tx.flush({ kind: 'chain', ...T, name });
+    for (const r of rules) tx.add({ kind: 'rule', ...T, chain: name, ...r });
+  }
+
+  const wanted = uniqueKeys<Key & { value: string }>([
+    ...plan.claims.map((c) => ({ ...claimKey(c), value: chains.dnat })),
+    ...(masq.length ? plan.claims.map((c) => ({ ...masqKey(c), value: chains.masq })) : []),
+  ]);
+  const wantedText = new Set(wanted.map(keyText));
+  if (listing) {
+    for (const k of elementsJumpingTo(listing, [chains.dnat, chains.masq])) {
+      if (!wantedText.has(keyText(k))) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+    }
+    for (const k of wanted) {
+      if (k.map !== MAPS.masq4 && k.map !== MAPS.masq6) continue;
+      const held = findElement(listing, k);
+      if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+    }
+  }
+  for (const k of wanted) tx.add({ kind: 'element', ...T, set: k.map, key: k.key, value: jumpTo(k.value) });
+  return tx;
+}
+
+/** The value of the element with key `k` in the listing, if any. */
+function findElement(listing: Listing, k: Key): string | undefined {
+  const set = listing.sets.find((s) => s.name === k.map);
+  const want = k.key.join(' . ');
+  return set?.elements.find((e) => splitKey(e.key).join(' . ') === want)?.value;
+}
+
+/** Another owner's claim in the way of one of ours. */
+export interface Conflict {
+  claim: Claim;
+  /** what the other owner holds, e.g. "tcp 0.0.0.0:8080" */
+  held: string;
+  /** the other owner's tag ("cni-ts:<network>:<containerID>:<ifname>"), when its chain says */
+  ownerTag?: string;
+}
+
+/** Decode one of our claim elements back into the part of a Claim that decides overlaps. */
+function claimOfElement(map: string, key: string): Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'> | undefined {
+  const [a, proto, portText] = splitKey(key);
+  const hostPort = Number(portText);
+  if (!Number.isInteger(hostPort) || (proto !== 'tcp' && proto !== 'udp' && proto !== 'sctp')) return undefined;
+  if (map === MAPS.wildcard) return a === 'ipv4' || a === 'ipv6' ? { family: a, protocol: proto, hostPort } : undefined;
+  if (map === MAPS.hostip4) return { family: 'ipv4', protocol: proto, hostPort, hostIP: a };
+  if (map === MAPS.hostip6) return { family: 'ipv6', protocol: proto, hostPort, hostIP: a };
+  return undefined;
+}
+
+/** The owner tag of a DNAT chain, read from its rules' comments. */
+function chainOwnerTag(listing: Listing, chain: string): string | undefined {
+  return listing.chains.find((c) => c.name === chain)?.rules.find((r) => r.comment)?.comment;
+}
+
+/** Claims of other owners that overlap ours (same family, protocol and port; same or wildcard host address). */
+export function findConflicts(listing: Listing | undefined, owner: Required<Owner>, claims: readonly Claim[]): Conflict[] {
+  if (!listing) return [];
+  const mine = jumpTo(ownerChains(owner).dnat);
+  const out: Conflict[] = [];
+  for (const s of listing.sets) {
+    if (!CLAIM_MAPS.includes(s.name)) continue;
+    for (const e of s.elements) {
+      if (e.value === undefined || e.value === mine) continue;
+      const held = claimOfElement(s.name, e.key);
+      if (!held) continue;
+      for (const c of claims) {
+        if (!overlapsHeld(c, held)) continue;
+        const conflict: Conflict = { claim: c, held: describeHeld(held) };
+        const target = /^jump (\S+)$/.exec(e.value)?.[1];
+        const tag = target ? chainOwnerTag(listing, target) : undefined;
+        if (tag) conflict.ownerTag = tag;
+        out.push(conflict);
+      }
+    }
+  }
+  return out;
+}
+
+function overlapsHeld(c: Claim, h: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): boolean {
+  return c.family === h.family && c.protocol === h.protocol && c.hostPort === h.hostPort && (!c.hostIP || !h.hostIP || c.hostIP === h.hostIP);
+}
+
+function describeHeld(h: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): string {
+  const host = h.hostIP ? (h.family === 'ipv6' ? `[${h.hostIP}]` : h.hostIP) : h.family === 'ipv6' ? '[::]' : '0.0.0.0';
+  return `${h.protocol} ${host}:${h.hostPort}`;
+}
+
+/** Whether `err` is the kernel refusing one of our claim elements because another owner holds the key. */
+export function isClaimCollision(err: unknown): boolean {
+  return err instanceof NftError && err.kind === 'exists' && /^add element /.test(err.command ?? '') && CLAIM_MAPS.some((m) => (err.command ?? '').includes(` ${m} {`));
+}
+
+/**
+ * DEL's one transaction when the keys are known (see the header). `keys`
+ * may be empty: the chains alone are then destroyed, which fails (EBUSY)
+ * if elements still jump to them.
+ */
+export function delTransaction(owner: Required<Owner>, keys: readonly Key[]): Transaction {
+  const tx = new Transaction();
+  const chains = ownerChains(owner);
+  // First line: fails with ENOENT only when the table is gone.
+  tx.add({ kind: 'chain', ...T, name: chains.dnat });
+  tx.add({ kind: 'chain', ...T, name: chains.masq });
+  for (const k of uniqueKeys(keys)) {
+    const target = k.map === MAPS.masq4 || k.map === MAPS.masq6 ? chains.masq : chains.dnat;
+    tx.add({ kind: 'element', ...T, set: k.map, key: k.key, value: jumpTo(target) });
+    tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+  }
+  for (const name of [chains.dnat, chains.masq]) {
+    tx.flush({ kind: 'chain', ...T, name });
+    tx.delete({ kind: 'chain', ...T, name });
+  }
+  return tx;
+}
+
+/** The keys an ADD with these claims registered. */
+export function keysOf(claims: readonly Claim[], snat: boolean): Key[] {
+  return [...claims.map(claimKey), ...(snat ? claims.map(masqKey) : [])];
+}
+
+/** Whether DEL's transaction failed only because the table does not exist (its first line). */
+export function isTableGone(err: unknown): boolean {
+  return err instanceof NftError && err.kind === 'not-found' && err.line === 1;
+}
+
+/**
+ * Remove everything of the given owners' chains found in `listing`: the
+ * elements that jump to them, then the chains. Returns undefined when there
+ * is nothing to remove.
+ */
+export function removalTransaction(listing: Listing, owners: ReadonlyArray<OwnerChains>): Transaction | undefined {
+  const names = owners.flatMap((o) => [o.dnat, o.masq]);
+  const present = new Set(listing.chains.map((c) => c.name));
+  const tx = new Transaction();
+  for (const k of elementsJumpingTo(listing, names)) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+  for (const name of names) {
+    if (!present.has(name)) continue;
+    tx.flush({ kind: 'chain', ...T, name });
+    tx.delete({ kind: 'chain', ...T, name });
+  }
+  return tx.size ? tx : undefined;
+}
+
+/**
+ * List once, remove the owners' state in one transaction; retry with a
+ * fresh listing when a concurrent writer made the batch conflict.
+ */
+export function removeOwners(nft: Nft, pick: (listing: Listing) => OwnerChains[], retries = 3): void {
+  for (let attempt = 0; ; attempt++) {
+    const listing = nft.list(T.family, T.table);
+    if (!listing) return;
+    const tx = removalTransaction(listing, pick(listing));
+    if (!tx) return;
+    try {
+      nft.run(tx);
+      return;
+    } catch (err) {
+      const conflict = err instanceof NftError && (err.kind === 'busy' || err.kind === 'not-found' || err.kind === 'exists');
+      if (!conflict || attempt >= retries) throw err;
+    }
+  }
+}
+
+/**
+ * GC: the DNAT chains of `network` whose owner tag is not one of `keep`.
+ * Ownership is read from the rules' comments; chains of other networks
+ * (another tag prefix) are never touched.
+ */
+export function staleOwners(listing: Listing, network: string, keep: ReadonlySet<string>): OwnerChains[] {
+  const net = networkTag(network);
+  const out: OwnerChains[] = [];
+  for (const c of listing.chains) {
+    if (!DNAT_CHAIN_RE.test(c.name)) continue;
+    const tag = c.rules.find((r) => r.comment)?.comment;
+    if (!tag || !tagMatches(tag, net) || tag === net) continue;
+    if ([...keep].some((k) => tagMatches(tag, k))) continue;
+    out.push({ dnat: c.name, masq: `${c.name}-masq` });
+  }
+  return out;
+}
+
+/** What CHECK found missing, empty when everything is installed. */
+export function missingState(listing: Listing | undefined, plan: AddPlan): string[] {
+  if (!listing) return [`table inet ${TABLE} does not exist`];
+  const problems: string[] = [];
+  const chains = new Map(listing.chains.map((c) => [c.name, c]));
+  for (const name of ['prerouting', 'output', 'postrouting', 'dispatch']) {
+    if (!chains.get(name)?.rules.length) problems.push(`chain ${name} is missing or empty`);
+  }
+  const own = ownerChains(plan.owner);
+  const dnat = chains.get(own.dnat);
+  if (!dnat) problems.push(`chain ${own.dnat} (DNAT rules of this container) is missing`);
+  else if (dnat.rules.length !== plan.claims.length) problems.push(`chain ${own.dnat} holds ${dnat.rules.length} rules, expected ${plan.claims.length}`);
+  const families = new Set(plan.claims.map((c) => c.family));
+  const masqCount = masqRules(plan.addrs, families, plan.masq).length;
+  const masq = chains.get(own.masq);
+  if (!masq) problems.push(`chain ${own.masq} (masquerade rules of this container) is missing`);
+  else if (masq.rules.length !== masqCount) problems.push(`chain ${own.masq} holds ${masq.rules.length} rules, expected ${masqCount}`);
+  const expect: Array<[Key, string]> = plan.claims.map((c) => [claimKey(c), own.dnat]);
+  if (masqCount) for (const c of plan.claims) expect.push([masqKey(c), own.masq]);
+  for (const [k, chain] of expect) {
+    const value = findElement(listing, k);
+    if (value === undefined) problems.push(`element ${k.key.join(' . ')} is missing from map ${k.map}`);
+    else if (value !== jumpTo(chain)) problems.push(`element ${k.key.join(' . ')} of map ${k.map} is "${value}", expected "${jumpTo(chain)}"`);
+  }
+  return problems;
+}

@@ -1,0 +1,109 @@
+/**
+ * portmap's transactions on the real nft (1.0.6 here) and kernel, in a
+ * scratch namespace: the text we render is accepted, the keys we look for
+ * are the ones nft lists, and the kernel refuses what FakeNft refuses.
+ * No traffic here (traffic.test.ts has it).
+ */
+import { spawnSync } from 'node:child_process';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
+import { realNft } from '../../../shared/nft/real';
+import type { Transaction } from '../../../shared/nft/transaction';
+import { call, fakeHost, portmapConf, type FakeHost } from './harness';
+import { randomId, sh, trySh } from './kernel';
+
+const ns = `pmnft-${randomId()}`;
+const nsPath = `/var/run/netns/${ns}`;
+let nft: Nft;
+let host: FakeHost;
+
+const web = { hostPort: 8080, containerPort: 80, protocol: 'tcp' };
+const dns = { hostPort: 5353, containerPort: 53, protocol: 'udp', hostIP: '127.0.0.1' };
+const v6only = { hostPort: 9000, containerPort: 9, protocol: 'sctp', hostIP: 'fd00::1' };
+const dual = ['10.1.0.5/24', 'fd00:1::5/64'];
+
+beforeAll(() => {
+  sh(['ip', 'netns', 'add', ns]);
+  nft = realNft({ netnsPath: nsPath });
+});
+
+afterAll(() => {
+  trySh(['ip', 'netns', 'del', ns]);
+});
+
+beforeEach(() => {
+  spawnSync('ip', ['netns', 'exec', ns, 'nft', 'flush', 'ruleset']);
+  host = fakeHost(nft);
+});
+
+const conf = (o: Parameters<typeof portmapConf>[0]) => portmapConf(o);
+const ruleset = () => sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'ruleset']);
+
+describe('portmap on the real nft', () => {
+  it('ADD is accepted, lists back the keys CHECK expects, and a repeated ADD changes nothing', async () => {
+    expect((await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) })).code).toBe(0);
+    const first = ruleset();
+    expect(first).toContain('ipv4 . tcp . 8080 : jump pm-');
+    expect(first).toContain('fd00::1 . sctp . 9000 : jump pm-');
+    expect(first).toContain('dnat ip6 to [fd00:1::5]:9');
+    expect((await call(host, { command: 'CHECK', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) })).code).toBe(0);
+    expect((await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) })).code).toBe(0);
+    expect(ruleset()).toBe(first);
+  });
+
+  it('finds conflicts in what nft lists, for IPv4 and IPv6 host addresses', async () => {
+    await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
+    const before = ruleset();
+    for (const mappings of [[web], [{ ...dns, hostIP: undefined }], [{ ...v6only, hostIP: 'FD00:0::1' }], [{ ...web, hostIP: '10.0.0.1' }]]) {
+      const r = await call(host, { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24', 'fd00:1::6/64'], mappings }) });
+      expect(r.out).toMatchObject({ code: 110 });
+    }
+    expect(ruleset()).toBe(before);
+  });
+
+  it('the kernel itself refuses a claim held by another owner (code 110 when the listing was stale)', async () => {
+    await call(host, { command: 'ADD', conf: conf({ ips: ['10.1.0.5/24'], mappings: [web] }) });
+    const blind: Nft = { run: (tx: Transaction) => nft.run(tx), check: (tx: Transaction) => nft.check(tx), list: (_f: Family, _t: string): Listing | undefined => undefined };
+    const before = ruleset();
+    const r = await call(fakeHost(blind), { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24'], mappings: [web] }) });
+    expect(r.out).toMatchObject({ code: 110 });
+    expect(ruleset()).toBe(before);
+  });
+
+  it('DEL with keys, without them, and after the table is gone all leave no container state', async () => {
+    const empty = () => {
+      const out = ruleset();
+      expect(out).not.toMatch(/pm-|elements/);
+    };
+    await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
+    expect((await call(host, { command: 'DEL', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) })).code).toBe(0);
+    empty();
+    await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
+    expect((await call(host, { command: 'DEL', conf: conf({}) })).code).toBe(0);
+    empty();
+    expect((await call(host, { command: 'DEL', conf: conf({}) })).code).toBe(0);
+    sh(['ip', 'netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 'cni_ts_portmap']);
+    expect((await call(host, { command: 'DEL', conf: conf({ ips: dual, mappings: [web] }) })).code).toBe(0);
+    expect(ruleset()).toBe('');
+  });
+
+  it("DEL handed another container's keys deletes nothing of it", async () => {
+    await call(host, { command: 'ADD', conf: conf({ ips: ['10.1.0.5/24'], mappings: [web] }) });
+    const before = ruleset();
+    expect((await call(host, { command: 'DEL', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24'], mappings: [web] }) })).code).toBe(0);
+    expect(ruleset()).toBe(before);
+  });
+
+  it('GC removes invalid attachments of its network only', async () => {
+    await call(host, { command: 'ADD', containerId: 'keep', conf: conf({ ips: ['10.1.0.5/24'], mappings: [web] }) });
+    await call(host, { command: 'ADD', containerId: 'gone', conf: conf({ ips: ['10.1.0.6/24'], mappings: [dns] }) });
+    await call(host, { command: 'ADD', containerId: 'other', conf: conf({ name: 'net2', ips: ['10.2.0.5/24'], mappings: [{ ...dns, hostIP: '10.0.0.1' }] }) });
+    const r = await call(host, { command: 'GC', conf: { ...conf({}), 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth0' }] } });
+    expect(r.code).toBe(0);
+    const out = ruleset();
+    expect(out).toContain('ipv4 . tcp . 8080');
+    expect(out).toContain('10.0.0.1 . udp . 5353');
+    expect(out).not.toContain('127.0.0.1 . udp . 5353');
+    expect(out).not.toContain('10.1.0.6');
+  });
+});
