@@ -37,6 +37,14 @@ function inNs(ns: string, args: string[], timeoutMs?: number) {
   return sh(['ip', 'netns', 'exec', ns, ...args], timeoutMs);
 }
 
+/** GET http://ip:port/ with busybox nc (from a namespace, or the host when ns is undefined); the body. */
+function httpGet(ns: string | undefined, ip: string, port: number): { ok: boolean; out: string } {
+  const argv = [...(ns ? ['ip', 'netns', 'exec', ns] : []), 'busybox', 'nc', '-w', '3', ip, String(port)];
+  const r = spawnSync(argv[0], argv.slice(1), { input: 'GET / HTTP/1.0\r\n\r\n', encoding: 'utf8', timeout: 5000 });
+  const body = (r.stdout ?? '').split('\r\n\r\n')[1]?.trim() ?? '';
+  return { ok: r.status === 0 && (r.stdout ?? '').startsWith('HTTP/1.1 200'), out: body };
+}
+
 function withDataDir(list: Conflist): Conflist {
   for (const p of list.plugins) if (p.ipam?.type === 'cluster-ipam') p.ipam.dataDir = dataDir;
   return list;
@@ -92,12 +100,13 @@ async function main(): Promise<void> {
     const docroot = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-demo-www-'));
     fs.writeFileSync(path.join(docroot, 'index.html'), `hello from container a (${ipOf(ra)})\n`);
     server = spawn('ip', ['netns', 'exec', names.a, 'busybox', 'httpd', '-f', '-p', '80', '-h', docroot], { stdio: 'ignore' });
-    await new Promise((r) => setTimeout(r, 300));
-    const fromB = inNs(names.b, ['busybox', 'wget', '-q', '-T', '3', '-O', '-', `http://${ipOf(ra)}/`]);
+    // busybox httpd needs lo in its namespace only for itself; wait until it listens
+    for (let i = 0; i < 20 && !inNs(names.a, ['busybox', 'netstat', '-tln']).out.includes(':80 '); i++) await new Promise((r) => setTimeout(r, 100));
+    const fromB = httpGet(names.b, ipOf(ra), 80);
     expectOk(`b fetches http://${ipOf(ra)}/ directly: "${fromB.out}"`, fromB.ok && fromB.out.includes('hello'));
-    const viaHost = sh(['busybox', 'wget', '-q', '-T', '3', '-O', '-', `http://${gw}:18080/`]);
+    const viaHost = httpGet(undefined, gw, 18080);
     expectOk(`the host fetches http://${gw}:18080/ (published): "${viaHost.out}"`, viaHost.ok && viaHost.out.includes('hello'));
-    const viaLocalhost = sh(['busybox', 'wget', '-q', '-T', '3', '-O', '-', 'http://127.0.0.1:18080/']);
+    const viaLocalhost = httpGet(undefined, '127.0.0.1', 18080);
     expectOk(`the host fetches http://127.0.0.1:18080/ (published on localhost): "${viaLocalhost.out}"`, viaLocalhost.ok && viaLocalhost.out.includes('hello'));
     console.log('   nft: ' + sh(['nft', 'list', 'tables']).out.split('\n').filter((l) => l.includes('cni_ts')).join(', '));
 
