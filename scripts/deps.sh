@@ -27,5 +27,7 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "[deps] npm ci" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm 11.19's `npm ci` refuses locks that leave out other platforms'
+  # optional packages (rollup's); `npm install` honours the same lock.
+  npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error
 fi
