@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 unset NODE_EXTRA_CA_CERTS
 [ -x bin/cni-ts ] || bash build.sh
 mkdir -p dist/bench
-for b in ${BENCHES:-none}; do
+for b in ${BENCHES:-none bridge}; do
   npx --no-install esbuild "bench/$b.ts" --bundle --platform=node --format=cjs --log-level=warning --outfile="dist/bench/$b.js"
   node "dist/bench/$b.js"
   echo

@@ -20,6 +20,7 @@
  * switched, not routed); icc=false is enforced by the bridge itself with
  * port isolation, see main.ts.
  */
+import { isNotFound } from '../../shared/nft/errors';
 import { Nft } from '../../shared/nft/nft-interface';
 import { Transaction } from '../../shared/nft/transaction';
 
@@ -101,12 +102,39 @@ export function addNetworkRules(nft: Nft, n: NetworkFirewall): void {
   nft.run(networkAddTx(n));
 }
 
+/** The transaction that removes one network whose elements and chains are all in place. */
+export function networkRemoveTx(bridge: string): Transaction {
+  const tx = new Transaction();
+  const c = chainNames(bridge);
+  const br = q(bridge);
+  tx.delete({ kind: 'element', ...T, set: 'bridges', key: br });
+  tx.delete({ kind: 'element', ...T, set: 'fwd_in', key: br });
+  tx.delete({ kind: 'element', ...T, set: 'fwd_out', key: br });
+  tx.delete({ kind: 'element', ...T, set: 'masq', key: br });
+  for (const name of [c.in, c.out, c.masq]) {
+    tx.flush({ kind: 'chain', ...T, name });
+    tx.delete({ kind: 'chain', ...T, name });
+  }
+  return tx;
+}
+
 /**
- * Remove one network's rules (its last container left). Reads the table
- * once to find the elements that point at this network, so it works even
- * when the configuration that created them changed. Missing pieces are fine.
+ * Remove one network's rules (its last container left). Missing pieces are
+ * fine.
+ *
+ * The common case, a healthy network losing its last container, costs one
+ * nft run: everything networkAddTx made is deleted by name. When that
+ * fails because something is already gone (a repeated DEL, an interrupted
+ * ADD, a hand-edited table), nft changed nothing, and the table is read
+ * once to delete exactly what is left of this network.
  */
 export function removeNetworkRules(nft: Nft, bridge: string): void {
+  try {
+    nft.run(networkRemoveTx(bridge));
+    return;
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+  }
   const listing = nft.list('inet', TABLE);
   if (!listing) return;
   const c = chainNames(bridge);

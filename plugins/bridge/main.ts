@@ -6,12 +6,15 @@
  * bridge; the network's firewall/NAT in nftables (firewall.ts).
  */
 import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { z } from 'zod';
 import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
 import {
+  AF_INET,
   AF_INET6,
   NetlinkHandle,
   formatCidr,
@@ -22,6 +25,7 @@ import {
   withHandle,
   EEXIST,
 } from '../../shared/netlink';
+import { LOCK_EX, native } from '../../shared/netlink/native';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
@@ -29,7 +33,14 @@ import * as ipam from '../../ipam/client';
 import { addNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
 const schema = netConfBase.extend({
-  bridge: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').default('cni0'),
+  // Narrower than what Linux accepts: the name is also part of the
+  // network's nftables chain names (firewall.ts), which allow only these.
+  bridge: z
+    .string()
+    .min(1)
+    .max(15)
+    .regex(/^[A-Za-z0-9_-]+$/, 'bridge name may contain only letters, digits, "_" and "-"')
+    .default('cni0'),
   /** put the gateway address on the bridge */
   isGateway: z.boolean().default(false),
   /** also make it the containers' default route (implies isGateway) */
@@ -45,7 +56,12 @@ const schema = netConfBase.extend({
   promiscMode: z.boolean().default(false),
   runtimeConfig: z
     .object({
-      mac: z.string().optional(),
+      // the `mac` capability; checked here so a bad one is code 7 before anything is created
+      mac: z
+        .string()
+        .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
+        .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
+        .optional(),
       ips: z.array(z.string()).optional(),
     })
     .passthrough()
@@ -72,25 +88,61 @@ function gatewayEnabled(conf: Conf): boolean {
   return !conf.internal && (conf.isGateway || conf.isDefaultGateway);
 }
 
+const LOCK_DIR = '/run/cni-ts';
+
+/**
+ * Runs fn holding the network's lock: flock(2) on /run/cni-ts/bridge-BR.lock.
+ *
+ * Why: "is this the network's last container?" (count the bridge's ports)
+ * followed by "remove its nft rules" or "remove the bridge" must not
+ * interleave with another ADD attaching a port and writing the rules, nor
+ * with another DEL removing the same map elements: nft fails a whole batch
+ * on an element that is already gone, so two last DELs racing made one of
+ * them fail. The sections are short (a few netlink calls, one nft run); the
+ * kernel drops the lock when its holder dies, so a killed plugin never
+ * wedges the network.
+ */
+function withNetworkLock<T>(bridge: string, fn: () => T): T {
+  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+  const fd = fs.openSync(path.join(LOCK_DIR, `bridge-${bridge}.lock`), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  try {
+    native().flock(fd, LOCK_EX);
+    return fn();
+  } finally {
+    // closing the only descriptor releases the lock
+    fs.closeSync(fd);
+  }
+}
+
 /** ip link add BRIDGE type bridge (unless present); returns whether we created it. */
 function ensureBridge(host: NetlinkHandle, conf: Conf): boolean {
   const existing = host.linkByName(conf.bridge);
+  let created = false;
   if (existing) {
     if (existing.kind !== 'bridge') {
       throw new CniError(ErrorCode.InvalidNetworkConfig, `${conf.bridge} already exists and is not a bridge (${existing.kind ?? 'device'})`);
     }
     if (!existing.up) host.linkSetUp(conf.bridge);
-    return false;
+  } else {
+    try {
+      host.linkAdd({ kind: 'bridge', name: conf.bridge, mtu: conf.mtu, up: true });
+      created = true;
+    } catch (e) {
+      // created by something outside our lock (an operator, another tool)
+      if (!isNetlinkError(e, EEXIST)) throw e;
+    }
   }
-  try {
-    host.linkAdd({ kind: 'bridge', name: conf.bridge, mtu: conf.mtu, up: true });
-  } catch (e) {
-    // a concurrent ADD created it first
-    if (!isNetlinkError(e, EEXIST)) throw e;
-    return false;
-  }
+  // As the reference: asserted on every ADD, so a bridge that existed
+  // before (or was created without it) gets it too.
   if (conf.promiscMode) host.linkSetPromisc(conf.bridge, true);
-  return true;
+  return created;
+}
+
+/** The network is gone from this host once its bridge has no ports: drop its nft chains. */
+function removeRulesIfUnused(host: NetlinkHandle, bridge: string): void {
+  withNetworkLock(bridge, () => {
+    if (bridgePorts(host, bridge) === 0) removeNetworkRules(realNft(), bridge);
+  });
 }
 
 function bridgePorts(host: NetlinkHandle, bridge: string): number {
@@ -111,16 +163,19 @@ async function add(ctx: Ctx): Promise<Result> {
   const cont = NetlinkHandle.open(ctx.netns);
   try {
     return await UndoStack.run(async (undo) => {
-      // 1. the network's bridge
-      if (ensureBridge(host, conf)) {
-        undo.push('bridge', () => bridgePorts(host, conf.bridge) === 0 && host.linkDelIfExists(conf.bridge));
-      }
-
-      // 2. the veth pair, its container end created directly in the container
+      // 1. the network's bridge and 2. the veth pair, its container end
+      // created directly in the container; attached under the network's
+      // lock, so a concurrent last DEL either counts this port or has
+      // finished removing the rules that step 6 writes again.
       const hostVeth = hostVethName(ctx.containerId, ctx.ifname);
-      host.linkAdd({ kind: 'veth', name: hostVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu: conf.mtu });
-      undo.push('veth', () => host.linkDelIfExists(hostVeth));
-      host.linkSetMaster(hostVeth, conf.bridge);
+      withNetworkLock(conf.bridge, () => {
+        if (ensureBridge(host, conf)) {
+          undo.push('bridge', () => withNetworkLock(conf.bridge, () => bridgePorts(host, conf.bridge) === 0 && host.linkDelIfExists(conf.bridge)));
+        }
+        host.linkAdd({ kind: 'veth', name: hostVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu: conf.mtu });
+        undo.push('veth', () => host.linkDelIfExists(hostVeth));
+        host.linkSetMaster(hostVeth, conf.bridge);
+      });
       if (conf.hairpinMode) host.linkSetHairpin(hostVeth, true);
       // icc=false: isolated ports reach the bridge (gateway) but not each other
       if (!conf.icc) host.linkSetIsolated(hostVeth, true);
@@ -171,7 +226,9 @@ async function add(ctx: Ctx): Promise<Result> {
       }
 
       // 6. the network's firewall and NAT: one atomic nft transaction
-      addNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal });
+      withNetworkLock(conf.bridge, () =>
+        addNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
+      );
 
       const br = host.link(conf.bridge);
       const hv = host.link(hostVeth);
@@ -211,7 +268,7 @@ async function del(ctx: Ctx): Promise<void> {
   }
   withHandle(undefined, (host) => {
     host.linkDelIfExists(hostVethName(ctx.containerId, ctx.ifname));
-    if (bridgePorts(host, conf.bridge) === 0) removeNetworkRules(realNft(), conf.bridge);
+    removeRulesIfUnused(host, conf.bridge);
   });
 }
 
@@ -240,9 +297,10 @@ async function check(ctx: Ctx): Promise<void> {
     }
     const routes = cont.routeList();
     for (const r of prev.routes ?? []) {
-      const family = r.dst.includes(':') ? AF_INET6 : undefined;
+      // "default" alone does not say which family: 0.0.0.0/0 and ::/0 are different routes
+      const family = r.dst.includes(':') ? AF_INET6 : AF_INET;
       const dst = isDefault(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
-      const found = routes.some((k) => k.dst === dst && (family === undefined || k.family === family) && (!r.gw || k.gw === r.gw) && k.oifIndex === link.index);
+      const found = routes.some((k) => k.dst === dst && k.family === family && (!r.gw || k.gw === r.gw) && k.oifIndex === link.index);
       if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
     }
   });
@@ -261,6 +319,8 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
     for (const l of host.linkList()) {
       if (l.masterIndex === br.index && l.kind === 'veth' && /^veth[0-9a-f]{11}$/.test(l.name) && !keep.has(l.name)) host.linkDelIfExists(l.name);
     }
+    // the stray veths may have been the network's last containers
+    removeRulesIfUnused(host, ctx.config.bridge);
   });
 }
 
