@@ -9,20 +9,23 @@
  */
 import * as path from 'node:path';
 
-type Entry = () => void;
+/** Loads a plugin's module; its main() runs the plugin. */
+type PluginModule = () => { main(): void };
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const plugins: Record<string, Entry> = {
-  none: () => require('../plugins/none/main').main(),
-  host: () => require('../plugins/host/main').main(),
-  bridge: () => require('../plugins/bridge/main').main(),
-  portmap: () => require('../plugins/portmap/main').main(),
-  macvlan: () => require('../plugins/macvlan/main').main(),
-  ipvlan: () => require('../plugins/ipvlan/main').main(),
-  'cluster-ipam': () => require('../ipam/main').main(),
+/* eslint-disable @typescript-eslint/no-require-imports */
+const plugins: Record<string, PluginModule> = {
+  none: () => require('../plugins/none/main'),
+  host: () => require('../plugins/host/main'),
+  bridge: () => require('../plugins/bridge/main'),
+  portmap: () => require('../plugins/portmap/main'),
+  macvlan: () => require('../plugins/macvlan/main'),
+  ipvlan: () => require('../plugins/ipvlan/main'),
+  'cluster-ipam': () => require('../ipam/main'),
 };
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 const tools: Record<string, (args: string[]) => void> = {
+  'ipam-maint': (args) => { require('../ipam/etcd/maint').maintMain(args).then((c: number) => { process.exitCode = c; }); },
   version: () => {
     process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${Object.keys(plugins).join(' ')}\n`);
   },
@@ -40,11 +43,11 @@ function programName(): string {
 
 function run(): void {
   const name = programName();
-  if (name) return plugins[name]();
+  if (name) return plugins[name]().main();
   // `node dist/cni-ts.js none` (development) or `cni-ts none` (the executable):
   // in both, argv[1] is the script or the executable itself.
   const [first, ...rest] = process.argv.slice(2);
-  if (first && first in plugins) return plugins[first]();
+  if (first && first in plugins) return plugins[first]().main();
   if (first && first in tools) return tools[first](rest);
   process.stderr.write(`usage: cni-ts <${[...Object.keys(plugins), ...Object.keys(tools)].join('|')}> (or run it under a plugin's name)\n`);
   process.exitCode = 2;

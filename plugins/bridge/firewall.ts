@@ -21,6 +21,8 @@
  * port isolation, see main.ts.
  */
 import { isNotFound } from '../../shared/nft/errors';
+import { createHash } from 'node:crypto';
+import { nftGetChain } from '../../shared/netlink/nftables';
 import { Nft } from '../../shared/nft/nft-interface';
 import { Transaction } from '../../shared/nft/transaction';
 
@@ -37,8 +39,20 @@ export interface NetworkFirewall {
   internal: boolean;
 }
 
-export function chainNames(bridge: string): { in: string; out: string; masq: string } {
-  return { in: `net-${bridge}-in`, out: `net-${bridge}-out`, masq: `net-${bridge}-masq` };
+export function chainNames(bridge: string): { in: string; out: string; masq: string; cfg: string } {
+  return { in: `net-${bridge}-in`, out: `net-${bridge}-out`, masq: `net-${bridge}-masq`, cfg: `cfg-${bridge}` };
+}
+
+/**
+ * What the network's rules were written from, as a short digest. It is kept
+ * as the comment of an empty marker chain (cfg-<bridge>), so an ADD can ask
+ * the kernel over netlink whether the rules it would write are already
+ * there and skip the nft process entirely: only a network's first container
+ * (or a changed configuration) pays for a transaction.
+ */
+export function networkSignature(n: NetworkFirewall): string {
+  const canonical = JSON.stringify({ v: 1, bridge: n.bridge, subnets: [...n.subnets].sort(), masquerade: n.masquerade && !n.internal, internal: n.internal });
+  return `cni-ts network ${createHash('sha256').update(canonical).digest('hex').slice(0, 16)}`;
 }
 
 function q(name: string): string {
@@ -95,7 +109,26 @@ export function networkAddTx(n: NetworkFirewall): Transaction {
   tx.add({ kind: 'element', ...T, set: 'fwd_in', key: br, value: `jump ${c.in}` });
   tx.add({ kind: 'element', ...T, set: 'fwd_out', key: br, value: `jump ${c.out}` });
   tx.add({ kind: 'element', ...T, set: 'masq', key: br, value: `jump ${c.masq}` });
+  // Re-create the marker so its comment names this configuration (a chain's
+  // comment cannot be changed in place); last, so it only ever describes
+  // rules that were written in the same transaction.
+  tx.add({ kind: 'chain', ...T, name: c.cfg });
+  tx.delete({ kind: 'chain', ...T, name: c.cfg });
+  tx.add({ kind: 'chain', ...T, name: c.cfg, comment: networkSignature(n) });
   return tx;
+}
+
+/** Reads a chain's comment from the kernel; undefined when the chain is absent. */
+export type ChainQuery = (family: 'inet', table: string, chain: string) => { comment?: string } | undefined;
+
+/**
+ * Make sure the network's rules are installed as configured. Returns false
+ * when they already were (no nft process started), true when it wrote them.
+ */
+export function ensureNetworkRules(nft: Nft, n: NetworkFirewall, query: ChainQuery = nftGetChain): boolean {
+  if (query('inet', TABLE, chainNames(n.bridge).cfg)?.comment === networkSignature(n)) return false;
+  nft.run(networkAddTx(n));
+  return true;
 }
 
 export function addNetworkRules(nft: Nft, n: NetworkFirewall): void {
@@ -115,6 +148,7 @@ export function networkRemoveTx(bridge: string): Transaction {
     tx.flush({ kind: 'chain', ...T, name });
     tx.delete({ kind: 'chain', ...T, name });
   }
+  tx.delete({ kind: 'chain', ...T, name: c.cfg });
   return tx;
 }
 
@@ -138,7 +172,7 @@ export function removeNetworkRules(nft: Nft, bridge: string): void {
   const listing = nft.list('inet', TABLE);
   if (!listing) return;
   const c = chainNames(bridge);
-  const ours = new Set([c.in, c.out, c.masq]);
+  const ours = new Set([c.in, c.out, c.masq, c.cfg]);
   const tx = new Transaction();
   for (const set of listing.sets) {
     for (const el of set.elements ?? []) {

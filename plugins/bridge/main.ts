@@ -30,7 +30,7 @@ import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
 import * as ipam from '../../ipam/client';
-import { addNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
+import { ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
 const schema = netConfBase.extend({
   // Narrower than what Linux accepts: the name is also part of the
@@ -225,9 +225,10 @@ async function add(ctx: Ctx): Promise<Result> {
         for (const ip of ips) delete ip.gateway;
       }
 
-      // 6. the network's firewall and NAT: one atomic nft transaction
+      // 6. the network's firewall and NAT: one atomic nft transaction, only
+      //    when the kernel does not already hold exactly these rules
       withNetworkLock(conf.bridge, () =>
-        addNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
+        ensureNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
       );
 
       const br = host.link(conf.bridge);

@@ -9,7 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeNft } from '../../../shared/nft/fake';
 import { realNft } from '../../../shared/nft/real';
 import { Transaction } from '../../../shared/nft/transaction';
-import { TABLE, addNetworkRules, chainNames, networkAddTx, networkRemoveTx, networkRulesPresent, removeNetworkRules } from '../../../plugins/bridge/firewall';
+import { TABLE, addNetworkRules, chainNames, ensureNetworkRules, networkSignature, networkAddTx, networkRemoveTx, networkRulesPresent, removeNetworkRules } from '../../../plugins/bridge/firewall';
+
+const masqA = { bridge: 'br-a', subnets: ['10.1.0.0/24', 'fd00:1::/64'], masquerade: true, internal: false };
+const plainA = { ...masqA, subnets: ['10.1.0.0/24'], masquerade: false };
+const internalI = { bridge: 'br-i', subnets: ['10.9.0.0/24'], masquerade: false, internal: true };
+
+/** The marker chain whose comment records what a network's rules were written from. */
+const cfgChain = (n: { bridge: string; subnets: string[]; masquerade: boolean; internal: boolean }) => `\tchain cfg-${n.bridge} {\n\t\tcomment "${networkSignature(n)}"\n\t}`;
 
 /** The part every network shares: sets/maps of bridges, and base chains holding one lookup each. */
 const BASE_CHAINS = `	chain forward {
@@ -61,6 +68,8 @@ ${BASE_CHAINS}
 		ip saddr 10.1.0.0/24 ip daddr != 10.1.0.0/24 oifname != "br-a" masquerade comment "ipMasq"
 		ip6 saddr fd00:1::/64 ip6 daddr != fd00:1::/64 oifname != "br-a" masquerade comment "ipMasq"
 	}
+
+${cfgChain(masqA)}
 }
 `;
 
@@ -100,6 +109,8 @@ ${BASE_CHAINS}
 
 	chain net-br-a-masq {
 	}
+
+${cfgChain(plainA)}
 }
 `;
 
@@ -143,12 +154,11 @@ const INTERNAL = `table inet cni_ts_bridge {
 ${BASE_CHAINS}
 
 ${INTERNAL_CHAINS}
+
+${cfgChain(internalI)}
 }
 `;
 
-const masqA = { bridge: 'br-a', subnets: ['10.1.0.0/24', 'fd00:1::/64'], masquerade: true, internal: false };
-const plainA = { ...masqA, subnets: ['10.1.0.0/24'], masquerade: false };
-const internalI = { bridge: 'br-i', subnets: ['10.9.0.0/24'], masquerade: false, internal: true };
 
 describe('networkAddTx', () => {
   it('installs isolation and one masquerade rule per subnet for an ipMasq dual-stack network', () => {
@@ -345,5 +355,22 @@ describe('the same transactions on the kernel', () => {
     expect(after).toBe(INTERNAL);
     expect(networkRulesPresent(real, 'br-a')).toBe(false);
     expect(networkRulesPresent(real, 'br-i')).toBe(true);
+  });
+});
+
+describe('ensureNetworkRules', () => {
+  it('writes the rules when the marker is missing and skips nft when the kernel already holds this configuration', () => {
+    const nft = new FakeNft();
+    let marker: string | undefined;
+    const query = () => (marker === undefined ? undefined : { comment: marker });
+    expect(ensureNetworkRules(nft, masqA, query)).toBe(true);
+    expect(nft.execs).toBe(1);
+    marker = networkSignature(masqA);
+    expect(ensureNetworkRules(nft, masqA, query)).toBe(false);
+    expect(nft.execs).toBe(1);
+    // a changed configuration (ipMasq off) is written again
+    expect(ensureNetworkRules(nft, plainA, query)).toBe(true);
+    expect(nft.execs).toBe(2);
+    expect(nft.dump()).toBe(NO_MASQ);
   });
 });
