@@ -103,7 +103,8 @@ function main(): void {
   const o = side(ours, 'cluster-ipam', 'o', '10.231.1.0/24', path.join(dir, 'ours'));
   const r = side(reference, 'host-local', 'r', '10.231.2.0/24', path.join(dir, 'ref'));
   const rows: Record<string, Row> = {};
-  for (const what of ['ADD', 'DEL']) rows[what] = { what: `bridge ${what}`, ours: [], reference: [] };
+  for (const what of ['ADD', 'DEL']) rows[what] = { what: `bridge ${what} (last container)`, ours: [], reference: [] };
+  for (const what of ['ADD', 'DEL']) rows[`busy ${what}`] = { what: `bridge ${what} (network in use)`, ours: [], reference: [] };
   const made: string[] = [];
   try {
     for (const ns of [host, o.netns, r.netns]) {
@@ -123,6 +124,22 @@ function main(): void {
       ] as const) {
         rows.ADD[key].push(call(host, s, 'ADD', i));
         rows.DEL[key].push(call(host, s, 'DEL', i));
+      }
+    }
+    // The common case: other containers stay on the network, so neither
+    // side sets up or tears down the network's NAT and firewall state.
+    for (const s of [o, r]) {
+      execFileSync('ip', ['netns', 'add', `${s.netns}-res`]);
+      made.push(`${s.netns}-res`);
+      call(host, { ...s, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
+    }
+    for (let i = 0; i < ROUNDS; i++) {
+      for (const [s, key] of [
+        [o, 'ours'],
+        [r, 'reference'],
+      ] as const) {
+        rows['busy ADD'][key].push(call(host, s, 'ADD', i));
+        rows['busy DEL'][key].push(call(host, s, 'DEL', i));
       }
     }
   } finally {

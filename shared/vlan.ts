@@ -21,13 +21,21 @@
  *
  * The kernel is reached through ParentLinks, which NetlinkHandle satisfies,
  * so the counting is tested with a fake on a kernel without 802.1q.
+ *
+ * Below ParentManager: what macvlan and ipvlan do alike once their child
+ * link exists (config fields, the temporary name, DEL, CHECK, GC), so the
+ * two plugins keep only what differs: the link they create and its routes.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
 import { CniError, ErrorCode } from './cni/errors';
-import { AF_INET, AF_INET6, type Link, type LinkSpec, type Route } from './netlink';
+import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
 import { LOCK_EX, LOCK_UN, native } from './netlink/native';
+import { isNetnsPath } from './netns/netns';
+import type { Result } from './cni/types';
+import { checkFailed, verifyContainerInterface } from './verify';
 
 /** The few kernel verbs parent handling needs; NetlinkHandle has them all. */
 export interface ParentLinks {
@@ -282,6 +290,144 @@ export class ParentManager {
       fs.closeSync(fd);
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// What macvlan and ipvlan configs and ADDs have in common.
+
+/** The parent's fields of a macvlan or ipvlan network config (zod shape, for netConfBase.extend). */
+export const parentConfFields = {
+  /** parent interface; the host's default-route interface when omitted */
+  master: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').optional(),
+  /** 802.1q VLAN id: the parent becomes `<master>.<vlan>` (range checked with a clear message) */
+  vlan: z.number().int().optional(),
+  /** where VLAN reference counts live; every network sharing a VLAN must use the same one */
+  stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+};
+
+/**
+ * A name no host link has, for a child link created in the container
+ * under it and renamed to CNI_IFNAME there: some kernels (6.1) check the new
+ * name against the creating namespace too, where the host's own eth0 would
+ * clash (the reference plugins do the same). "cni" + 12 hex digits (IFNAMSIZ).
+ */
+export function childTempName(): string {
+  return `cni${randomBytes(6).toString('hex')}`;
+}
+
+// ---------------------------------------------------------------------------
+// DEL, CHECK and GC of one child link (macvlan or ipvlan) of a parent: the
+// two plugins differ only in the link they create, so what follows ADD is
+// written once, here.
+
+/** The part of a macvlan or ipvlan network config that concerns its parent. */
+export interface ParentNetConf extends ParentConfig {
+  /** the network's name: users are counted per network */
+  name: string;
+  stateDir: string;
+}
+
+/** The attachment a DEL, CHECK or GC is about (a CniContext has these fields). */
+export interface ChildAttachment {
+  config: ParentNetConf;
+  containerId: string;
+  ifname: string;
+  /** '' when the runtime gave none */
+  netns: string;
+}
+
+export function vlanUser(att: ChildAttachment): VlanUser {
+  return { network: att.config.name, containerId: att.containerId, ifname: att.ifname };
+}
+
+/** Name of the VLAN link this config manages, if any, from the config alone (DEL, GC). */
+export function managedVlanName(conf: ParentConfig): string | undefined {
+  if (conf.master === undefined) return undefined;
+  try {
+    return vlanOfName(conf.master, conf.vlan)?.name;
+  } catch {
+    return undefined; // a config that never got past ADD has nothing to release
+  }
+}
+
+/**
+ * DEL after IPAM: delete the child link in the container, then count this
+ * attachment out of its VLAN (the last one out deletes the VLAN link).
+ * Idempotent: the namespace, and with it the child link, which the kernel
+ * destroys with its namespace, may be gone already.
+ */
+export function delChild(att: ChildAttachment): void {
+  if (att.netns && isNetnsPath(att.netns)) {
+    withHandle(att.netns, (cont) => cont.linkDelIfExists(att.ifname));
+  }
+  // Count out only after our link is gone: the VLAN link may go with us.
+  const vlan = managedVlanName(att.config);
+  if (vlan) withHandle(undefined, (host) => new ParentManager(host, att.config.stateDir).release(vlan, vlanUser(att)));
+}
+
+/**
+ * CHECK, host side: the parent resolves as it did at ADD, a managed VLAN
+ * still counts this attachment, and the parent link exists. Returns it, for
+ * comparing with the child's parent index. Failures are code 999.
+ */
+function checkParent(att: ChildAttachment): Link {
+  return withHandle(undefined, (host) => {
+    const parents = new ParentManager(host, att.config.stateDir);
+    const parent = parents.resolve(att.config);
+    if (parent.vlan && !parents.holds(parent.name, vlanUser(att))) throw checkFailed(`${att.ifname} is not counted as a user of VLAN link ${parent.name}`);
+    const l = host.linkByName(parent.name);
+    if (!l) throw checkFailed(`master ${parent.name} is missing`);
+    return l;
+  });
+}
+
+/** What CHECK expects of the child link, beyond the container-side basics (shared/verify.ts). */
+export interface ChildExpectation {
+  kind: 'macvlan' | 'ipvlan';
+  /** the config's mode, and where the link reports its own */
+  mode: string;
+  modeOf: (link: Link) => string | undefined;
+  /** the config's MTU, when it must match */
+  mtu?: number;
+  /** false for ipvlan: its MAC is the parent's, not the plugin's to keep */
+  checkMac?: boolean;
+}
+
+/**
+ * CHECK of one attachment, IPAM aside: the parent (checkParent), then the
+ * child link in the container: kind, mode, parent, MTU, MAC, the addresses
+ * and routes of prevResult. Failures are code 999.
+ */
+export function checkChild(att: ChildAttachment, prev: Result, want: ChildExpectation): void {
+  const parentLink = checkParent(att);
+  const { ifname, netns } = att;
+  withHandle(netns, (cont) =>
+    verifyContainerInterface(
+      cont,
+      {
+        ifname,
+        netns,
+        kind: want.kind,
+        checkMac: want.checkMac,
+        extra: (link) => {
+          const mode = want.modeOf(link);
+          if (mode !== want.mode) throw checkFailed(`${ifname} is in ${want.kind} mode ${mode}, expected ${want.mode}`);
+          if (link.parentIndex !== parentLink.index) throw checkFailed(`${ifname} is not a${want.kind === 'ipvlan' ? 'n' : ''} ${want.kind} of ${parentLink.name}`);
+          if (want.mtu !== undefined && link.mtu !== want.mtu) throw checkFailed(`${ifname} has MTU ${link.mtu}, expected ${want.mtu}`);
+        },
+      },
+      prev,
+    ),
+  );
+}
+
+/**
+ * GC after IPAM: users of this network's VLAN that are not valid any more
+ * (a DEL that never came) are counted out, and the link goes if nobody is left.
+ */
+export function gcParent(conf: ParentNetConf, valid: ReadonlyArray<{ containerID: string; ifname: string }>): void {
+  const vlan = managedVlanName(conf);
+  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).gc(vlan, conf.name, valid));
 }
 
 /** Write-then-rename, so a crash leaves the old file or the new one, never half of one. */

@@ -18,15 +18,14 @@
  * One parent has one ipvlan mode: the kernel keeps the mode per parent, and
  * a new link in another mode switches every link of that parent.
  */
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result, Route } from '../../shared/cni/types';
-import { AF_INET6, EBUSY, EINVAL, NetlinkHandle, formatCidr, isNetlinkError, networkOf, parseCidr, withHandle } from '../../shared/netlink';
-import { NetNs, isNetnsPath } from '../../shared/netns/netns';
-import { DEFAULT_STATE_DIR, ParentManager, vlanOfName, type VlanUser } from '../../shared/vlan';
+import { EBUSY, EINVAL, NetlinkHandle, isNetlinkError } from '../../shared/netlink';
+import { NetNs } from '../../shared/netns/netns';
+import { ParentManager, checkChild, childTempName, delChild, gcParent, parentConfFields, vlanUser } from '../../shared/vlan';
 import { UndoStack } from '../../shared/undo';
 import * as ipam from '../../ipam/client';
 
@@ -42,43 +41,17 @@ function oneOf<T extends readonly [string, ...string[]]>(what: string, values: T
 }
 
 const schema = netConfBase.extend({
-  /** parent interface; the host's default-route interface when omitted */
-  master: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').optional(),
-  /** 802.1q VLAN id: the parent becomes `<master>.<vlan>` (range checked with a clear message) */
-  vlan: z.number().int().optional(),
+  // master, vlan, stateDir
+  ...parentConfFields,
   mode: oneOf('mode', MODES).default('l2'),
   flag: oneOf('flag', FLAGS).default('bridge'),
   /** at most the parent's; the parent's when omitted */
   mtu: z.number().int().min(68).max(65535).optional(),
-  /** where VLAN reference counts live; every network sharing a VLAN must use the same one */
-  stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
 });
 type Conf = z.infer<typeof schema>;
 type Ctx = CniContext<Conf>;
 
-/** A name no host link has: "cni" + 12 random hex digits (IFNAMSIZ 15). */
-function tempName(): string {
-  return `cni${randomBytes(6).toString('hex')}`;
-}
-
-function user(ctx: Ctx): VlanUser {
-  return { network: ctx.config.name, containerId: ctx.containerId, ifname: ctx.ifname };
-}
-
-function managedVlanName(conf: Conf): string | undefined {
-  if (conf.master === undefined) return undefined;
-  try {
-    return vlanOfName(conf.master, conf.vlan)?.name;
-  } catch {
-    return undefined; // a config that never got past ADD has nothing to release
-  }
-}
-
 const isL3 = (conf: Conf) => conf.mode !== 'l2';
-
-function isDefault(dst: string): boolean {
-  return dst === '0.0.0.0/0' || dst === '::/0';
-}
 
 /**
  * The routes the container gets. l2: IPAM's, via its gateway. l3/l3s: the
@@ -120,14 +93,14 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     return await UndoStack.run(async (undo) => {
       // 1. the parent (a VLAN sub-interface is created and counted here)
-      const lower = parents.acquire(parent, user(ctx));
-      if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, user(ctx)));
+      const lower = parents.acquire(parent, vlanUser(ctx));
+      if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, vlanUser(ctx)));
 
       // 2. the ipvlan, created straight inside the container's namespace
       // under a temporary name, then renamed: some kernels (6.1) check the
       // new name against the creating namespace too, where the host's own
       // eth0 would clash with CNI_IFNAME (the reference plugin does the same).
-      const tmp = tempName();
+      const tmp = childTempName();
       try {
         host.linkAdd({ kind: 'ipvlan', name: tmp, parentIndex: lower.index, mode: conf.mode, flag: conf.flag, mtu: conf.mtu ?? lower.mtu, netnsFd: ns.fd });
       } catch (e) {
@@ -165,56 +138,20 @@ async function add(ctx: Ctx): Promise<Result> {
 }
 
 async function del(ctx: Ctx): Promise<void> {
-  const conf = ctx.config;
   if (ipam.hasIpam(ctx)) await ipam.ipamDel(ctx);
-  // DEL is idempotent: the namespace (and with it the ipvlan, which the
-  // kernel destroys with its namespace) may be gone already.
-  if (ctx.netns && isNetnsPath(ctx.netns)) {
-    withHandle(ctx.netns, (cont) => cont.linkDelIfExists(ctx.ifname));
-  }
-  // Count out only after our ipvlan is gone: the VLAN link may go with us.
-  const vlan = managedVlanName(conf);
-  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).release(vlan, user(ctx)));
+  delChild(ctx);
 }
 
 async function check(ctx: Ctx): Promise<void> {
   const conf = ctx.config;
-  const prev = requirePrevResult(ctx);
-  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
-  const parentLink = withHandle(undefined, (host) => {
-    const parents = new ParentManager(host, conf.stateDir);
-    const parent = parents.resolve(conf);
-    if (parent.vlan && !parents.holds(parent.name, user(ctx))) throw fail(`${ctx.ifname} is not counted as a user of VLAN link ${parent.name}`);
-    const l = host.linkByName(parent.name);
-    if (!l) throw fail(`master ${parent.name} is missing`);
-    return l;
-  });
-  withHandle(ctx.netns, (cont) => {
-    const link = cont.linkByName(ctx.ifname);
-    if (!link) throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
-    if (link.kind !== 'ipvlan') throw fail(`${ctx.ifname} is a ${link.kind ?? 'device'}, not an ipvlan`);
-    if (link.ipvlanMode !== conf.mode) throw fail(`${ctx.ifname} is in ipvlan mode ${link.ipvlanMode}, expected ${conf.mode}`);
-    if (link.parentIndex !== parentLink.index) throw fail(`${ctx.ifname} is not an ipvlan of ${parentLink.name}`);
-    const have = new Set(cont.addrList(ctx.ifname).map((a) => a.cidr));
-    for (const ip of prev.ips ?? []) {
-      if (!have.has(formatCidr(parseCidr(ip.address)))) throw fail(`address ${ip.address} is missing on ${ctx.ifname}`);
-    }
-    const routes = cont.routeList();
-    for (const r of prev.routes ?? []) {
-      const v6 = r.dst.includes(':');
-      const dst = isDefault(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
-      const found = routes.some((k) => k.dst === dst && (k.family === AF_INET6) === v6 && (!r.gw || k.gw === r.gw) && k.oifIndex === link.index);
-      if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
-    }
-  });
+  // ipvlan links carry the parent's MAC: not ours to compare
+  checkChild(ctx, requirePrevResult(ctx), { kind: 'ipvlan', mode: conf.mode, modeOf: (l) => l.ipvlanMode, checkMac: false });
   if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
 }
 
 async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
-  const conf = ctx.config;
   if (ipam.hasIpam(ctx)) await ipam.ipamGc(ctx, valid);
-  const vlan = managedVlanName(conf);
-  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).gc(vlan, conf.name, valid));
+  gcParent(ctx.config, valid);
 }
 
 async function status(ctx: Ctx): Promise<void> {

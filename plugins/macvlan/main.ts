@@ -16,25 +16,22 @@
  * are never delivered up the lower device's stack; other containers on the
  * same parent are reachable in bridge mode.
  */
-import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
-import { AF_INET6, EBUSY, EINVAL, NetlinkHandle, formatCidr, isNetlinkError, networkOf, parseCidr, withHandle } from '../../shared/netlink';
-import { NetNs, isNetnsPath } from '../../shared/netns/netns';
-import { DEFAULT_STATE_DIR, ParentManager, vlanOfName, type VlanUser } from '../../shared/vlan';
+import { EBUSY, EINVAL, NetlinkHandle, isNetlinkError } from '../../shared/netlink';
+import { NetNs } from '../../shared/netns/netns';
+import { ParentManager, checkChild, childTempName, delChild, gcParent, parentConfFields, vlanUser } from '../../shared/vlan';
 import { UndoStack } from '../../shared/undo';
 import * as ipam from '../../ipam/client';
 
 const MODES = ['bridge', 'private', 'vepa', 'passthru'] as const;
 
 const schema = netConfBase.extend({
-  /** parent interface; the host's default-route interface when omitted */
-  master: z.string().min(1).max(15).regex(/^[^\s/:]+$/, 'not a valid interface name').optional(),
-  /** 802.1q VLAN id: the parent becomes `<master>.<vlan>` (range checked with a clear message) */
-  vlan: z.number().int().optional(),
+  // master, vlan, stateDir
+  ...parentConfFields,
   mode: z
     .enum(MODES, {
       errorMap: (issue, c) => ({
@@ -43,8 +40,6 @@ const schema = netConfBase.extend({
     })
     .default('bridge'),
   mtu: z.number().int().min(68).max(65535).optional(),
-  /** where VLAN reference counts live; every network sharing a VLAN must use the same one */
-  stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
   runtimeConfig: z
     .object({ mac: z.string().optional() })
     .passthrough()
@@ -52,25 +47,6 @@ const schema = netConfBase.extend({
 });
 type Conf = z.infer<typeof schema>;
 type Ctx = CniContext<Conf>;
-
-/** A name no host link has: "cni" + 12 random hex digits (IFNAMSIZ 15). */
-function tempName(): string {
-  return `cni${randomBytes(6).toString('hex')}`;
-}
-
-function user(ctx: Ctx): VlanUser {
-  return { network: ctx.config.name, containerId: ctx.containerId, ifname: ctx.ifname };
-}
-
-/** Name of the VLAN link this config manages, if any, from the config alone (DEL, GC). */
-function managedVlanName(conf: Conf): string | undefined {
-  if (conf.master === undefined) return undefined;
-  try {
-    return vlanOfName(conf.master, conf.vlan)?.name;
-  } catch {
-    return undefined; // a config that never got past ADD has nothing to release
-  }
-}
 
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
@@ -86,14 +62,14 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     return await UndoStack.run(async (undo) => {
       // 1. the parent (a VLAN sub-interface is created and counted here)
-      const lower = parents.acquire(parent, user(ctx));
-      if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, user(ctx)));
+      const lower = parents.acquire(parent, vlanUser(ctx));
+      if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, vlanUser(ctx)));
 
       // 2. the macvlan, created straight inside the container's namespace
       // under a temporary name, then renamed: some kernels (6.1) check the
       // new name against the creating namespace too, where the host's own
       // eth0 would clash with CNI_IFNAME (the reference plugin does the same).
-      const tmp = tempName();
+      const tmp = childTempName();
       try {
         host.linkAdd({
           kind: 'macvlan',
@@ -155,65 +131,19 @@ function gatewayFor(ips: readonly IPConfig[], dst: string): string | undefined {
 }
 
 async function del(ctx: Ctx): Promise<void> {
-  const conf = ctx.config;
   if (ipam.hasIpam(ctx)) await ipam.ipamDel(ctx);
-  // DEL is idempotent: the namespace (and with it the macvlan, which the
-  // kernel destroys with its namespace) may be gone already.
-  if (ctx.netns && isNetnsPath(ctx.netns)) {
-    withHandle(ctx.netns, (cont) => cont.linkDelIfExists(ctx.ifname));
-  }
-  // Count out only after our macvlan is gone: the VLAN link may go with us.
-  const vlan = managedVlanName(conf);
-  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).release(vlan, user(ctx)));
+  delChild(ctx);
 }
 
 async function check(ctx: Ctx): Promise<void> {
   const conf = ctx.config;
-  const prev = requirePrevResult(ctx);
-  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
-  const parentLink = withHandle(undefined, (host) => {
-    const parents = new ParentManager(host, conf.stateDir);
-    const parent = parents.resolve(conf);
-    if (parent.vlan && !parents.holds(parent.name, user(ctx))) throw fail(`${ctx.ifname} is not counted as a user of VLAN link ${parent.name}`);
-    const l = host.linkByName(parent.name);
-    if (!l) throw fail(`master ${parent.name} is missing`);
-    return l;
-  });
-  withHandle(ctx.netns, (cont) => {
-    const link = cont.linkByName(ctx.ifname);
-    if (!link) throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
-    if (link.kind !== 'macvlan') throw fail(`${ctx.ifname} is a ${link.kind ?? 'device'}, not a macvlan`);
-    if (link.macvlanMode !== conf.mode) throw fail(`${ctx.ifname} is in macvlan mode ${link.macvlanMode}, expected ${conf.mode}`);
-    if (link.parentIndex !== parentLink.index) throw fail(`${ctx.ifname} is not a macvlan of ${parentLink.name}`);
-    if (conf.mtu !== undefined && link.mtu !== conf.mtu) throw fail(`${ctx.ifname} has MTU ${link.mtu}, expected ${conf.mtu}`);
-    const want = prev.interfaces?.find((i) => i.name === ctx.ifname && i.sandbox);
-    if (want?.mac && link.mac !== want.mac.toLowerCase()) throw fail(`${ctx.ifname} has MAC ${link.mac}, expected ${want.mac}`);
-    checkAddressesAndRoutes(cont, link.index, ctx.ifname, prev, fail);
-  });
+  checkChild(ctx, requirePrevResult(ctx), { kind: 'macvlan', mode: conf.mode, modeOf: (l) => l.macvlanMode, mtu: conf.mtu });
   if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
 }
 
-function checkAddressesAndRoutes(cont: NetlinkHandle, index: number, ifname: string, prev: Result, fail: (m: string) => Error): void {
-  const have = new Set(cont.addrList(ifname).map((a) => a.cidr));
-  for (const ip of prev.ips ?? []) {
-    if (!have.has(formatCidr(parseCidr(ip.address)))) throw fail(`address ${ip.address} is missing on ${ifname}`);
-  }
-  const routes = cont.routeList();
-  for (const r of prev.routes ?? []) {
-    const v6 = r.dst.includes(':');
-    const dst = /^(0\.0\.0\.0|::)\/0$/.test(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
-    const found = routes.some((k) => k.dst === dst && (k.family === AF_INET6) === v6 && (!r.gw || k.gw === r.gw) && k.oifIndex === index);
-    if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
-  }
-}
-
 async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
-  const conf = ctx.config;
   if (ipam.hasIpam(ctx)) await ipam.ipamGc(ctx, valid);
-  // Users of this network's VLAN that are not valid any more (a DEL that
-  // never came): count them out, and drop the link if nobody is left.
-  const vlan = managedVlanName(conf);
-  if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).gc(vlan, conf.name, valid));
+  gcParent(ctx.config, valid);
 }
 
 async function status(ctx: Ctx): Promise<void> {

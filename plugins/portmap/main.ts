@@ -32,9 +32,10 @@ import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
 import { LOCK_EX, native } from '../../shared/netlink/native';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
-import type { Nft } from '../../shared/nft/nft-interface';
+import type { Listing, Nft } from '../../shared/nft/nft-interface';
 import { ownerTag, type Owner } from '../../shared/nft/owned';
 import { realNft } from '../../shared/nft/real';
+import { listMaps } from './maps';
 import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   T,
@@ -67,6 +68,11 @@ export interface PortmapDeps {
   lock<T>(fn: () => T): T;
   /** Let packets from 127.0.0.0/8 be routed to `ipv4` (route_localnet on the interface that reaches it). */
   enableLocalnet(ipv4: string): void;
+  /**
+   * The registry maps' elements for ADD, read without starting nft (maps.ts);
+   * absent: ADD lists the table through nft.
+   */
+  listMaps?(): Listing | undefined;
 }
 
 type Ctx = CniContext<PortmapConf>;
@@ -120,7 +126,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     if (plan.claims.length === 0) return result;
     const nft = deps.nft();
     deps.lock(() => {
-      const listing = nft.list(T.family, T.table);
+      const listing = deps.listMaps ? deps.listMaps() : nft.list(T.family, T.table);
       const conflicts = findConflicts(listing, plan.owner, plan.claims);
       if (conflicts.length) throw portConflict(conflicts);
       const v4 = plan.claims.find((c) => c.family === 'ipv4');
@@ -254,6 +260,7 @@ export const realDeps: PortmapDeps = {
   nft: () => realNft(),
   lock: (fn) => withLockFile(LOCK_FILE, fn),
   enableLocalnet,
+  listMaps: () => listMaps(),
 };
 
 export const plugin = makePlugin(realDeps);

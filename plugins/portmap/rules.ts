@@ -58,7 +58,7 @@ export const MAPS = {
   masq6: 'masq6',
 } as const;
 
-const MAP_TYPES: Record<string, string[]> = {
+export const MAP_TYPES: Record<string, string[]> = {
   [MAPS.wildcard]: ['nf_proto', 'inet_proto', 'inet_service'],
   [MAPS.hostip4]: ['ipv4_addr', 'inet_proto', 'inet_service'],
   [MAPS.hostip6]: ['ipv6_addr', 'inet_proto', 'inet_service'],

@@ -16,6 +16,7 @@ export type { Route, RouteSpec } from './route';
 export type { Neigh } from './neigh';
 export { parseIp, parseCidr, formatIp, formatCidr, networkOf, canonicalIp, parseMac, formatMac, isIp, AddressParseError } from './ipaddr';
 export type { IpAddr, Cidr } from './ipaddr';
-export { nftGetChain, NETLINK_NETFILTER } from './nftables';
+export { nftGetChain, nftListElements, NETLINK_NETFILTER } from './nftables';
+export type { RawElement, ChainInfo } from './nftables';
 export { XfrmHandle, withXfrmHandle } from './xfrm';
 export type { XfrmStateSpec, XfrmStateId, XfrmState, XfrmPolicySpec, XfrmPolicyId, XfrmPolicy, XfrmSelector, XfrmTmpl, XfrmAead, XfrmMark, XfrmMode, XfrmDir } from './xfrm';

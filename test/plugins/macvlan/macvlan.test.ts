@@ -9,26 +9,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, addNetns, delNetns, ipJson, uniqueName } from '../../helpers/exec';
+import { BIN, ipJson } from '../../helpers/exec';
+import { ip, namespaceFactory } from './fixtures';
 
-const namespaces: string[] = [];
+const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-'));
 afterAll(() => {
-  for (const ns of namespaces.reverse()) delNetns(ns);
   fs.rmSync(tmp, { recursive: true, force: true });
 });
-
-function netns(prefix: string): { name: string; path: string } {
-  const name = uniqueName(prefix);
-  const p = addNetns(name);
-  namespaces.push(name);
-  return { name, path: p };
-}
-
-function ip(...args: string[]): void {
-  const r = spawnSync('ip', args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
-}
 
 /** A "host": a namespace whose eth0 is one end of a veth (the other end is returned, still in the host). */
 function makeHost(prefix: string, addr?: string): { name: string; path: string } {

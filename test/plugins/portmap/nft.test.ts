@@ -10,6 +10,7 @@ import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
 import { realNft } from '../../../shared/nft/real';
 import type { Transaction } from '../../../shared/nft/transaction';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
+import { listMaps } from '../../../plugins/portmap/maps';
 import { randomId, sh, trySh } from './kernel';
 
 const ns = `pmnft-${randomId()}`;
@@ -105,5 +106,33 @@ describe('portmap on the real nft', () => {
     expect(out).toContain('10.0.0.1 . udp . 5353');
     expect(out).not.toContain('127.0.0.1 . udp . 5353');
     expect(out).not.toContain('10.1.0.6');
+  });
+});
+
+describe('the registry maps read over netlink (maps.ts)', () => {
+  const elementsOf = (l: Listing | undefined) =>
+    (l?.sets ?? [])
+      .map((s) => ({ name: s.name, elements: s.elements.map((e) => `${e.key} : ${e.value}`).sort() }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+
+  it('are exactly what nft -j lists, for every map and key type', async () => {
+    expect(listMaps(nsPath)).toBeUndefined();
+    await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
+    await call(host, { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24'], mappings: [{ ...web, hostPort: 8081, protocol: 'udp' }] }) });
+    const viaNetlink = elementsOf(listMaps(nsPath));
+    expect(viaNetlink).toEqual(elementsOf(nft.list('inet', 'cni_ts_portmap')));
+    expect(viaNetlink.flatMap((s) => s.elements).length).toBeGreaterThan(5);
+  });
+
+  it('give ADD the same conflict answers (code 110, nothing applied)', async () => {
+    const netlinkHost = fakeHost(nft);
+    netlinkHost.deps.listMaps = () => listMaps(nsPath);
+    await call(netlinkHost, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
+    const before = ruleset();
+    for (const mappings of [[web], [{ ...dns, hostIP: undefined }], [{ ...v6only, hostIP: 'FD00:0::1' }], [{ ...web, hostIP: '10.0.0.1' }]]) {
+      const r = await call(netlinkHost, { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24', 'fd00:1::6/64'], mappings }) });
+      expect(r.out).toMatchObject({ code: 110 });
+    }
+    expect(ruleset()).toBe(before);
   });
 });

@@ -1,0 +1,128 @@
+/**
+ * macvlan + IPAM vs the reference: our bin/macvlan (cluster-ipam on its
+ * local store, in-process) against /usr/lib/cni/macvlan +
+ * /usr/lib/cni/host-local (exec'd by the macvlan plugin) with the same
+ * configuration: master eth0, mode bridge, one /24. Each round ADDs one
+ * container and DELs it again. Reports medians, the ratio and peak memory.
+ *
+ * Both run inside a private network namespace standing in for the host,
+ * whose `eth0` is one end of a veth made here: the machine's own interfaces
+ * are never a parent. The bench thread enters that namespace around each
+ * spawn (withNetns), adding nothing to the measured exec.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { withNetns } from '../shared/netns/netns';
+import { Row, Sample, assertOk, runOnce, summarize } from './lib';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
+// bench/run.sh runs from the repository root
+const root = process.cwd();
+// The bundle in dist/bench cannot find the native binding (setns) from its
+// own path; it is read when first needed, so setting it here is in time.
+process.env.NETLINK_TS_NATIVE ??= path.join(root, 'dist/netlink_native.node');
+
+const ours = path.join(root, 'bin/macvlan');
+const reference = '/usr/lib/cni/macvlan';
+
+/** Names carry our pid, so a run that was killed (no finally) is recognised and swept by the next one. */
+const PREFIX = 'bench-macvlan-';
+
+interface Side {
+  binary: string;
+  cniPath: string;
+  conf: string;
+  netns: string;
+}
+
+function side(binary: string, ipamType: string, tag: string, subnet: string, dataDir: string): Side {
+  const conf = {
+    cniVersion: '1.0.0',
+    name: `bench-macvlan-${tag}`,
+    type: 'macvlan',
+    master: 'eth0',
+    mode: 'bridge',
+    ipam: { type: ipamType, ranges: [[{ subnet }]], dataDir },
+  };
+  return { binary, cniPath: path.dirname(binary), conf: JSON.stringify(conf), netns: `${PREFIX}${process.pid}-${tag}` };
+}
+
+function call(host: string, s: Side, command: 'ADD' | 'DEL', i: number): Sample {
+  const env = {
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: `bench${i}`,
+    CNI_NETNS: `/var/run/netns/${s.netns}`,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: s.cniPath,
+  };
+  const sample = withNetns(`/var/run/netns/${host}`, () => runOnce({ binary: s.binary, env, stdin: s.conf }));
+  assertOk(sample, `${s.binary} ${command}`);
+  return sample;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Namespaces and temp dirs of earlier runs that were killed before cleaning up. */
+function sweepStale(): void {
+  const stale = (name: string) => {
+    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
+    return m !== null && !alive(Number(m[1]));
+  };
+  for (const line of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) {
+    const name = line.split(' ')[0];
+    if (name && stale(name)) execFileSync('ip', ['netns', 'del', name]);
+  }
+  for (const name of fs.readdirSync(os.tmpdir())) if (stale(name)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
+}
+
+function main(): void {
+  sweepStale();
+  const host = `${PREFIX}${process.pid}-host`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
+  const o = side(ours, 'cluster-ipam', 'o', '10.232.1.0/24', path.join(dir, 'ours'));
+  const r = side(reference, 'host-local', 'r', '10.232.2.0/24', path.join(dir, 'ref'));
+  const rows: Record<string, Row> = {};
+  for (const what of ['ADD', 'DEL']) rows[what] = { what: `macvlan ${what}`, ours: [], reference: [] };
+  const made: string[] = [];
+  try {
+    for (const ns of [host, o.netns, r.netns]) {
+      execFileSync('ip', ['netns', 'add', ns]);
+      made.push(ns);
+    }
+    // the parent: a veth whose other end stays in the host namespace, both up
+    execFileSync('ip', ['-n', host, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
+    for (const l of ['eth0', 'peer0']) execFileSync('ip', ['-n', host, 'link', 'set', l, 'up']);
+    // warm the page cache and the native binding's extracted copy
+    for (const s of [o, r]) {
+      call(host, s, 'ADD', -1);
+      call(host, s, 'DEL', -1);
+    }
+    for (let i = 0; i < ROUNDS; i++) {
+      // interleave so both see the same machine state
+      for (const [s, key] of [
+        [o, 'ours'],
+        [r, 'reference'],
+      ] as const) {
+        rows.ADD[key].push(call(host, s, 'ADD', i));
+        rows.DEL[key].push(call(host, s, 'DEL', i));
+      }
+    }
+  } finally {
+    // the host namespace takes the parent veth with it
+    for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log(`macvlan (bin/macvlan, cluster-ipam local) vs reference (${reference} + host-local), ${ROUNDS} rounds, medians:`);
+  console.log(summarize(Object.values(rows)));
+}
+
+main();
