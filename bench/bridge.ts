@@ -16,8 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { withNetns } from '../shared/netns/netns';
-import { Row, Sample, assertOk, runOnce, summarize } from './lib';
+import { Row, Side, alive, callIn, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -29,11 +28,7 @@ process.env.NETLINK_TS_NATIVE ??= path.join(root, 'dist/netlink_native.node');
 const ours = path.join(root, 'bin/bridge');
 const reference = '/usr/lib/cni/bridge';
 
-interface Side {
-  binary: string;
-  cniPath: string;
-  conf: string;
-  netns: string;
+interface BridgeSide extends Side {
   bridge: string;
 }
 
@@ -43,7 +38,7 @@ const LOCK_DIR = '/run/cni-ts';
 /** Names carry our pid, so a run that was killed (no finally) is recognised and swept by the next one. */
 const PREFIX = 'bench-bridge-';
 
-function side(binary: string, ipamType: string, tag: string, subnet: string, dataDir: string): Side {
+function side(binary: string, ipamType: string, tag: string, subnet: string, dataDir: string): BridgeSide {
   const bridge = `bb${tag}${process.pid}`;
   const conf = {
     cniVersion: '1.0.0',
@@ -57,39 +52,9 @@ function side(binary: string, ipamType: string, tag: string, subnet: string, dat
   return { binary, cniPath: path.dirname(binary), conf: JSON.stringify(conf), netns: `${PREFIX}${process.pid}-${tag}`, bridge };
 }
 
-function call(host: string, s: Side, command: 'ADD' | 'DEL', i: number): Sample {
-  const env = {
-    CNI_COMMAND: command,
-    CNI_CONTAINERID: `bench${i}`,
-    CNI_NETNS: `/var/run/netns/${s.netns}`,
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: s.cniPath,
-  };
-  const sample = withNetns(`/var/run/netns/${host}`, () => runOnce({ binary: s.binary, env, stdin: s.conf }));
-  assertOk(sample, `${s.binary} ${command}`);
-  return sample;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Namespaces and temp dirs of earlier runs that were killed before cleaning up. */
-function sweepStale(): void {
-  const stale = (name: string) => {
-    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
-    return m !== null && !alive(Number(m[1]));
-  };
-  for (const line of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) {
-    const name = line.split(' ')[0];
-    if (name && stale(name)) execFileSync('ip', ['netns', 'del', name]);
-  }
-  for (const name of fs.readdirSync(os.tmpdir())) if (stale(name)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
+/** Namespaces, temp dirs and lock files of earlier runs that were killed before cleaning up. */
+function sweep(): void {
+  sweepStale(PREFIX);
   for (const name of fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR) : []) {
     const m = /^bridge-bbo(\d+)\.lock$/.exec(name);
     if (m && !alive(Number(m[1]))) fs.rmSync(path.join(LOCK_DIR, name), { force: true });
@@ -97,7 +62,7 @@ function sweepStale(): void {
 }
 
 function main(): void {
-  sweepStale();
+  sweep();
   const host = `${PREFIX}${process.pid}-host`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
   const o = side(ours, 'cluster-ipam', 'o', '10.231.1.0/24', path.join(dir, 'ours'));
@@ -113,8 +78,8 @@ function main(): void {
     }
     // warm the page cache, the native binding's extracted copy and the bridges
     for (const s of [o, r]) {
-      call(host, s, 'ADD', -1);
-      call(host, s, 'DEL', -1);
+      callIn(host, s, 'ADD', -1);
+      callIn(host, s, 'DEL', -1);
     }
     for (let i = 0; i < ROUNDS; i++) {
       // interleave so both see the same machine state
@@ -122,8 +87,8 @@ function main(): void {
         [o, 'ours'],
         [r, 'reference'],
       ] as const) {
-        rows.ADD[key].push(call(host, s, 'ADD', i));
-        rows.DEL[key].push(call(host, s, 'DEL', i));
+        rows.ADD[key].push(callIn(host, s, 'ADD', i));
+        rows.DEL[key].push(callIn(host, s, 'DEL', i));
       }
     }
     // The common case: other containers stay on the network, so neither
@@ -131,15 +96,15 @@ function main(): void {
     for (const s of [o, r]) {
       execFileSync('ip', ['netns', 'add', `${s.netns}-res`]);
       made.push(`${s.netns}-res`);
-      call(host, { ...s, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
+      callIn(host, { ...s, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
     }
     for (let i = 0; i < ROUNDS; i++) {
       for (const [s, key] of [
         [o, 'ours'],
         [r, 'reference'],
       ] as const) {
-        rows['busy ADD'][key].push(call(host, s, 'ADD', i));
-        rows['busy DEL'][key].push(call(host, s, 'DEL', i));
+        rows['busy ADD'][key].push(callIn(host, s, 'ADD', i));
+        rows['busy DEL'][key].push(callIn(host, s, 'DEL', i));
       }
     }
   } finally {

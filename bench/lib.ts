@@ -3,7 +3,11 @@
  * time it from the outside, and read its peak RSS through GNU time.
  * Timings are reported, never asserted.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { withNetns } from '../shared/netns/netns';
 
 export interface Call {
   binary: string;
@@ -56,4 +60,56 @@ export function summarize(rows: Row[]): string {
 
 export function assertOk(s: Sample, what: string): void {
   if (s.status !== 0) throw new Error(`${what} failed (exit ${s.status}): ${s.stdout}`);
+}
+
+/** A plugin side of a benchmark: its binary, CNI_PATH, config and container namespace. */
+export interface Side {
+  binary: string;
+  cniPath: string;
+  conf: string;
+  netns: string;
+}
+
+/**
+ * One plugin call as the runtime makes it, from inside `host` (a namespace
+ * standing in for the machine's own, entered by this thread around the
+ * spawn only, so nothing is added to the measured exec).
+ */
+export function callIn(host: string, s: Side, command: 'ADD' | 'DEL', i: number): Sample {
+  const env = {
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: `bench${i}`,
+    CNI_NETNS: `/var/run/netns/${s.netns}`,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: s.cniPath,
+  };
+  const sample = withNetns(`/var/run/netns/${host}`, () => runOnce({ binary: s.binary, env, stdin: s.conf }));
+  assertOk(sample, `${s.binary} ${command}`);
+  return sample;
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Namespaces and temp dirs named `${prefix}<pid>-...` whose bench process is
+ * gone (it was killed before cleaning up); returns the test for such names.
+ */
+export function sweepStale(prefix: string): (name: string) => boolean {
+  const stale = (name: string) => {
+    const m = new RegExp(`^${prefix}(\\d+)-`).exec(name);
+    return m !== null && !alive(Number(m[1]));
+  };
+  for (const line of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) {
+    const name = line.split(' ')[0];
+    if (name && stale(name)) execFileSync('ip', ['netns', 'del', name]);
+  }
+  for (const name of fs.readdirSync(os.tmpdir())) if (stale(name)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
+  return stale;
 }

@@ -14,8 +14,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { withNetns } from '../shared/netns/netns';
-import { Row, Sample, assertOk, runOnce, summarize } from './lib';
+import { Row, Side, callIn, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -30,12 +29,6 @@ const reference = '/usr/lib/cni/macvlan';
 /** Names carry our pid, so a run that was killed (no finally) is recognised and swept by the next one. */
 const PREFIX = 'bench-macvlan-';
 
-interface Side {
-  binary: string;
-  cniPath: string;
-  conf: string;
-  netns: string;
-}
 
 function side(binary: string, ipamType: string, tag: string, subnet: string, dataDir: string): Side {
   const conf = {
@@ -49,43 +42,8 @@ function side(binary: string, ipamType: string, tag: string, subnet: string, dat
   return { binary, cniPath: path.dirname(binary), conf: JSON.stringify(conf), netns: `${PREFIX}${process.pid}-${tag}` };
 }
 
-function call(host: string, s: Side, command: 'ADD' | 'DEL', i: number): Sample {
-  const env = {
-    CNI_COMMAND: command,
-    CNI_CONTAINERID: `bench${i}`,
-    CNI_NETNS: `/var/run/netns/${s.netns}`,
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: s.cniPath,
-  };
-  const sample = withNetns(`/var/run/netns/${host}`, () => runOnce({ binary: s.binary, env, stdin: s.conf }));
-  assertOk(sample, `${s.binary} ${command}`);
-  return sample;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Namespaces and temp dirs of earlier runs that were killed before cleaning up. */
-function sweepStale(): void {
-  const stale = (name: string) => {
-    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
-    return m !== null && !alive(Number(m[1]));
-  };
-  for (const line of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) {
-    const name = line.split(' ')[0];
-    if (name && stale(name)) execFileSync('ip', ['netns', 'del', name]);
-  }
-  for (const name of fs.readdirSync(os.tmpdir())) if (stale(name)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
-}
-
 function main(): void {
-  sweepStale();
+  sweepStale(PREFIX);
   const host = `${PREFIX}${process.pid}-host`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
   const o = side(ours, 'cluster-ipam', 'o', '10.232.1.0/24', path.join(dir, 'ours'));
@@ -103,8 +61,8 @@ function main(): void {
     for (const l of ['eth0', 'peer0']) execFileSync('ip', ['-n', host, 'link', 'set', l, 'up']);
     // warm the page cache and the native binding's extracted copy
     for (const s of [o, r]) {
-      call(host, s, 'ADD', -1);
-      call(host, s, 'DEL', -1);
+      callIn(host, s, 'ADD', -1);
+      callIn(host, s, 'DEL', -1);
     }
     for (let i = 0; i < ROUNDS; i++) {
       // interleave so both see the same machine state
@@ -112,8 +70,8 @@ function main(): void {
         [o, 'ours'],
         [r, 'reference'],
       ] as const) {
-        rows.ADD[key].push(call(host, s, 'ADD', i));
-        rows.DEL[key].push(call(host, s, 'DEL', i));
+        rows.ADD[key].push(callIn(host, s, 'ADD', i));
+        rows.DEL[key].push(callIn(host, s, 'DEL', i));
       }
     }
   } finally {

@@ -14,8 +14,6 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
 import {
-  AF_INET,
-  AF_INET6,
   NetlinkHandle,
   formatCidr,
   isNetlinkError,
@@ -29,6 +27,7 @@ import { LOCK_EX, native } from '../../shared/netlink/native';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
+import { verifyContainerInterface } from '../../shared/verify';
 import * as ipam from '../../ipam/client';
 import { ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
@@ -284,27 +283,7 @@ async function check(ctx: Ctx): Promise<void> {
     if (!hv) throw fail(`host veth of ${ctx.ifname} is missing`);
     if (hv.masterIndex !== br.index) throw fail(`${hv.name} is not attached to ${conf.bridge}`);
   });
-  withHandle(ctx.netns, (cont) => {
-    const link = cont.linkByName(ctx.ifname);
-    if (!link) throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
-    if (link.kind !== 'veth') throw fail(`${ctx.ifname} is a ${link.kind ?? 'device'}, not a veth`);
-    const want = prev.interfaces?.find((i) => i.name === ctx.ifname && i.sandbox);
-    if (want?.mac && link.mac !== want.mac.toLowerCase()) throw fail(`${ctx.ifname} has MAC ${link.mac}, expected ${want.mac}`);
-    const have = new Set(cont.addrList(ctx.ifname).map((a) => a.cidr));
-    for (const ip of prev.ips ?? []) {
-      const c = parseCidr(ip.address);
-      const text = formatCidr(c);
-      if (!have.has(text)) throw fail(`address ${ip.address} is missing on ${ctx.ifname}`);
-    }
-    const routes = cont.routeList();
-    for (const r of prev.routes ?? []) {
-      // "default" alone does not say which family: 0.0.0.0/0 and ::/0 are different routes
-      const family = r.dst.includes(':') ? AF_INET6 : AF_INET;
-      const dst = isDefault(r.dst) ? 'default' : formatCidr(networkOf(parseCidr(r.dst)));
-      const found = routes.some((k) => k.dst === dst && k.family === family && (!r.gw || k.gw === r.gw) && k.oifIndex === link.index);
-      if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing`);
-    }
-  });
+  withHandle(ctx.netns, (cont) => verifyContainerInterface(cont, { ifname: ctx.ifname, netns: ctx.netns, kind: 'veth' }, prev));
   if (!networkRulesPresent(realNft(), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
   if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
 }
