@@ -20,6 +20,12 @@ build() {
   local common=(--bundle --platform=node --target=node20 --format=cjs --log-level=warning --legal-comments=none)
   npx --no-install esbuild cmd/main.ts "${common[@]}" --minify --outfile=dist/cni-ts.js --external:etcd3
   cp shared/netlink/native/build/Release/netlink_native.node dist/
+  # etcd3 and its gRPC stack: a bundle of its own, loaded only when a
+  # configuration uses etcd (shared/etcd/load.ts), with the .proto files it
+  # reads from ../proto relative to itself.
+  rm -rf dist/etcd && mkdir -p dist/etcd/lib dist/etcd/proto
+  npx --no-install esbuild scripts/etcd3-entry.cjs "${common[@]}" --minify --outfile=dist/etcd/lib/etcd3.js
+  cp node_modules/etcd3/proto/*.proto dist/etcd/proto/
   for extra in conformance/cli.ts:dist/conformance.js demo/demo.ts:dist/demo.js; do
     src=${extra%%:*}; out=${extra##*:}
     [ -f "$src" ] && npx --no-install esbuild "$src" "${common[@]}" --outfile="$out"

@@ -85,7 +85,7 @@ export class RuleContext {
         netns: ns.path,
         ifname: this.cfg.ifname,
         args: this.cfg.cniArgs,
-        capabilityArgs: this.cfg.capabilityArgs,
+        capabilityArgs: perAttachment(this.cfg.capabilityArgs, n),
       },
     };
   }
@@ -211,4 +211,19 @@ export function canonicalIp(addr: string): string {
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
   return groups.map((g) => parseInt(g, 16).toString(16)).join(':');
+}
+
+/**
+ * A runtime gives each container its own host ports: two attachments of one
+ * rule (GC keeps one and frees the other) publish the configured ports
+ * shifted by the attachment's number, so a portmap that refuses a host port
+ * already in use (as Docker does) is not failed for it.
+ */
+function perAttachment(capabilityArgs: Record<string, unknown>, n: number): Record<string, unknown> {
+  const mappings = capabilityArgs.portMappings;
+  if (!Array.isArray(mappings) || n <= 1) return capabilityArgs;
+  return {
+    ...capabilityArgs,
+    portMappings: mappings.map((m) => (typeof m === 'object' && m !== null && typeof (m as { hostPort?: unknown }).hostPort === 'number' ? { ...m, hostPort: (m as { hostPort: number }).hostPort + n - 1 } : m)),
+  };
 }

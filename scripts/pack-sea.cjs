@@ -17,6 +17,17 @@ async function main() {
   const digestFile = path.join(path.dirname(output), 'netlink_native.node.sha256');
   const digest = crypto.createHash('sha256').update(fs.readFileSync(nativeFile)).digest('hex');
   fs.writeFileSync(digestFile, `${digest}\n`);
+  // etcd3 bundle and protos (shared/etcd/load.ts), one digest over all of them
+  const etcdFiles = ['etcd/lib/etcd3.js', 'etcd/proto/rpc.proto', 'etcd/proto/kv.proto', 'etcd/proto/auth.proto'];
+  const etcdHash = crypto.createHash('sha256');
+  const etcdAssets = {};
+  for (const name of etcdFiles) {
+    const file = path.resolve(path.dirname(entry), name);
+    etcdHash.update(name).update(fs.readFileSync(file));
+    etcdAssets[name] = file;
+  }
+  const etcdDigestFile = path.join(path.dirname(output), 'etcd.sha256');
+  fs.writeFileSync(etcdDigestFile, `${etcdHash.digest('hex')}\n`);
   const major = process.versions.node.split('.')[0];
   await sea(path.resolve(entry), {
     targets: [{ platform: 'linux', arch: 'x64', nodeRange: `node${major}`, output: path.resolve(output) }],
@@ -30,10 +41,13 @@ async function main() {
       assets: {
         'netlink_native.node': path.resolve(nativeFile),
         'netlink_native.node.sha256': path.resolve(digestFile),
+        ...etcdAssets,
+        'etcd/sha256': path.resolve(etcdDigestFile),
       },
     },
   });
   fs.unlinkSync(digestFile);
+  fs.unlinkSync(etcdDigestFile);
 }
 
 main().catch((e) => {

@@ -1,0 +1,66 @@
+/**
+ * Loads the etcd3 client (and its gRPC stack) on demand. It is never part
+ * of a plugin's start-up: only the etcd IPAM store and the overlay's control
+ * plane call this, and only when a configuration asks for etcd.
+ *
+ * From a source checkout it is the npm package. Inside the packaged
+ * executable there is no node_modules: build.sh bundles etcd3 into one file
+ * and ships it, with the .proto files it reads from beside itself at load,
+ * as SEA assets; the first use after a boot or an upgrade writes them to a
+ * content-addressed directory (root only) and requires the bundle from there.
+ */
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+
+export type Etcd3 = typeof import('etcd3');
+
+/** The SEA assets build.sh adds (scripts/pack-sea.cjs). */
+export const ETCD_ASSETS = ['etcd/lib/etcd3.js', 'etcd/proto/rpc.proto', 'etcd/proto/kv.proto', 'etcd/proto/auth.proto'] as const;
+export const ETCD_DIGEST_ASSET = 'etcd/sha256';
+
+let loaded: Etcd3 | undefined;
+
+export function loadEtcd3(): Etcd3 {
+  if (!loaded) loaded = fromSea() ?? (require('etcd3') as Etcd3);
+  return loaded;
+}
+
+interface Sea {
+  isSea(): boolean;
+  getRawAsset(key: string): ArrayBuffer;
+  getAsset(key: string, encoding: string): string;
+}
+
+function fromSea(): Etcd3 | undefined {
+  let sea: Sea;
+  try {
+    sea = require('node:sea') as Sea;
+  } catch {
+    return undefined;
+  }
+  if (!sea.isSea()) return undefined;
+  const digest = sea.getAsset(ETCD_DIGEST_ASSET, 'utf8').trim().slice(0, 16);
+  const base = process.env.NETLINK_TS_CACHE_DIR ?? '/run/cni-ts';
+  const dir = path.join(base, `etcd-${digest}`);
+  const entry = path.join(dir, 'etcd/lib/etcd3.js');
+  if (!fs.existsSync(entry)) {
+    // Write everything into a private temp directory, then rename it into
+    // place: a concurrent first use sees either nothing or all of it.
+    fs.mkdirSync(base, { recursive: true, mode: 0o700 });
+    const tmp = fs.mkdtempSync(path.join(base, `.etcd-${digest}-`));
+    for (const name of ETCD_ASSETS) {
+      const file = path.join(tmp, name);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, Buffer.from(sea.getRawAsset(name)), { mode: 0o400 });
+    }
+    try {
+      fs.renameSync(tmp, dir);
+    } catch (e) {
+      // another process won the race; its copy is identical
+      fs.rmSync(tmp, { recursive: true, force: true });
+      if (!fs.existsSync(entry)) throw e;
+    }
+  }
+  return createRequire(entry)(entry) as Etcd3;
+}
