@@ -20,11 +20,13 @@ const plugins: Record<string, PluginModule> = {
   portmap: () => require('../plugins/portmap/main'),
   macvlan: () => require('../plugins/macvlan/main'),
   ipvlan: () => require('../plugins/ipvlan/main'),
+  overlay: () => require('../plugins/overlay/main'),
   'cluster-ipam': () => require('../ipam/main'),
 };
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 const tools: Record<string, (args: string[]) => void> = {
+  'overlay-agent': (args) => { require('../plugins/overlay/agent').agentMain(args).then((c: number) => { process.exitCode = c; }); },
   'ipam-maint': (args) => { require('../ipam/etcd/maint').maintMain(args).then((c: number) => { process.exitCode = c; }); },
   version: () => {
     process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${Object.keys(plugins).join(' ')}\n`);

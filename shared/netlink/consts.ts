@@ -155,6 +155,7 @@ export const IFLA_VXLAN_LINK = 3;
 export const IFLA_VXLAN_LOCAL = 4;
 export const IFLA_VXLAN_TTL = 5;
 export const IFLA_VXLAN_LEARNING = 7;
+export const IFLA_VXLAN_PROXY = 11;
 export const IFLA_VXLAN_PORT = 15; // big-endian u16
 export const IFLA_VXLAN_GROUP6 = 16;
 export const IFLA_VXLAN_LOCAL6 = 17;

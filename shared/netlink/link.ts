@@ -91,6 +91,8 @@ export interface VxlanSpec extends LinkCommon {
   learning?: boolean;
   ttl?: number;
   udpCsum?: boolean;
+  /** answer ARP/NDP from the device's own neighbour table (cannot be changed after creation) */
+  proxy?: boolean;
 }
 export interface DummySpec extends LinkCommon {
   kind: 'dummy';
@@ -151,6 +153,7 @@ export function linkAddAttrs(spec: LinkSpec): Attr[] {
       data.push(attrU8(C.IFLA_VXLAN_LEARNING, spec.learning ? 1 : 0));
       if (spec.ttl !== undefined) data.push(attrU8(C.IFLA_VXLAN_TTL, spec.ttl));
       if (spec.udpCsum !== undefined) data.push(attrU8(C.IFLA_VXLAN_UDP_CSUM, spec.udpCsum ? 1 : 0));
+      if (spec.proxy !== undefined) data.push(attrU8(C.IFLA_VXLAN_PROXY, spec.proxy ? 1 : 0));
       if (spec.parentIndex !== undefined) data.push(attrU32(C.IFLA_VXLAN_LINK, spec.parentIndex));
       if (spec.local) {
         const ip = parseIp(spec.local);

@@ -29,6 +29,10 @@ export interface NativeBinding {
   flock(fd: number, operation: number): void;
   /** ioctl(fd, NS_GET_NSTYPE): the CLONE_NEW* type of a namespace file */
   nsType(fd: number): number;
+  /** a new network namespace pinned (bind-mounted) at an existing empty file */
+  netnsCreate(path: string): void;
+  /** umount2(2); MNT_DETACH = 2 */
+  umount(path: string, flags: number): void;
 }
 
 /** Error thrown by the binding: errno is the positive kernel errno. */
@@ -42,6 +46,7 @@ export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 export const CLONE_NEWNET = 0x40000000;
+export const MNT_DETACH = 2;
 
 /** Name of the asset inside the packaged executable (see build.sh). */
 export const NATIVE_ASSET = 'netlink_native.node';

@@ -301,12 +301,16 @@ export function decodeSelector(b: Buffer, off = 0): XfrmSelector & { family: num
  *     __u64   soft_use_expires_seconds;   hard_use_expires_seconds;
  * };                                                // 64 bytes
  *
- * Limits are all XFRM_INF, as `ip xfrm` sets them: the SAs live until
- * removed; rekeying is the key ring's business, and ESN removes the
- * sequence-number reason for a hard packet limit.
+ * The byte and packet limits are XFRM_INF and the expiry times 0 ("never"),
+ * as `ip xfrm` sets them: the SAs live until removed; rekeying is the key
+ * ring's business, and ESN removes the sequence-number reason for a hard
+ * packet limit. XFRM_INF in an *_expires_seconds field would not mean
+ * "never": the kernel's timer reads it as a signed -1 and expires the SA
+ * at once.
  */
 export function encodeLifetimeCfgInfinite(out: Buffer, off: number): void {
-  for (let i = 0; i < 8; i++) out.writeBigUInt64LE(XFRM_INF, off + i * 8);
+  for (let i = 0; i < 4; i++) out.writeBigUInt64LE(XFRM_INF, off + i * 8);
+  out.fill(0, off + 32, off + 64);
 }
 
 /*

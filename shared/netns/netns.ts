@@ -12,7 +12,8 @@
  * the target namespace once (socketAt) and the socket stays bound there.
  */
 import * as fs from 'node:fs';
-import { CLONE_NEWNET, native } from '../netlink/native';
+import * as path from 'node:path';
+import { CLONE_NEWNET, MNT_DETACH, native } from '../netlink/native';
 
 /** An open network namespace file (a /var/run/netns/X bind mount or /proc/PID/ns/net). */
 export class NetNs {
@@ -164,4 +165,32 @@ export function sysctlSet(key: string, value: string, nsPath?: string): void {
 /** sysctl -n KEY, inside nsPath when given. */
 export function sysctlGet(key: string, nsPath?: string): string {
   return withNetns(nsPath, () => fs.readFileSync(sysctlPath(key), 'utf8').trim());
+}
+
+/**
+ * ip netns add, at any path: a new network namespace pinned at `file`.
+ * Returns false when one is already pinned there.
+ */
+export function createNetns(file: string): boolean {
+  if (fs.existsSync(file) && isNetnsPath(file)) return false;
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+  fs.closeSync(fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o444));
+  try {
+    native().netnsCreate(file);
+  } catch (e) {
+    fs.rmSync(file, { force: true });
+    throw e;
+  }
+  return true;
+}
+
+/**
+ * ip netns del: unpin and remove a namespace made by createNetns; absent is
+ * success. The unmount is lazy: a process still inside keeps the namespace
+ * alive, but its name is gone at once.
+ */
+export function deleteNetns(file: string): void {
+  if (!fs.existsSync(file)) return;
+  if (isNetnsPath(file)) native().umount(file, MNT_DETACH);
+  fs.rmSync(file, { force: true });
 }

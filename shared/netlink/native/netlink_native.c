@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -218,6 +219,57 @@ static napi_value nl_ns_type(napi_env env, napi_callback_info info) {
   return make_int(env, r);
 }
 
+/* netnsCreate(path): a new network namespace pinned at path (an existing
+ * empty file), as `ip netns add` does: unshare(2) moves the calling thread
+ * into a fresh namespace, /proc/thread-self/ns/net is bind-mounted onto
+ * path, and the thread goes back home. The pin keeps the namespace alive
+ * with no process in it. */
+static napi_value nl_netns_create(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char target[4096];
+  size_t len = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], target, sizeof target, &len) != napi_ok || len == 0) {
+    napi_throw_type_error(env, NULL, "netnsCreate(path)");
+    return NULL;
+  }
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) return throw_errno(env, "open", errno);
+  if (unshare(CLONE_NEWNET) < 0) {
+    int e = errno;
+    close(home);
+    return throw_errno(env, "unshare", e);
+  }
+  int mount_errno = 0;
+  if (mount("/proc/thread-self/ns/net", target, "none", MS_BIND, NULL) < 0) mount_errno = errno;
+  if (setns(home, CLONE_NEWNET) < 0) {
+    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
+    abort();
+  }
+  close(home);
+  if (mount_errno) return throw_errno(env, "mount", mount_errno);
+  return NULL;
+}
+
+/* umount(path, flags): umount2(2); MNT_DETACH = 2 unpins a namespace even
+ * while a process still holds it (it lives on until that process leaves). */
+static napi_value nl_umount(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char target[4096];
+  size_t len = 0;
+  int32_t flags = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], target, sizeof target, &len) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &flags) != napi_ok) {
+    napi_throw_type_error(env, NULL, "umount(path, flags)");
+    return NULL;
+  }
+  if (umount2(target, flags) < 0) return throw_errno(env, "umount2", errno);
+  return NULL;
+}
+
 #define EXPORT(name, fn)                                          \
   do {                                                            \
     napi_value f;                                                 \
@@ -236,6 +288,8 @@ static napi_value init(napi_env env, napi_value exports) {
   EXPORT("setns", nl_setns);
   EXPORT("flock", nl_flock);
   EXPORT("nsType", nl_ns_type);
+  EXPORT("netnsCreate", nl_netns_create);
+  EXPORT("umount", nl_umount);
   return exports;
 }
 

@@ -1,0 +1,351 @@
+/**
+ * overlay: Docker's overlay driver as a CNI plugin, with etcd as the
+ * cluster store (controlplane.ts) and a per-host agent (agent.ts) keeping
+ * every host's static VXLAN entries current.
+ *
+ * ADD, per container:
+ *   1. the network's record in etcd (its VNI allocated on first use) and
+ *      this host's record (written by the agent: its VTEP address);
+ *   2. the network's namespace on this host with its bridge and VXLAN
+ *      device (shared/vxlan.ts), created by the first local container;
+ *   3. a veth: one end a port of that bridge, the other CNI_IFNAME in the
+ *      container, at the overlay MTU;
+ *   4. an address from the IPAM (cluster-ipam, etcd store: per-host blocks);
+ *   5. the endpoint in etcd, and the entries of the remote endpoints known
+ *      now, so the container can reach them at once (the agents of the
+ *      other hosts learn of this one through their watch);
+ *   6. egress: a second interface on the host's gateway bridge with the
+ *      default route, NATed (gateway.ts).
+ * Each step pushes its undo; a failure anywhere (etcd down included: 11)
+ * unwinds them all, so nothing is left half made.
+ *
+ * DEL removes the endpoint, both interfaces, the gateway address, and the
+ * network's namespace when its last local container leaves.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import type { Attachment, Result } from '../../shared/cni/types';
+import { NetlinkHandle, formatCidr, networkOf, parseCidr, parseIp, withHandle } from '../../shared/netlink';
+import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
+import { realNft } from '../../shared/nft/real';
+import type { Nft } from '../../shared/nft/nft-interface';
+import { UndoStack } from '../../shared/undo';
+import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
+import * as ipam from '../../ipam/client';
+import { type Conf, etcdConnection, nodeName, overlaySubnet, schema } from './config';
+import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
+import { EtcdKV, type EtcdConnection, type KV } from './kv';
+import { withNetworkLock } from './lock';
+import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent } from './gateway';
+
+type Ctx = CniContext<Conf>;
+
+/** The seams: a test swaps these for FakeKV / FakeNft. */
+export const deps: { kv: (c: EtcdConnection) => KV; nft: () => Nft } = {
+  kv: (c) => new EtcdKV(c),
+  nft: () => realNft(),
+};
+
+/** Port of the container on the network's bridge, inside the network's namespace. */
+export function overlayVethName(containerId: string, ifname: string): string {
+  return `ve${hash(containerId, ifname)}`;
+}
+
+/** Port of the container on the gateway bridge, in the host namespace. */
+export function gatewayVethName(containerId: string, ifname: string): string {
+  return `gw${hash(containerId, ifname)}`;
+}
+
+function hash(containerId: string, ifname: string): string {
+  // 2 + 13 = 15 characters, IFNAMSIZ
+  return createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 13);
+}
+
+/** Docker's container MAC: 02:42 and the IPv4 address's four bytes. */
+export function macFromIPv4(ip: string): string {
+  return ['02', '42', ...[...parseIp(ip).bytes].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+function netnsDir(conf: Conf): string {
+  return path.join(conf.stateDir, 'netns');
+}
+
+function openControlPlane(conf: Conf): { cp: ControlPlane; kv: KV } {
+  const c = etcdConnection(conf);
+  const kv = deps.kv(c);
+  return { kv, cp: new ControlPlane(kv, { prefix: c.keyPrefix, timeoutMs: c.requestTimeoutMs }) };
+}
+
+function canonicalSubnet(s: string): string {
+  try {
+    return formatCidr(networkOf(parseCidr(s)));
+  } catch {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `overlay subnet "${s}" is not a CIDR`);
+  }
+}
+
+function inSubnet(ip: string, subnet: string): boolean {
+  const s = parseCidr(subnet);
+  const a = parseCidr(`${ip}/${s.prefixLen}`);
+  return a.family === s.family && formatCidr(networkOf(a)) === formatCidr(networkOf(s));
+}
+
+/** The underlay device holding `vtep` in the host namespace: its index and MTU. */
+function underlayOf(host: NetlinkHandle, vtep: string): { index: number; mtu: number } {
+  const addr = host.addrList().find((a) => a.address === vtep);
+  if (!addr) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `this host's registered VTEP ${vtep} is not an address of any of its interfaces`, 'the overlay agent was started with a wrong underlay address');
+  }
+  const link = host.linkByIndex(addr.index)!;
+  return { index: link.index, mtu: link.mtu };
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const conf = ctx.config;
+  if (conf.gateway.enabled && conf.gateway.ifname === ctx.ifname) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `CNI_IFNAME ${ctx.ifname} is also gateway.ifname`);
+  }
+  if (conf.encrypted) throw new CniError(ErrorCode.InvalidNetworkConfig, 'encrypted overlay networks are not supported yet');
+  const me = nodeName(conf);
+  const subnet = canonicalSubnet(overlaySubnet(conf));
+  const { cp, kv } = openControlPlane(conf);
+  const host = NetlinkHandle.open();
+  const ns = NetNs.open(ctx.netns);
+  const cont = NetlinkHandle.open(ctx.netns);
+  try {
+    return await UndoStack.run(async (undo) => {
+      // 1. the network and this host, from etcd
+      const hostRec = await cp.getHost(me);
+      if (!hostRec) {
+        throw new CniError(ErrorCode.TryAgainLater, `no overlay agent is registered for node "${me}"`, 'start `cni-ts overlay-agent` on this host');
+      }
+      const underlay = underlayOf(host, hostRec.vtep);
+      const network: NetworkRecord = await cp.ensureNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
+      const mtu = network.mtu ?? conf.mtu ?? overlayMtu(underlay.mtu);
+      const names = overlayNames(network.vni, netnsDir(conf));
+
+      // 2. + 3. the network's namespace and the container's port on its bridge
+      const ovVeth = overlayVethName(ctx.containerId, ctx.ifname);
+      withNetworkLock(conf.stateDir, network.vni, () => {
+        if (ensureVxlanNetwork(host, names, { vni: network.vni, mtu, localVtep: hostRec.vtep, underlayIndex: underlay.index })) {
+          undo.push('overlay network', () => removeIfUnused(conf.stateDir, network.vni, names));
+        }
+        withHandle(names.netns, (ov) => {
+          ov.linkAdd({ kind: 'veth', name: ovVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu });
+          undo.push('veth', () => withHandle(names.netns, (h) => h.linkDelIfExists(ovVeth)));
+          ov.linkSetMaster(ovVeth, names.bridge);
+          ov.linkSetUp(ovVeth);
+        });
+      });
+
+      // 4. the address
+      const result: Result = await ipam.ipamAdd(ctx);
+      undo.push('ipam', () => ipam.ipamDel(ctx));
+      const v4 = (result.ips ?? []).find((ip) => !ip.address.includes(':'));
+      if (!v4) throw new CniError(ErrorCode.InvalidNetworkConfig, 'the IPAM gave no IPv4 address', 'overlay networks are IPv4');
+      const ip = v4.address.split('/')[0];
+      if (!inSubnet(ip, subnet)) {
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `the IPAM gave ${v4.address}, outside overlay subnet ${subnet}`, 'the IPAM cannot serve this subnet');
+      }
+      const mac = (conf.runtimeConfig?.mac ?? macFromIPv4(ip)).toLowerCase();
+      cont.linkSetMac(ctx.ifname, mac);
+      cont.addrAdd(ctx.ifname, `${ip}/${parseCidr(subnet).prefixLen}`);
+      cont.linkSetUp(ctx.ifname);
+      const contLink = cont.link(ctx.ifname);
+      // The overlay carries only its subnet; the default route is the gateway bridge's.
+      const routes = (result.routes ?? []).filter((r) => r.dst !== '0.0.0.0/0' && !r.dst.includes(':'));
+      for (const r of routes) cont.routeAdd({ dst: r.dst, gw: r.gw, oifIndex: contLink.index });
+
+      // 5. the endpoint, and what this host already knows of the others
+      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me });
+      undo.push('endpoint', () => cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname));
+      const snap = await cp.snapshot();
+      withNetworkLock(conf.stateDir, network.vni, () =>
+        withHandle(names.netns, (ov) => converge(ov, names, remoteEndpoints(snap, conf.name, me))),
+      );
+
+      const ips: Result['ips'] = [{ address: `${ip}/${parseCidr(subnet).prefixLen}`, interface: 0 }];
+      const interfaces: NonNullable<Result['interfaces']> = [{ name: ctx.ifname, mac, sandbox: ctx.netns }];
+
+      // 6. egress through the gateway bridge
+      if (conf.gateway.enabled) {
+        const gw = conf.gateway;
+        const gwVeth = gatewayVethName(ctx.containerId, ctx.ifname);
+        const pool = new GatewayPool(path.join(conf.stateDir, 'gw'), gw.subnet);
+        ensureGatewayBridge(host, { bridge: gw.bridge, subnet: gw.subnet });
+        sysctlSet('net.ipv4.ip_forward', '1');
+        applyGatewayRules(deps.nft(), { bridge: gw.bridge, subnet: gw.subnet });
+        const lease = pool.allocate(ctx.containerId, ctx.ifname);
+        undo.push('gateway address', () => pool.release(ctx.containerId, ctx.ifname));
+        host.linkAdd({ kind: 'veth', name: gwVeth, peerName: gw.ifname, peerNetnsFd: ns.fd });
+        undo.push('gateway veth', () => host.linkDelIfExists(gwVeth));
+        host.linkSetMaster(gwVeth, gw.bridge);
+        host.linkSetIsolated(gwVeth, true);
+        host.linkSetUp(gwVeth);
+        cont.addrAdd(gw.ifname, `${lease.address}/${lease.prefix}`);
+        cont.linkSetUp(gw.ifname);
+        cont.routeAdd({ dst: '0.0.0.0/0', gw: lease.gateway, oifIndex: cont.link(gw.ifname).index });
+        interfaces.push({ name: gw.ifname, mac: cont.link(gw.ifname).mac, sandbox: ctx.netns });
+        ips.push({ address: `${lease.address}/${lease.prefix}`, gateway: lease.gateway, interface: 1 });
+        routes.push({ dst: '0.0.0.0/0', gw: lease.gateway });
+      }
+
+      return { cniVersion: ctx.cniVersion, interfaces, ips, routes, dns: result.dns };
+    });
+  } finally {
+    cont.close();
+    ns.close();
+    host.close();
+    kv.close();
+  }
+}
+
+/** Removes the network's namespace when no local container uses it any more. */
+function removeIfUnused(stateDir: string, vni: number, names: OverlayNames): boolean {
+  return withNetworkLock(stateDir, vni, () => {
+    if (!isNetnsPath(names.netns) && !fs.existsSync(names.netns)) return false;
+    if (isNetnsPath(names.netns) && withHandle(names.netns, (ov) => localPorts(ov, names)) > 0) return false;
+    removeVxlanNetwork(names);
+    return true;
+  });
+}
+
+async function del(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  const { cp, kv } = openControlPlane(conf);
+  try {
+    // etcd first: if it cannot answer, DEL fails with 11 and the runtime
+    // retries, rather than leaving an endpoint that other hosts still route to.
+    await ipam.ipamDel(ctx);
+    const network = await cp.getNetwork(conf.name);
+    await cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname);
+    // DEL is idempotent: the namespace and links may already be gone.
+    if (ctx.netns && isNetnsPath(ctx.netns)) {
+      withHandle(ctx.netns, (c) => {
+        c.linkDelIfExists(ctx.ifname);
+        if (conf.gateway.enabled) c.linkDelIfExists(conf.gateway.ifname);
+      });
+    }
+    if (conf.gateway.enabled) {
+      withHandle(undefined, (h) => h.linkDelIfExists(gatewayVethName(ctx.containerId, ctx.ifname)));
+      new GatewayPool(path.join(conf.stateDir, 'gw'), conf.gateway.subnet).release(ctx.containerId, ctx.ifname);
+    }
+    if (network) {
+      const names = overlayNames(network.vni, netnsDir(conf));
+      if (isNetnsPath(names.netns)) withHandle(names.netns, (ov) => ov.linkDelIfExists(overlayVethName(ctx.containerId, ctx.ifname)));
+      removeIfUnused(conf.stateDir, network.vni, names);
+    }
+  } finally {
+    kv.close();
+  }
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const conf = ctx.config;
+  const prev = requirePrevResult(ctx);
+  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
+  const me = nodeName(conf);
+  const { cp, kv } = openControlPlane(conf);
+  try {
+    const network = await cp.getNetwork(conf.name);
+    if (!network) throw fail(`overlay network ${conf.name} is not registered in etcd`);
+    const ep = await cp.getEndpoint(conf.name, ctx.containerId, ctx.ifname);
+    if (!ep) throw fail(`the endpoint of ${ctx.containerId}/${ctx.ifname} is not registered in etcd`);
+    if (ep.host !== me) throw fail(`the endpoint of ${ctx.containerId}/${ctx.ifname} is registered on host ${ep.host}, not ${me}`);
+    const names = overlayNames(network.vni, netnsDir(conf));
+    if (!isNetnsPath(names.netns)) throw fail(`the namespace of overlay network ${conf.name} (${names.netns}) is missing`);
+    withHandle(names.netns, (ov) => {
+      const br = ov.linkByName(names.bridge);
+      if (!br) throw fail(`bridge ${names.bridge} is missing`);
+      const vx = ov.linkByName(names.vxlan);
+      if (!vx || vx.kind !== 'vxlan' || vx.masterIndex !== br.index) throw fail(`VXLAN device ${names.vxlan} is missing or not on ${names.bridge}`);
+      const port = ov.linkByName(overlayVethName(ctx.containerId, ctx.ifname));
+      if (!port || port.masterIndex !== br.index) throw fail(`the container's port on ${names.bridge} is missing`);
+    });
+    withHandle(ctx.netns, (c) => {
+      const link = c.linkByName(ctx.ifname);
+      if (!link || link.kind !== 'veth') throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
+      if (link.mac !== ep.mac) throw fail(`${ctx.ifname} has MAC ${link.mac}, registered ${ep.mac}`);
+      if (conf.gateway.enabled && !c.linkByName(conf.gateway.ifname)) throw fail(`${conf.gateway.ifname} (gateway bridge) is missing`);
+      const have = new Set(c.addrList().map((a) => a.cidr));
+      for (const ip of prev.ips ?? []) if (!have.has(ip.address)) throw fail(`address ${ip.address} is missing`);
+      if (!c.addrList(ctx.ifname).some((a) => a.address === ep.ip)) throw fail(`${ctx.ifname} lacks its registered address ${ep.ip}`);
+    });
+    if (conf.gateway.enabled) {
+      withHandle(undefined, (h) => {
+        const p = h.linkByName(gatewayVethName(ctx.containerId, ctx.ifname));
+        const br = h.linkByName(conf.gateway.bridge);
+        if (!p || !br || p.masterIndex !== br.index) throw fail(`the container's port on ${conf.gateway.bridge} is missing`);
+      });
+      if (!gatewayRulesPresent(deps.nft())) throw fail('the gateway bridge NAT rules are missing');
+    }
+    await ipam.ipamCheck(ctx);
+  } finally {
+    kv.close();
+  }
+}
+
+async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
+  const conf = ctx.config;
+  const me = nodeName(conf);
+  const { cp, kv } = openControlPlane(conf);
+  try {
+    await ipam.ipamGc(ctx, valid);
+    const keep = new Set(valid.map((a) => `${a.containerID}/${a.ifname}`));
+    for (const ep of await cp.listEndpoints(conf.name)) {
+      if (ep.host !== me || keep.has(`${ep.containerId}/${ep.ifname}`)) continue;
+      await cp.deleteEndpoint(ep.network, ep.containerId, ep.ifname);
+      if (conf.gateway.enabled) {
+        withHandle(undefined, (h) => h.linkDelIfExists(gatewayVethName(ep.containerId, ep.ifname)));
+        new GatewayPool(path.join(conf.stateDir, 'gw'), conf.gateway.subnet).release(ep.containerId, ep.ifname);
+      }
+    }
+    const network = await cp.getNetwork(conf.name);
+    if (!network) return;
+    const names = overlayNames(network.vni, netnsDir(conf));
+    if (!isNetnsPath(names.netns)) return;
+    // ports of attachments that are gone (their namespace leaked): recognisable by name
+    const keepPorts = new Set(valid.map((a) => overlayVethName(a.containerID, a.ifname)));
+    withNetworkLock(conf.stateDir, network.vni, () =>
+      withHandle(names.netns, (ov) => {
+        const br = ov.linkByName(names.bridge);
+        for (const l of ov.linkList()) {
+          if (br && l.masterIndex === br.index && /^ve[0-9a-f]{13}$/.test(l.name) && !keepPorts.has(l.name)) ov.linkDelIfExists(l.name);
+        }
+      }),
+    );
+    removeIfUnused(conf.stateDir, network.vni, names);
+  } finally {
+    kv.close();
+  }
+}
+
+async function status(ctx: Ctx): Promise<void> {
+  const { cp, kv } = openControlPlane(ctx.config);
+  try {
+    if (!(await cp.getHost(nodeName(ctx.config)))) {
+      throw new CniError(50, `no overlay agent is registered for node "${nodeName(ctx.config)}"`);
+    }
+    await ipam.ipamStatus(ctx);
+  } finally {
+    kv.close();
+  }
+}
+
+export const plugin: Plugin<Conf> = {
+  about: 'overlay: multi-host VXLAN networks with an etcd control plane (cni-ts)',
+  schema,
+  createsInterface: true,
+  add,
+  del,
+  check,
+  gc,
+  status,
+};
+
+export function main(): void {
+  pluginMain(plugin);
+}

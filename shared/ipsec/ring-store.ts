@@ -1,0 +1,144 @@
+/**
+ * The key ring in etcd, and its local copy.
+ *
+ * etcd: one key, `<prefix>/ring`, holding the whole ring (serializeRing), so
+ * that a rotation is one compare-and-set on its mod revision: two leaders
+ * racing cannot both rotate, and no reader ever sees half a rotation.
+ * Access control is etcd's (TLS client certificates, users): a host removed
+ * from the cluster loses its etcd credentials and so every key made after.
+ *
+ * Local copy: `<cacheDir>/ring.json`, mode 0600 in a 0700 directory,
+ * written atomically (temporary file, fsync, rename, fsync of the
+ * directory): a host that restarts while etcd is unreachable still has the
+ * keys its peers use, and a crash mid-write leaves the old copy, never half
+ * of one. Nothing here logs; errors name files and revisions, not contents.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CniError, ErrorCode } from '../cni/errors';
+import { KeyRing, RingCorruptError, parseRing, serializeRing } from './keyring';
+import type { RingKV } from './kv';
+
+export type LoadResult =
+  | { state: 'missing' }
+  | { state: 'ok'; ring: KeyRing; revision: bigint }
+  | { state: 'corrupt'; error: RingCorruptError; revision: bigint };
+
+export interface RingStoreOptions {
+  /** etcd key prefix, e.g. "/cni-ts/ipsec" */
+  prefix: string;
+  /** where the local copy lives, e.g. "/var/lib/cni-ts/ipsec"; omitted: no local copy */
+  cacheDir?: string;
+}
+
+export const CACHE_FILE = 'ring.json';
+
+export class RingStore {
+  readonly ringKey: string;
+
+  constructor(
+    private readonly kv: RingKV,
+    private readonly opts: RingStoreOptions,
+  ) {
+    this.ringKey = `${opts.prefix.replace(/\/+$/, '')}/ring`;
+  }
+
+  /** The ring in etcd, as found. Throws CniError 11 when etcd cannot answer. */
+  async load(): Promise<LoadResult> {
+    const v = await this.kv.get(this.ringKey);
+    if (!v) return { state: 'missing' };
+    try {
+      return { state: 'ok', ring: parseRing(v.value), revision: v.modRevision };
+    } catch (e) {
+      if (e instanceof RingCorruptError) return { state: 'corrupt', error: e, revision: v.modRevision };
+      throw e;
+    }
+  }
+
+  /** Writes `ring` if etcd still holds revision `expected` (0n: no ring yet). False when someone wrote first. */
+  async compareAndSet(ring: KeyRing, expected: bigint): Promise<boolean> {
+    return this.kv.putIf(this.ringKey, serializeRing(ring), expected);
+  }
+
+  /**
+   * What a host should use: etcd's ring (refreshing the local copy), or,
+   * when etcd is unreachable or holds a corrupt ring, the local copy.
+   * Undefined when there is neither: the host installs no SA yet.
+   * etcd's ring always wins over the local copy when it parses: it is the
+   * one every other host reads.
+   */
+  async fetch(): Promise<{ ring: KeyRing | undefined; source: 'etcd' | 'cache' | 'none'; problem?: Error }> {
+    let loaded: LoadResult;
+    try {
+      loaded = await this.load();
+    } catch (e) {
+      if (!(e instanceof CniError && e.code === ErrorCode.TryAgainLater)) throw e;
+      const cached = this.readCache();
+      return { ring: cached, source: cached ? 'cache' : 'none', problem: e };
+    }
+    const cached = this.readCacheQuietly();
+    if (loaded.state === 'ok') {
+      if (!cached || serializeRing(cached) !== serializeRing(loaded.ring)) this.writeCache(loaded.ring);
+      return { ring: loaded.ring, source: 'etcd' };
+    }
+    if (loaded.state === 'corrupt') return { ring: cached, source: cached ? 'cache' : 'none', problem: loaded.error };
+    return { ring: cached, source: cached ? 'cache' : 'none' };
+  }
+
+  private get cachePath(): string | undefined {
+    return this.opts.cacheDir === undefined ? undefined : path.join(this.opts.cacheDir, CACHE_FILE);
+  }
+
+  /** The local copy; undefined when absent; RingCorruptError when unreadable as a ring. */
+  readCache(): KeyRing | undefined {
+    const file = this.cachePath;
+    if (!file) return undefined;
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    return parseRing(text);
+  }
+
+  private readCacheQuietly(): KeyRing | undefined {
+    try {
+      return this.readCache();
+    } catch (e) {
+      if (e instanceof RingCorruptError) return undefined; // etcd's copy will replace it
+      throw e;
+    }
+  }
+
+  /** Atomically replaces the local copy (0600). */
+  writeCache(ring: KeyRing): void {
+    const file = this.cachePath;
+    if (!file) return;
+    const dir = path.dirname(file);
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const tmp = path.join(dir, `.${CACHE_FILE}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    // 'wx' with mode 0600: the file is never, even for an instant, readable by others.
+    const fd = fs.openSync(tmp, 'wx', 0o600);
+    try {
+      try {
+        fs.writeSync(fd, serializeRing(ring));
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, file);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw e;
+    }
+    const dfd = fs.openSync(dir, 'r');
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  }
+}

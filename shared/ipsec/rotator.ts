@@ -1,0 +1,94 @@
+/**
+ * The leader's side of key management, one tick at a time (the agent calls
+ * tick() every few seconds; nothing here sleeps or reads the clock but
+ * through the injected Clock).
+ *
+ *   not leader                 -> nothing
+ *   no ring in etcd            -> create one (newRing)
+ *   ring corrupt               -> restore the local copy if it is good
+ *                                 (hosts still use those keys), else a new ring
+ *   rotation due (period, 12 h) -> write rotate(ring) by compare-and-set
+ *
+ * Every write is a compare-and-set on the revision read in the same tick:
+ * if another leader (or a former one) wrote meanwhile, this tick does
+ * nothing and the next one starts from what is there. etcd unreachable:
+ * the tick throws CniError 11 having changed nothing; hosts keep the keys
+ * they have, and the next tick retries.
+ */
+import { CniError, ErrorCode } from '../cni/errors';
+import type { LeaderElection } from './election';
+import {
+  AesKeyBytes,
+  Clock,
+  DEFAULT_ROTATION_PERIOD_MS,
+  KeyMaterialSource,
+  KeyRing,
+  RingCorruptError,
+  newRing,
+  randomKeyMaterial,
+  rotate,
+  rotationDue,
+} from './keyring';
+import type { RingStore } from './ring-store';
+
+export interface RotatorOptions {
+  store: RingStore;
+  election: LeaderElection;
+  clock: Clock;
+  /** default 12 h */
+  periodMs?: number;
+  keySource?: KeyMaterialSource;
+  /** for a new ring; default 16 (AES-128, as Docker) */
+  aesBytes?: AesKeyBytes;
+}
+
+export type TickResult =
+  | { action: 'follower' }
+  | { action: 'idle'; ring: KeyRing }
+  | { action: 'created'; ring: KeyRing }
+  | { action: 'rotated'; ring: KeyRing }
+  | { action: 'restored'; ring: KeyRing; from: 'cache' | 'new' }
+  | { action: 'lost-race' };
+
+export class KeyRotator {
+  constructor(private readonly o: RotatorOptions) {
+    const p = o.periodMs ?? DEFAULT_ROTATION_PERIOD_MS;
+    if (!Number.isFinite(p) || p <= 0) throw new CniError(ErrorCode.InvalidNetworkConfig, `ipsec key rotation period must be positive, got ${p}`);
+  }
+
+  get periodMs(): number {
+    return this.o.periodMs ?? DEFAULT_ROTATION_PERIOD_MS;
+  }
+
+  async tick(): Promise<TickResult> {
+    if (!(await this.o.election.campaign())) return { action: 'follower' };
+    const now = this.o.clock();
+    const source = this.o.keySource ?? randomKeyMaterial;
+    const loaded = await this.o.store.load();
+    switch (loaded.state) {
+      case 'missing': {
+        const ring = newRing(now, source, this.o.aesBytes ?? 16);
+        return (await this.o.store.compareAndSet(ring, 0n)) ? { action: 'created', ring } : { action: 'lost-race' };
+      }
+      case 'corrupt': {
+        let cached: KeyRing | undefined;
+        try {
+          cached = this.o.store.readCache();
+        } catch (e) {
+          if (!(e instanceof RingCorruptError)) throw e;
+        }
+        // Restoring with a higher generation makes every host accept it
+        // again; the keys are the ones they already use, so nothing drops.
+        const ring: KeyRing = cached ? { ...cached, generation: cached.generation + 1 } : newRing(now, source, this.o.aesBytes ?? 16);
+        return (await this.o.store.compareAndSet(ring, loaded.revision))
+          ? { action: 'restored', ring, from: cached ? 'cache' : 'new' }
+          : { action: 'lost-race' };
+      }
+      case 'ok': {
+        if (!rotationDue(loaded.ring, now, this.periodMs)) return { action: 'idle', ring: loaded.ring };
+        const ring = rotate(loaded.ring, now, source);
+        return (await this.o.store.compareAndSet(ring, loaded.revision)) ? { action: 'rotated', ring } : { action: 'lost-race' };
+      }
+    }
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * The VXLAN layer of an overlay network on one host, as Docker's overlay
+ * driver builds it: a network namespace of its own per overlay network,
+ * holding a Linux bridge and a VXLAN device on that bridge. Containers'
+ * veths are ports of the bridge; remote containers are reached through the
+ * VXLAN device by static entries only:
+ *
+ *   neighbour  remote container IP -> its MAC       (ip neigh replace ... dev vx-N)
+ *   FDB        remote container MAC -> remote VTEP  (bridge fdb replace ... dev vx-N dst VTEP self)
+ *
+ * Learning is off and the device answers ARP from its neighbour table
+ * (the kernel's "proxy" flag, Docker sets it too), so no frame is ever
+ * flooded to every host. Why a namespace per network: two overlays may use
+ * the same subnet, and nothing of either may appear in the host's routing.
+ *
+ * Why the VXLAN device is created from the host's namespace and moved into
+ * the network's at creation (IFLA_NET_NS_FD): a VXLAN device's UDP socket
+ * lives in the namespace it was created from, which must be the one with
+ * the underlay address.
+ *
+ * This file is what the encryption issue builds on (ESP between VTEPs).
+ */
+import * as path from 'node:path';
+import * as C from './netlink/consts';
+import { isNetlinkError, isNotFound, EEXIST } from './netlink/errors';
+import { NetlinkHandle } from './netlink/handle';
+import { canonicalIp } from './netlink/ipaddr';
+import type { VxlanSpec } from './netlink/link';
+import { NetNs, createNetns, deleteNetns } from './netns/netns';
+
+/** IANA's VXLAN port (Linux's own default, 8472, predates it). */
+export const VXLAN_PORT = 4789;
+
+/**
+ * What VXLAN adds around each inner frame on an IPv4 underlay:
+ *   outer IPv4 header 20 + UDP header 8 + VXLAN header 8 + inner Ethernet header 14 = 50.
+ * The inner Ethernet header counts because the underlay MTU limits the outer
+ * IP packet, which carries the whole inner frame, while the overlay MTU is
+ * the inner IP packet's limit.
+ */
+export const VXLAN_OVERHEAD_V4 = 20 + 8 + 8 + 14;
+
+/** The overlay MTU on an underlay of `underlayMtu`: 1500 - 50 = 1450. */
+export function overlayMtu(underlayMtu: number): number {
+  return underlayMtu - VXLAN_OVERHEAD_V4;
+}
+
+/** VNIs are 24 bits; 0 is reserved. */
+export const VNI_MIN = 1;
+export const VNI_MAX = 0xffffff;
+
+/** Docker-style names of one overlay network's objects on a host. */
+export interface OverlayNames {
+  /** the network namespace's bind-mount path */
+  readonly netns: string;
+  /** the bridge, inside that namespace */
+  readonly bridge: string;
+  /** the VXLAN device, inside that namespace */
+  readonly vxlan: string;
+}
+
+export function overlayNames(vni: number, netnsDir: string): OverlayNames {
+  return { netns: path.join(netnsDir, `ov-${vni}`), bridge: `ov-${vni}`, vxlan: `vx-${vni}` };
+}
+
+/** ip netns add, at the overlay's own path; false when it already exists. */
+export const ensureNetnsFile = createNetns;
+
+/** ip netns del for a namespace made by ensureNetnsFile; absent is success. */
+export const removeNetnsFile = deleteNetns;
+
+export interface VxlanNetworkSpec {
+  readonly vni: number;
+  /** the overlay MTU (bridge, VXLAN device, container veths) */
+  readonly mtu: number;
+  /** this host's VTEP: the underlay address VXLAN packets leave from */
+  readonly localVtep: string;
+  /** the underlay device's index in the host namespace (optional: routing picks it otherwise) */
+  readonly underlayIndex?: number;
+  readonly port?: number;
+}
+
+/**
+ * Makes sure the network's namespace holds its bridge and VXLAN device, up,
+ * VXLAN attached to the bridge with learning off. `host` is a handle on the
+ * host (underlay) namespace. Returns whether the namespace was created by
+ * this call (so an ADD that fails can take it away again).
+ */
+export function ensureVxlanNetwork(host: NetlinkHandle, names: OverlayNames, spec: VxlanNetworkSpec): boolean {
+  const created = ensureNetnsFile(names.netns);
+  try {
+    populate(host, names, spec);
+    return created;
+  } catch (e) {
+    if (created) removeNetnsFile(names.netns);
+    throw e;
+  }
+}
+
+function populate(host: NetlinkHandle, names: OverlayNames, spec: VxlanNetworkSpec): void {
+  const ns = NetNs.open(names.netns);
+  const ov = NetlinkHandle.open(names.netns);
+  try {
+    if (!ov.linkByName(names.bridge)) {
+      ov.linkAdd({ kind: 'bridge', name: names.bridge, mtu: spec.mtu, up: true });
+    }
+    // Loopback up, as in any namespace something runs in.
+    ov.linkSetUp('lo');
+    if (!ov.linkByName(names.vxlan)) {
+      const vx: VxlanSpec = {
+        kind: 'vxlan',
+        name: names.vxlan,
+        vni: spec.vni,
+        port: spec.port ?? VXLAN_PORT,
+        local: spec.localVtep,
+        parentIndex: spec.underlayIndex,
+        learning: false,
+        mtu: spec.mtu,
+        netnsFd: ns.fd,
+        // ARP/NDP for remote containers is answered from the static
+        // neighbour entries, as Docker does: no request is ever flooded
+        proxy: true,
+      };
+      try {
+        host.linkAdd(vx);
+      } catch (e) {
+        // a concurrent ADD (outside our lock) made it: fine
+        if (!isNetlinkError(e, EEXIST) || !ov.linkByName(names.vxlan)) throw e;
+      }
+    }
+    const vx = ov.link(names.vxlan);
+    const br = ov.link(names.bridge);
+    if (vx.masterIndex !== br.index) ov.linkSetMaster(names.vxlan, names.bridge);
+    // The bridge must not learn remote MACs on the VXLAN port either: the
+    // static FDB on the device decides where they are.
+    ov.linkSetLearning(names.vxlan, false);
+    if (!vx.up) ov.linkSetUp(names.vxlan);
+    if (!br.up) ov.linkSetUp(names.bridge);
+  } finally {
+    ov.close();
+    ns.close();
+  }
+}
+
+/** Removes the network's namespace (and with it its bridge, VXLAN device and any veths left). */
+export function removeVxlanNetwork(names: OverlayNames): void {
+  removeNetnsFile(names.netns);
+}
+
+/** The veth ports on the network's bridge other than the VXLAN device: its local containers. */
+export function localPorts(ov: NetlinkHandle, names: OverlayNames): number {
+  const br = ov.linkByName(names.bridge);
+  if (!br) return 0;
+  return ov.linkList().filter((l) => l.masterIndex === br.index && l.name !== names.vxlan).length;
+}
+
+/** A container on another host, as this host's VXLAN device must know it. */
+export interface RemoteEndpoint {
+  readonly ip: string;
+  readonly mac: string;
+  /** the VTEP (underlay address) of the host the container is on */
+  readonly vtep: string;
+}
+
+export interface ConvergeResult {
+  readonly added: number;
+  readonly removed: number;
+}
+
+/**
+ * Makes the VXLAN device's static neighbour and FDB entries exactly
+ * `desired`: adds or corrects what is missing, deletes permanent entries
+ * nobody wants any more. Idempotent: a second call with the same list
+ * changes nothing. `ov` is a handle on the network's namespace.
+ *
+ * Only entries we could have made are touched: permanent ones on our device
+ * (the kernel's own, like the device's MAC in its FDB, are not permanent
+ * with a VTEP destination).
+ */
+export function converge(ov: NetlinkHandle, names: OverlayNames, desired: readonly RemoteEndpoint[]): ConvergeResult {
+  const want = new Map<string, RemoteEndpoint>();
+  for (const d of desired) want.set(canonicalIp(d.ip), { ip: canonicalIp(d.ip), mac: d.mac.toLowerCase(), vtep: canonicalIp(d.vtep) });
+  const wantMac = new Map<string, string>();
+  for (const d of want.values()) wantMac.set(d.mac, d.vtep);
+
+  let added = 0;
+  let removed = 0;
+  const neighs = ov.neighList(names.vxlan).filter((n) => n.ip !== undefined && (n.state & C.NUD_PERMANENT) !== 0);
+  const fdb = ov.fdbList(names.vxlan).filter((f) => f.mac !== undefined && f.ip !== undefined && (f.state & C.NUD_PERMANENT) !== 0);
+
+  // FDB first, so by the time ARP resolves the frame has somewhere to go.
+  const haveFdb = new Map<string, string[]>();
+  for (const f of fdb) haveFdb.set(f.mac!, [...(haveFdb.get(f.mac!) ?? []), f.ip!]);
+  for (const [mac, vtep] of wantMac) {
+    const have = haveFdb.get(mac) ?? [];
+    if (have.length === 1 && have[0] === vtep) continue;
+    // "replace" rewrites a single wrong destination in place (a moved container)
+    ov.fdbAdd({ dev: names.vxlan, mac, dst: vtep });
+    added++;
+    // any further destinations for this MAC (appended by someone) go
+    for (const other of have.slice(1)) if (other !== vtep) ignoreMissing(() => ov.fdbDel({ dev: names.vxlan, mac, dst: other }));
+  }
+  for (const f of fdb) {
+    if (wantMac.has(f.mac!)) continue;
+    ignoreMissing(() => ov.fdbDel({ dev: names.vxlan, mac: f.mac!, dst: f.ip }));
+    removed++;
+  }
+
+  const haveNeigh = new Map(neighs.map((n) => [n.ip!, n.mac]));
+  for (const d of want.values()) {
+    if (haveNeigh.get(d.ip) === d.mac) continue;
+    ov.neighSet({ dev: names.vxlan, ip: d.ip, mac: d.mac });
+    added++;
+  }
+  for (const n of neighs) {
+    if (want.has(n.ip!)) continue;
+    ignoreMissing(() => ov.neighDel(names.vxlan, n.ip!));
+    removed++;
+  }
+  return { added, removed };
+}
+
+function ignoreMissing(fn: () => void): void {
+  try {
+    fn();
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+  }
+}
