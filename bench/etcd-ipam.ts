@@ -31,7 +31,11 @@ import { median, runOnce, type Sample } from './lib';
 const HOSTS = Number(process.env.BENCH_HOSTS ?? 200);
 const PER_HOST = Number(process.env.BENCH_PER_HOST ?? 10);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
-const REQUEST_TIMEOUT_MS = 10_000;
+/** The simulation measures how long 200 hosts take on this machine (two
+ *  cores for 200 Node processes and etcd), so its bound is wide; ADDs past
+ *  the default 5 s bound are counted instead. */
+const REQUEST_TIMEOUT_MS = 60_000;
+const DEFAULT_BOUND_MS = 5000;
 
 // --- messages between the bench and its workers -------------------------
 
@@ -106,7 +110,9 @@ async function hostWorker(endpoint: string, prefix: string, node: string, count:
 
   await next('release');
   const releaseErrors: string[] = [];
-  for (const a of allocations) {
+  // every container, failed ADDs too: a runtime DELs those as well
+  for (let i = 0; i < count; i++) {
+    const a = { containerId: `${node}-c${i}` };
     const store = EtcdStore.open(conf, { kv, log: () => {} });
     try {
       await release(store, { containerId: a.containerId, ifname: 'eth0' });
@@ -117,6 +123,9 @@ async function hostWorker(endpoint: string, prefix: string, node: string, count:
   }
   inner.close();
   send({ kind: 'released', errors: releaseErrors });
+  // Leave when told: a child that exits right after sending can have its
+  // exit seen before its last message.
+  await next('exit');
   process.disconnect();
 }
 
@@ -201,7 +210,9 @@ async function latencyWorker(endpoint: string, prefix: string, rounds: number, d
     }
     rows.push(row);
   }
+  const next = waitFor();
   process.send!({ kind: 'latency', rows, tripsPerAdd, tripsPerDel } satisfies FromWorker);
+  await next('exit');
   process.disconnect();
 }
 
@@ -306,6 +317,7 @@ interface Simulation {
   startMs: number;
   addMedianMs: number;
   addP99Ms: number;
+  overBound: number;
   releaseMs: number;
   left: Record<string, number>;
 }
@@ -343,6 +355,7 @@ async function simulate(script: string, endpoint: string, prefix: string, hosts:
   for (const w of workers) w.child.send('release');
   const released = (await Promise.all(workers.map((w) => w.next('released')))) as Extract<FromWorker, { kind: 'released' }>[];
   const releaseMs = performance.now() - r0;
+  for (const w of workers) w.child.send('exit');
   const left = kinds(await rangeKeys(endpoint, `${prefix}/`), prefix);
 
   return {
@@ -359,6 +372,7 @@ async function simulate(script: string, endpoint: string, prefix: string, hosts:
     startMs,
     addMedianMs: median(ms),
     addP99Ms: ms[Math.min(ms.length - 1, Math.floor(ms.length * 0.99))] ?? 0,
+    overBound: ms.filter((x) => x > DEFAULT_BOUND_MS).length,
     releaseMs,
     left,
   };
@@ -420,12 +434,13 @@ async function main(): Promise<void> {
       (s.totalMs / 1000).toFixed(2),
       s.addMedianMs.toFixed(1),
       s.addP99Ms.toFixed(1),
+      String(s.overBound),
       (s.releaseMs / 1000).toFixed(2),
       Object.entries(s.left).map(([k, n]) => `${k}:${n}`).join(' '),
     ]);
     console.log();
     console.log(
-      table(['simulation', 'allocated', 'dups', 'blocks', 'borrowed', 'misplaced', 'total s', 'ADD p50 ms', 'ADD p99 ms', 'release s', 'keys left after release'], simRows),
+      table(['simulation', 'allocated', 'dups', 'blocks', 'borrowed', 'misplaced', 'total s', 'ADD p50 ms', 'ADD p99 ms', `ADDs > ${DEFAULT_BOUND_MS / 1000} s`, 'release s', 'keys left after release'], simRows),
     );
     console.log(`(workers started and connected in ${(sim.startMs / 1000).toFixed(1)} s and ${(ex.startMs / 1000).toFixed(1)} s, not counted in "total")`);
     for (const s of [sim, ex]) {
@@ -443,6 +458,7 @@ async function main(): Promise<void> {
     console.log(`latency, ${ROUNDS} ADD+DEL rounds each, medians (10.102.0.0/16):`);
     const lat = startWorker(script, ['latency', etcd.endpoint, '/bench-latency', String(ROUNDS), path.join(tmp, 'local')]);
     const l = (await lat.next('latency')) as Extract<FromWorker, { kind: 'latency' }>;
+    lat.child.send('exit');
     const rows = l.rows.map((r) => [r.what, median(r.add).toFixed(2), median(r.del).toFixed(2)]);
 
     const hostLocalConf = JSON.stringify({ cniVersion: '1.0.0', name: 'latency-hl', ipam: { type: 'host-local', ranges: [[{ subnet: '10.102.0.0/16' }]], dataDir: path.join(tmp, 'host-local') } });

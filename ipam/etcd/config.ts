@@ -16,7 +16,8 @@
  *       "blockSizeV6": 122,         // IPv6 per-host block prefix length
  *       "nodeName": "node-a",       // default: os.hostname()
  *       "hostId": "...",            // default: /etc/machine-id
- *       "gcGracePeriodMs": 900000   // a leak is freed only when seen twice this far apart
+ *       "gcGracePeriodMs": 900000,  // a leak is freed only when seen twice this far apart
+ *       "livenessTtlMs": 3600000    // the host's liveness lease; renewed by every call past half of it
  *     }
  *   }
  *
@@ -37,6 +38,9 @@ export const DEFAULT_BLOCK_SIZE_V6 = 122;
 /** Calico's default leak grace period (kube-controllers), for the same reason:
  *  a runtime's list of valid attachments may predate an ADD in flight. */
 export const DEFAULT_GC_GRACE_PERIOD_MS = 15 * 60 * 1000;
+/** An hour: runtimes call STATUS (and GC) far more often than that, and every
+ *  call renews the lease once half of it has passed. */
+export const DEFAULT_LIVENESS_TTL_MS = 60 * 60 * 1000;
 
 const MACHINE_ID_FILES = ['/etc/machine-id', '/var/lib/dbus/machine-id'];
 
@@ -58,6 +62,8 @@ const etcdSectionSchema = z
     nodeName: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'not a valid node name').optional(),
     hostId: z.string().min(1).max(256).optional(),
     gcGracePeriodMs: z.number().int().min(0).default(DEFAULT_GC_GRACE_PERIOD_MS),
+    // etcd grants no lease shorter than about 2 s (1.5 election timeouts)
+    livenessTtlMs: z.number().int().min(2000).max(30 * 24 * 3600 * 1000).default(DEFAULT_LIVENESS_TTL_MS),
   })
   .strict();
 
@@ -79,6 +85,8 @@ export interface EtcdStoreConfig {
   /** a token unique to the machine: two hosts claiming one nodeName differ here */
   readonly hostId: string;
   readonly gcGracePeriodMs: number;
+  /** TTL of the lease behind the host's liveness key (P/alive/<node>) */
+  readonly livenessTtlMs: number;
 }
 
 function invalid(msg: string, details?: string): CniError {
@@ -150,6 +158,7 @@ export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[]): Et
     nodeName: c.nodeName ?? nodeNameFromHostname(),
     hostId: c.hostId ?? machineId(),
     gcGracePeriodMs: c.gcGracePeriodMs,
+    livenessTtlMs: c.livenessTtlMs,
   };
 }
 

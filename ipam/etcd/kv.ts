@@ -5,11 +5,13 @@
  * as a CniError already: unreachable, timed out or overloaded etcd is
  * 11 (try again later), refused credentials are 7.
  *
- * This file is the only one that loads etcd3, and only when EtcdKV is
- * constructed: etcd3 and its gRPC stack cost about 240 ms to require, which
- * the local store must never pay.
+ * This file is the store's only way to etcd3, and it loads it (through
+ * shared/etcd, which also finds it inside the packaged executable) only
+ * when EtcdKV is constructed: etcd3 and its gRPC stack cost about 240 ms
+ * to require, which the local store must never pay.
  */
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { connectEtcd } from '../../shared/etcd/client';
 import type { EtcdStoreConfig } from './config';
 
 export interface KeyValue {
@@ -27,7 +29,8 @@ export type Compare =
 
 export type Op =
   | { readonly get: string; readonly prefix?: boolean }
-  | { readonly put: string; readonly value: string }
+  /** with `lease`, the key is deleted by etcd when that lease expires */
+  | { readonly put: string; readonly value: string; readonly lease?: bigint }
   | { readonly delete: string; readonly prefix?: boolean };
 
 export interface TxnRequest {
@@ -46,11 +49,19 @@ export interface TxnResult {
 export interface KV {
   /** Runs one transaction; rejects with a CniError (11 when etcd cannot answer by `deadline`, epoch ms). */
   txn(req: TxnRequest, deadline: number): Promise<TxnResult>;
+  /** Grants a lease of `ttlSeconds` (etcd's LeaseGrant) and returns its ID; same errors as txn. */
+  grantLease(ttlSeconds: number, deadline: number): Promise<bigint>;
   close(): void;
 }
 
 /** The gRPC codes after which trying again later can succeed. */
-const TRANSIENT = ['Unavailable', 'DeadlineExceeded', 'Cancelled', 'ResourceExhausted', 'Aborted', 'Internal', 'ClientClosed'];
+const TRANSIENT = ['Unavailable', 'DeadlineExceeded', 'Cancelled', 'ResourceExhausted', 'Aborted', 'Internal', 'ClientClosed', 'BrokenCircuit'];
+/** etcd3's fault-handling policy that runs each call once, as it is (etcd3 only calls execute()). */
+const PASS_THROUGH = {
+  execute: <T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal, attempt: 0 })),
+};
+
 const REFUSED = ['Unauthenticated', 'PermissionDenied', 'AuthenticationFailed', 'InvalidAuthToken'];
 
 export function tryAgainLater(msg: string, details?: string): CniError {
@@ -63,17 +74,18 @@ export class EtcdKV implements KV {
   private readonly etcd: typeof import('etcd3');
 
   constructor(private readonly conf: Pick<EtcdStoreConfig, 'endpoints' | 'tls' | 'auth' | 'requestTimeoutMs'>) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    this.etcd = require('etcd3') as typeof import('etcd3');
-    this.client = new this.etcd.Etcd3({
-      hosts: conf.endpoints.map((e) => e.replace(/^https?:\/\//, '')),
-      credentials: conf.tls ? { rootCertificate: conf.tls.ca, privateKey: conf.tls.key, certChain: conf.tls.cert } : undefined,
-      auth: conf.auth ? { username: conf.auth.username, password: conf.auth.password } : undefined,
-      dialTimeout: conf.requestTimeoutMs,
-      // Fail fast rather than queue behind an unready channel: the deadline
-      // below bounds the call either way, and 11 tells the runtime to retry.
-      grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
+    // Fast reconnects (shared/etcd/client.ts) rather than queueing behind an
+    // unready channel: the deadline below bounds each call either way, and
+    // 11 tells the runtime to retry.
+    const { etcd, client } = connectEtcd({ endpoints: conf.endpoints, tls: conf.tls, auth: conf.auth, timeoutMs: conf.requestTimeoutMs }, {
+      // No retries and no circuit breaker inside etcd3: the store retries
+      // conflicts itself within its deadline, and etcd3's breaker, once
+      // open, fails every call for 5 s without trying etcd at all, which
+      // turned one slow answer under load into a run of failed ADDs.
+      faultHandling: { host: () => PASS_THROUGH, global: PASS_THROUGH },
     });
+    this.etcd = etcd;
+    this.client = client;
   }
 
   async txn(req: TxnRequest, deadline: number): Promise<TxnResult> {
@@ -96,10 +108,42 @@ export class EtcdKV implements KV {
         const key = Buffer.from(o.get);
         return { request_range: o.prefix ? { key, range_end: prefixEnd(key) } : { key } };
       }
-      if ('put' in o) return { request_put: { key: Buffer.from(o.put), value: Buffer.from(o.value) } };
+      if ('put' in o) {
+        return { request_put: { key: Buffer.from(o.put), value: Buffer.from(o.value), ...(o.lease !== undefined ? { lease: o.lease.toString() } : {}) } };
+      }
       const key = Buffer.from(o.delete);
       return { request_delete_range: o.prefix ? { key, range_end: prefixEnd(key) } : { key } };
     };
+    const res = await this.bounded(
+      () =>
+        this.client.kv.txn(
+          { compare, success: (req.success ?? []).map(op), failure: (req.failure ?? []).map(op) },
+          { deadline: new Date(deadline) },
+        ),
+      deadline,
+    );
+    return {
+      succeeded: res.succeeded,
+      revision: BigInt(res.header.revision),
+      results: res.responses.map((r) =>
+        (r.response_range?.kvs ?? []).map((kv) => ({
+          key: kv.key.toString(),
+          value: kv.value.toString(),
+          createRevision: BigInt(kv.create_revision),
+          modRevision: BigInt(kv.mod_revision),
+          version: BigInt(kv.version),
+        })),
+      ),
+    };
+  }
+
+  async grantLease(ttlSeconds: number, deadline: number): Promise<bigint> {
+    const res = await this.bounded(() => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, { deadline: new Date(deadline) }), deadline);
+    return BigInt(res.ID);
+  }
+
+  /** One gRPC call, failing with 11 at `deadline` even if gRPC's own deadline does not fire. */
+  private async bounded<T>(call: () => Promise<T>, deadline: number): Promise<T> {
     const remaining = deadline - Date.now();
     if (remaining <= 0) throw this.timeout();
     let timer: NodeJS.Timeout | undefined;
@@ -109,26 +153,7 @@ export class EtcdKV implements KV {
       timer = setTimeout(() => reject(this.timeout()), remaining + 50);
     });
     try {
-      const res = await Promise.race([
-        this.client.kv.txn(
-          { compare, success: (req.success ?? []).map(op), failure: (req.failure ?? []).map(op) },
-          { deadline: new Date(deadline) },
-        ),
-        expired,
-      ]);
-      return {
-        succeeded: res.succeeded,
-        revision: BigInt(res.header.revision),
-        results: res.responses.map((r) =>
-          (r.response_range?.kvs ?? []).map((kv) => ({
-            key: kv.key.toString(),
-            value: kv.value.toString(),
-            createRevision: BigInt(kv.create_revision),
-            modRevision: BigInt(kv.mod_revision),
-            version: BigInt(kv.version),
-          })),
-        ),
-      };
+      return await Promise.race([call(), expired]);
     } catch (err) {
       throw this.mapError(err);
     } finally {

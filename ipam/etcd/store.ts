@@ -10,13 +10,7 @@
  * left takes a single address from another host's block (a "borrow",
  * counted and logged on stderr).
  *
- * Keys (P = keyPrefix, N = P/networks/<network>):
- *   P/hosts/<node>                 {hostId}: who this node name belongs to
- *   N/blocks/<block>               <node>: the claim, the compare-and-swap target
- *   N/hostblocks/<node>/<block>    {cidr, seq, last, used: {offset: seq}}: the block's state
- *   N/ips/<ip>                     {containerId, ifname, node, block, blockKey, seq}
- *   N/owners/<cid>/<ifname>/<ip>   {node, blockKey}: index by attachment
- *   N/leaks/<node>/<ip>            {seq, createRevision, firstSeen}: GC's first sighting
+ * The keys are laid out in ./keys.ts.
  *
  * An allocation is one transaction: it compares the block state's mod
  * revision (nobody changed the block since we read it) and the address key's
@@ -33,9 +27,28 @@
  * grace period apart: the runtime's valid-attachments list may be older
  * than an ADD that is still in flight.
  *
+ * Liveness: every operation reads the host's liveness key P/alive/<node>,
+ * which is attached to an etcd lease, and renews it (a new lease, the key
+ * put again) once half the lease's TTL has passed by this host's clock. The
+ * key vanishes when its lease expires, judged by etcd's clock alone, so no
+ * two machines' clocks are ever compared. Runtimes call STATUS and GC
+ * regularly, so a host with long-lived containers and no ADDs stays alive;
+ * a host that stops calling altogether is what the maintenance command
+ * (./maint.ts) treats as gone. Renewing also deletes the command's
+ * sightings of the host (P/gone/<node>/), so a host that comes back
+ * between two of its runs is never mistaken for one that stayed away.
+ *
+ * Networks sharing a key prefix must not share addresses: blocks are keyed
+ * per network, so two networks with overlapping ranges would hand out the
+ * same address twice without either noticing. Each network registers its
+ * ranges under P/ranges/<network>, in the same transaction as its first
+ * block claim and guarded by the registry's head key, and a network whose
+ * ranges overlap a registered one is refused with 7 before anything is
+ * written.
+ *
  * Cost of an ADD once the host holds a block with room: one read transaction
- * (host registration, the owner's keys, the host's blocks) and one
- * allocation transaction.
+ * (host registration, liveness, the network registry, the owner's keys, the
+ * host's blocks) and one allocation transaction.
  *
  * lock()/unlock() take no lock anywhere: the transactions are the exclusion.
  * lock() starts the operation's time budget (requestTimeoutMs): every etcd
@@ -48,6 +61,21 @@ import { allocatable, describeRangeSet, rangeContains, type IpamConfig, type Ipa
 import { noFreeAddress } from '../errors';
 import { formatIP, mask, parseIP, type Family, type IP } from '../ip';
 import { loadEtcdConfig, type EtcdStoreConfig } from './config';
+import {
+  aliveKey,
+  goneKey,
+  hostKey,
+  networkKey,
+  ownerPrefixKey,
+  parseJSON,
+  rangesHeadKey,
+  rangesKey,
+  type AddressValue,
+  type AliveValue,
+  type BlockData,
+  type RangesValue,
+  type RegisteredRange,
+} from './keys';
 import { EtcdKV, tryAgainLater, type Compare, type KeyValue, type KV, type Op } from './kv';
 
 export interface EtcdStoreOptions {
@@ -61,15 +89,6 @@ export interface EtcdStoreOptions {
   random?: () => number;
 }
 
-/** What the block state key holds. Offsets are decimal (address - block network). */
-interface BlockData {
-  cidr: string;
-  host: string;
-  seq: number;
-  last?: string;
-  used: Record<string, number>;
-}
-
 interface BlockState {
   readonly id: string;
   readonly key: string;
@@ -78,16 +97,6 @@ interface BlockState {
   readonly family: Family;
   rev: bigint;
   data: BlockData;
-}
-
-interface AddressValue {
-  containerId: string;
-  ifname: string;
-  node: string;
-  block: string;
-  blockKey: string;
-  seq: number;
-  borrowed?: boolean;
 }
 
 interface LeakValue {
@@ -111,10 +120,16 @@ interface Session {
   /** every block's claimant; read only when the host's own blocks do not suffice */
   claims?: Map<string, string>;
   readonly targets: Map<string, Target>;
+  /** lastResort() has re-read this host's blocks once in this operation */
+  mineRefreshed?: boolean;
 }
 
-/** how many of the first unclaimed blocks a claim picks from at random: fewer lost races */
-const CLAIM_SPREAD = 8;
+/** How many of the first unclaimed blocks a claim picks from at random. Wide,
+ *  because lost races are what hosts starting together pay for: with 200
+ *  hosts claiming at once, picking among 8 cost each several rounds of lost
+ *  claims and re-reads (bench/etcd-ipam.ts). The price is a less compact
+ *  layout of blocks in the subnet, which nothing depends on. */
+const CLAIM_SPREAD = 1024;
 const BACKOFF_FIRST_MS = 5;
 const BACKOFF_MAX_MS = 250;
 
@@ -128,6 +143,8 @@ export class EtcdStore implements AllocationStore {
   readonly stats: EtcdStoreStats = { claimed: 0, borrowed: 0, conflicts: 0 };
   private session?: Session;
   private hostChecked = false;
+  /** the registry writes the next block claim carries: set while this network's entry is missing or stale */
+  private registration?: { readonly compare: Compare[]; readonly ops: Op[] };
   private closed = false;
   private readonly clock: () => number;
   private readonly log: (line: string) => void;
@@ -144,7 +161,7 @@ export class EtcdStore implements AllocationStore {
     this.clock = options.clock ?? Date.now;
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.random = options.random ?? Math.random;
-    this.net = `${conf.keyPrefix}/networks/${network}`;
+    this.net = networkKey(conf.keyPrefix, network);
   }
 
   /**
@@ -206,7 +223,7 @@ export class EtcdStore implements AllocationStore {
     const target = s.targets.get(rangeSetId);
     // The allocator asks for a specific address without lastReserved only
     // for a static request: that may come from any block.
-    const anyBlock = target === undefined || target.kind === 'borrow';
+    const mayBorrow = async (): Promise<boolean> => target === undefined || target.kind === 'borrow' || this.lastResort(set);
     const { id, network, prefix } = this.blockOf(ip);
     for (let attempt = 0; ; attempt++) {
       const mine = s.mine!.get(id);
@@ -216,8 +233,10 @@ export class EtcdStore implements AllocationStore {
       } else {
         const claimant = (await this.loadClaims()).get(id);
         if (claimant === undefined) {
-          // Unclaimed: ours now if we win it (the walk only reaches an
-          // unclaimed block when the host's own blocks had no room).
+          // Room in a block of ours (claimed by lastResort during this
+          // walk): the walk gets there; a second block would be waste.
+          if (target !== undefined && target.ip.value !== ip.value && this.pickInMine(set) !== undefined) return false;
+          // Unclaimed: ours now if we win it.
           await this.claim(id, network, prefix, ip.family);
           continue;
         }
@@ -227,7 +246,7 @@ export class EtcdStore implements AllocationStore {
           if (!s.mine!.has(id)) return false;
           continue;
         }
-        if (!anyBlock) return false;
+        if (!(await mayBorrow())) return false;
         const foreign = await this.readBlock(this.blockKey(claimant, id), id, network, prefix, ip.family);
         if (!foreign) {
           s.claims!.delete(id);
@@ -246,9 +265,40 @@ export class EtcdStore implements AllocationStore {
     }
   }
 
+  /**
+   * Whether the allocator's walk, standing on a free address of another
+   * host's block, may borrow it: only when this host's blocks are full and
+   * no block is left to claim. The walk visits each address once, so an
+   * address passed over is not seen again in this ADD: when a block is
+   * still unclaimed it is claimed here and now (the walk reaches it later,
+   * wrapping around if need be), rather than hoping it is still free when
+   * the walk gets there. This is what keeps an ADD from failing with free
+   * addresses left when the target it aimed at was taken by a racing host.
+   */
+  private async lastResort(set: RangeSet): Promise<boolean> {
+    if (this.pickInMine(set) !== undefined) {
+      // Our view of our blocks dates from the start of the ADD, and racing
+      // hosts borrow from them: look again (once) before passing this address by.
+      if (this.session!.mineRefreshed) return false;
+      this.session!.mineRefreshed = true;
+      await this.reloadMine();
+      if (this.pickInMine(set) !== undefined) return false;
+    }
+    for (;;) {
+      const unclaimed = await this.pickUnclaimed(set);
+      if (!unclaimed) return true;
+      const { id, network, prefix } = this.blockOf(unclaimed.ip);
+      if (await this.claim(id, network, prefix, unclaimed.ip.family)) return false;
+    }
+  }
+
   async releaseByOwner(containerId: string, ifname: string): Promise<IP[]> {
     const deadline = this.deadline();
-    const { results } = await this.kv.txn({ success: [{ get: ownerPrefixKey(this.net, containerId, ifname), prefix: true }] }, deadline);
+    const { results } = await this.kv.txn(
+      { success: [{ get: ownerPrefixKey(this.net, containerId, ifname), prefix: true }, { get: this.aliveKey }] },
+      deadline,
+    );
+    await this.renewLiveness(results[1]![0]);
     const released: IP[] = [];
     for (const ownerKv of results[0]!) {
       const ip = parseIP(ownerKv.key.slice(ownerKv.key.lastIndexOf('/') + 1));
@@ -259,7 +309,9 @@ export class EtcdStore implements AllocationStore {
   }
 
   async listAll(): Promise<Allocation[]> {
-    const { results } = await this.kv.txn({ success: [{ get: `${this.net}/ips/`, prefix: true }] }, this.deadline());
+    const { results } = await this.kv.txn({ success: [{ get: `${this.net}/ips/`, prefix: true }, { get: this.aliveKey }] }, this.deadline());
+    // STATUS comes here: the call runtimes make most regularly keeps the host alive.
+    await this.renewLiveness(results[1]![0]);
     return results[0]!.flatMap((kv) => {
       const ip = parseIP(kv.key.slice(kv.key.lastIndexOf('/') + 1));
       const v = parseJSON<AddressValue>(kv.value);
@@ -278,9 +330,10 @@ export class EtcdStore implements AllocationStore {
     const keepKeys = new Set(keep.map((o) => `${o.containerId.trim()}\n${o.ifname}`));
     const leakPrefix = `${this.net}/leaks/${node}/`;
     const { results } = await this.kv.txn(
-      { success: [{ get: `${this.net}/ips/`, prefix: true }, { get: leakPrefix, prefix: true }] },
+      { success: [{ get: `${this.net}/ips/`, prefix: true }, { get: leakPrefix, prefix: true }, { get: this.aliveKey }] },
       this.deadline(),
     );
+    await this.renewLiveness(results[2]![0]);
     const leaks = new Map(results[1]!.map((kv) => [kv.key.slice(leakPrefix.length), parseJSON<LeakValue>(kv.value)]));
     const now = this.clock();
     const freed: Allocation[] = [];
@@ -336,13 +389,111 @@ export class EtcdStore implements AllocationStore {
    */
   private async load(ownerPrefix?: string): Promise<KeyValue[]> {
     const s = this.ensureSession();
-    const hostKey = `${this.conf.keyPrefix}/hosts/${this.conf.nodeName}`;
-    const ops: Op[] = [{ get: hostKey }, { get: this.blockKey(this.conf.nodeName, ''), prefix: true }];
+    const registered = hostKey(this.conf.keyPrefix, this.conf.nodeName);
+    const ops: Op[] = [
+      { get: registered },
+      { get: this.blockKey(this.conf.nodeName, ''), prefix: true },
+      { get: this.aliveKey },
+      { get: `${this.conf.keyPrefix}/ranges/`, prefix: true },
+      { get: rangesHeadKey(this.conf.keyPrefix) },
+    ];
     if (ownerPrefix) ops.push({ get: ownerPrefix, prefix: true });
     const { results } = await this.kv.txn({ success: ops }, s.deadline);
-    if (!this.hostChecked) await this.checkHost(hostKey, results[0]![0]);
+    // Refuse an overlapping network before writing anything at all.
+    this.checkRanges(results[3]!, results[4]![0]);
+    // A registration the maintenance command removed (the host looked gone) is made again.
+    if (!this.hostChecked || !results[0]![0]) await this.checkHost(registered, results[0]![0]);
+    await this.renewLiveness(results[2]![0]);
     s.mine = this.blocksFrom(results[1]!);
-    return ownerPrefix ? [...results[2]!] : [];
+    if (this.registration && s.mine.size > 0) {
+      // The network's ranges changed while it holds blocks: no claim is
+      // coming to carry the new entry, so it is written now.
+      const r = await this.kv.txn({ compare: this.registration.compare, success: this.registration.ops }, s.deadline);
+      if (!r.succeeded) throw tryAgainLater(`etcd IPAM: the network registry changed while registering network ${this.network}`, 'another network registered at the same time; try again');
+      this.registration = undefined;
+    }
+    return ownerPrefix ? [...results[5]!] : [];
+  }
+
+  private get aliveKey(): string {
+    return aliveKey(this.conf.keyPrefix, this.conf.nodeName);
+  }
+
+  /** This network's ranges as the registry records them, in a canonical order. */
+  private registeredRanges(): RegisteredRange[] {
+    return this.rangeSets
+      .flat()
+      .map((r) => ({ subnet: `${formatIP(r.subnet.network)}/${r.subnet.prefix}`, start: formatIP(r.rangeStart), end: formatIP(r.rangeEnd) }))
+      .sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  }
+
+  /**
+   * Refuses (7) ranges that overlap another network's under the same prefix,
+   * and prepares this network's registry entry when it is missing or stale.
+   * Ranges, not subnets, are compared: two macvlan networks may share an
+   * underlay subnet with disjoint rangeStart..rangeEnd, which is exactly how
+   * an underlay is split between them.
+   */
+  private checkRanges(entries: readonly KeyValue[], head: KeyValue | undefined): void {
+    const mine = this.registeredRanges();
+    const ownKey = rangesKey(this.conf.keyPrefix, this.network);
+    let own: KeyValue | undefined;
+    for (const kv of entries) {
+      if (kv.key === ownKey) {
+        own = kv;
+        continue;
+      }
+      const other = parseJSON<RangesValue>(kv.value)?.ranges ?? [];
+      for (const a of mine) {
+        for (const b of other) {
+          if (!rangesOverlap(a, b)) continue;
+          throw new CniError(
+            ErrorCode.InvalidNetworkConfig,
+            `network ${this.network}: range ${a.start}-${a.end} overlaps range ${b.start}-${b.end} of network ${kv.key.slice(kv.key.lastIndexOf('/') + 1)} under key prefix ${this.conf.keyPrefix}`,
+            'networks sharing an etcd key prefix must not share addresses: give them disjoint subnets or ranges, or separate key prefixes',
+          );
+        }
+      }
+    }
+    const value = JSON.stringify({ ranges: mine } satisfies RangesValue);
+    if (own && own.value === value) {
+      this.registration = undefined;
+      return;
+    }
+    const headKey = rangesHeadKey(this.conf.keyPrefix);
+    this.registration = {
+      compare: [
+        head ? { key: headKey, target: 'mod', value: head.modRevision } : { key: headKey, target: 'version', value: 0n },
+        own ? { key: ownKey, target: 'mod', value: own.modRevision } : { key: ownKey, target: 'version', value: 0n },
+      ],
+      ops: [
+        { put: ownKey, value },
+        { put: headKey, value: this.network },
+      ],
+    };
+  }
+
+  /**
+   * Renews the liveness lease when its key is missing, not ours, or past
+   * half its TTL: a new lease and the key put on it (the old lease then
+   * expires holding nothing), and the maintenance command's sightings of
+   * this host dropped in the same transaction.
+   */
+  private async renewLiveness(alive: KeyValue | undefined): Promise<void> {
+    const now = this.clock();
+    const v = alive && parseJSON<AliveValue>(alive.value);
+    if (v && v.hostId === this.conf.hostId && now < v.renewAfter) return;
+    const lease = await this.kv.grantLease(Math.ceil(this.conf.livenessTtlMs / 1000), this.deadline());
+    const value: AliveValue = { hostId: this.conf.hostId, renewAfter: now + Math.floor(this.conf.livenessTtlMs / 2) };
+    await this.kv.txn(
+      {
+        success: [
+          { put: this.aliveKey, value: JSON.stringify(value), lease },
+          { delete: goneKey(this.conf.keyPrefix, this.conf.nodeName), prefix: true },
+        ],
+      },
+      this.deadline(),
+    );
   }
 
   private async reloadMine(): Promise<void> {
@@ -410,23 +561,31 @@ export class EtcdStore implements AllocationStore {
     const claimKey = `${this.net}/blocks/${id}`;
     const key = this.blockKey(this.conf.nodeName, id);
     const data: BlockData = { cidr: `${formatIP({ family, value: network })}/${prefix}`, host: this.conf.nodeName, seq: 0, used: {} };
+    const registration = this.registration;
     const r = await this.kv.txn(
       {
-        compare: [{ key: claimKey, target: 'version', value: 0n }],
-        success: [{ put: claimKey, value: this.conf.nodeName }, { put: key, value: JSON.stringify(data) }],
-        failure: [{ get: claimKey }],
+        compare: [{ key: claimKey, target: 'version', value: 0n }, ...(registration?.compare ?? [])],
+        success: [{ put: claimKey, value: this.conf.nodeName }, { put: key, value: JSON.stringify(data) }, ...(registration?.ops ?? [])],
+        failure: [{ get: claimKey }, { get: `${this.conf.keyPrefix}/ranges/`, prefix: true }, { get: rangesHeadKey(this.conf.keyPrefix) }],
       },
       s.deadline,
     );
+    if (!r.succeeded && registration) {
+      // Lost to a registration made since our read, perhaps of an
+      // overlapping network: check again (7 if it overlaps), then retry.
+      this.checkRanges(r.results[1]!, r.results[2]![0]);
+    }
     if (r.succeeded) {
+      this.registration = undefined;
       this.stats.claimed++;
       s.claims?.set(id, this.conf.nodeName);
       s.mine!.set(id, { id, key, network, prefix, family, rev: r.revision, data });
       return true;
     }
     this.stats.conflicts++;
-    const winner = r.results[0]![0]?.value;
-    if (winner !== undefined) s.claims?.set(id, winner);
+    // Others are claiming right now: learn all their claims at the next
+    // look (one read), not one lost race at a time.
+    s.claims = undefined;
     return false;
   }
 
@@ -612,8 +771,10 @@ export class EtcdStore implements AllocationStore {
   }
 }
 
-function ownerPrefixKey(net: string, containerId: string, ifname: string): string {
-  return `${net}/owners/${encodeURIComponent(containerId.trim())}/${encodeURIComponent(ifname)}/`;
+function rangesOverlap(a: RegisteredRange, b: RegisteredRange): boolean {
+  const [as, ae, bs, be] = [a.start, a.end, b.start, b.end].map(parseIP);
+  if (!as || !ae || !bs || !be || as.family !== bs.family) return false;
+  return as.value <= be.value && bs.value <= ae.value;
 }
 
 function blockId(family: Family, network: bigint, prefix: number): string {
@@ -667,10 +828,3 @@ function predecessor(set: RangeSet, ip: IP): IP | undefined {
   return k === 0 ? undefined : set[k - 1]!.rangeEnd;
 }
 
-function parseJSON<T>(text: string): T | undefined {
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    return undefined;
-  }
-}

@@ -1,6 +1,8 @@
 /**
  * A real etcd for the etcd store's tests: the Debian etcd-server binary on
  * 127.0.0.1, random free ports, a temp data dir, killed and removed by stop().
+ * kill() and start() stop and restart the same member on the same data dir
+ * and ports, for the tests of an etcd restarted mid-run.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -11,6 +13,11 @@ import * as path from 'node:path';
 export interface EtcdServer {
   /** http://127.0.0.1:<port> */
   readonly endpoint: string;
+  /** SIGKILLs the member, keeping its data dir (a crash, not a shutdown). */
+  kill(): Promise<void>;
+  /** Starts the killed member again on the same data dir and ports; resolves when healthy. */
+  start(): Promise<void>;
+  /** Kills the member and removes its data dir. */
   stop(): Promise<void>;
 }
 
@@ -32,42 +39,60 @@ export async function startEtcd(): Promise<EtcdServer> {
   const peer = await freePort();
   const endpoint = `http://127.0.0.1:${client}`;
   const peerUrl = `http://127.0.0.1:${peer}`;
-  const log = fs.openSync(path.join(dir, 'etcd.log'), 'w');
-  const child: ChildProcess = spawn(
-    'etcd',
-    [
-      '--name', 'default',
-      '--data-dir', path.join(dir, 'data'),
-      '--listen-client-urls', endpoint,
-      '--advertise-client-urls', endpoint,
-      '--listen-peer-urls', peerUrl,
-      '--initial-advertise-peer-urls', peerUrl,
-      '--initial-cluster', `default=${peerUrl}`,
-    ],
-    { stdio: ['ignore', log, log] },
-  );
-  fs.closeSync(log);
-  let exited = false;
-  child.once('exit', () => (exited = true));
-  const stop = async (): Promise<void> => {
-    if (!exited) {
-      const gone = new Promise((resolve) => child.once('exit', resolve));
+  const logFile = path.join(dir, 'etcd.log');
+  let child: ChildProcess | undefined;
+  let exited = true;
+
+  const kill = async (): Promise<void> => {
+    if (child && !exited) {
+      const gone = new Promise((resolve) => child!.once('exit', resolve));
       child.kill('SIGKILL');
       await gone;
     }
+  };
+  const stop = async (): Promise<void> => {
+    await kill();
     fs.rmSync(dir, { recursive: true, force: true });
   };
-  for (let i = 0; i < 200; i++) {
-    if (exited) break;
-    try {
-      const res = await fetch(`${endpoint}/health`);
-      if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return { endpoint, stop };
-    } catch {
-      // not listening yet
+  const start = async (): Promise<void> => {
+    if (!exited) throw new Error('etcd is already running');
+    const log = fs.openSync(logFile, 'a');
+    child = spawn(
+      'etcd',
+      [
+        '--name', 'default',
+        '--data-dir', path.join(dir, 'data'),
+        '--listen-client-urls', endpoint,
+        '--advertise-client-urls', endpoint,
+        '--listen-peer-urls', peerUrl,
+        '--initial-advertise-peer-urls', peerUrl,
+        '--initial-cluster', `default=${peerUrl}`,
+      ],
+      { stdio: ['ignore', log, log] },
+    );
+    fs.closeSync(log);
+    exited = false;
+    child.once('exit', () => (exited = true));
+    for (let i = 0; i < 200; i++) {
+      if (exited) break;
+      try {
+        const res = await fetch(`${endpoint}/health`);
+        if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return;
+      } catch {
+        // not listening yet
+      }
+      await new Promise((r) => setTimeout(r, 50));
     }
-    await new Promise((r) => setTimeout(r, 50));
+    const text = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').slice(-2000) : '';
+    await kill();
+    throw new Error(`etcd did not become healthy at ${endpoint}:\n${text}`);
+  };
+
+  try {
+    await start();
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
   }
-  const text = fs.existsSync(path.join(dir, 'etcd.log')) ? fs.readFileSync(path.join(dir, 'etcd.log'), 'utf8').slice(-2000) : '';
-  await stop();
-  throw new Error(`etcd did not become healthy at ${endpoint}:\n${text}`);
+  return { endpoint, kill, start, stop };
 }

@@ -152,6 +152,32 @@ describe('etcd store', () => {
     expect((await keys(p)).some((k) => k.key.includes('one-too-many'))).toBe(false);
   });
 
+  it('serves every request when 12 hosts take 240 of a /24’s 253 addresses at once in /28 blocks, borrowing without duplicates', async () => {
+    const p = prefix();
+    const hosts = Array.from({ length: 12 }, (_, i) => host(p, '10.21.0.0/24', `node-${i}`, { blockSize: 28 }, { log: () => {} }));
+    const results = await Promise.all(
+      hosts.map(async (h, i) => {
+        const ips: string[] = [];
+        for (let j = 0; j < 20; j++) ips.push(await add(h, `h${i}-c${j}`));
+        return ips;
+      }),
+    );
+    const all = results.flat();
+    expect(all).toHaveLength(240);
+    expect(new Set(all).size).toBe(240);
+    const stored = await keys(p);
+    const claims = new Map(stored.filter((k) => k.key.includes('/blocks/')).map((k) => [k.key.slice(k.key.lastIndexOf('/') + 1), k.value]));
+    expect(claims.size).toBe(16);
+    let borrowed = 0;
+    for (const k of stored.filter((k) => k.key.includes('/ips/'))) {
+      const v = JSON.parse(k.value) as { node: string; block: string; borrowed?: boolean };
+      // a borrow lies in another host's block, everything else in the host's own
+      if (v.borrowed) borrowed++;
+      expect(claims.get(v.block) === v.node).toBe(!v.borrowed);
+    }
+    expect(borrowed).toBe(hosts.reduce((n, h) => n + h.stats.borrowed, 0));
+  });
+
   it('releases an owner’s address on DEL, leaving only the block claim and state', async () => {
     const p = prefix();
     const a = host(p, '10.14.0.0/24', 'node-a');
@@ -160,7 +186,8 @@ describe('etcd store', () => {
     expect(freed.map(formatIP)).toEqual([ip]);
     expect(await release(a, { containerId: 'c1', ifname: 'eth0' })).toEqual([]);
     const left = (await keys(p)).map((k) => k.key.slice(p.length).split('/').slice(0, 4).join('/'));
-    expect(left.sort()).toEqual(['/hosts/node-a', '/networks/net1/blocks', '/networks/net1/hostblocks'].sort());
+    // the host's registration and liveness, the network's registry entry, and its block
+    expect(left.sort()).toEqual(['/alive/node-a', '/hosts/node-a', '/networks/net1/blocks', '/networks/net1/hostblocks', '/ranges-head', '/ranges/net1'].sort());
     const state = (await keys(p)).find((k) => k.key.includes('/hostblocks/'))!;
     expect(JSON.parse(state.value).used).toEqual({});
   });
@@ -263,5 +290,66 @@ describe('etcd store', () => {
     config.ipam.etcd.blockSize = 8;
     await expect(ipamAdd({ containerId: 'ctr2', ifname: 'eth0', config })).rejects.toMatchObject({ code: 7 });
     expect((await keys(p)).some((k) => k.key.includes('/ips/'))).toBe(false);
+  });
+});
+
+describe('etcd store: networks under one key prefix', () => {
+  function open(p: string, name: string, range: Record<string, string>, node: string): EtcdStore {
+    const conf = loadIpamConfig({
+      cniVersion: '1.1.0',
+      name,
+      ipam: { type: 'cluster-ipam', store: 'etcd', ranges: [[range]], etcd: { endpoints: [etcd.endpoint], keyPrefix: p, nodeName: node, hostId: `id-${node}` } },
+    });
+    const store = EtcdStore.open(conf);
+    opened.push(store);
+    return store;
+  }
+
+  async function dump(p: string): Promise<string[]> {
+    return (await keys(p)).map((k) => `${k.key} ${k.modRevision} ${k.value}`);
+  }
+
+  it('refuses a network whose range overlaps another network’s with code 7, writing nothing', async () => {
+    const p = prefix();
+    await add(open(p, 'net1', { subnet: '10.50.0.0/24' }, 'node-a'), 'c1');
+    const before = await dump(p);
+    const err = await add(open(p, 'net2', { subnet: '10.50.0.128/25' }, 'node-z'), 'c2').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(7);
+    expect((err as CniError).msg).toMatch(/overlaps range 10\.50\.0\.\d+-10\.50\.0\.254 of network net1/);
+    expect(await dump(p)).toEqual(before);
+    // a disjoint subnet is fine
+    expect(await add(open(p, 'net3', { subnet: '10.51.0.0/24' }, 'node-z'), 'c3')).toMatch(/^10\.51\.0\./);
+  });
+
+  it('lets two networks split one underlay subnet by disjoint ranges, and refuses a third range across both', async () => {
+    const p = prefix();
+    const low = open(p, 'low', { subnet: '10.52.0.0/24', rangeStart: '10.52.0.10', rangeEnd: '10.52.0.99' }, 'node-a');
+    const high = open(p, 'high', { subnet: '10.52.0.0/24', rangeStart: '10.52.0.100', rangeEnd: '10.52.0.200' }, 'node-a');
+    const l = await add(low, 'c1');
+    const h = await add(high, 'c1');
+    expect(Number(l.split('.')[3])).toBeGreaterThanOrEqual(10);
+    expect(Number(l.split('.')[3])).toBeLessThanOrEqual(99);
+    expect(Number(h.split('.')[3])).toBeGreaterThanOrEqual(100);
+    const across = open(p, 'across', { subnet: '10.52.0.0/24', rangeStart: '10.52.0.90', rangeEnd: '10.52.0.110' }, 'node-a');
+    await expect(add(across, 'c1')).rejects.toMatchObject({ code: 7 });
+  });
+
+  it('admits exactly one of two overlapping networks registering at the same moment', async () => {
+    for (let round = 0; round < 5; round++) {
+      const p = prefix();
+      const one = open(p, 'one', { subnet: '10.53.0.0/24' }, 'node-a');
+      const two = open(p, 'two', { subnet: '10.53.0.0/23' }, 'node-b');
+      const [r1, r2] = await Promise.allSettled([add(one, 'c1'), add(two, 'c2')]);
+      const won = [r1, r2].filter((r) => r.status === 'fulfilled');
+      const lost = [r1, r2].filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      expect(won).toHaveLength(1);
+      expect(lost.map((r) => (r.reason as CniError).code)).toEqual([7]);
+      const registered = (await keys(p)).filter((k) => k.key.startsWith(`${p}/ranges/`));
+      expect(registered).toHaveLength(1);
+      // the loser wrote no allocation and no block
+      const loser = r1.status === 'rejected' ? 'one' : 'two';
+      expect((await keys(p)).some((k) => k.key.startsWith(`${p}/networks/${loser}/`))).toBe(false);
+    }
   });
 });
