@@ -7,7 +7,7 @@
  * executed exactly as libcni would: same environment, the complete network
  * configuration on stdin, its result or error JSON on stdout.
  */
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from '../spawn';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from './errors';

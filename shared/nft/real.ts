@@ -16,7 +16,7 @@
  * binary is looked up in the usual sbin directories first. LC_ALL=C keeps
  * strerror texts untranslated, which errors.ts relies on.
  */
-import { spawnSync } from 'node:child_process';
+import { spawnSync } from '../spawn';
 import * as fs from 'node:fs';
 import { withNetns } from '../netns/netns';
 import { NftError, parseNftFailure } from './errors';
