@@ -17,6 +17,9 @@
  *      "host": "isolated" | "current",          where plugins run (below)
  *      "containerNetns": "new" | "host",        CNI_NETNS: a fresh netns per attachment, or the host's
  *      "hostSetup": [["link", "add", ...]],     ip(8) commands run in the host namespace first
+ *      "services": [{ "name", "argv", "readyLog"?, "readyTimeoutMs"? }],
+ *                                               processes kept running in the host namespace for the
+ *                                               whole run, after hostSetup (etcd, an agent: services.ts)
  *      "stateDirs": ["${STATE_DIR}"],           directories the plugin keeps state in (leak checks)
  *      "cycles": 3,                             ADD/CHECK/DEL cycles for the leak rules
  *      "notApplicable": { "rule.id": "why" },   rules that cannot apply to this network
@@ -39,6 +42,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, parseNetworkConfig, type NetworkConfigList } from './libcni';
+import { ServiceSchema, type ServiceSpec } from './services';
 
 const Descriptor = z
   .object({
@@ -51,6 +55,7 @@ const Descriptor = z
     host: z.enum(['isolated', 'current']).default('isolated'),
     containerNetns: z.enum(['new', 'host']).default('new'),
     hostSetup: z.array(z.array(z.string()).min(1)).default([]),
+    services: z.array(ServiceSchema).default([]),
     stateDirs: z.array(z.string()).optional(),
     cycles: z.number().int().min(1).max(100).default(3),
     notApplicable: z.record(z.string()).default({}),
@@ -70,6 +75,7 @@ export interface SuiteConfig {
   host: 'isolated' | 'current';
   containerNetns: 'new' | 'host';
   hostSetup: string[][];
+  services: ServiceSpec[];
   stateDirs: string[];
   /** state directories the defaults exclude (libcni's own result cache) */
   stateExcludes: string[];
@@ -132,6 +138,7 @@ export function configFromObject(raw: unknown, file: string, ph: Placeholders): 
     host: d.host,
     containerNetns: d.containerNetns,
     hostSetup: d.hostSetup,
+    services: d.services,
     stateDirs,
     stateExcludes: d.stateDirs ? [] : ['/var/lib/cni/results'],
     cycles: d.cycles,

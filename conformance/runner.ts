@@ -6,7 +6,7 @@
  *
  * Per network: a scratch directory (result cache, ${STATE_DIR}), the host
  * namespace (a private one unless the config says "current"), hostSetup,
- * the VERSION and error rules, one warm-up ADD/DEL, then the rest. The
+ * the config's services (started there, stopped at the end), the VERSION and error rules, one warm-up ADD/DEL, then the rest. The
  * warm-up exists because plugins legitimately keep shared infrastructure
  * they create on first use (the bridge device, top-level nft chains, an
  * IPAM lock file); the leak rules measure what each attachment adds, from a
@@ -24,6 +24,7 @@ import { RuleContext, RuleFail, RuleNotApplicable } from './context';
 import { createNetns, CURRENT_NS, deleteNetns, ip, run, type Ns } from './kernel';
 import { ConfigError, ResultCache, Runtime, SpawnInvoker, type InvocationRecord } from './libcni';
 import { RULE_IDS, RULES, type Rule } from './rules';
+import { startServices, stopServices, type RunningService } from './services';
 
 export type Status = 'PASS' | 'FAIL' | 'N/A' | 'DEVIATION';
 
@@ -135,8 +136,10 @@ function runConfig(
   fs.mkdirSync(path.join(scratch, 'state'), { recursive: true });
   const runtime = new Runtime(pluginDirs, new SpawnInvoker(hostNs), new ResultCache(path.join(scratch, 'cache')));
   const ctx = new RuleContext(cfg, runtime, hostNs, runId, hostView?.path);
+  let services: RunningService[] = [];
   try {
     for (const argv of cfg.hostSetup) ip(hostNs, ...argv);
+    services = startServices(cfg.services, hostNs, pluginDirs, path.join(scratch, 'services'));
     let warmedUp = false;
     for (const rule of rules) {
       if (!warmedUp && !BEFORE_WARMUP.test(rule.id)) {
@@ -158,6 +161,8 @@ function runConfig(
       }
     }
     ctx.dropAll();
+    // after the cleanup DELs, which may need them (an agent, the store)
+    stopServices(services);
     if (hostNs.name !== undefined) deleteNetns(hostNs);
     // unmounts the bind mount only; the host's namespace lives on
     if (hostView) deleteNetns(hostView);

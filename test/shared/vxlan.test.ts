@@ -10,8 +10,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withHandle } from '../../shared/netlink';
-import { NetNs } from '../../shared/netns/netns';
+import { NetNs, sysctlGet, sysctlSet } from '../../shared/netns/netns';
 import {
+  BRIDGE_NF_SYSCTLS,
   VXLAN_OVERHEAD_V4,
   converge,
   ensureVxlanNetwork,
@@ -105,6 +106,16 @@ describe('an overlay network between two simulated hosts', () => {
       ensureVxlanNetwork(host, names[0], { vni, mtu: 1450, localVtep: vtep[0] }),
     );
     expect(created).toBe(false);
+  });
+
+  // br_netfilter is built in or loaded on this test machine; where it is not, the sysctls do not exist
+  it.skipIf(!fs.existsSync('/proc/sys/net/bridge'))('turns the bridge netfilter hooks off in the overlay namespace, again after someone turned them on', () => {
+    for (const key of BRIDGE_NF_SYSCTLS) expect(sysctlGet(key, names[0].netns)).toBe('0');
+    sysctlSet(BRIDGE_NF_SYSCTLS[0], '1', names[0].netns);
+    withHandle(`/var/run/netns/${hosts[0]}`, (host) => ensureVxlanNetwork(host, names[0], { vni, mtu: 1450, localVtep: vtep[0] }));
+    for (const key of BRIDGE_NF_SYSCTLS) expect(sysctlGet(key, names[0].netns)).toBe('0');
+    // the host's own namespace is left as it was
+    expect(sysctlGet(BRIDGE_NF_SYSCTLS[0], `/var/run/netns/${hosts[0]}`)).toBe('1');
   });
 
   it('containers on the two hosts ping each other once each side has the other in its static entries', () => {
