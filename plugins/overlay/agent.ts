@@ -10,7 +10,11 @@
  *    seconds regardless), converges the static neighbour/FDB entries of
  *    every overlay network that has a namespace on this host, i.e. a local
  *    container (shared/vxlan.ts converge): adds what is missing, removes
- *    what is gone.
+ *    what is gone;
+ *  - for encrypted networks (encryption.ts): keeps IPsec SAs and policies
+ *    with exactly the hosts that share one with it, from the key ring in
+ *    etcd, before any forwarding entry to such a host exists; and, when it
+ *    wins the election, rotates the keys (--rotate-every, default 12 h).
  *
  * Level-triggered, never edge-triggered: each pass reads the whole state at
  * one revision and makes the kernel match it, so missed events, repeated
@@ -26,10 +30,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CniError } from '../../shared/cni/errors';
 import { withHandle } from '../../shared/netlink';
+import { canonicalIp } from '../../shared/netlink/ipaddr';
+import { XfrmHandle } from '../../shared/netlink/xfrm';
+import type { XfrmOps } from '../../shared/ipsec';
+import type { Nft } from '../../shared/nft/nft-interface';
+import { realNft } from '../../shared/nft/real';
 import { isNetnsPath } from '../../shared/netns/netns';
 import { converge, overlayNames } from '../../shared/vxlan';
-import { ControlPlane, DEFAULT_PREFIX, remoteEndpoints, type Snapshot } from './controlplane';
+import { ControlPlane, DEFAULT_PREFIX, remoteEndpoints, type NetworkRecord, type Snapshot } from './controlplane';
 import { DEFAULT_STATE_DIR } from './config';
+import { DEFAULT_ROTATE_EVERY_MS, HostEncryption, acksOver, ringCacheDir, ringKvOver } from './encryption';
 import { EtcdKV, type KV, type Unwatch } from './kv';
 import { withNetworkLock } from './lock';
 
@@ -44,11 +54,18 @@ export interface AgentOptions {
   /** full re-read interval, ms, whatever the watch says */
   readonly resyncMs: number;
   readonly requestTimeoutMs: number;
+  /** encrypted networks' key rotation period, ms (default 12 h) */
+  readonly rotateEveryMs?: number;
+  /** TTL of the key-rotation leader's lease, seconds (default 15) */
+  readonly leaderTtlSeconds?: number;
 }
 
 export interface AgentDeps {
   readonly kv: KV;
   readonly log: (line: string) => void;
+  /** the kernel's xfrm tables and nftables of this host; default: the real ones, opened on first use */
+  readonly ipsec?: { readonly xfrm: XfrmOps; readonly nft: Nft };
+  readonly clock?: () => number;
 }
 
 export interface Agent {
@@ -61,7 +78,16 @@ export interface Agent {
 }
 
 const USAGE = `usage: cni-ts overlay-agent [leave] --node NAME --vtep ADDRESS [--etcd host:port,...]
-       [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10] [--resync-ms 5000] [--timeout-ms 3000]`;
+       [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10] [--resync-ms 5000] [--timeout-ms 3000]
+       [--rotate-every 12h] [--leader-ttl 15]`;
+
+/** "500ms", "2s", "30m", "12h" (a bare number is ms) to milliseconds. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a duration (e.g. 2s, 30m, 12h)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 'ms']!;
+  return Number(m[1]) * unit;
+}
 
 export function parseArgs(args: readonly string[]): { leave: boolean; opts: AgentOptions } {
   const rest = [...args];
@@ -76,13 +102,15 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
     if (v === undefined) throw new Error(`--${m[1]} needs a value`);
     flags.set(m[1], v);
   }
-  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms'];
+  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl'];
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
   const num = (k: string, d: number, min: number) => {
     const v = flags.has(k) ? Number(flags.get(k)) : d;
     if (!Number.isInteger(v) || v < min) throw new Error(`--${k} must be an integer >= ${min}`);
     return v;
   };
+  const rotateEveryMs = parseDuration(flags.get('rotate-every') ?? `${DEFAULT_ROTATE_EVERY_MS}`);
+  if (rotateEveryMs < 1000) throw new Error('--rotate-every must be at least 1s');
   const vtep = flags.get('vtep') ?? '';
   if (!leave && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new Error('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
   return {
@@ -96,6 +124,8 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
       ttlSeconds: num('ttl', 10, 2),
       resyncMs: num('resync-ms', 5000, 100),
       requestTimeoutMs: num('timeout-ms', 3000, 100),
+      rotateEveryMs,
+      leaderTtlSeconds: num('leader-ttl', 15, 2),
     },
   };
 }
@@ -116,14 +146,27 @@ function localVnis(stateDir: string): number[] {
   return files.map((f) => /^ov-(\d+)$/.exec(f)).filter((m): m is RegExpExecArray => m !== null).map((m) => Number(m[1]));
 }
 
-/** Makes the kernel entries of every local network match `snap`. */
-export function convergeHost(snap: Snapshot, node: string, stateDir: string, log: (l: string) => void): { added: number; removed: number } {
+/**
+ * Makes the kernel entries of every local network match `snap`.
+ * `reachable(network)`, when it returns a set, limits the network's
+ * entries to endpoints on those VTEPs: for an encrypted network, the peers
+ * whose SAs are installed, so nothing is ever sent to a peer in the clear.
+ */
+export function convergeHost(
+  snap: Snapshot,
+  node: string,
+  stateDir: string,
+  log: (l: string) => void,
+  reachable: (network: NetworkRecord) => ReadonlySet<string> | undefined = () => undefined,
+): { added: number; removed: number } {
   let added = 0;
   let removed = 0;
   for (const vni of localVnis(stateDir)) {
     const names = overlayNames(vni, path.join(stateDir, 'netns'));
     const network = snap.networks.find((n) => n.vni === vni);
-    const desired = network ? remoteEndpoints(snap, network.name, node) : [];
+    const limit = network ? reachable(network) : undefined;
+    const all = network ? remoteEndpoints(snap, network.name, node) : [];
+    const desired = limit ? all.filter((d) => limit.has(canonicalIp(d.vtep))) : all;
     try {
       const r = withNetworkLock(stateDir, vni, () => {
         // DEL may have removed the namespace while we waited for the lock
@@ -149,6 +192,29 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
   let debounce: NodeJS.Timeout | undefined;
   const timers: NodeJS.Timeout[] = [];
   const log = deps.log;
+  const clock = deps.clock ?? Date.now;
+  let xfrmHandle: XfrmHandle | undefined;
+  const enc = new HostEncryption(
+    {
+      node: opts.node,
+      vtep: opts.vtep,
+      prefix: opts.prefix,
+      cacheDir: ringCacheDir(opts.stateDir),
+      rotateEveryMs: opts.rotateEveryMs ?? DEFAULT_ROTATE_EVERY_MS,
+      leaderTtlSeconds: opts.leaderTtlSeconds ?? 15,
+    },
+    {
+      ringKv: ringKvOver(deps.kv, opts.requestTimeoutMs, clock),
+      acks: acksOver(deps.kv, opts.prefix, opts.requestTimeoutMs, clock),
+      // opened on first use: a host with only unencrypted networks never needs xfrm
+      xfrm: deps.ipsec?.xfrm ?? lazyXfrm(() => (xfrmHandle ??= XfrmHandle.open())),
+      nft: deps.ipsec?.nft ?? realNft(),
+      clock,
+      log,
+    },
+  );
+  let lastSnap: Snapshot | undefined;
+  let ticking = false;
 
   const deadline = () => Date.now() + opts.requestTimeoutMs;
 
@@ -170,7 +236,14 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       await register();
       await ensureWatch();
       const snap = await cp.snapshot();
-      const r = convergeHost(snap, opts.node, opts.stateDir, log);
+      lastSnap = snap;
+      // Keys first: an encrypted network's entries go only to keyed peers.
+      try {
+        await enc.sync(snap);
+      } catch (e) {
+        log(`ipsec: ${(e as Error).message}; keeping current SAs`);
+      }
+      const r = convergeHost(snap, opts.node, opts.stateDir, log, (n) => (n.encrypted ? enc.keyedPeers() : undefined));
       if (r.added || r.removed) log(`converged at revision ${snap.revision}: +${r.added} -${r.removed}`);
       return true;
     } catch (e) {
@@ -204,8 +277,27 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
     }, 20);
   }
 
+  /** The leader's round; a rotation shows up in every agent's watch (the ring is under the prefix). */
+  async function rotationTick(): Promise<void> {
+    if (ticking || stopped || !lastSnap) return;
+    ticking = true;
+    try {
+      const r = await enc.tick(lastSnap);
+      if (r && (r.action === 'created' || r.action === 'rotated' || r.action === 'restored')) schedule();
+    } catch (e) {
+      // etcd unreachable or a lost race: the ring is unchanged, hosts keep their keys; retry next tick
+      log(`ipsec: rotation tick: ${(e as Error).message}`);
+    } finally {
+      ticking = false;
+    }
+  }
+
   await sync();
   timers.push(setInterval(() => void sync(), opts.resyncMs));
+  // Often enough to keep the leader's lease and to rotate on time, rarely enough to cost nothing.
+  const tickMs = Math.max(200, Math.min(5000, (opts.rotateEveryMs ?? DEFAULT_ROTATE_EVERY_MS) / 4, ((opts.leaderTtlSeconds ?? 15) * 1000) / 3));
+  await rotationTick();
+  timers.push(setInterval(() => void rotationTick(), tickMs));
   // keep-alive well inside the TTL, separate from the (possibly slow) convergence
   timers.push(
     setInterval(() => {
@@ -225,6 +317,9 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
     if (debounce) clearTimeout(debounce);
     await running;
     await watch?.cancel().catch(() => undefined);
+    // leadership is only who rotates: handing it over at once disrupts nothing
+    await enc.stop();
+    xfrmHandle?.close();
   }
 
   return {
@@ -235,6 +330,19 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       if (lease !== undefined) await deps.kv.leaseRevoke(lease, deadline());
       else await cp.deregisterHost(opts.node);
     },
+  };
+}
+
+/** XfrmOps that opens the real handle on the first call. */
+function lazyXfrm(get: () => XfrmOps): XfrmOps {
+  return {
+    xfrmStateAdd: (s) => get().xfrmStateAdd(s),
+    xfrmStateDel: (id) => get().xfrmStateDel(id),
+    xfrmStateList: () => get().xfrmStateList(),
+    xfrmPolicyAdd: (p) => get().xfrmPolicyAdd(p),
+    xfrmPolicyUpdate: (p) => get().xfrmPolicyUpdate(p),
+    xfrmPolicyDel: (id) => get().xfrmPolicyDel(id),
+    xfrmPolicyList: () => get().xfrmPolicyList(),
   };
 }
 

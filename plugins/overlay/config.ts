@@ -6,7 +6,8 @@
  *     "name": "ov1",                      // the overlay network (cluster-wide)
  *     "subnet": "10.50.0.0/24",           // default: the IPAM's first range's subnet
  *     "vni": 5000,                        // default: allocated from 4096 up
- *     "mtu": 1450,                        // default: underlay MTU - 50
+ *     "mtu": 1450,                        // default: underlay MTU - 50 (encrypted: - 84, see main.ts networkMtu)
+ *     "encrypted": false,                 // IPsec ESP between hosts (AES-GCM), keys rotated by the agents
  *     "nodeName": "node-a",               // default: ipam.etcd.nodeName, else the hostname
  *     "stateDir": "/run/cni-ts/overlay",  // network namespaces, locks, gateway pool
  *     "etcd": { "endpoints": ["127.0.0.1:2379"], "keyPrefix": "/cni-ts/overlay", "requestTimeoutMs": 5000 },
@@ -48,7 +49,7 @@ export const schema = netConfBase.extend({
   subnet: z.string().optional(),
   vni: z.number().int().min(1).max(0xffffff).optional(),
   mtu: z.number().int().min(576).max(65535).optional(),
-  /** recorded with the network; the data path for it is the encryption issue's */
+  /** IPsec ESP between the hosts of this network (agent.ts, encryption.ts); recorded with the network */
   encrypted: z.boolean().default(false),
   nodeName: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/).optional(),
   stateDir: z.string().regex(/^\//, 'must be an absolute path').default(DEFAULT_STATE_DIR),

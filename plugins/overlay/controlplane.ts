@@ -181,6 +181,10 @@ export class ControlPlane {
     if (req.vni !== undefined && existing.vni !== req.vni) {
       throw invalid(`overlay network "${req.name}" exists with vni ${existing.vni}, not ${req.vni}`);
     }
+    // A host that thinks the network is clear must not join an encrypted one (its traffic would leak), nor the reverse.
+    if (req.encrypted !== undefined && (existing.encrypted ?? false) !== req.encrypted) {
+      throw invalid(`overlay network "${req.name}" exists ${existing.encrypted ? 'encrypted' : 'unencrypted'}, but this config says "encrypted": ${req.encrypted}`);
+    }
     return existing;
   }
 

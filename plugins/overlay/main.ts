@@ -19,6 +19,11 @@
  * Each step pushes its undo; a failure anywhere (etcd down included: 11)
  * unwinds them all, so nothing is left half made.
  *
+ * Encrypted networks (`"encrypted": true`): the MTU leaves room for ESP
+ * (encryptedMtu), and step 5 installs no forwarding entry: the agent adds
+ * them once the peer's SAs exist (agent.ts, encryption.ts), so no frame of
+ * an encrypted network ever leaves in the clear.
+ *
  * DEL removes the endpoint, both interfaces, the gateway address, and the
  * network's namespace when its last local container leaves.
  */
@@ -34,6 +39,7 @@ import { realNft } from '../../shared/nft/real';
 import type { Nft } from '../../shared/nft/nft-interface';
 import { UndoStack } from '../../shared/undo';
 import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
+import { encryptedMtu } from '../../shared/ipsec/mtu';
 import * as ipam from '../../ipam/client';
 import { type Conf, etcdConnection, nodeName, overlaySubnet, schema } from './config';
 import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
@@ -108,7 +114,6 @@ async function add(ctx: Ctx): Promise<Result> {
   if (conf.gateway.enabled && conf.gateway.ifname === ctx.ifname) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `CNI_IFNAME ${ctx.ifname} is also gateway.ifname`);
   }
-  if (conf.encrypted) throw new CniError(ErrorCode.InvalidNetworkConfig, 'encrypted overlay networks are not supported yet');
   const me = nodeName(conf);
   const subnet = canonicalSubnet(overlaySubnet(conf));
   const { cp, kv } = openControlPlane(conf);
@@ -124,7 +129,7 @@ async function add(ctx: Ctx): Promise<Result> {
       }
       const underlay = underlayOf(host, hostRec.vtep);
       const network: NetworkRecord = await cp.ensureNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
-      const mtu = network.mtu ?? conf.mtu ?? overlayMtu(underlay.mtu);
+      const mtu = networkMtu(network, conf.mtu, underlay.mtu);
       const names = overlayNames(network.vni, netnsDir(conf));
 
       // 2. + 3. the network's namespace and the container's port on its bridge
@@ -162,10 +167,12 @@ async function add(ctx: Ctx): Promise<Result> {
       // 5. the endpoint, and what this host already knows of the others
       await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me });
       undo.push('endpoint', () => cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname));
-      const snap = await cp.snapshot();
-      withNetworkLock(conf.stateDir, network.vni, () =>
-        withHandle(names.netns, (ov) => converge(ov, names, remoteEndpoints(snap, conf.name, me))),
-      );
+      if (!network.encrypted) {
+        const snap = await cp.snapshot();
+        withNetworkLock(conf.stateDir, network.vni, () =>
+          withHandle(names.netns, (ov) => converge(ov, names, remoteEndpoints(snap, conf.name, me))),
+        );
+      }
 
       const ips: Result['ips'] = [{ address: `${ip}/${parseCidr(subnet).prefixLen}`, interface: 0 }];
       const interfaces: NonNullable<Result['interfaces']> = [{ name: ctx.ifname, mac, sandbox: ctx.netns }];
@@ -201,6 +208,27 @@ async function add(ctx: Ctx): Promise<Result> {
     host.close();
     kv.close();
   }
+}
+
+/**
+ * The overlay MTU: the network's recorded one, else the config's, else what
+ * the underlay leaves. For an encrypted network over a 1500-byte IPv4
+ * underlay (shared/ipsec/mtu.ts has the derivation):
+ *     VXLAN alone:  1500 - 20 (IPv4) - 8 (UDP) - 8 (VXLAN) - 14 (Ethernet) = 1450
+ *     with ESP:     room for the ESP payload = 1500 - 20 - 8 (ESP header) - 8 (IV) - 16 (ICV) = 1448,
+ *                   already a multiple of 4; minus pad length + next header (2) = 1446 bytes of
+ *                   UDP datagram, minus UDP + VXLAN + Ethernet (30) = 1416
+ * (Docker's 1424 = 1450 - 26 makes full-size frames 8 bytes too long.) An
+ * explicit MTU above that would fragment every full frame: refused.
+ */
+export function networkMtu(network: Pick<NetworkRecord, 'mtu' | 'encrypted'>, confMtu: number | undefined, underlayMtu: number): number {
+  const explicit = network.mtu ?? confMtu;
+  if (!network.encrypted) return explicit ?? overlayMtu(underlayMtu);
+  const max = encryptedMtu(underlayMtu).mtu;
+  if (explicit !== undefined && explicit > max) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `mtu ${explicit} is too large for an encrypted overlay on a ${underlayMtu}-byte underlay`, `at most ${max}: VXLAN and ESP take the rest`);
+  }
+  return explicit ?? max;
 }
 
 /** Removes the network's namespace when no local container uses it any more. */

@@ -23,6 +23,8 @@ export interface HostSyncResult {
   source: 'etcd' | 'cache' | 'none';
   /** safe to log: ids and times only */
   ring?: string;
+  /** the generation of the ring installed */
+  generation?: number;
   report?: ConvergeReport;
   problem?: Error;
 }
@@ -37,5 +39,5 @@ export async function syncHost(
   if (!ring && encrypted.length > 0) return { source, ...(problem && { problem }) };
   const report = converge(deps.xfrm, desiredXfrm(params, encrypted, ring));
   deps.nft.run(ipsecFirewall(encrypted, { ...(params.port && { port: params.port }), ...(params.mark && { mark: params.mark }) }));
-  return { source, ...(ring && { ring: describeRing(ring) }), report, ...(problem && { problem }) };
+  return { source, ...(ring && { ring: describeRing(ring), generation: ring.generation }), report, ...(problem && { problem }) };
 }

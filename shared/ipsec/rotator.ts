@@ -40,6 +40,13 @@ export interface RotatorOptions {
   keySource?: KeyMaterialSource;
   /** for a new ring; default 16 (AES-128, as Docker) */
   aesBytes?: AesKeyBytes;
+  /**
+   * Asked when a rotation is due: may the leader rotate `ring` now? The
+   * overlay answers false while some host has not yet applied `ring`
+   * (its next key would not be receivable there when peers start sending
+   * with it). Omitted: always.
+   */
+  ready?: (ring: KeyRing, now: number) => Promise<boolean>;
 }
 
 export type TickResult =
@@ -48,6 +55,7 @@ export type TickResult =
   | { action: 'created'; ring: KeyRing }
   | { action: 'rotated'; ring: KeyRing }
   | { action: 'restored'; ring: KeyRing; from: 'cache' | 'new' }
+  | { action: 'waiting'; ring: KeyRing }
   | { action: 'lost-race' };
 
 export class KeyRotator {
@@ -86,6 +94,7 @@ export class KeyRotator {
       }
       case 'ok': {
         if (!rotationDue(loaded.ring, now, this.periodMs)) return { action: 'idle', ring: loaded.ring };
+        if (this.o.ready && !(await this.o.ready(loaded.ring, now))) return { action: 'waiting', ring: loaded.ring };
         const ring = rotate(loaded.ring, now, source);
         return (await this.o.store.compareAndSet(ring, loaded.revision)) ? { action: 'rotated', ring } : { action: 'lost-race' };
       }

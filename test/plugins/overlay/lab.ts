@@ -39,7 +39,11 @@ export class Lab {
   private etcd?: ChildProcess;
   private runner = '';
 
-  constructor(readonly hostCount: number) {
+  /** `root`: the repository (in the VM, bundled guest code cannot find it from __dirname; it is the cwd there) */
+  constructor(
+    readonly hostCount: number,
+    readonly root: string = ROOT,
+  ) {
     this.hosts = Array.from({ length: hostCount }, (_, i) => `${this.id}h${i}`);
   }
 
@@ -83,17 +87,17 @@ export class Lab {
   private bundle(): void {
     this.runner = path.join(this.dir, 'runner.js');
     execFileSync(
-      path.join(ROOT, 'node_modules/.bin/esbuild'),
-      [path.join(ROOT, 'test/plugins/overlay/runner.ts'), '--bundle', '--platform=node', '--target=node20', '--format=cjs', '--log-level=warning', `--outfile=${this.runner}`, '--external:etcd3'],
-      { cwd: ROOT },
+      path.join(this.root, 'node_modules/.bin/esbuild'),
+      [path.join(this.root, 'test/plugins/overlay/runner.ts'), '--bundle', '--platform=node', '--target=node20', '--format=cjs', '--log-level=warning', `--outfile=${this.runner}`, '--external:etcd3'],
+      { cwd: this.root },
     );
   }
 
   private env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     return {
       PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-      NODE_PATH: path.join(ROOT, 'node_modules'),
-      NETLINK_TS_NATIVE: path.join(ROOT, 'shared/netlink/native/build/Release/netlink_native.node'),
+      NODE_PATH: path.join(this.root, 'node_modules'),
+      NETLINK_TS_NATIVE: path.join(this.root, 'shared/netlink/native/build/Release/netlink_native.node'),
       ...extra,
     };
   }
@@ -205,6 +209,12 @@ export class Lab {
   snapshot(): { hosts: Array<{ name: string; vtep: string }>; endpoints: Array<{ network: string; containerId: string; ip: string; mac: string; host: string }>; networks: Array<{ name: string; vni: number }> } {
     const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'snapshot', ETCD, this.prefix], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
     return JSON.parse(out);
+  }
+
+  /** One etcd key's value, undefined when absent. */
+  kvGet(key: string): string | undefined {
+    const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'kv-get', ETCD, key], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
+    return out === '' ? undefined : out;
   }
 
   /** Deletes one control-plane key (to simulate a lost registration). */

@@ -8,12 +8,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeNft } from '../../../shared/nft/fake';
+import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
 import { parseArgs, startAgent, type Agent } from '../../../plugins/overlay/agent';
 import { etcdConnection, nodeName, overlaySubnet, schema } from '../../../plugins/overlay/config';
 import { ControlPlane } from '../../../plugins/overlay/controlplane';
 import { FakeKV } from '../../../plugins/overlay/fake-kv';
 import { GatewayPool, applyGatewayRules, gatewayPlan, gatewayRulesPresent } from '../../../plugins/overlay/gateway';
 import { gatewayVethName, macFromIPv4, overlayVethName } from '../../../plugins/overlay/main';
+
+/** The agent's xfrm and nftables seams, so no test here touches the machine's kernel. */
+const fakeIpsec = () => ({ xfrm: new FakeXfrm(), nft: new FakeNft() });
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-ovl-'));
 
@@ -129,7 +133,7 @@ describe('the agent on a fake etcd', () => {
     const kv = new FakeKV();
     const cp = new ControlPlane(kv, { prefix: '/p' });
     const lines: string[] = [];
-    agent = await startAgent(opts(tmp()), { kv, log: (l) => lines.push(l) });
+    agent = await startAgent(opts(tmp()), { kv, log: (l) => lines.push(l), ipsec: fakeIpsec() });
     expect(await cp.getHost('h1')).toEqual({ name: 'h1', vtep: '192.0.2.1' });
     kv.expire('100'); // the first lease FakeKV grants
     expect(await cp.getHost('h1')).toBeUndefined();
@@ -141,7 +145,7 @@ describe('the agent on a fake etcd', () => {
   it('keeps going when etcd is unreachable, and a pass succeeds again once it is back', async () => {
     const kv = new FakeKV();
     const lines: string[] = [];
-    agent = await startAgent(opts(tmp()), { kv, log: (l) => lines.push(l) });
+    agent = await startAgent(opts(tmp()), { kv, log: (l) => lines.push(l), ipsec: fakeIpsec() });
     kv.down = true;
     expect(await agent.sync()).toBe(false);
     expect(lines.at(-1)).toContain('keeping current entries');
@@ -152,7 +156,7 @@ describe('the agent on a fake etcd', () => {
   it('leave revokes the lease, so the host is gone at once', async () => {
     const kv = new FakeKV();
     const cp = new ControlPlane(kv, { prefix: '/p' });
-    const a = await startAgent(opts(tmp()), { kv, log: () => undefined });
+    const a = await startAgent(opts(tmp()), { kv, log: () => undefined, ipsec: fakeIpsec() });
     await a.leave();
     expect(await cp.getHost('h1')).toBeUndefined();
   });

@@ -6,6 +6,7 @@
  *   node runner.js NETNS_PATH agent ARGS...       (cni-ts overlay-agent ARGS)
  *   node runner.js NETNS_PATH snapshot ENDPOINT PREFIX
  *   node runner.js NETNS_PATH kv-delete ENDPOINT KEY
+ *   node runner.js NETNS_PATH kv-get ENDPOINT KEY      (the value on stdout, nothing when absent)
  *
  * Why not `ip netns exec`: it runs its command in a private mount
  * namespace, so the network namespaces the plugin pins (bind mounts) would
@@ -49,6 +50,15 @@ if (mode === 'plugin') {
 } else if (mode === 'kv-delete') {
   const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 3000 });
   kv.txn({ success: [{ delete: rest[1]! }] }, Date.now() + 3000)
+    .catch((e) => {
+      process.stderr.write(String(e));
+      process.exitCode = 1;
+    })
+    .finally(() => kv.close());
+} else if (mode === 'kv-get') {
+  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 3000 });
+  kv.txn({ success: [{ get: rest[1]! }] }, Date.now() + 3000)
+    .then((r) => process.stdout.write(r.results[0]?.[0]?.value ?? ''))
     .catch((e) => {
       process.stderr.write(String(e));
       process.exitCode = 1;
