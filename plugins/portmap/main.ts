@@ -36,8 +36,10 @@ import type { Listing, Nft } from '../../shared/nft/nft-interface';
 import { ownerTag, type Owner } from '../../shared/nft/owned';
 import { realNft } from '../../shared/nft/real';
 import { listMaps } from './maps';
+import { nftGetChain } from '../../shared/netlink/nftables';
 import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
+  SKELETON_MARKER,
   T,
   addTransaction,
   delTransaction,
@@ -73,6 +75,8 @@ export interface PortmapDeps {
    * absent: ADD lists the table through nft.
    */
   listMaps?(): Listing | undefined;
+  /** Is this version's skeleton in place (rules.ts SKELETON_MARKER)? absent: ADD always writes it. */
+  skeletonInPlace?(): boolean;
 }
 
 type Ctx = CniContext<PortmapConf>;
@@ -132,7 +136,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       const v4 = plan.claims.find((c) => c.family === 'ipv4');
       if (ctx.config.snat && v4) deps.enableLocalnet(v4.containerIP);
       try {
-        nft.run(addTransaction(plan, listing));
+        nft.run(addTransaction(plan, listing, { skeleton: !(listing && deps.skeletonInPlace?.()) }));
       } catch (err) {
         // Only a writer that ignores the lock can get here: the kernel
         // refused an element another owner added since our listing.
@@ -261,6 +265,7 @@ export const realDeps: PortmapDeps = {
   lock: (fn) => withLockFile(LOCK_FILE, fn),
   enableLocalnet,
   listMaps: () => listMaps(),
+  skeletonInPlace: () => nftGetChain(T.family, T.table, SKELETON_MARKER) !== undefined,
 };
 
 export const plugin = makePlugin(realDeps);

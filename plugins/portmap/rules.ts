@@ -136,6 +136,13 @@ export function masqRules(addrs: readonly ContainerAddr[], families: ReadonlySet
 }
 
 /** The shared skeleton, rewritten exactly by every ADD (reconcile by flush; identical content every time). */
+/**
+ * Marks a table whose skeleton (maps, base chains and their lookups) is
+ * this version's: an empty chain, found over netlink without nft. A
+ * changed skeleton gets a new name, so an old table is rewritten once.
+ */
+export const SKELETON_MARKER = 'skeleton-v1';
+
 function queueSkeleton(tx: Transaction): void {
   tx.add({ kind: 'table', ...T, comment: 'cni-ts portmap: published container ports' });
   for (const name of ALL_MAPS) {
@@ -167,6 +174,7 @@ function queueSkeleton(tx: Transaction): void {
     tx.flush({ kind: 'chain', ...T, name: chain });
     for (const r of list) tx.add({ kind: 'rule', ...T, chain, ...r });
   }
+  tx.add({ kind: 'chain', ...T, name: SKELETON_MARKER });
 }
 
 const jumpTo = (chain: string): string => `jump ${chain}`;
@@ -200,11 +208,14 @@ export interface AddPlan {
  * for our address held by another owner are stale (the address is ours now,
  * IPAM says so) and are taken over.
  */
-export function addTransaction(plan: AddPlan, listing: Listing | undefined): Transaction {
+export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts: { skeleton?: boolean } = {}): Transaction {
   const tx = new Transaction();
   const chains = ownerChains(plan.owner);
   const tag = ownerTag(plan.owner);
-  queueSkeleton(tx);
+  // Rewriting the base chains deletes their rules, which makes the kernel
+  // wait for a grace period (about 10 ms): only when the skeleton is not
+  // known to be in place.
+  if (opts.skeleton !== false) queueSkeleton(tx);
   const families = new Set(plan.claims.map((c) => c.family));
   const dnat = plan.claims.map((c) => ({ rule: dnatRule(c), comment: tag }));
   const masq = masqRules(plan.addrs, families, plan.masq).map((rule) => ({ rule, comment: tag }));

@@ -38,6 +38,9 @@ const SKELETON_CHAINS = `	chain dispatch {
 		type nat hook postrouting priority srcnat; policy accept;
 		ct status dnat ip daddr . meta l4proto . th dport vmap @masq4
 		ct status dnat ip6 daddr . meta l4proto . th dport vmap @masq6
+	}
+
+	chain skeleton-v1 {
 	}`;
 
 /** The table with no container in it: what every DEL leaves behind. */
@@ -356,5 +359,17 @@ describe('portmap GC', () => {
   it('succeeds when the table does not exist', async () => {
     expect((await gc([])).code).toBe(0);
     expect(nft.dump()).toBe('');
+  });
+});
+
+describe('portmap ADD with the skeleton in place (netlink says so)', () => {
+  it('does not rewrite the base chains, and ends in the same state', async () => {
+    host.deps.skeletonInPlace = () => nft.dump().includes('chain skeleton-v1 {');
+    await add({ ips: dual, mappings: [web, dns] });
+    const runs = nft.applied.length;
+    await add({ ips: ['10.1.0.6/24'], mappings: [{ ...web, hostPort: 8081 }] }, 'c2');
+    expect(nft.applied.length).toBe(runs + 1);
+    expect(nft.applied[nft.applied.length - 1]).not.toMatch(/flush chain inet cni_ts_portmap (dispatch|prerouting|output|postrouting)/);
+    expect(nft.dump()).toContain('chain postrouting {');
   });
 });
