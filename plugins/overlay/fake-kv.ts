@@ -10,6 +10,7 @@ import { tryAgainLater } from './kv';
 
 interface Stored {
   value: string;
+  createRevision: bigint;
   modRevision: bigint;
   version: bigint;
   lease: string;
@@ -30,7 +31,7 @@ export class FakeKV implements KV {
     const ops = (ok ? req.success : req.failure) ?? [];
     for (const o of ops) {
       // etcd refuses the whole transaction, before writing anything
-      if ('put' in o && o.lease && o.lease !== '0' && !this.leases.has(o.lease)) throw tryAgainLater(`etcdserver: requested lease not found (${o.lease})`);
+      if ('put' in o && o.lease !== undefined && String(o.lease) !== '0' && !this.leases.has(String(o.lease))) throw tryAgainLater(`etcdserver: requested lease not found (${o.lease})`);
     }
     const touched: string[] = [];
     const writes = ops.some((o) => !('get' in o));
@@ -88,7 +89,7 @@ export class FakeKV implements KV {
     const s = this.data.get(c.key);
     let eq: boolean;
     if (c.target === 'value') eq = s?.value === c.value;
-    else eq = (c.target === 'version' ? (s?.version ?? 0n) : (s?.modRevision ?? 0n)) === c.value;
+    else eq = (c.target === 'version' ? (s?.version ?? 0n) : c.target === 'create' ? (s?.createRevision ?? 0n) : (s?.modRevision ?? 0n)) === c.value;
     return c.op === '!=' ? !eq : eq;
   }
 
@@ -97,12 +98,12 @@ export class FakeKV implements KV {
       return [...this.data]
         .filter(([k]) => (o.prefix ? k.startsWith(o.get) : k === o.get))
         .sort(([a], [b]) => (a < b ? -1 : 1))
-        .map(([key, s]) => ({ key, value: s.value, modRevision: s.modRevision, version: s.version, lease: s.lease }));
+        .map(([key, s]) => ({ key, value: s.value, createRevision: s.createRevision, modRevision: s.modRevision, version: s.version, lease: s.lease }));
     }
     if ('put' in o) {
-      const lease = o.lease ?? '0';
+      const lease = String(o.lease ?? '0');
       const prev = this.data.get(o.put);
-      this.data.set(o.put, { value: o.value, modRevision: this.revision, version: (prev?.version ?? 0n) + 1n, lease });
+      this.data.set(o.put, { value: o.value, createRevision: prev?.createRevision ?? this.revision, modRevision: this.revision, version: (prev?.version ?? 0n) + 1n, lease });
       touched.push(o.put);
       return [];
     }
