@@ -58,6 +58,10 @@ export interface AgentOptions {
   readonly rotateEveryMs?: number;
   /** TTL of the key-rotation leader's lease, seconds (default 15) */
   readonly leaderTtlSeconds?: number;
+  /** TLS to etcd: PEM files read at start (--etcd-ca, --etcd-cert, --etcd-key) */
+  readonly tls?: { readonly ca: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
+  /** etcd user, with the password read from a file (--etcd-user, --etcd-password-file): never on the command line */
+  readonly auth?: { readonly username: string; readonly password: string };
 }
 
 export interface AgentDeps {
@@ -102,7 +106,7 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
     if (v === undefined) throw new Error(`--${m[1]} needs a value`);
     flags.set(m[1], v);
   }
-  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl'];
+  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file'];
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
   const num = (k: string, d: number, min: number) => {
     const v = flags.has(k) ? Number(flags.get(k)) : d;
@@ -111,6 +115,15 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
   };
   const rotateEveryMs = parseDuration(flags.get('rotate-every') ?? `${DEFAULT_ROTATE_EVERY_MS}`);
   if (rotateEveryMs < 1000) throw new Error('--rotate-every must be at least 1s');
+  const readPem = (k: string): Buffer | undefined => (flags.has(k) ? fs.readFileSync(flags.get(k)!) : undefined);
+  const ca = readPem('etcd-ca');
+  if ((flags.has('etcd-cert') || flags.has('etcd-key')) && !ca) throw new Error('--etcd-cert and --etcd-key need --etcd-ca');
+  if (flags.has('etcd-cert') !== flags.has('etcd-key')) throw new Error('--etcd-cert and --etcd-key go together');
+  if (flags.has('etcd-user') !== flags.has('etcd-password-file')) throw new Error('--etcd-user and --etcd-password-file go together');
+  const tls = ca ? { ca, cert: readPem('etcd-cert'), key: readPem('etcd-key') } : undefined;
+  const auth = flags.has('etcd-user')
+    ? { username: flags.get('etcd-user')!, password: fs.readFileSync(flags.get('etcd-password-file')!, 'utf8').trim() }
+    : undefined;
   const vtep = flags.get('vtep') ?? '';
   if (!leave && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new Error('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
   return {
@@ -126,6 +139,8 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
       requestTimeoutMs: num('timeout-ms', 3000, 100),
       rotateEveryMs,
       leaderTtlSeconds: num('leader-ttl', 15, 2),
+      tls,
+      auth,
     },
   };
 }
@@ -357,7 +372,7 @@ export async function agentMain(args: string[]): Promise<number> {
     return 2;
   }
   const { opts } = parsed;
-  const kv = new EtcdKV({ endpoints: opts.endpoints, requestTimeoutMs: opts.requestTimeoutMs });
+  const kv = new EtcdKV({ endpoints: opts.endpoints, requestTimeoutMs: opts.requestTimeoutMs, tls: opts.tls, auth: opts.auth });
   try {
     if (parsed.leave) {
       const cp = new ControlPlane(kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs });
