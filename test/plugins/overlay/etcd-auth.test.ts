@@ -69,4 +69,21 @@ describe('overlay agent and a secured etcd', () => {
       bad.close();
     }
   });
+
+  it('a host removed from the cluster (its etcd user deleted) can no longer read anything, the key ring included', async () => {
+    const { Etcd3 } = loadEtcd3();
+    const admin = new Etcd3({ hosts: etcd.endpoint.replace(/^https?:\/\//, ''), auth: { username: 'root', password: 'root-secret' } });
+    try {
+      await admin.put('/cni-ts/overlay/ipsec/ring').value('{"keys":"(ring)"}');
+      await admin.user('agent').delete();
+    } finally {
+      admin.close();
+    }
+    const removed = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' } });
+    try {
+      await expect(removed.txn({ success: [{ get: '/cni-ts/overlay/ipsec/ring' }] }, Date.now() + 5000)).rejects.toMatchObject({ code: 7 });
+    } finally {
+      removed.close();
+    }
+  });
 });
