@@ -169,10 +169,20 @@ mount -t devtmpfs devtmpfs /host/dev || fail "mount /dev"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
+# The repository (and the run directory inside it) may itself live under one
+# of the directories that get a fresh tmpfs below (a CI clone in /tmp): keep
+# a handle on both and put them back where they were.
+mkdir -p /keep/repo /keep/run
+mount -o bind "/host$REPO" /keep/repo || fail "bind $REPO"
+mount -o bind "/host$RUN" /keep/run || fail "bind $RUN"
 for d in /tmp:1777 /var/tmp:1777 /run:755 /var/lib:755 /var/log:755; do
   dir="\${d%%:*}"
   [ -d "/host$dir" ] && [ ! -L "/host$dir" ] && { mount -t tmpfs -o "mode=\${d#*:}" tmpfs "/host$dir" || fail "mount tmpfs on $dir"; }
 done
+if [ ! -e "/host$REPO/package.json" ]; then
+  mkdir -p "/host$REPO" && mount -o bind /keep/repo "/host$REPO" || fail "rebind $REPO"
+  mount -o bind /keep/run "/host$RUN" || fail "rebind $RUN"
+fi
 mkdir -p /host/run/netns /host/run/lock
 
 # The kernel autoloads modules (ipvlan, 8021q, xfrm_user, crypto templates)
