@@ -7,7 +7,9 @@
  *   4. everything is torn down and nothing is left behind
  * Run as root after ./build.sh:  node dist/demo.js
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { withHandle } from '../shared/netlink';
+import { createNetns, deleteNetns, withNetns } from '../shared/netns/netns';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -33,14 +35,22 @@ function sh(args: string[], timeoutMs = 5000): { ok: boolean; out: string } {
   return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
 }
 
+const nsPath = (ns: string) => `/var/run/netns/${ns}`;
+
+/** Run a command inside a container's namespace (the thread enters it around the fork). */
 function inNs(ns: string, args: string[], timeoutMs?: number) {
-  return sh(['ip', 'netns', 'exec', ns, ...args], timeoutMs);
+  return withNetns(nsPath(ns), () => sh(args, timeoutMs));
+}
+
+/** The container's routes, read with netlink-ts, one line each. */
+function routesOf(ns: string): string {
+  return withHandle(nsPath(ns), (h) => h.routeList().map((r) => `${r.dst}${r.gw ? ` via ${r.gw}` : ''}`)).join('; ');
 }
 
 /** GET http://ip:port/ with busybox nc (from a namespace, or the host when ns is undefined); the body. */
 function httpGet(ns: string | undefined, ip: string, port: number): { ok: boolean; out: string } {
-  const argv = [...(ns ? ['ip', 'netns', 'exec', ns] : []), 'busybox', 'nc', '-w', '3', ip, String(port)];
-  const r = spawnSync(argv[0], argv.slice(1), { input: 'GET / HTTP/1.0\r\n\r\n', encoding: 'utf8', timeout: 5000 });
+  const get = () => spawnSync('busybox', ['nc', '-w', '3', ip, String(port)], { input: 'GET / HTTP/1.0\r\n\r\n', encoding: 'utf8', timeout: 5000 });
+  const r = ns ? withNetns(nsPath(ns), get) : get();
   const body = (r.stdout ?? '').split('\r\n\r\n')[1]?.trim() ?? '';
   return { ok: r.status === 0 && (r.stdout ?? '').startsWith('HTTP/1.1 200'), out: body };
 }
@@ -73,7 +83,7 @@ async function main(): Promise<void> {
   let server: ReturnType<typeof spawn> | undefined;
   try {
     step(`create three network namespaces (the "containers"): ${Object.values(names).join(', ')}`);
-    for (const ns of Object.values(names)) execFileSync('ip', ['netns', 'add', ns]);
+    for (const ns of Object.values(names)) createNetns(nsPath(ns));
 
     step(`ADD a and b to network "${web.name}" (${web.plugins.map((p) => p.type).join(' + ')}); a publishes host port 18080 -> 80`);
     const a: Attachment = {
@@ -89,7 +99,7 @@ async function main(): Promise<void> {
     attached.push([web, b]);
     const gw = ra.ips[0].gateway;
     console.log(`   a = ${ipOf(ra)}, b = ${ipOf(rb)}, gateway = ${gw} on bridge ${ra.interfaces[0].name}`);
-    console.log(`   a's routes: ${inNs(names.a, ['ip', 'route']).out.replace(/\n/g, '; ')}`);
+    console.log(`   a's routes: ${routesOf(names.a)}`);
 
     step('they talk: ping a -> b, b -> a, a -> gateway');
     expectOk(`a pings b (${ipOf(rb)})`, inNs(names.a, ['busybox', 'ping', '-c', '1', '-W', '2', ipOf(rb)]).ok);
@@ -99,7 +109,7 @@ async function main(): Promise<void> {
     step('a tiny web server in a, reached from the host through the published port');
     const docroot = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-demo-www-'));
     fs.writeFileSync(path.join(docroot, 'index.html'), `hello from container a (${ipOf(ra)})\n`);
-    server = spawn('ip', ['netns', 'exec', names.a, 'busybox', 'httpd', '-f', '-p', '80', '-h', docroot], { stdio: 'ignore' });
+    server = withNetns(nsPath(names.a), () => spawn('busybox', ['httpd', '-f', '-p', '80', '-h', docroot], { stdio: 'ignore' }));
     // busybox httpd needs lo in its namespace only for itself; wait until it listens
     for (let i = 0; i < 20 && !inNs(names.a, ['busybox', 'netstat', '-tln']).out.includes(':80 '); i++) await new Promise((r) => setTimeout(r, 100));
     const fromB = httpGet(names.b, ipOf(ra), 80);
@@ -114,8 +124,8 @@ async function main(): Promise<void> {
     const c: Attachment = { containerId: `demo-c-${tag}`, netns: `/var/run/netns/${names.c}`, ifname: 'eth0' };
     const rc = runtime.add(internal, c);
     attached.push([internal, c]);
-    console.log(`   c = ${ipOf(rc)}; routes: ${inNs(names.c, ['ip', 'route']).out.replace(/\n/g, '; ')}`);
-    expectOk('c has no default route', !inNs(names.c, ['ip', 'route']).out.includes('default'));
+    console.log(`   c = ${ipOf(rc)}; routes: ${routesOf(names.c)}`);
+    expectOk('c has no default route', !routesOf(names.c).includes('default'));
     expectOk(`c cannot reach a (${ipOf(ra)}) on the other network`, !inNs(names.c, ['busybox', 'ping', '-c', '1', '-W', '1', ipOf(ra)]).ok);
     expectOk(`c cannot reach the web network's gateway (${gw})`, !inNs(names.c, ['busybox', 'ping', '-c', '1', '-W', '1', gw]).ok);
   } finally {
@@ -130,10 +140,10 @@ async function main(): Promise<void> {
         console.log(`   FAIL DEL ${att.containerId}: ${(e as Error).message}`);
       }
     }
-    for (const ns of Object.values(names)) spawnSync('ip', ['netns', 'del', ns]);
+    for (const ns of Object.values(names)) deleteNetns(nsPath(ns));
     const leftovers = fs.readdirSync(dataDir, { recursive: true }).map(String).filter((f) => /\d+\.\d+\.\d+\.\d+$/.test(f));
     expectOk(`no address allocations left (${leftovers.length})`, leftovers.length === 0);
-    const veths = sh(['ip', '-br', 'link']).out.split('\n').filter((l) => /^veth[0-9a-f]{11}/.test(l));
+    const veths = withHandle(undefined, (h) => h.linkList().filter((l) => /^veth[0-9a-f]{11}$/.test(l.name)));
     expectOk(`no host veths left (${veths.length})`, veths.length === 0);
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
