@@ -13,6 +13,7 @@
  * require, and module-level code must stay free of I/O for the snapshot).
  */
 import { connectEtcd } from '../etcd/client';
+import { EtcdCalls } from '../etcd/txn';
 import { CniError, ErrorCode } from '../cni/errors';
 import type { Clock } from './keyring';
 
@@ -130,71 +131,47 @@ export interface EtcdRingKVConfig {
   timeoutMs?: number;
 }
 
-// etcd3 wraps repeated connection failures in a circuit breaker (cockatiel's
-// BrokenCircuitError, "the circuit breaker is open"): that is unreachable too.
-const TRANSIENT = /Unavailable|DeadlineExceeded|Cancelled|ResourceExhausted|Aborted|ClientClosed|BrokenCircuit|circuit breaker|deadline|unavailable|connect|timed? ?out/i;
-const REFUSED = /Unauthenticated|PermissionDenied|AuthenticationFailed|InvalidAuthToken/;
-
 /** RingKV on a real etcd through etcd3. */
 export class EtcdRingKV implements RingKV {
   private readonly etcd: typeof import('etcd3');
   private readonly client: import('etcd3').Etcd3;
   private readonly leases = new Map<string, import('etcd3').Lease>();
   private readonly timeoutMs: number;
+  private readonly calls: EtcdCalls;
 
   constructor(conf: EtcdRingKVConfig) {
     this.timeoutMs = conf.timeoutMs ?? 5000;
     ({ etcd: this.etcd, client: this.client } = connectEtcd({ ...conf, timeoutMs: this.timeoutMs }));
+    this.calls = new EtcdCalls(conf.endpoints, this.timeoutMs);
   }
 
   private deadline(): { deadline: Date } {
     return { deadline: new Date(Date.now() + this.timeoutMs) };
   }
 
-  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(unavailable(`${what}: no answer within ${this.timeoutMs} ms`)), this.timeoutMs + 50);
-    });
-    try {
-      return await Promise.race([fn(), expired]);
-    } catch (err) {
-      if (err instanceof CniError) throw err;
-      const name = (err as Error | undefined)?.constructor?.name ?? '';
-      const message = (err as Error | undefined)?.message ?? String(err);
-      if (REFUSED.test(name)) throw new CniError(ErrorCode.InvalidNetworkConfig, `etcd refused the credentials: ${message}`);
-      if (TRANSIENT.test(name) || TRANSIENT.test(message)) throw unavailable(`${what}: ${message}`);
-      throw new CniError(ErrorCode.Internal, `etcd ${what} failed: ${message}`);
-    } finally {
-      clearTimeout(timer);
-    }
+  /** One call, bounded by the configured timeout; etcd failures become CniErrors (11 when unreachable). */
+  private call<T>(fn: () => Promise<T>): Promise<T> {
+    return this.calls.bounded(Date.now() + this.timeoutMs, fn);
   }
 
   async get(key: string): Promise<Versioned | undefined> {
-    return this.call('get', async () => {
-      const res = await this.client.kv.range({ key: Buffer.from(key) }, this.deadline());
-      const kv = res.kvs[0];
-      return kv ? { value: kv.value.toString(), modRevision: BigInt(kv.mod_revision) } : undefined;
-    });
+    const res = await this.calls.txn(this.etcd, this.client, { success: [{ get: key }] }, Date.now() + this.timeoutMs);
+    const kv = res.results[0]?.[0];
+    return kv ? { value: kv.value, modRevision: kv.modRevision } : undefined;
   }
 
   async putIf(key: string, value: string, expected: bigint, lease?: string): Promise<boolean> {
-    const { CompareResult, CompareTarget } = this.etcd;
-    return this.call('put', async () => {
-      const res = await this.client.kv.txn(
-        {
-          compare: [{ key: Buffer.from(key), result: CompareResult.Equal, target: CompareTarget.Mod, mod_revision: expected.toString() }],
-          success: [{ request_put: { key: Buffer.from(key), value: Buffer.from(value), ...(lease !== undefined && { lease }) } }],
-          failure: [],
-        },
-        this.deadline(),
-      );
-      return res.succeeded;
-    });
+    const res = await this.calls.txn(
+      this.etcd,
+      this.client,
+      { compare: [{ key, target: 'mod', value: expected }], success: [{ put: key, value, lease }] },
+      Date.now() + this.timeoutMs,
+    );
+    return res.succeeded;
   }
 
   async grantLease(ttlSeconds: number): Promise<string> {
-    return this.call('lease grant', async () => {
+    return this.call(async () => {
       const lease = this.client.lease(ttlSeconds, { autoKeepAlive: false });
       // An unreachable etcd makes etcd3 emit 'lost'; the rejected grant is what we report.
       lease.on('lost', () => undefined);
@@ -207,7 +184,7 @@ export class EtcdRingKV implements RingKV {
   async keepAlive(lease: string): Promise<boolean> {
     const l = this.leases.get(lease);
     if (!l) return false;
-    const alive = await this.call('lease keepalive', async () => {
+    const alive = await this.call(async () => {
       try {
         // etcd answers a keepalive of an expired lease with TTL 0, which
         // etcd3 turns into an EtcdLeaseInvalidError ("expired or revoked").
@@ -228,7 +205,7 @@ export class EtcdRingKV implements RingKV {
     const l = this.leases.get(lease);
     if (!l) return;
     this.leases.delete(lease);
-    await this.call('lease revoke', async () => {
+    await this.call(async () => {
       try {
         await l.revoke(this.deadline());
       } catch (e) {
