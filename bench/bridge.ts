@@ -16,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Row, Side, alive, callIn, summarize, sweepStale } from './lib';
+import { Row, Side, alive, callIn, interleave, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -76,21 +76,7 @@ function main(): void {
       execFileSync('ip', ['netns', 'add', ns]);
       made.push(ns);
     }
-    // warm the page cache, the native binding's extracted copy and the bridges
-    for (const s of [o, r]) {
-      callIn(host, s, 'ADD', -1);
-      callIn(host, s, 'DEL', -1);
-    }
-    for (let i = 0; i < ROUNDS; i++) {
-      // interleave so both see the same machine state
-      for (const [s, key] of [
-        [o, 'ours'],
-        [r, 'reference'],
-      ] as const) {
-        rows.ADD[key].push(callIn(host, s, 'ADD', i));
-        rows.DEL[key].push(callIn(host, s, 'DEL', i));
-      }
-    }
+    interleave(host, o, r, ROUNDS, rows.ADD, rows.DEL);
     // The common case: other containers stay on the network, so neither
     // side sets up or tears down the network's NAT and firewall state.
     for (const s of [o, r]) {
@@ -98,15 +84,7 @@ function main(): void {
       made.push(`${s.netns}-res`);
       callIn(host, { ...s, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
     }
-    for (let i = 0; i < ROUNDS; i++) {
-      for (const [s, key] of [
-        [o, 'ours'],
-        [r, 'reference'],
-      ] as const) {
-        rows['busy ADD'][key].push(callIn(host, s, 'ADD', i));
-        rows['busy DEL'][key].push(callIn(host, s, 'DEL', i));
-      }
-    }
+    interleave(host, o, r, ROUNDS, rows['busy ADD'], rows['busy DEL']);
   } finally {
     // the host namespace takes the bridges, veths, nft table and iptables chains with it
     for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);

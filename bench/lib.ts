@@ -113,3 +113,24 @@ export function sweepStale(prefix: string): (name: string) => boolean {
   for (const name of fs.readdirSync(os.tmpdir())) if (stale(name)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
   return stale;
 }
+
+/**
+ * ADD then DEL on each side in turn, `rounds` times after one warm-up round
+ * (page cache, the native binding's extracted copy, bridges), interleaved so
+ * both sides see the same machine state; samples go into rows[add]/rows[del].
+ */
+export function interleave(host: string, ours: Side, reference: Side, rounds: number, add: Row, del: Row): void {
+  for (const s of [ours, reference]) {
+    callIn(host, s, 'ADD', -1);
+    callIn(host, s, 'DEL', -1);
+  }
+  for (let i = 0; i < rounds; i++) {
+    for (const [s, key] of [
+      [ours, 'ours'],
+      [reference, 'reference'],
+    ] as const) {
+      add[key].push(callIn(host, s, 'ADD', i));
+      del[key].push(callIn(host, s, 'DEL', i));
+    }
+  }
+}

@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Row, Side, callIn, summarize, sweepStale } from './lib';
+import { Row, Side, interleave, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -59,21 +59,7 @@ function main(): void {
     // the parent: a veth whose other end stays in the host namespace, both up
     execFileSync('ip', ['-n', host, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
     for (const l of ['eth0', 'peer0']) execFileSync('ip', ['-n', host, 'link', 'set', l, 'up']);
-    // warm the page cache and the native binding's extracted copy
-    for (const s of [o, r]) {
-      callIn(host, s, 'ADD', -1);
-      callIn(host, s, 'DEL', -1);
-    }
-    for (let i = 0; i < ROUNDS; i++) {
-      // interleave so both see the same machine state
-      for (const [s, key] of [
-        [o, 'ours'],
-        [r, 'reference'],
-      ] as const) {
-        rows.ADD[key].push(callIn(host, s, 'ADD', i));
-        rows.DEL[key].push(callIn(host, s, 'DEL', i));
-      }
-    }
+    interleave(host, o, r, ROUNDS, rows.ADD, rows.DEL);
   } finally {
     // the host namespace takes the parent veth with it
     for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);

@@ -63,12 +63,6 @@ export function overlayNames(vni: number, netnsDir: string): OverlayNames {
   return { netns: path.join(netnsDir, `ov-${vni}`), bridge: `ov-${vni}`, vxlan: `vx-${vni}` };
 }
 
-/** ip netns add, at the overlay's own path; false when it already exists. */
-export const ensureNetnsFile = createNetns;
-
-/** ip netns del for a namespace made by ensureNetnsFile; absent is success. */
-export const removeNetnsFile = deleteNetns;
-
 export interface VxlanNetworkSpec {
   readonly vni: number;
   /** the overlay MTU (bridge, VXLAN device, container veths) */
@@ -87,12 +81,12 @@ export interface VxlanNetworkSpec {
  * this call (so an ADD that fails can take it away again).
  */
 export function ensureVxlanNetwork(host: NetlinkHandle, names: OverlayNames, spec: VxlanNetworkSpec): boolean {
-  const created = ensureNetnsFile(names.netns);
+  const created = createNetns(names.netns);
   try {
     populate(host, names, spec);
     return created;
   } catch (e) {
-    if (created) removeNetnsFile(names.netns);
+    if (created) deleteNetns(names.netns);
     throw e;
   }
 }
@@ -176,7 +170,7 @@ export function bridgeNetfilterOff(netns: string): void {
 
 /** Removes the network's namespace (and with it its bridge, VXLAN device and any veths left). */
 export function removeVxlanNetwork(names: OverlayNames): void {
-  removeNetnsFile(names.netns);
+  deleteNetns(names.netns);
 }
 
 /** The veth ports on the network's bridge other than the VXLAN device: its local containers. */
