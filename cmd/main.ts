@@ -5,28 +5,17 @@
  * takes the plugin or tool as its first argument: `cni-ts bridge`,
  * `cni-ts version`.
  *
- * Each plugin is required lazily so a call pays only for its own code.
+ * Runtimes normally reach it through cni-ts-shim (cmd/shim.c), which hands
+ * the call to a resident `cni-ts daemon` when one runs and otherwise execs
+ * this executable under the plugin's name.
  */
 import * as path from 'node:path';
 
-/** Loads a plugin's module; its main() runs the plugin. */
-type PluginModule = () => { main(): void };
-
-/* eslint-disable @typescript-eslint/no-require-imports */
-const plugins: Record<string, PluginModule> = {
-  none: () => require('../plugins/none/main'),
-  host: () => require('../plugins/host/main'),
-  bridge: () => require('../plugins/bridge/main'),
-  portmap: () => require('../plugins/portmap/main'),
-  macvlan: () => require('../plugins/macvlan/main'),
-  ipvlan: () => require('../plugins/ipvlan/main'),
-  overlay: () => require('../plugins/overlay/main'),
-  'cluster-ipam': () => require('../ipam/main'),
-};
-/* eslint-enable @typescript-eslint/no-require-imports */
+import { plugins } from './plugins';
 
 const tools: Record<string, (args: string[]) => void> = {
   'overlay-agent': (args) => { require('../plugins/overlay/agent').agentMain(args).then((c: number) => { process.exitCode = c; }); },
+  daemon: (args) => { require('./daemon').daemonMain(args).then((c: number) => process.exit(c)); },
   'ipam-maint': (args) => { require('../ipam/etcd/maint').maintMain(args).then((c: number) => { process.exitCode = c; }); },
   version: () => {
     process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${Object.keys(plugins).join(' ')}\n`);

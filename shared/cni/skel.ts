@@ -339,7 +339,7 @@ export function pluginMain<C>(plugin: Plugin<C>): void {
  * or a library would make the runtime fail to parse it, so console output
  * goes to stderr.
  */
-function keepStdoutForJson(): void {
+export function keepStdoutForJson(): void {
   const toStderr = (...args: unknown[]) => console.error(...args);
   console.log = toStderr;
   console.info = toStderr;
@@ -347,7 +347,7 @@ function keepStdoutForJson(): void {
   console.dir = (obj: unknown) => console.error(obj);
 }
 
-function defaultInterfaceExists(netnsPath: string, ifname: string): boolean {
+export function defaultInterfaceExists(netnsPath: string, ifname: string): boolean {
   // Loaded on demand: only ADD of an interface-creating plugin needs netlink.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const netlink = require('../netlink') as { linkExistsInNetns(netnsPath: string, ifname: string): boolean };

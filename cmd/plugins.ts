@@ -1,0 +1,24 @@
+/**
+ * The plugins this executable carries, by the name a runtime calls them
+ * under. Each is required lazily so a call pays only for its own code.
+ */
+import type { Plugin } from '../shared/cni/skel';
+
+/** A plugin's module: `plugin` is what the skel runs, `main()` runs it as this process. */
+export interface PluginModule {
+  plugin: Plugin<unknown>;
+  main(): void;
+}
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+export const plugins: Record<string, () => PluginModule> = {
+  none: () => require('../plugins/none/main'),
+  host: () => require('../plugins/host/main'),
+  bridge: () => require('../plugins/bridge/main'),
+  portmap: () => require('../plugins/portmap/main'),
+  macvlan: () => require('../plugins/macvlan/main'),
+  ipvlan: () => require('../plugins/ipvlan/main'),
+  overlay: () => require('../plugins/overlay/main'),
+  'cluster-ipam': () => require('../ipam/main'),
+};
+/* eslint-enable @typescript-eslint/no-require-imports */
