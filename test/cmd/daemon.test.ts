@@ -1,0 +1,350 @@
+/**
+ * cni-ts-shim and `cni-ts daemon` (cmd/shim.c, cmd/daemon.ts), as built in
+ * bin/: the shim hands calls to a daemon on a socket of the test's own, and
+ * runs bin/cni-ts itself whenever the daemon cannot take the call. Which
+ * path answered is read from the daemon's --log-calls lines and from the
+ * caller's peak memory (the shim alone is about 1 MB, a Node process about
+ * 50), never from timings.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expandConfigPaths } from '../../conformance/config';
+import { formatLine } from '../../conformance/report';
+import { runSuite } from '../../conformance/runner';
+import { decodeRequest, encodeAnswer } from '../../cmd/daemon';
+import { ROOT, addNetns, delNetns, uniqueName } from '../helpers/exec';
+
+const BIN = path.join(ROOT, 'bin');
+const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
+
+interface Daemon {
+  child: ChildProcess;
+  socket: string;
+  log(): string;
+  served(): number;
+  stop(): Promise<void>;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A daemon on `socket`, in the test's namespaces or (netns) in that network namespace. */
+async function startDaemon(socket: string, binDir = BIN, netns?: string): Promise<Daemon> {
+  const logFile = `${socket}.log`;
+  const fd = fs.openSync(logFile, 'w');
+  const argv = [path.join(binDir, 'cni-ts'), 'daemon', '--socket', socket, '--log-calls'];
+  // nsenter execs the daemon: the child's pid is the daemon's
+  const child = netns
+    ? spawn('nsenter', [`--net=${netns}`, '--', ...argv], { stdio: ['ignore', fd, fd], env: { PATH } })
+    : spawn(argv[0], argv.slice(1), { stdio: ['ignore', fd, fd], env: { PATH } });
+  fs.closeSync(fd);
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const log = () => fs.readFileSync(logFile, 'utf8');
+  for (let waited = 0; !log().includes('listening on'); waited += 20) {
+    if (waited > 30_000 || child.exitCode !== null) throw new Error(`daemon did not start: ${log()}`);
+    await sleep(20);
+  }
+  return {
+    child,
+    socket,
+    log,
+    served: () => (log().match(/^cni-ts daemon: served /gm) ?? []).length,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+interface Call {
+  status: number;
+  stdout: string;
+  stderr: string;
+  /** the calling process's peak resident memory, kB (GNU time) */
+  peakKb: number;
+}
+
+/** One call as a runtime makes it, through the shim under the plugin's name (from inside netns, if given). */
+function call(binary: string, env: Record<string, string>, stdin: string, netns?: string): Call {
+  const peakFile = path.join(work, `peak-${process.hrtime.bigint()}`);
+  const argv = ['-f', '%M', '-o', peakFile, ...(netns ? ['nsenter', `--net=${netns}`, '--'] : []), binary];
+  const r = spawnSync('/usr/bin/time', argv, { env: { PATH, ...env }, input: stdin, encoding: 'utf8' });
+  const peak = Number(fs.readFileSync(peakFile, 'utf8').trim().split('\n').pop());
+  fs.rmSync(peakFile);
+  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '', peakKb: peak };
+}
+
+let work: string;
+let daemon: Daemon;
+
+beforeAll(async () => {
+  expect(fs.existsSync(path.join(BIN, 'cni-ts-shim')), 'bin/ is empty: run ./build.sh first').toBe(true);
+  work = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-daemon-test-'));
+  daemon = await startDaemon(path.join(work, 'daemon.sock'));
+});
+afterAll(async () => {
+  await daemon?.stop();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+describe('the wire format', () => {
+  it('decodes what the shim sends and refuses truncated or foreign requests', () => {
+    const field = (b: Buffer) => {
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(b.length);
+      return Buffer.concat([len, b]);
+    };
+    const inodes = Buffer.alloc(16);
+    inodes.writeBigUInt64LE(7n, 0);
+    inodes.writeBigUInt64LE(9n, 8);
+    const req = Buffer.concat([Buffer.from('CNT1'), inodes, field(Buffer.from('bridge')), field(Buffer.from('A=1\0B=x=y\0')), field(Buffer.from('{"a":1}'))]);
+    expect(decodeRequest(req)).toEqual({ netnsInode: 7n, mntnsInode: 9n, name: 'bridge', env: { A: '1', B: 'x=y' }, stdin: Buffer.from('{"a":1}') });
+    expect(() => decodeRequest(req.subarray(0, req.length - 1))).toThrow(/truncated/);
+    expect(() => decodeRequest(Buffer.from('GET / HTTP/1.1\r\n\r\n'))).toThrow(/not a cni-ts-shim request/);
+    const answer = encodeAnswer(1, 'out', 'err');
+    expect([answer.readUInt32LE(0), answer.readUInt32LE(4), answer.readUInt32LE(8)]).toEqual([0, 1, 3]);
+  });
+});
+
+describe('cni-ts daemon', () => {
+  it('listens on a socket only root can use', () => {
+    expect(fs.statSync(daemon.socket).mode & 0o777).toBe(0o600);
+  });
+
+  it('answers through the shim without a Node process per call, byte for byte as the standalone executable does', () => {
+    const inputs: Array<[Record<string, string>, string]> = [
+      [{ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'],
+      [{ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_PATH: BIN }, '{bad json'],
+      [{ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_IFNAME: 'eth0', CNI_PATH: BIN }, '{"cniVersion":"1.0.0","name":"n","type":"bridge"}'],
+      [{ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: '/tmp', CNI_IFNAME: 'eth0', CNI_PATH: BIN }, '{"cniVersion":"9.9.9","name":"n","type":"bridge"}'],
+      [{ CNI_COMMAND: 'DEL', CNI_CONTAINERID: 'x', CNI_IFNAME: 'eth0', CNI_PATH: BIN }, '{"cniVersion":"1.1.0","name":"n","type":"bridge","ipam":{"type":"cluster-ipam","ranges":[[{"subnet":"10.0.0.0/33"}]]}}'],
+      [{ CNI_COMMAND: 'BOGUS' }, '{}'],
+      [{}, ''],
+    ];
+    const before = daemon.served();
+    for (const [env, stdin] of inputs) {
+      const viaDaemon = call(path.join(BIN, 'bridge'), { ...env, CNI_TS_DAEMON_SOCKET: daemon.socket }, stdin);
+      const direct = call(path.join(BIN, 'bridge'), { ...env, CNI_TS_NO_DAEMON: '1' }, stdin);
+      expect({ status: viaDaemon.status, stdout: viaDaemon.stdout, stderr: viaDaemon.stderr }).toEqual({ status: direct.status, stdout: direct.stdout, stderr: direct.stderr });
+      expect(viaDaemon.peakKb).toBeLessThan(10 * 1024);
+      expect(direct.peakKb).toBeGreaterThan(20 * 1024);
+    }
+    expect(daemon.served() - before).toBe(inputs.length);
+    // the error cases really were errors, with the spec's JSON
+    const bad = call(path.join(BIN, 'bridge'), { ...inputs[1][0], CNI_TS_DAEMON_SOCKET: daemon.socket }, inputs[1][1]);
+    expect(bad.status).toBe(1);
+    expect(JSON.parse(bad.stdout).code).toBe(6);
+  });
+
+  it('keeps no file descriptors from the calls it served', async () => {
+    // its own host namespace: the bridge and its nft table never touch the machine's
+    const hostNs = uniqueName('dmnfdh');
+    const host = addNetns(hostNs);
+    const ctrNs = uniqueName('dmnfdc');
+    const ctr = addNetns(ctrNs);
+    const d = await startDaemon(path.join(work, 'fd.sock'), BIN, host);
+    const conf = JSON.stringify({
+      cniVersion: '1.1.0',
+      name: 'fdnet',
+      type: 'bridge',
+      bridge: 'dfd0',
+      ipMasq: true,
+      ipam: { type: 'cluster-ipam', ranges: [[{ subnet: '10.249.7.0/24' }]], dataDir: path.join(work, 'fd-ipam') },
+    });
+    const env = (command: string, i: number) => ({
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: `fd${i}`,
+      CNI_NETNS: ctr,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: BIN,
+      CNI_TS_DAEMON_SOCKET: d.socket,
+    });
+    const fds = () => fs.readdirSync(`/proc/${d.child.pid}/fd`).length;
+    try {
+      const cycle = (i: number) => {
+        const added = call(path.join(BIN, 'bridge'), env('ADD', i), conf, host);
+        expect(added.status, added.stdout + added.stderr).toBe(0);
+        const withPrev = JSON.stringify({ ...JSON.parse(conf), prevResult: JSON.parse(added.stdout) });
+        for (const command of ['CHECK', 'DEL']) {
+          const r = call(path.join(BIN, 'bridge'), env(command, i), withPrev, host);
+          expect(r.status, r.stdout + r.stderr).toBe(0);
+        }
+      };
+      cycle(0); // warm-up: modules loaded, the network's rules made
+      const start = fds();
+      for (let i = 1; i <= 40; i++) cycle(i);
+      // and failures: an ADD refused late (eth0 exists), a DEL of nothing
+      call(path.join(BIN, 'bridge'), env('ADD', 100), conf, host);
+      expect(call(path.join(BIN, 'bridge'), env('ADD', 101), conf, host).status).toBe(1);
+      expect(call(path.join(BIN, 'bridge'), env('DEL', 100), conf, host).status).toBe(0);
+      expect(fds()).toBe(start);
+      expect(d.served()).toBe(3 + 40 * 3 + 3);
+    } finally {
+      await d.stop();
+      delNetns(ctrNs);
+      delNetns(hostNs);
+      fs.rmSync('/run/cni-ts/bridge-dfd0.lock', { force: true });
+    }
+  });
+
+  it('declines a caller in another network namespace, which then runs the plugin itself', () => {
+    const ns = uniqueName('dmnother');
+    addNetns(ns);
+    try {
+      const before = daemon.served();
+      const r = spawnSync('nsenter', [`--net=/var/run/netns/${ns}`, '--', path.join(BIN, 'none')], {
+        env: { PATH, CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket },
+        input: '{"cniVersion":"0.4.0"}',
+        encoding: 'utf8',
+      });
+      expect(r.status).toBe(0);
+      expect(JSON.parse(r.stdout).cniVersion).toBe('0.4.0');
+      expect(daemon.served()).toBe(before);
+      expect(daemon.log()).toContain('declined none: the caller is in another network or mount namespace');
+    } finally {
+      delNetns(ns);
+    }
+  });
+
+  it('answers garbage on its socket with a refusal and keeps serving', async () => {
+    const reply = await new Promise<Buffer>((resolve, reject) => {
+      const c = net.connect(daemon.socket);
+      const chunks: Buffer[] = [];
+      c.on('data', (d) => chunks.push(d));
+      c.on('end', () => resolve(Buffer.concat(chunks)));
+      c.on('error', reject);
+      c.end('GET / HTTP/1.1\r\n\r\n');
+    });
+    expect(reply.readUInt32LE(0)).toBe(1);
+    const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket }, '');
+    expect(r.status).toBe(0);
+    expect(r.peakKb).toBeLessThan(10 * 1024);
+  });
+
+  it('CNI_TS_NO_DAEMON=1 bypasses it', () => {
+    const before = daemon.served();
+    const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket, CNI_TS_NO_DAEMON: '1' }, '');
+    expect(r.status).toBe(0);
+    expect(daemon.served()).toBe(before);
+  });
+
+  it('refuses to start on a socket another daemon listens on, and replaces a killed one\'s', async () => {
+    await expect(startDaemon(daemon.socket)).rejects.toThrow(/another daemon already listens/);
+    const socket = path.join(work, 'stale.sock');
+    const killed = await startDaemon(socket);
+    killed.child.kill('SIGKILL');
+    await killed.stop();
+    expect(fs.existsSync(socket)).toBe(true); // left behind
+    const d = await startDaemon(socket);
+    try {
+      const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: socket }, '');
+      expect(r.status).toBe(0);
+      expect(d.served()).toBe(1);
+    } finally {
+      await d.stop();
+    }
+    expect(fs.existsSync(socket)).toBe(false); // an orderly stop removes it
+  });
+});
+
+describe('when the daemon goes away', () => {
+  it('a daemon killed in the middle of a call: the shim runs the call itself, with the same stdin', async () => {
+    const d = await startDaemon(path.join(work, 'killed.sock'));
+    try {
+      // stopped, the daemon accepts (the kernel queues the connection) but never answers
+      process.kill(d.child.pid!, 'SIGSTOP');
+      const caller = spawn(path.join(BIN, 'none'), [], { env: { PATH, CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      caller.stdout!.on('data', (c) => (out += c));
+      caller.stdin!.end('{"cniVersion":"0.3.1"}');
+      const status = new Promise<number | null>((r) => caller.on('close', (code) => r(code)));
+      await sleep(500);
+      expect(caller.exitCode).toBe(null); // still waiting for the daemon
+      process.kill(d.child.pid!, 'SIGKILL');
+      expect(await status).toBe(0);
+      expect(JSON.parse(out).cniVersion).toBe('0.3.1');
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('no daemon at all: every plugin still answers, through bin/cni-ts', () => {
+    for (const name of ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam']) {
+      const r = call(path.join(BIN, name), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: path.join(work, 'nobody.sock') }, '');
+      expect(r.status, `${name}: ${r.stderr}`).toBe(0);
+      expect(JSON.parse(r.stdout).supportedVersions).toContain('1.1.0');
+    }
+  });
+
+  it('an upgraded executable: the old daemon declines, stops, and the new code answers', async () => {
+    // an installation of our own, as /opt/cni/bin would be
+    const inst = path.join(work, 'inst');
+    fs.mkdirSync(inst);
+    fs.copyFileSync(path.join(BIN, 'cni-ts'), path.join(inst, 'cni-ts'));
+    fs.chmodSync(path.join(inst, 'cni-ts'), 0o755);
+    fs.copyFileSync(path.join(BIN, 'cni-ts-shim'), path.join(inst, 'none'));
+    fs.chmodSync(path.join(inst, 'none'), 0o755);
+    const d = await startDaemon(path.join(work, 'upgrade.sock'), inst);
+    const version = () => call(path.join(inst, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, '');
+    expect(version().status).toBe(0);
+    expect(d.served()).toBe(1);
+    // the upgrade: a new file renamed over the old one, as build.sh install does
+    fs.copyFileSync(path.join(BIN, 'cni-ts'), path.join(inst, '.cni-ts.new'));
+    fs.chmodSync(path.join(inst, '.cni-ts.new'), 0o755);
+    fs.renameSync(path.join(inst, '.cni-ts.new'), path.join(inst, 'cni-ts'));
+    const after = version();
+    expect(after.status).toBe(0);
+    expect(after.peakKb).toBeGreaterThan(20 * 1024); // answered by the new executable itself
+    expect(d.served()).toBe(1);
+    await new Promise<void>((r) => (d.child.exitCode !== null ? r() : d.child.once('exit', () => r())));
+    expect(d.log()).toContain('executable replaced; stopping');
+  });
+});
+
+describe('the conformance suite through the daemon', () => {
+  // Each config's run gets a daemon of its own, started by the suite as one
+  // more service inside the run's host namespace (where the suite calls the
+  // plugins from); every call goes shim -> daemon.
+  const configs = expandConfigPaths([path.join(ROOT, 'conformance/configs/ours')]);
+  for (const file of configs) {
+    const name = path.basename(file, '.json');
+    it(`${name} breaks no rule beyond its documented deviations, every call served by the daemon`, () => {
+      const socket = path.join(work, `cf-${name}.sock`);
+      const raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+      raw.services = [...(raw.services ?? []), { name: 'cni-ts-daemon', argv: [path.join(BIN, 'cni-ts'), 'daemon', '--socket', socket, '--log-calls'], readyLog: 'listening on' }];
+      const runs = fs.mkdtempSync(path.join(work, `cf-${name}-`));
+      let log = '';
+      const saved = process.env.CNI_TS_DAEMON_SOCKET;
+      process.env.CNI_TS_DAEMON_SOCKET = socket;
+      let report;
+      try {
+        report = runSuite({
+          pluginDirs: [BIN],
+          configs: [{ name, object: raw, baseDir: path.dirname(file) }],
+          workDir: runs,
+          // the run's scratch directory goes with the run: read the daemon's log while it lasts
+          onResult: () => {
+            for (const d of fs.readdirSync(runs)) {
+              const f = path.join(runs, d, 'services', 'cni-ts-daemon.log');
+              if (fs.existsSync(f)) log = fs.readFileSync(f, 'utf8');
+            }
+          },
+        });
+      } finally {
+        if (saved === undefined) delete process.env.CNI_TS_DAEMON_SOCKET;
+        else process.env.CNI_TS_DAEMON_SOCKET = saved;
+      }
+      expect(report.results.filter((r) => r.status === 'FAIL').map(formatLine)).toEqual([]);
+      expect(report.results.filter((r) => r.status === 'PASS').length).toBeGreaterThan(report.rules.length / 2);
+      const served = (log.match(/^cni-ts daemon: served /gm) ?? []).length;
+      const declined = log.split('\n').filter((l) => l.includes('declined'));
+      expect(served, log).toBeGreaterThan(20);
+      expect(declined).toEqual([]);
+    });
+  }
+});
