@@ -16,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Row, Side, alive, callIn, interleave, summarize, sweepStale } from './lib';
+import { Mode, Row, Side, alive, callIn, interleave, standalone, startDaemon, summarize, sweepStale } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -68,24 +68,34 @@ function main(): void {
   const o = side(ours, 'cluster-ipam', 'o', '10.231.1.0/24', path.join(dir, 'ours'));
   const r = side(reference, 'host-local', 'r', '10.231.2.0/24', path.join(dir, 'ref'));
   const rows: Record<string, Row> = {};
-  for (const what of ['ADD', 'DEL']) rows[what] = { what: `bridge ${what} (last container)`, ours: [], reference: [] };
-  for (const what of ['ADD', 'DEL']) rows[`busy ${what}`] = { what: `bridge ${what} (network in use)`, ours: [], reference: [] };
+  const modes: Mode[] = [];
+  let daemonPeakKb = 0;
   const made: string[] = [];
   try {
     for (const ns of [host, o.netns, r.netns]) {
       execFileSync('ip', ['netns', 'add', ns]);
       made.push(ns);
     }
-    interleave(host, o, r, ROUNDS, rows.ADD, rows.DEL);
+    modes.push(standalone, startDaemon(root, host, path.join(dir, 'daemon.sock')));
+    const row = (key: string, what: string): Row => (rows[key] = { what, ours: [], reference: [] });
+    for (const mode of modes) {
+      const ours = { ...o, env: mode.env };
+      interleave(host, ours, r, ROUNDS, row(`${mode.label} ADD`, `bridge ADD, last container (${mode.label})`), row(`${mode.label} DEL`, `bridge DEL, last container (${mode.label})`));
+    }
     // The common case: other containers stay on the network, so neither
     // side sets up or tears down the network's NAT and firewall state.
     for (const s of [o, r]) {
       execFileSync('ip', ['netns', 'add', `${s.netns}-res`]);
       made.push(`${s.netns}-res`);
-      callIn(host, { ...s, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
+      callIn(host, { ...s, env: standalone.env, netns: `${s.netns}-res` }, 'ADD', 1_000_000);
     }
-    interleave(host, o, r, ROUNDS, rows['busy ADD'], rows['busy DEL']);
+    for (const mode of modes) {
+      const ours = { ...o, env: mode.env };
+      interleave(host, ours, r, ROUNDS, row(`${mode.label} busy ADD`, `bridge ADD, network in use (${mode.label})`), row(`${mode.label} busy DEL`, `bridge DEL, network in use (${mode.label})`));
+      daemonPeakKb = Math.max(daemonPeakKb, mode.daemonPeakKb());
+    }
   } finally {
+    for (const mode of modes) mode.stop();
     // the host namespace takes the bridges, veths, nft table and iptables chains with it
     for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -93,6 +103,7 @@ function main(): void {
   }
   console.log(`bridge (bin/bridge, ipMasq, cluster-ipam local) vs reference (${reference} + host-local, ipMasq), ${ROUNDS} rounds, medians:`);
   console.log(summarize(Object.values(rows)));
+  console.log(`daemon peak memory: ${(daemonPeakKb / 1024).toFixed(1)} MB (resident once per node, not per call)`);
 }
 
 main();

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
-import { Row, Sample, assertOk, runOnce, summarize } from './lib';
+import { Mode, Row, Sample, assertOk, runOnce, standalone, startDaemon, summarize } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -13,10 +13,10 @@ const root = process.cwd();
 const ours = path.join(root, 'bin/none');
 const reference = '/usr/lib/cni/loopback';
 
-function cycle(binary: string, type: string, ns: string, i: number): { add: Sample; del: Sample; version: Sample } {
+function cycle(binary: string, type: string, ns: string, i: number, extra: Record<string, string> = {}): { add: Sample; del: Sample; version: Sample } {
   const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench-none', type });
-  const env = { CNI_CONTAINERID: `bench${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'lo', CNI_PATH: path.dirname(binary) };
-  const version = runOnce({ binary, env: { CNI_COMMAND: 'VERSION' }, stdin: conf });
+  const env = { CNI_CONTAINERID: `bench${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'lo', CNI_PATH: path.dirname(binary), ...extra };
+  const version = runOnce({ binary, env: { CNI_COMMAND: 'VERSION', ...extra }, stdin: conf });
   const add = runOnce({ binary, env: { ...env, CNI_COMMAND: 'ADD' }, stdin: conf });
   assertOk(add, `${binary} ADD`);
   const del = runOnce({ binary, env: { ...env, CNI_COMMAND: 'DEL' }, stdin: conf });
@@ -28,27 +28,38 @@ function main(): void {
   const ns = `bench-none-${process.pid}`;
   execFileSync('ip', ['netns', 'add', ns]);
   const rows: Record<string, Row> = {};
-  for (const what of ['VERSION', 'ADD', 'DEL']) rows[what] = { what: `none ${what}`, ours: [], reference: [] };
+  const modes: Mode[] = [];
+  let daemonPeakKb = 0;
   try {
-    // warm the page cache and the native binding's extracted copy
-    cycle(ours, 'none', ns, -1);
-    cycle(reference, 'loopback', ns, -1);
-    for (let i = 0; i < ROUNDS; i++) {
-      // interleave so both see the same machine state
-      const o = cycle(ours, 'none', ns, i);
-      const r = cycle(reference, 'loopback', ns, i);
-      rows.VERSION.ours.push(o.version);
-      rows.VERSION.reference.push(r.version);
-      rows.ADD.ours.push(o.add);
-      rows.ADD.reference.push(r.add);
-      rows.DEL.ours.push(o.del);
-      rows.DEL.reference.push(r.del);
+    // this process's own namespace is the host here: so is the daemon's
+    modes.push(standalone, startDaemon(root, undefined, `/run/cni-ts/bench-none-${process.pid}.sock`));
+    for (const mode of modes) {
+      for (const what of ['VERSION', 'ADD', 'DEL']) rows[mode.label + what] = { what: `none ${what} (${mode.label})`, ours: [], reference: [] };
+      // warm the page cache and the native binding's extracted copy
+      cycle(ours, 'none', ns, -1, mode.env);
+      cycle(reference, 'loopback', ns, -1);
+      for (let i = 0; i < ROUNDS; i++) {
+        // interleave so both see the same machine state
+        const o = cycle(ours, 'none', ns, i, mode.env);
+        const r = cycle(reference, 'loopback', ns, i);
+        for (const [what, key] of [
+          ['VERSION', 'version'],
+          ['ADD', 'add'],
+          ['DEL', 'del'],
+        ] as const) {
+          rows[mode.label + what].ours.push(o[key]);
+          rows[mode.label + what].reference.push(r[key]);
+        }
+      }
+      daemonPeakKb = Math.max(daemonPeakKb, mode.daemonPeakKb());
     }
   } finally {
+    for (const mode of modes) mode.stop();
     execFileSync('ip', ['netns', 'del', ns]);
   }
   console.log(`none (bin/none, packaged) vs reference loopback (${reference}), ${ROUNDS} rounds, medians:`);
   console.log(summarize(Object.values(rows)));
+  console.log(`daemon peak memory: ${(daemonPeakKb / 1024).toFixed(1)} MB (resident once per node, not per call)`);
 }
 
 main();

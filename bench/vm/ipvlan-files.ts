@@ -17,6 +17,11 @@ export interface BenchConfig {
 
 /** Per side and operation, one sample per round. */
 export interface BenchSamples {
+  /** ours standalone: each call execs the packaged executable */
   ours: { ADD: Sample[]; DEL: Sample[] };
+  /** ours through the shim and a `cni-ts daemon` started once in the guest */
+  daemon: { ADD: Sample[]; DEL: Sample[] };
   reference: { ADD: Sample[]; DEL: Sample[] };
+  /** the daemon's peak resident memory, kB */
+  daemonPeakKb: number;
 }

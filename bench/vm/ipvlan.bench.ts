@@ -1,7 +1,7 @@
 /**
  * Guest half of the ipvlan benchmark (bench/ipvlan-vm.ts boots the VM): the
  * packaged bin/ipvlan (cluster-ipam on its local store, in-process), exec'd
- * as a runtime would, against /usr/lib/cni/ipvlan + /usr/lib/cni/host-local
+ * as a runtime would, standalone and through a `cni-ts daemon`, against /usr/lib/cni/ipvlan + /usr/lib/cni/host-local
  * with the same configuration (master eth0, mode l2, one /24). Each round
  * ADDs one container and DELs it again, interleaving the two sides.
  *
@@ -20,12 +20,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, test } from '../../test/vm/guest-api';
 import { withNetns } from '../../shared/netns/netns';
-import { assertOk, runOnce, type Sample } from '../lib';
+import { assertOk, runOnce, standalone, startDaemon, type Mode, type Sample } from '../lib';
 import { CONFIG_FILE, SAMPLES_FILE, type BenchConfig, type BenchSamples } from './ipvlan-files';
 
 const namespaces: string[] = [];
 
+let daemon: Mode | undefined;
+
 afterAll(() => {
+  daemon?.stop();
   for (const ns of namespaces.reverse()) spawnSync('ip', ['netns', 'del', ns]);
 });
 
@@ -40,6 +43,7 @@ interface Side {
   binary: string;
   conf: string;
   netns: string;
+  env?: Record<string, string>;
 }
 
 test('ipvlan ADD/DEL of the packaged plugin and of the reference plugin, timed', () => {
@@ -68,30 +72,36 @@ test('ipvlan ADD/DEL of the packaged plugin and of the reference plugin, timed',
     netns: netns(`bic${tag}${t}`),
   });
   // bin/ is the packaged executable, seen through the VM's read-only root share
-  const ours = side(path.resolve('bin/ipvlan'), 'cluster-ipam', 'o', '10.233.1.0/24');
+  const ours = { ...side(path.resolve('bin/ipvlan'), 'cluster-ipam', 'o', '10.233.1.0/24'), env: standalone.env };
+  // one daemon for the whole run: a Node start under TCG takes seconds
+  fs.mkdirSync(`/var/lib/bench-ipvlan-${tag}`, { recursive: true });
+  daemon = startDaemon(path.resolve('.'), host, `/var/lib/bench-ipvlan-${tag}/daemon.sock`);
+  const viaDaemon = { ...side(path.resolve('bin/ipvlan'), 'cluster-ipam', 'd', '10.233.3.0/24'), env: daemon.env };
   const reference = side('/usr/lib/cni/ipvlan', 'host-local', 'r', '10.233.2.0/24');
   const call = (s: Side, command: 'ADD' | 'DEL', i: number): Sample => {
-    const env = { CNI_COMMAND: command, CNI_CONTAINERID: `bench${i}`, CNI_NETNS: `/var/run/netns/${s.netns}`, CNI_IFNAME: 'eth0', CNI_PATH: path.dirname(s.binary) };
+    const env = { CNI_COMMAND: command, CNI_CONTAINERID: `bench${i}`, CNI_NETNS: `/var/run/netns/${s.netns}`, CNI_IFNAME: 'eth0', CNI_PATH: path.dirname(s.binary), ...s.env };
     const sample = withNetns(`/var/run/netns/${host}`, () => runOnce({ binary: s.binary, env, stdin: s.conf }));
     assertOk(sample, `${s.binary} ${command}`);
     return { ...sample, stdout: '' };
   };
 
   // warm the page cache (125 MB over 9p for ours) and the binding's extracted copy
-  for (const s of [ours, reference]) {
+  for (const s of [ours, viaDaemon, reference]) {
     call(s, 'ADD', -1);
     call(s, 'DEL', -1);
   }
-  const out: BenchSamples = { ours: { ADD: [], DEL: [] }, reference: { ADD: [], DEL: [] } };
+  const out: BenchSamples = { ours: { ADD: [], DEL: [] }, daemon: { ADD: [], DEL: [] }, reference: { ADD: [], DEL: [] }, daemonPeakKb: 0 };
   for (let i = 0; i < rounds; i++) {
     // interleave so both see the same machine state
     for (const [s, key] of [
       [ours, 'ours'],
+      [viaDaemon, 'daemon'],
       [reference, 'reference'],
     ] as const) {
       out[key].ADD.push(call(s, 'ADD', i));
       out[key].DEL.push(call(s, 'DEL', i));
     }
   }
+  out.daemonPeakKb = daemon.daemonPeakKb();
   fs.writeFileSync(path.join(dir, SAMPLES_FILE), JSON.stringify(out));
 }, { timeoutMs: 1_800_000 });

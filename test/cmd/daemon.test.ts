@@ -6,7 +6,7 @@
  * caller's peak memory (the shim alone is about 1 MB, a Node process about
  * 50), never from timings.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -17,48 +17,18 @@ import { formatLine } from '../../conformance/report';
 import { runSuite } from '../../conformance/runner';
 import { decodeRequest, encodeAnswer } from '../../cmd/daemon';
 import { ROOT, addNetns, delNetns, uniqueName } from '../helpers/exec';
+import { type TestDaemon, processGone, startDaemon } from '../helpers/daemon';
 
 const BIN = path.join(ROOT, 'bin');
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
-
-interface Daemon {
-  child: ChildProcess;
-  socket: string;
-  log(): string;
-  served(): number;
-  stop(): Promise<void>;
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
 /** A daemon on `socket`, in the test's namespaces or (netns) in that network namespace. */
-async function startDaemon(socket: string, binDir = BIN, netns?: string): Promise<Daemon> {
-  const logFile = `${socket}.log`;
-  const fd = fs.openSync(logFile, 'w');
-  const argv = [path.join(binDir, 'cni-ts'), 'daemon', '--socket', socket, '--log-calls'];
-  // nsenter execs the daemon: the child's pid is the daemon's
-  const child = netns
-    ? spawn('nsenter', [`--net=${netns}`, '--', ...argv], { stdio: ['ignore', fd, fd], env: { PATH } })
-    : spawn(argv[0], argv.slice(1), { stdio: ['ignore', fd, fd], env: { PATH } });
-  fs.closeSync(fd);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const log = () => fs.readFileSync(logFile, 'utf8');
-  for (let waited = 0; !log().includes('listening on'); waited += 20) {
-    if (waited > 30_000 || child.exitCode !== null) throw new Error(`daemon did not start: ${log()}`);
-    await sleep(20);
-  }
-  return {
-    child,
-    socket,
-    log,
-    served: () => (log().match(/^cni-ts daemon: served /gm) ?? []).length,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      await exited;
-    },
-  };
+async function start(socket: string, binDir = BIN, netns?: string): Promise<TestDaemon> {
+  return startDaemon({ binDir, socket, netns });
 }
 
 interface Call {
@@ -80,15 +50,15 @@ function call(binary: string, env: Record<string, string>, stdin: string, netns?
 }
 
 let work: string;
-let daemon: Daemon;
+let daemon: TestDaemon;
 
 beforeAll(async () => {
   expect(fs.existsSync(path.join(BIN, 'cni-ts-shim')), 'bin/ is empty: run ./build.sh first').toBe(true);
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-daemon-test-'));
-  daemon = await startDaemon(path.join(work, 'daemon.sock'));
+  daemon = await start(path.join(work, 'daemon.sock'));
 });
 afterAll(async () => {
-  await daemon?.stop();
+  daemon?.stop();
   fs.rmSync(work, { recursive: true, force: true });
 });
 
@@ -147,7 +117,7 @@ describe('cni-ts daemon', () => {
     const host = addNetns(hostNs);
     const ctrNs = uniqueName('dmnfdc');
     const ctr = addNetns(ctrNs);
-    const d = await startDaemon(path.join(work, 'fd.sock'), BIN, host);
+    const d = await start(path.join(work, 'fd.sock'), BIN, host);
     const conf = JSON.stringify({
       cniVersion: '1.1.0',
       name: 'fdnet',
@@ -164,7 +134,7 @@ describe('cni-ts daemon', () => {
       CNI_PATH: BIN,
       CNI_TS_DAEMON_SOCKET: d.socket,
     });
-    const fds = () => fs.readdirSync(`/proc/${d.child.pid}/fd`).length;
+    const fds = () => fs.readdirSync(`/proc/${d.pid}/fd`).length;
     try {
       const cycle = (i: number) => {
         const added = call(path.join(BIN, 'bridge'), env('ADD', i), conf, host);
@@ -185,7 +155,7 @@ describe('cni-ts daemon', () => {
       expect(fds()).toBe(start);
       expect(d.served()).toBe(3 + 40 * 3 + 3);
     } finally {
-      await d.stop();
+      d.stop();
       delNetns(ctrNs);
       delNetns(hostNs);
       fs.rmSync('/run/cni-ts/bridge-dfd0.lock', { force: true });
@@ -234,19 +204,19 @@ describe('cni-ts daemon', () => {
   });
 
   it('refuses to start on a socket another daemon listens on, and replaces a killed one\'s', async () => {
-    await expect(startDaemon(daemon.socket)).rejects.toThrow(/another daemon already listens/);
+    expect(() => startDaemon({ binDir: BIN, socket: daemon.socket })).toThrow(/another daemon already listens/);
     const socket = path.join(work, 'stale.sock');
-    const killed = await startDaemon(socket);
-    killed.child.kill('SIGKILL');
-    await killed.stop();
+    const killed = await start(socket);
+    process.kill(killed.pid, 'SIGKILL');
+    for (let i = 0; i < 500 && !processGone(killed.pid); i++) await sleep(10);
     expect(fs.existsSync(socket)).toBe(true); // left behind
-    const d = await startDaemon(socket);
+    const d = await start(socket);
     try {
       const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: socket }, '');
       expect(r.status).toBe(0);
       expect(d.served()).toBe(1);
     } finally {
-      await d.stop();
+      d.stop();
     }
     expect(fs.existsSync(socket)).toBe(false); // an orderly stop removes it
   });
@@ -254,10 +224,10 @@ describe('cni-ts daemon', () => {
 
 describe('when the daemon goes away', () => {
   it('a daemon killed in the middle of a call: the shim runs the call itself, with the same stdin', async () => {
-    const d = await startDaemon(path.join(work, 'killed.sock'));
+    const d = await start(path.join(work, 'killed.sock'));
     try {
       // stopped, the daemon accepts (the kernel queues the connection) but never answers
-      process.kill(d.child.pid!, 'SIGSTOP');
+      process.kill(d.pid, 'SIGSTOP');
       const caller = spawn(path.join(BIN, 'none'), [], { env: { PATH, CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, stdio: ['pipe', 'pipe', 'pipe'] });
       let out = '';
       caller.stdout!.on('data', (c) => (out += c));
@@ -265,11 +235,11 @@ describe('when the daemon goes away', () => {
       const status = new Promise<number | null>((r) => caller.on('close', (code) => r(code)));
       await sleep(500);
       expect(caller.exitCode).toBe(null); // still waiting for the daemon
-      process.kill(d.child.pid!, 'SIGKILL');
+      process.kill(d.pid, 'SIGKILL');
       expect(await status).toBe(0);
       expect(JSON.parse(out).cniVersion).toBe('0.3.1');
     } finally {
-      await d.stop();
+      d.stop();
     }
   });
 
@@ -289,7 +259,7 @@ describe('when the daemon goes away', () => {
     fs.chmodSync(path.join(inst, 'cni-ts'), 0o755);
     fs.copyFileSync(path.join(BIN, 'cni-ts-shim'), path.join(inst, 'none'));
     fs.chmodSync(path.join(inst, 'none'), 0o755);
-    const d = await startDaemon(path.join(work, 'upgrade.sock'), inst);
+    const d = await start(path.join(work, 'upgrade.sock'), inst);
     const version = () => call(path.join(inst, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, '');
     expect(version().status).toBe(0);
     expect(d.served()).toBe(1);
@@ -301,7 +271,8 @@ describe('when the daemon goes away', () => {
     expect(after.status).toBe(0);
     expect(after.peakKb).toBeGreaterThan(20 * 1024); // answered by the new executable itself
     expect(d.served()).toBe(1);
-    await new Promise<void>((r) => (d.child.exitCode !== null ? r() : d.child.once('exit', () => r())));
+    for (let i = 0; i < 500 && !processGone(d.pid); i++) await sleep(10);
+    expect(processGone(d.pid)).toBe(true);
     expect(d.log()).toContain('executable replaced; stopping');
   });
 });

@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { hostVethName } from '../../../plugins/bridge/main';
+import { type TestDaemon, startDaemon } from '../../helpers/daemon';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 /** what the lab installs and runs: bin/bridge from build.sh, or another build named by CNI_TS_TEST_BRIDGE */
@@ -110,7 +111,7 @@ export class Lab {
   private readonly namespaces: string[] = [];
   private readonly bridges: string[] = [];
   /** the lab's `cni-ts daemon`, when calls go through one (CNI_TS_TEST_DAEMON=1) */
-  private daemon?: { pid: number; socket: string; log: string };
+  private daemon?: TestDaemon;
 
   constructor(opts: { daemon?: boolean } = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-bridge-test-'));
@@ -128,26 +129,12 @@ export class Lab {
    * daemon, and the log has a line per call served.
    */
   private startDaemon(): void {
-    const socket = path.join(this.dir, 'daemon.sock');
-    const log = path.join(this.dir, 'daemon.log');
-    const fd = fs.openSync(log, 'w');
-    const child = spawn('nsenter', [`--net=${this.hostPath}`, '--', path.join(path.dirname(this.binary), 'cni-ts'), 'daemon', '--socket', socket, '--log-calls'], {
-      stdio: ['ignore', fd, fd],
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
-    });
-    fs.closeSync(fd);
-    child.unref();
-    this.daemon = { pid: child.pid!, socket, log };
-    for (let waited = 0; !fs.readFileSync(log, 'utf8').includes('listening on'); waited += 50) {
-      const gone = !fs.existsSync(`/proc/${child.pid}`) || /\) Z/.test(fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8'));
-      if (gone || waited > 30_000) throw new Error(`the lab's daemon did not start: ${fs.readFileSync(log, 'utf8')}`);
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
-    }
+    this.daemon = startDaemon({ binDir: path.dirname(this.binary), socket: path.join(this.dir, 'daemon.sock'), netns: this.hostPath });
   }
 
   /** The daemon's log (empty without a daemon). */
   daemonLog(): string {
-    return this.daemon ? fs.readFileSync(this.daemon.log, 'utf8') : '';
+    return this.daemon?.log() ?? '';
   }
 
   get usesDaemon(): boolean {
@@ -446,16 +433,7 @@ export class Lab {
 
   /** Removes every namespace (with their links and nft tables), the store and the lock files. Never throws. */
   cleanup(): void {
-    if (this.daemon) {
-      try {
-        process.kill(this.daemon.pid, 'SIGTERM');
-        for (let waited = 0; fs.existsSync(`/proc/${this.daemon.pid}`) && !/\) Z/.test(fs.readFileSync(`/proc/${this.daemon.pid}/stat`, 'utf8')) && waited < 10_000; waited += 50) {
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
-        }
-      } catch {
-        // already gone
-      }
-    }
+    this.daemon?.stop();
     for (const ns of this.namespaces.reverse()) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     fs.rmSync(this.dir, { recursive: true, force: true });
     for (const b of this.bridges) fs.rmSync(path.join(LOCK_DIR, `bridge-${b}.lock`), { force: true });

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, ipJson } from '../../helpers/exec';
 import { ip, namespaceFactory } from './fixtures';
+import { type TestDaemon, startDaemon } from '../../helpers/daemon';
 
 const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-'));
@@ -34,11 +35,32 @@ interface Run {
   stderr: string;
 }
 
+/**
+ * With CNI_TS_TEST_DAEMON=1 (macvlan-daemon.test.ts) every call goes through
+ * a `cni-ts daemon` started in the calling host's namespace, one per host.
+ */
+const DAEMON_MODE = process.env.CNI_TS_TEST_DAEMON === '1';
+const daemons = new Map<string, TestDaemon>();
+afterAll(() => {
+  for (const d of daemons.values()) d.stop();
+});
+
 /** Run bin/macvlan inside the host namespace `host`, as a runtime on that host would. */
 function macvlan(host: string, command: string, container: { path: string } | undefined, conf: object, id = 'c1', ifname = 'eth0'): Run {
   const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: command, CNI_PATH: BIN };
   if (command !== 'GC' && command !== 'STATUS') Object.assign(env, { CNI_CONTAINERID: id, CNI_IFNAME: ifname, CNI_NETNS: container?.path ?? '' });
-  const r = spawnSync('ip', ['netns', 'exec', host, path.join(BIN, 'macvlan')], { env, input: JSON.stringify(conf), encoding: 'utf8' });
+  let argv = ['ip', 'netns', 'exec', host, path.join(BIN, 'macvlan')];
+  if (DAEMON_MODE) {
+    let d = daemons.get(host);
+    if (!d) {
+      d = startDaemon({ binDir: BIN, socket: path.join(tmp, `daemon-${host}.sock`), netns: `/var/run/netns/${host}` });
+      daemons.set(host, d);
+    }
+    env.CNI_TS_DAEMON_SOCKET = d.socket;
+    // `ip netns exec` makes a mount namespace of its own, which the daemon would decline
+    argv = ['nsenter', `--net=/var/run/netns/${host}`, '--', path.join(BIN, 'macvlan')];
+  }
+  const r = spawnSync(argv[0], argv.slice(1), { env, input: JSON.stringify(conf), encoding: 'utf8' });
   return { status: r.status ?? -1, json: r.stdout.trim() ? JSON.parse(r.stdout) : undefined, stderr: r.stderr };
 }
 
@@ -239,3 +261,9 @@ describe('examples', () => {
     expect(macvlan(h.name, 'DEL', c, net).status).toBe(0);
   });
 });
+
+/** The daemons' logs (macvlan-daemon.test.ts checks them after the suite). */
+export function daemonLogs(): { log: string; served: number } {
+  const all = [...daemons.values()];
+  return { log: all.map((d) => d.log()).join(''), served: all.reduce((n, d) => n + d.served(), 0) };
+}
