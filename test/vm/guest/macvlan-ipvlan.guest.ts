@@ -1,7 +1,7 @@
 /**
  * macvlan and ipvlan on a kernel with ipvlan and 802.1q (this runs in the
  * VM). The plugins run in-process through the protocol core (runPlugin), so
- * the VM starts one node process; each simulated host is a namespace, and
+ * the VM starts one node process (and, for the last test, one cni-ts daemon); each simulated host is a namespace, and
  * the runner's thread enters it (setns) for the duration of a plugin call,
  * which makes that namespace the plugin's own, as for a runtime on that host.
  *
@@ -12,7 +12,9 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { afterAll, test } from '../guest-api';
+import { startDaemon } from '../../helpers/daemon';
 import { runPlugin, type Plugin, type SkelIO } from '../../../shared/cni/skel';
 import { linkExistsInNetns } from '../../../shared/netlink';
 import { CLONE_NEWNET, native } from '../../../shared/netlink/native';
@@ -239,5 +241,37 @@ test('the ipvlan and VLAN examples attach a container on a host whose parent is 
     const [l] = JSON.parse(ip('-n', c, '-j', '-d', 'link', 'show', 'eth0'));
     assert.equal(l.linkinfo.info_kind, kind, file);
     assert.equal((await call(plugin as Plugin<unknown>, h, 'DEL', c, conf, 'x')).code, 0, file);
+  }
+});
+
+test('the packaged bin/ipvlan through the shim and a cni-ts daemon in the VM: ADD, CHECK, DEL served by the daemon', async () => {
+  // The one test here that execs the packaged plugins (bin/, through the VM's
+  // root share), as a runtime on a node running the daemon does.
+  const h = dummyHost('eth0');
+  const [a, b] = [netns('gc'), netns('gc')];
+  fs.mkdirSync(`/var/lib/${h}`, { recursive: true });
+  const daemon = startDaemon({ binDir: path.resolve('bin'), socket: `/var/lib/${h}/daemon.sock`, netns: nsPath(h) });
+  try {
+    const conf = net('ipvlan', 'ipd', h, '10.94.0.0/24', '10.94.0.10', '10.94.0.20', { mode: 'l2' });
+    const exec = (command: string, container: string, id: string, stdin: object) => {
+      const r = spawnSync('nsenter', [`--net=${nsPath(h)}`, '--', path.resolve('bin/ipvlan')], {
+        env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_IFNAME: 'eth0', CNI_NETNS: nsPath(container), CNI_PATH: path.resolve('bin'), CNI_TS_DAEMON_SOCKET: daemon.socket },
+        input: JSON.stringify(stdin),
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, `${command}: ${r.stdout}${r.stderr}`);
+      return r.stdout.trim() ? JSON.parse(r.stdout) : undefined;
+    };
+    const ra = exec('ADD', a, 'a', conf);
+    const rb = exec('ADD', b, 'b', conf);
+    assert.ok(pings(a, addr(rb)));
+    exec('CHECK', a, 'a', { ...conf, prevResult: ra });
+    exec('DEL', a, 'a', conf);
+    exec('DEL', b, 'b', conf);
+    assert.ok(!linkNames(a).includes('eth0'));
+    assert.equal(daemon.served(), 5, daemon.log());
+    assert.ok(!daemon.log().includes('declined'), daemon.log());
+  } finally {
+    daemon.stop();
   }
 });
