@@ -27,6 +27,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { defaultInterfaceExists, keepStdoutForJson, runPlugin, type SkelIO } from '../shared/cni/skel';
 import { CLONE_NEWNET, native } from '../shared/netlink/native';
 import { plugins } from './plugins';
@@ -122,8 +123,8 @@ export interface DaemonOptions {
   logCalls?: boolean;
   /**
    * A call still running after this long means a plugin hangs; the daemon
-   * exits so its supervisor starts a fresh one, and every waiting shim runs
-   * its call itself. 0 disables.
+   * ends itself (Watchdog) so its supervisor starts a fresh one, and every
+   * waiting shim runs its call itself. 0 or absent: never.
    */
   callTimeoutMs?: number;
 }
@@ -140,7 +141,11 @@ export class Daemon {
   calls = 0;
   declined = 0;
 
-  constructor(private readonly opts: DaemonOptions) {}
+  private readonly watchdog?: Watchdog;
+
+  constructor(private readonly opts: DaemonOptions) {
+    if (opts.callTimeoutMs) this.watchdog = new Watchdog(opts.callTimeoutMs);
+  }
 
   async listen(): Promise<void> {
     const { socketPath } = this.opts;
@@ -171,6 +176,7 @@ export class Daemon {
     const server = this.server;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
     await this.queue;
+    await this.watchdog?.stop();
     fs.closeSync(this.homeNetns);
   }
 
@@ -232,19 +238,12 @@ export class Daemon {
       return true;
     }) as typeof process.stderr.write;
     const started = process.hrtime.bigint();
-    const timeoutMs = this.opts.callTimeoutMs ?? 0;
-    const watchdog =
-      timeoutMs > 0
-        ? setTimeout(() => {
-            this.opts.log(`${req.name} ${req.env.CNI_COMMAND ?? ''} still running after ${timeoutMs} ms; exiting`);
-            process.exit(1);
-          }, timeoutMs)
-        : undefined;
+    this.watchdog?.callStarted(`${req.name} ${req.env.CNI_COMMAND ?? ''} ${req.env.CNI_CONTAINERID ?? ''}`);
     let code: number;
     try {
       code = await runPlugin(load().plugin, io);
     } finally {
-      clearTimeout(watchdog);
+      this.watchdog?.callEnded();
       process.stderr.write = realWrite;
       this.returnHome();
     }
@@ -261,6 +260,61 @@ export class Daemon {
     if (nsInode('/proc/thread-self/ns/net') === this.netnsInode) return;
     this.opts.log('a call left the daemon in another network namespace; returning');
     native().setns(this.homeNetns, CLONE_NEWNET);
+  }
+}
+
+/**
+ * Ends the daemon when one call runs too long. It must work while the
+ * JavaScript thread is blocked, and it may be: plugins take their file
+ * locks with a blocking flock(2), so a timer on that thread would never
+ * fire. A worker thread watches the call's start time in shared memory and
+ * kills the whole process; the waiting shims then run their calls
+ * themselves, and the supervisor starts a fresh daemon. The call that was
+ * cut short is in the state a plugin killed by SIGKILL leaves, which a DEL
+ * (and GC) clears.
+ */
+class Watchdog {
+  /** [0]: 1 while a call runs; [1]: its start, in seconds of the daemon's clock */
+  private readonly state = new Int32Array(new SharedArrayBuffer(8));
+  private readonly label = new SharedArrayBuffer(512);
+  private readonly worker: Worker;
+  private readonly epoch = Date.now();
+
+  constructor(timeoutMs: number) {
+    const code = `
+      const { workerData } = require('node:worker_threads');
+      const fs = require('node:fs');
+      const state = new Int32Array(workerData.state);
+      const label = new Uint8Array(workerData.label);
+      setInterval(() => {
+        if (Atomics.load(state, 0) !== 1) return;
+        const now = Math.floor((Date.now() - workerData.epoch) / 1000);
+        if ((now - Atomics.load(state, 1)) * 1000 < workerData.timeoutMs) return;
+        const end = label.indexOf(0);
+        const what = Buffer.from(label.subarray(0, end < 0 ? label.length : end)).toString('utf8');
+        // straight to fd 2: the main thread, which relays a worker's stderr, is stuck
+        fs.writeSync(2, 'cni-ts daemon: ' + what + ' still running after ' + workerData.timeoutMs + ' ms; exiting' + String.fromCharCode(10));
+        process.kill(process.pid, 'SIGKILL');
+      }, Math.min(1000, Math.max(100, workerData.timeoutMs / 4)));
+    `;
+    this.worker = new Worker(code, { eval: true, workerData: { state: this.state.buffer, label: this.label, epoch: this.epoch, timeoutMs } });
+    this.worker.unref();
+  }
+
+  callStarted(what: string): void {
+    const bytes = new Uint8Array(this.label);
+    bytes.fill(0);
+    bytes.set(Buffer.from(what, 'utf8').subarray(0, bytes.length - 1));
+    Atomics.store(this.state, 1, Math.floor((Date.now() - this.epoch) / 1000));
+    Atomics.store(this.state, 0, 1);
+  }
+
+  callEnded(): void {
+    Atomics.store(this.state, 0, 0);
+  }
+
+  async stop(): Promise<void> {
+    await this.worker.terminate();
   }
 }
 

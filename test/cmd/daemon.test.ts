@@ -243,6 +243,48 @@ describe('when the daemon goes away', () => {
     }
   });
 
+  it('a call blocked past --call-timeout ends the daemon, and the shim runs the call itself', async () => {
+    const hostNs = uniqueName('dmnwdh');
+    const host = addNetns(hostNs);
+    const ctrNs = uniqueName('dmnwdc');
+    const ctr = addNetns(ctrNs);
+    const bridge = uniqueName('dwd');
+    const lockFile = `/run/cni-ts/bridge-${bridge}.lock`;
+    fs.mkdirSync('/run/cni-ts', { recursive: true });
+    // someone holds the network's lock (a plugin wedged in the middle of its work)
+    // one process: the shell takes the lock on fd 9 and becomes sleep, which keeps it
+    const holder = spawn('sh', ['-c', `exec 9>${lockFile}; flock 9; exec sleep 600`], { stdio: 'ignore' });
+    // held once a non-blocking flock of our own fails
+    for (let i = 0; i < 500 && spawnSync('flock', ['-n', lockFile, 'true']).status === 0; i++) await sleep(10);
+    const d = startDaemon({ binDir: BIN, socket: path.join(work, 'wd.sock'), netns: host, args: ['--call-timeout', '2'] });
+    try {
+      const conf = { cniVersion: '1.1.0', name: 'wdnet', type: 'bridge', bridge, ipam: { type: 'cluster-ipam', ranges: [[{ subnet: '10.249.9.0/24' }]], dataDir: path.join(work, 'wd-ipam') } };
+      const caller = spawn('nsenter', [`--net=${host}`, '--', path.join(BIN, 'bridge')], {
+        env: { PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'wd1', CNI_NETNS: ctr, CNI_IFNAME: 'eth0', CNI_PATH: BIN, CNI_TS_DAEMON_SOCKET: d.socket },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let out = '';
+      caller.stdout!.on('data', (c) => (out += c));
+      caller.stdin!.end(JSON.stringify(conf));
+      const status = new Promise<number | null>((r) => caller.on('close', (code) => r(code)));
+      // the daemon, blocked in flock(2), is ended by its watchdog thread
+      for (let i = 0; i < 1000 && !processGone(d.pid); i++) await sleep(20);
+      expect(processGone(d.pid)).toBe(true);
+      expect(d.log()).toMatch(/bridge ADD wd1 still running after 2000 ms; exiting/);
+      // the shim now runs the call itself, which waits for the same lock
+      expect(caller.exitCode).toBe(null);
+      holder.kill('SIGKILL');
+      expect(await status, out).toBe(0);
+      expect(JSON.parse(out).ips[0].address).toMatch(/^10\.249\.9\./);
+    } finally {
+      holder.kill('SIGKILL');
+      d.stop();
+      delNetns(ctrNs);
+      delNetns(hostNs);
+      fs.rmSync(lockFile, { force: true });
+    }
+  });
+
   it('no daemon at all: every plugin still answers, through bin/cni-ts', () => {
     for (const name of ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam']) {
       const r = call(path.join(BIN, name), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: path.join(work, 'nobody.sock') }, '');

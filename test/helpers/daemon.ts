@@ -35,10 +35,10 @@ export function processGone(pid: number): boolean {
   }
 }
 
-export function startDaemon(opts: { binDir: string; socket: string; netns?: string }): TestDaemon {
+export function startDaemon(opts: { binDir: string; socket: string; netns?: string; args?: string[] }): TestDaemon {
   const logFile = `${opts.socket}.log`;
   const fd = fs.openSync(logFile, 'w');
-  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, '--log-calls'];
+  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, '--log-calls', ...(opts.args ?? [])];
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
   // nsenter execs the daemon: the child's pid is the daemon's
   const child = opts.netns
