@@ -5,6 +5,10 @@
  * removes it and checks nothing is left: not the namespace, not podman's
  * cached result, not the IPAM reservation, not a veth on the bridge.
  *
+ * For our plugins it runs twice: the shim running bin/cni-ts per call, and
+ * the shim handing each call to a `cni-ts daemon` (podman's environment,
+ * which libcni passes on to the plugins, names the daemon's socket).
+ *
  * Which plugins: PODMAN_TARGET below. Today that is the reference plugins;
  * to run podman on this project's executables, set it to OUR_PLUGINS (the
  * one line to change, once ./build.sh has made bin/none; add OUR_PLUGINS'
@@ -16,6 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type TestDaemon, startDaemon } from '../helpers/daemon';
 
 interface PodmanNetwork {
   /** what the test calls it */
@@ -132,6 +137,9 @@ function sh(argv: string[], opts: { env?: NodeJS.ProcessEnv; allowFail?: boolean
   return out.stdout;
 }
 
+/** Added to podman's environment, which libcni hands on to every plugin it runs. */
+let podmanEnv: Record<string, string> = {};
+
 function podman(...args: string[]): string {
   return sh(
     [
@@ -143,7 +151,7 @@ function podman(...args: string[]): string {
       '--network-backend', 'cni',
       ...args,
     ],
-    { env: { ...process.env, CONTAINERS_CONF: containersConf } },
+    { env: { ...process.env, CONTAINERS_CONF: containersConf, ...podmanEnv } },
   );
 }
 
@@ -184,57 +192,85 @@ afterAll(() => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
+/** One container's life on one network, checked against the kernel before and after. */
+function runContainer(net: PodmanNetwork, name: string): void {
+  const dataDir = path.join(dirs.state, name);
+  fs.writeFileSync(
+    path.join(dirs.networks, `${name}.conflist`),
+    JSON.stringify({ ...net.conflist({ bridge, subnet, dataDir }), name }),
+  );
+
+  const cid = podman(
+    'run', '-d', '--name', name, '--network', name,
+    '--ulimit', 'nofile=10000:10000', '--ulimit', 'nproc=1000:1000',
+    '--rootfs', dirs.rootfs, '/bin/sleep', '300',
+  ).trim();
+  const inspect = JSON.parse(podman('inspect', name))[0] as { NetworkSettings: { SandboxKey: string } };
+  const netnsPath = inspect.NetworkSettings.SandboxKey;
+  const netnsName = path.basename(netnsPath);
+  const cacheFile = path.join(LIBCNI_CACHE, `${name}-${cid}-eth0`);
+
+  // The plugins ran: podman cached their result, and the kernel agrees with it.
+  const cached = JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as {
+    result: { interfaces?: { name: string; sandbox?: string }[]; ips?: { address: string }[] };
+  };
+  const inside = podman('exec', name, '/bin/ip', '-o', 'addr', 'show');
+  if (net.expect === 'eth0-in-subnet') {
+    const address = cached.result.ips?.[0]?.address ?? '';
+    expect(address.startsWith(subnet.replace(/0\/24$/, ''))).toBe(true);
+    expect(inside).toMatch(new RegExp(`eth0\\s+inet ${address.replace(/\./g, '\\.')}`));
+    const routes = ipJson('-n', netnsName, 'route', 'show', 'default');
+    expect(routes.length).toBe(1);
+    expect(ipJson('link', 'show', 'master', bridge).length).toBe(1);
+    expect(fs.readdirSync(path.join(dataDir, name))).toContain(address.split('/')[0]);
+  } else {
+    expect(cached.result.interfaces?.map((x) => x.name)).toEqual(['lo']);
+    expect(cached.result.interfaces?.[0].sandbox).toBe(netnsPath);
+    expect(inside).toMatch(/lo\s+inet 127\.0\.0\.1\/8/);
+    expect(inside).not.toContain('eth0');
+  }
+
+  podman('rm', '--force', '--time', '0', name);
+
+  // Torn down cleanly: namespace, cached result, reservation, bridge ports.
+  expect(fs.existsSync(netnsPath)).toBe(false);
+  expect(fs.existsSync(cacheFile)).toBe(false);
+  if (net.usesBridge) {
+    expect(ipJson('link', 'show', 'master', bridge)).toEqual([]);
+    const reserved = fs.readdirSync(path.join(dataDir, name)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip'));
+    expect(reserved).toEqual([]);
+  }
+  expect(podman('ps', '--all', '--format', '{{.Names}}').split('\n')).not.toContain(name);
+}
+
 describe(`podman on ${PODMAN_TARGET.dir} (${PODMAN_TARGET.plugins.join(', ')})`, () => {
   PODMAN_TARGET.networks.forEach((net, i) => {
     it(`runs a busybox container on the ${net.label} network and removes it without leftovers`, () => {
-      const name = `cfpm-${id}-${i}`;
-      const dataDir = path.join(dirs.state, name);
-      fs.writeFileSync(
-        path.join(dirs.networks, `${name}.conflist`),
-        JSON.stringify({ ...net.conflist({ bridge, subnet, dataDir }), name }),
-      );
+      runContainer(net, `cfpm-${id}-${i}`);
+    });
+  });
+});
 
-      const cid = podman(
-        'run', '-d', '--name', name, '--network', name,
-        '--ulimit', 'nofile=10000:10000', '--ulimit', 'nproc=1000:1000',
-        '--rootfs', dirs.rootfs, '/bin/sleep', '300',
-      ).trim();
-      const inspect = JSON.parse(podman('inspect', name))[0] as { NetworkSettings: { SandboxKey: string } };
-      const netnsPath = inspect.NetworkSettings.SandboxKey;
-      const netnsName = path.basename(netnsPath);
-      const cacheFile = path.join(LIBCNI_CACHE, `${name}-${cid}-eth0`);
+describe.runIf(PODMAN_TARGET === OUR_PLUGINS)('podman on our plugins with a cni-ts daemon running', () => {
+  let daemon: TestDaemon;
+  beforeAll(() => {
+    daemon = startDaemon({ binDir: OUR_PLUGINS.dir, socket: path.join(work, 'daemon.sock') });
+    podmanEnv = { CNI_TS_DAEMON_SOCKET: daemon.socket };
+  });
+  afterAll(() => {
+    podmanEnv = {};
+    daemon?.stop();
+  });
 
-      // The plugins ran: podman cached their result, and the kernel agrees with it.
-      const cached = JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as {
-        result: { interfaces?: { name: string; sandbox?: string }[]; ips?: { address: string }[] };
-      };
-      const inside = podman('exec', name, '/bin/ip', '-o', 'addr', 'show');
-      if (net.expect === 'eth0-in-subnet') {
-        const address = cached.result.ips?.[0]?.address ?? '';
-        expect(address.startsWith(subnet.replace(/0\/24$/, ''))).toBe(true);
-        expect(inside).toMatch(new RegExp(`eth0\\s+inet ${address.replace(/\./g, '\\.')}`));
-        const routes = ipJson('-n', netnsName, 'route', 'show', 'default');
-        expect(routes.length).toBe(1);
-        expect(ipJson('link', 'show', 'master', bridge).length).toBe(1);
-        expect(fs.readdirSync(path.join(dataDir, name))).toContain(address.split('/')[0]);
-      } else {
-        expect(cached.result.interfaces?.map((x) => x.name)).toEqual(['lo']);
-        expect(cached.result.interfaces?.[0].sandbox).toBe(netnsPath);
-        expect(inside).toMatch(/lo\s+inet 127\.0\.0\.1\/8/);
-        expect(inside).not.toContain('eth0');
-      }
-
-      podman('rm', '--force', '--time', '0', name);
-
-      // Torn down cleanly: namespace, cached result, reservation, bridge ports.
-      expect(fs.existsSync(netnsPath)).toBe(false);
-      expect(fs.existsSync(cacheFile)).toBe(false);
-      if (net.usesBridge) {
-        expect(ipJson('link', 'show', 'master', bridge)).toEqual([]);
-        const reserved = fs.readdirSync(path.join(dataDir, name)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip'));
-        expect(reserved).toEqual([]);
-      }
-      expect(podman('ps', '--all', '--format', '{{.Names}}').split('\n')).not.toContain(name);
+  PODMAN_TARGET.networks.forEach((net, i) => {
+    it(`runs a busybox container on the ${net.label} network, every plugin call served by the daemon`, () => {
+      const before = daemon.served();
+      runContainer(net, `cfpm-${id}-d${i}`);
+      const log = daemon.log();
+      expect(log).not.toContain('declined');
+      // podman's ADD and DEL of the network (and, for bridge, the IPAM calls run in-process)
+      expect(daemon.served() - before).toBeGreaterThanOrEqual(2);
+      expect(log).toMatch(new RegExp(`served ${String((net.conflist({ bridge, subnet, dataDir: '' }).plugins as Array<{ type: string }>)[0].type)} ADD .*exit 0 `));
     });
   });
 });
