@@ -9,7 +9,10 @@
  *
  * Every verb is at most one atomic `nft -f -` that changes something:
  *   ADD    list once (conflicts), then one transaction; under a host-wide
- *          lock so two ADDs cannot both see a port as free
+ *          lock so two ADDs cannot both see a port as free. Then, as the
+ *          reference does, the conntrack entries of UDP flows to the
+ *          published ports are deleted (shared/netlink/conntrack.ts), so a
+ *          client already sending there meets the new DNAT
  *   DEL    one transaction, no listing when prevResult and the mappings
  *          are given; otherwise (or if they do not match what is
  *          installed) list once and remove what jumps to our chains
@@ -37,6 +40,7 @@ import { ownerTag, type Owner } from '../../shared/nft/owned';
 import { realNft } from '../../shared/nft/real';
 import { listMaps } from './maps';
 import { nftGetChain } from '../../shared/netlink/nftables';
+import { IPPROTO, conntrackDeleteByDstPort } from '../../shared/netlink/conntrack';
 import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   SKELETON_MARKER,
@@ -77,6 +81,11 @@ export interface PortmapDeps {
   listMaps?(): Listing | undefined;
   /** Is this version's skeleton in place (rules.ts SKELETON_MARKER)? absent: ADD always writes it. */
   skeletonInPlace?(): boolean;
+  /**
+   * Forget the UDP flows to `hostPort` that are not already answered by one
+   * of `containerIPs` (conntrack), so their next datagram meets the new DNAT.
+   */
+  forgetUdpFlows?(hostPort: number, containerIPs: readonly string[]): void;
 }
 
 type Ctx = CniContext<PortmapConf>;
@@ -144,6 +153,16 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         throw err;
       }
     });
+    // NAT is decided on a flow's first packet: a UDP client that was already
+    // sending to the port keeps reaching whatever answered before. As the
+    // reference portmap does, after the rules are in: failures only inform.
+    for (const port of new Set(plan.claims.filter((c) => c.protocol === 'udp').map((c) => c.hostPort))) {
+      try {
+        deps.forgetUdpFlows?.(port, plan.claims.map((c) => c.containerIP));
+      } catch (e) {
+        process.stderr.write(`portmap: could not delete stale UDP conntrack entries for port ${port}: ${(e as Error).message}\n`);
+      }
+    }
     return result;
   }
 
@@ -266,6 +285,9 @@ export const realDeps: PortmapDeps = {
   enableLocalnet,
   listMaps: () => listMaps(),
   skeletonInPlace: () => nftGetChain(T.family, T.table, SKELETON_MARKER) !== undefined,
+  forgetUdpFlows: (port, containerIPs) => {
+    conntrackDeleteByDstPort(IPPROTO.udp, port, containerIPs);
+  },
 };
 
 export const plugin = makePlugin(realDeps);

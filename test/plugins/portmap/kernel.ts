@@ -84,10 +84,11 @@ for (const type of ['udp4', 'udp6']) {
 const CLIENT = `
 const net = require('node:net');
 const dgram = require('node:dgram');
-const [proto, host, port] = process.argv.slice(2);
+const [proto, host, port, srcPort, waitMs] = process.argv.slice(2);
 const done = (s) => { process.stdout.write(s.trim()); process.exit(0); };
-// Only there so a broken path cannot hang the suite; no assertion depends on it.
-setTimeout(() => done('ERR:TIMEOUT'), 8000);
+// Only there so a broken path cannot hang the suite, unless a test asks for
+// a short wait (an answer that must not come).
+setTimeout(() => done('ERR:TIMEOUT'), Number(waitMs || 8000));
 if (proto === 'tcp') {
   let data = '';
   const s = net.connect({ host, port: Number(port) });
@@ -100,9 +101,12 @@ if (proto === 'tcp') {
   u.on('error', (e) => done('ERR:' + e.code));
   // UDP may lose the first datagram while neighbours resolve: ask a few times.
   const ask = () => u.send('ping\\n', Number(port), host);
-  ask();
-  const t = setInterval(ask, 500);
-  t.unref();
+  // a fixed source port makes every run the same flow to conntrack
+  u.bind(Number(srcPort || 0), () => {
+    ask();
+    const t = setInterval(ask, 200);
+    t.unref();
+  });
 }
 `;
 
@@ -138,8 +142,8 @@ export function startServer(tools: NetTools, netns: string, tcpPort: number, udp
 }
 
 /** What a client in `netns` gets from proto://host:port: the server's name, or "ERR:<code>". */
-export function ask(tools: NetTools, netns: string | undefined, proto: 'tcp' | 'udp', host: string, port: number): string {
-  const argv = [process.execPath, tools.client, proto, host, String(port)];
+export function ask(tools: NetTools, netns: string | undefined, proto: 'tcp' | 'udp', host: string, port: number, opts: { srcPort?: number; waitMs?: number } = {}): string {
+  const argv = [process.execPath, tools.client, proto, host, String(port), String(opts.srcPort ?? 0), String(opts.waitMs ?? 8000)];
   const full = netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv;
   const r = spawnSync(full[0], full.slice(1), { encoding: 'utf8', timeout: 20_000 });
   if (r.error) throw r.error;

@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ResultCache, Runtime, SpawnInvoker, PluginError, buildOneConfig, parseNetworkConfig, type NetworkConfigList, type RuntimeConf } from '../../../conformance/libcni';
+import { AF_INET, IPPROTO, conntrackList } from '../../../shared/netlink/conntrack';
 import { ask, buildPlugins, randomId, sh, startServer, trySh, writeNetTools, type NetTools, type PluginDirs } from './kernel';
 
 const EXAMPLE = path.resolve(__dirname, '../../../examples/bridge-portmap.conflist');
@@ -235,6 +236,27 @@ describe.each<Flavour>(['ours', 'reference'])('portmap after %s bridge', (flavou
     expect(ask(tools, n.c2, 'tcp', v4(1, 1), 18080)).toBe('C1');
     expect(ask(tools, n.c2, 'tcp', v4(2, 1), 18081)).toBe('C1');
     runtime.del(list, rt2([{ hostPort: 18081, containerPort: 80, protocol: 'tcp', hostIP: v4(1, 1) }]));
+  });
+
+  it('a UDP client already sending to a port before it was published reaches the container once it is (stale conntrack entries are deleted)', async () => {
+    // The client's flow exists before the mapping: nothing answers on HOST,
+    // but conntrack keeps the flow (and its "no NAT" decision) while it sends.
+    expect(ask(tools, n.outside, 'udp', v4(2, 1), 18055, { srcPort: 41055, waitMs: 1000 })).toBe('ERR:TIMEOUT');
+    const stale = () => conntrackList(AF_INET, `/var/run/netns/${n.host}`).filter((f) => f.orig.proto === IPPROTO.udp && f.orig.dstPort === 18055 && f.orig.srcPort === 41055);
+    // (HOST tracks connections since the first test's NAT rules)
+    expect(stale().map((f) => f.reply?.src)).toEqual([v4(2, 1)]);
+    const c2server = await startServer(tools, n.c2, 8081, 5353, 'C2');
+    const mappings = [{ hostPort: 18055, containerPort: 5353, protocol: 'udp' }];
+    try {
+      const added = runtime.add(list, rt2(mappings)) as { ips: Array<{ address: string }> };
+      const c2 = added.ips.map((i) => i.address.split('/')[0]).find((a) => a.includes('.'));
+      // the same flow (same source port) now reaches C2, through a new entry
+      expect(ask(tools, n.outside, 'udp', v4(2, 1), 18055, { srcPort: 41055 })).toBe('C2');
+      expect(stale().map((f) => f.reply?.src)).toEqual([c2]);
+    } finally {
+      c2server.kill('SIGKILL');
+      runtime.del(list, rt2(mappings));
+    }
   });
 
   it('re-ADD of the same container is idempotent', () => {
