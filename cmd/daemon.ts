@@ -224,7 +224,9 @@ export class Daemon {
     const stdout: string[] = [];
     const stderr: string[] = [];
     const io: SkelIO = {
-      env: req.env,
+      // A plugin this call execs (an IPAM found in CNI_PATH) that is itself
+      // a shim must not wait for this daemon, busy with this very call.
+      env: { ...req.env, CNI_TS_NO_DAEMON: '1' },
       readStdin: () => req.stdin,
       writeStdout: (s) => stdout.push(s),
       writeStderr: (s) => stderr.push(s),

@@ -162,6 +162,33 @@ describe('cni-ts daemon', () => {
     }
   });
 
+  it('a plugin the daemon execs (an IPAM type that is one of our shims) runs standalone instead of waiting for the busy daemon', () => {
+    const hostNs = uniqueName('dmnnh');
+    const host = addNetns(hostNs);
+    const ctrNs = uniqueName('dmnnc');
+    const ctr = addNetns(ctrNs);
+    const d = startDaemon({ binDir: BIN, socket: path.join(work, 'nested.sock'), netns: host });
+    try {
+      // "none" as the IPAM type: found in CNI_PATH (bin/none, the shim) and exec'd
+      const conf = { cniVersion: '1.1.0', name: 'nestnet', type: 'bridge', bridge: 'dnest0', ipam: { type: 'none' } };
+      const r = spawnSync('nsenter', [`--net=${host}`, '--', path.join(BIN, 'bridge')], {
+        env: { PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'n1', CNI_NETNS: ctr, CNI_IFNAME: 'eth0', CNI_PATH: BIN, CNI_TS_DAEMON_SOCKET: d.socket },
+        input: JSON.stringify(conf),
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      expect(r.signal, 'the call hung').toBe(null);
+      // whatever none says as an IPAM, the answer is the spec's JSON, from the daemon
+      expect(JSON.parse(r.stdout)).toBeTypeOf('object');
+      expect(d.served()).toBe(1);
+    } finally {
+      d.stop();
+      delNetns(ctrNs);
+      delNetns(hostNs);
+      fs.rmSync('/run/cni-ts/bridge-dnest0.lock', { force: true });
+    }
+  });
+
   it('declines a caller in another network namespace, which then runs the plugin itself', () => {
     const ns = uniqueName('dmnother');
     addNetns(ns);
