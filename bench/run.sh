@@ -10,7 +10,7 @@ unset NODE_EXTRA_CA_CERTS
 mkdir -p dist/bench
 # ipvlan-vm (ipvlan inside the qemu VM, minutes) runs only when asked:
 #   BENCHES=ipvlan-vm bash bench/run.sh
-for b in ${BENCHES:-none bridge chain macvlan overlay}; do
+for b in ${BENCHES:-none bridge chain parallel macvlan overlay}; do
   # esbuild stays external: the VM harness bundles the guest side at run
   # time, and esbuild finds its own native binary from node_modules.
   npx --no-install esbuild "bench/$b.ts" --bundle --platform=node --format=cjs --log-level=warning --external:esbuild --outfile="dist/bench/$b.js"
