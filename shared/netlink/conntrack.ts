@@ -16,9 +16,8 @@
 import { attrBytes, decodeAttrs, type Attr } from './codec';
 import { ENOENT, isNetlinkError } from './errors';
 import { canonicalIp, formatIp } from './ipaddr';
-import { NETLINK_NETFILTER } from './nftables';
-import { NetlinkSocket } from './socket';
-import { NetNs } from '../netns/netns';
+import { openNetfilterSocket } from './nftables';
+import type { NetlinkSocket } from './socket';
 
 const NFNL_SUBSYS_CTNETLINK = 1;
 const IPCTNL_MSG_CT_GET = 1;
@@ -84,15 +83,6 @@ function nfgenmsg(family: number): Buffer {
   return Buffer.from([family, 0, 0, 0]);
 }
 
-function openSocket(netnsPath?: string): NetlinkSocket {
-  const ns = netnsPath ? NetNs.open(netnsPath) : undefined;
-  try {
-    return NetlinkSocket.open(NETLINK_NETFILTER, ns?.fd);
-  } finally {
-    ns?.close();
-  }
-}
-
 function dump(sock: NetlinkSocket, family: typeof AF_INET | typeof AF_INET6): ConntrackFlow[] {
   const messages = sock.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_DUMP, nfgenmsg(family), [], 'conntrack -L');
   const flows: ConntrackFlow[] = [];
@@ -113,7 +103,7 @@ function dump(sock: NetlinkSocket, family: typeof AF_INET | typeof AF_INET6): Co
 
 /** `conntrack -L` for one family, in the namespace at netnsPath (ours when omitted). */
 export function conntrackList(family: typeof AF_INET | typeof AF_INET6, netnsPath?: string): ConntrackFlow[] {
-  const sock = openSocket(netnsPath);
+  const sock = openNetfilterSocket(netnsPath);
   try {
     return dump(sock, family);
   } finally {
@@ -129,7 +119,7 @@ export function conntrackList(family: typeof AF_INET | typeof AF_INET6, netnsPat
  */
 export function conntrackDeleteByDstPort(proto: number, dstPort: number, keepReplyFrom: readonly string[] = [], netnsPath?: string): number {
   const keep = new Set(keepReplyFrom.map(canonicalIp));
-  const sock = openSocket(netnsPath);
+  const sock = openNetfilterSocket(netnsPath);
   let deleted = 0;
   try {
     for (const family of [AF_INET, AF_INET6] as const) {

@@ -60,11 +60,8 @@ export interface ChainInfo {
   comment?: string;
 }
 
-/**
- * `nft list chain FAMILY TABLE CHAIN`, reduced to existence and comment;
- * undefined when the table or chain does not exist.
- */
-function openSocket(netnsPath?: string): NetlinkSocket {
+/** A NETLINK_NETFILTER socket in the namespace at netnsPath (ours when omitted); conntrack.ts uses it too. */
+export function openNetfilterSocket(netnsPath?: string): NetlinkSocket {
   const ns = netnsPath ? NetNs.open(netnsPath) : undefined;
   try {
     return NetlinkSocket.open(NETLINK_NETFILTER, ns?.fd);
@@ -73,8 +70,12 @@ function openSocket(netnsPath?: string): NetlinkSocket {
   }
 }
 
+/**
+ * `nft list chain FAMILY TABLE CHAIN`, reduced to existence and comment;
+ * undefined when the table or chain does not exist.
+ */
 export function nftGetChain(family: NftFamily, table: string, chain: string, netnsPath?: string): ChainInfo | undefined {
-  const sock = openSocket(netnsPath);
+  const sock = openNetfilterSocket(netnsPath);
   try {
     const [m] = sock.request(
       (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
@@ -110,7 +111,7 @@ export interface RawElement {
  * table or the set does not exist. The caller knows the key's layout.
  */
 export function nftListElements(family: NftFamily, table: string, set: string, netnsPath?: string): RawElement[] | undefined {
-  const sock = openSocket(netnsPath);
+  const sock = openNetfilterSocket(netnsPath);
   try {
     const messages = sock.request(
       (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
