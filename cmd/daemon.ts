@@ -138,8 +138,8 @@ export class Daemon {
   /** our own namespace, kept open to return to */
   private readonly homeNetns = fs.openSync('/proc/thread-self/ns/net', fs.constants.O_RDONLY | 0o2000000);
   private stopping = false;
+  /** calls served so far */
   calls = 0;
-  declined = 0;
 
   private readonly watchdog?: Watchdog;
 
@@ -204,7 +204,6 @@ export class Daemon {
   private async answer(req: ShimRequest): Promise<Buffer> {
     const load = plugins[req.name];
     const decline = (why: string) => {
-      this.declined++;
       this.opts.log(`declined ${req.name || '(no name)'}: ${why}`);
       return encodeDecline();
     };

@@ -81,7 +81,7 @@ static uint32_t get_u32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Everything on stdin; 0 on a read error (the direct path reports it). */
+/* Everything on stdin; 0 on a read error or past MAX_STDIN (the direct path takes it from there). */
 static int read_stdin(struct buf *in) {
   struct stat st;
   /* a terminal never carries a runtime's config (the plugin's own rule) */
@@ -148,7 +148,22 @@ static void run_directly(const char *name, char **argv, const struct buf *consum
 
   if (consumed) {
     int fd = memfd_create("cni-stdin", MFD_CLOEXEC);
-    if (fd < 0 || !write_all(fd, consumed->data, consumed->len) || lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) < 0) {
+    if (fd < 0 || !write_all(fd, consumed->data, consumed->len)) {
+      perror("cni-ts-shim: passing stdin on");
+      exit(1);
+    }
+    /* whatever was not read yet (a config too big for the daemon) follows */
+    char chunk[65536];
+    for (;;) {
+      ssize_t n = read(0, chunk, sizeof chunk);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      if (!write_all(fd, chunk, (size_t)n)) {
+        perror("cni-ts-shim: passing stdin on");
+        exit(1);
+      }
+    }
+    if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) < 0) {
       perror("cni-ts-shim: passing stdin on");
       exit(1);
     }

@@ -223,6 +223,16 @@ describe('cni-ts daemon', () => {
     expect(r.peakKb).toBeLessThan(10 * 1024);
   });
 
+  it('hands a configuration too big for the daemon (over 64 MB) whole to the standalone executable', () => {
+    const big = JSON.stringify({ cniVersion: '0.4.0', name: 'big', type: 'none', padding: 'x'.repeat(65 << 20) });
+    const before = daemon.served();
+    const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket }, big);
+    expect(r.status, r.stderr).toBe(0);
+    // the version came from parsing all of it
+    expect(JSON.parse(r.stdout).cniVersion).toBe('0.4.0');
+    expect(daemon.served()).toBe(before);
+  });
+
   it('CNI_TS_NO_DAEMON=1 bypasses it', () => {
     const before = daemon.served();
     const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket, CNI_TS_NO_DAEMON: '1' }, '');
