@@ -120,7 +120,7 @@ export class Lab {
     this.install();
     this.addNs(this.host);
     this.ip(this.host, 'link', 'set', 'lo', 'up');
-    if (opts.daemon ?? process.env.CNI_TS_TEST_DAEMON === '1') this.startDaemon();
+    if (opts.daemon ?? process.env.CNI_TS_TEST_DAEMON === '1') this.startLabDaemon();
   }
 
   /**
@@ -128,7 +128,7 @@ export class Lab {
    * serves only callers in its namespace); every call then goes shim →
    * daemon, and the log has a line per call served.
    */
-  private startDaemon(): void {
+  private startLabDaemon(): void {
     this.daemon = startDaemon({ binDir: path.dirname(this.binary), socket: path.join(this.dir, 'daemon.sock'), netns: this.hostPath });
   }
 
