@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { expandConfigPaths } from '../../conformance/config';
 import { formatLine } from '../../conformance/report';
 import { runSuite } from '../../conformance/runner';
@@ -61,6 +61,12 @@ afterAll(async () => {
   daemon?.stop();
   fs.rmSync(work, { recursive: true, force: true });
 });
+
+// Each test blocks on synchronous plugin runs for seconds; back to back,
+// with only promise ticks between them, they would starve the worker's
+// event loop and vitest's RPC to its parent times out (60 s). One turn of
+// the loop per test keeps it answering.
+beforeEach(() => new Promise<void>((resolve) => setImmediate(resolve)));
 
 describe('the wire format', () => {
   it('decodes what the shim sends and refuses truncated or foreign requests', () => {

@@ -7,13 +7,19 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { expandConfigPaths } from '../../conformance/config';
 import { formatLine } from '../../conformance/report';
 import { runSuite } from '../../conformance/runner';
 
 const BIN = path.resolve(__dirname, '../../bin');
 const CONFIGS = expandConfigPaths([path.resolve(__dirname, '../../conformance/configs/ours')]);
+
+// Each test blocks on synchronous plugin runs for seconds; back to back,
+// with only promise ticks between them, they would starve the worker's
+// event loop and vitest's RPC to its parent times out (60 s). One turn of
+// the loop per test keeps it answering.
+beforeEach(() => new Promise<void>((resolve) => setImmediate(resolve)));
 
 describe('the suite against our plugins in bin/', () => {
   for (const file of CONFIGS) {
