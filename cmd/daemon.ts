@@ -181,6 +181,14 @@ export class Daemon {
   }
 
   private accept(conn: net.Socket): void {
+    // The socket file is root's (0600), and the peer is checked as well: a
+    // mode loosened by mistake must not let anyone run plugins as root.
+    const uid = peerUid(conn);
+    if (uid !== 0 && uid !== process.getuid?.()) {
+      this.opts.log(`refused a connection from uid ${uid}`);
+      conn.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     conn.on('data', (c: Buffer) => chunks.push(c));
     conn.on('error', () => conn.destroy());
@@ -316,6 +324,17 @@ class Watchdog {
 
   async stop(): Promise<void> {
     await this.worker.terminate();
+  }
+}
+
+/** The connecting process's uid; -1 when it cannot be told (then refused). */
+function peerUid(conn: net.Socket): number {
+  const fd = (conn as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return -1;
+  try {
+    return native().peerUid(fd);
+  } catch {
+    return -1;
   }
 }
 

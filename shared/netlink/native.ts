@@ -2,7 +2,7 @@
  * The one file that loads netlink-ts's native binding.
  *
  * The binding is deliberately tiny (socket, bind, send, recv, close, setns,
- * flock); everything else is TypeScript. Two ways to find it:
+ * flock, and the peer of a unix socket); everything else is TypeScript. Two ways to find it:
  *  - from a source checkout (tests, `node dist/...`): the node-gyp output;
  *  - inside the packaged single executable: the .node file travels as a SEA
  *    asset, is written once to a content-addressed path and dlopen'ed from
@@ -33,6 +33,8 @@ export interface NativeBinding {
   netnsCreate(path: string): void;
   /** umount2(2); MNT_DETACH = 2 */
   umount(path: string, flags: number): void;
+  /** the uid of the peer of a connected unix socket (SO_PEERCRED) */
+  peerUid(fd: number): number;
 }
 
 /** Error thrown by the binding: errno is the positive kernel errno. */

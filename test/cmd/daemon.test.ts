@@ -239,6 +239,35 @@ describe('cni-ts daemon', () => {
     expect(daemon.served()).toBe(before);
   });
 
+  it('refuses a caller that is not root even when the socket file lets it connect', () => {
+    const socket = path.join(work, 'open.sock');
+    const d = startDaemon({ binDir: BIN, socket });
+    try {
+      // a mode loosened by mistake, and the work directory reachable; the
+      // plugin installed there too (the checkout may sit in a private home)
+      fs.chmodSync(socket, 0o666);
+      fs.chmodSync(work, 0o755);
+      const inst = path.join(work, 'open-inst');
+      fs.mkdirSync(inst, { mode: 0o755 });
+      fs.copyFileSync(path.join(BIN, 'cni-ts-shim'), path.join(inst, 'none'));
+      fs.copyFileSync(path.join(BIN, 'cni-ts'), path.join(inst, 'cni-ts'));
+      for (const f of ['none', 'cni-ts']) fs.chmodSync(path.join(inst, f), 0o755);
+      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', path.join(inst, 'none')], {
+        env: { PATH, CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: socket },
+        input: '{"cniVersion":"0.3.1"}',
+        encoding: 'utf8',
+      });
+      // the shim ran the plugin itself, as that user
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).cniVersion).toBe('0.3.1');
+      expect(d.served()).toBe(0);
+      expect(d.log()).toContain('refused a connection from uid 65534');
+    } finally {
+      fs.chmodSync(work, 0o700);
+      d.stop();
+    }
+  });
+
   it('CNI_TS_NO_DAEMON=1 bypasses it', () => {
     const before = daemon.served();
     const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: daemon.socket, CNI_TS_NO_DAEMON: '1' }, '');

@@ -270,6 +270,18 @@ static napi_value nl_umount(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* peerUid(fd) -> uid of the process at the other end of a unix socket
+ * (SO_PEERCRED): the plugin daemon serves root alone, whatever the socket
+ * file's mode says. */
+static napi_value nl_peer_uid(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(a[0], SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
+  return make_int(env, cred.uid);
+}
+
 #define EXPORT(name, fn)                                          \
   do {                                                            \
     napi_value f;                                                 \
@@ -290,6 +302,7 @@ static napi_value init(napi_env env, napi_value exports) {
   EXPORT("nsType", nl_ns_type);
   EXPORT("netnsCreate", nl_netns_create);
   EXPORT("umount", nl_umount);
+  EXPORT("peerUid", nl_peer_uid);
   return exports;
 }
 
