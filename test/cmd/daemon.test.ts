@@ -374,20 +374,24 @@ describe('when the daemon goes away', () => {
     fs.copyFileSync(path.join(BIN, 'cni-ts-shim'), path.join(inst, 'none'));
     fs.chmodSync(path.join(inst, 'none'), 0o755);
     const d = await start(path.join(work, 'upgrade.sock'), inst);
-    const version = () => call(path.join(inst, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, '');
-    expect(version().status).toBe(0);
-    expect(d.served()).toBe(1);
-    // the upgrade: a new file renamed over the old one, as build.sh install does
-    fs.copyFileSync(path.join(BIN, 'cni-ts'), path.join(inst, '.cni-ts.new'));
-    fs.chmodSync(path.join(inst, '.cni-ts.new'), 0o755);
-    fs.renameSync(path.join(inst, '.cni-ts.new'), path.join(inst, 'cni-ts'));
-    const after = version();
-    expect(after.status).toBe(0);
-    expect(after.peakKb).toBeGreaterThan(20 * 1024); // answered by the new executable itself
-    expect(d.served()).toBe(1);
-    for (let i = 0; i < 500 && !processGone(d.pid); i++) await sleep(10);
-    expect(processGone(d.pid)).toBe(true);
-    expect(d.log()).toContain('executable replaced; stopping');
+    try {
+      const version = () => call(path.join(inst, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, '');
+      expect(version().status).toBe(0);
+      expect(d.served()).toBe(1);
+      // the upgrade: a new file renamed over the old one, as build.sh install does
+      fs.copyFileSync(path.join(BIN, 'cni-ts'), path.join(inst, '.cni-ts.new'));
+      fs.chmodSync(path.join(inst, '.cni-ts.new'), 0o755);
+      fs.renameSync(path.join(inst, '.cni-ts.new'), path.join(inst, 'cni-ts'));
+      const after = version();
+      expect(after.status).toBe(0);
+      expect(after.peakKb).toBeGreaterThan(20 * 1024); // answered by the new executable itself
+      expect(d.served()).toBe(1);
+      for (let i = 0; i < 500 && !processGone(d.pid); i++) await sleep(10);
+      expect(processGone(d.pid)).toBe(true);
+      expect(d.log()).toContain('executable replaced; stopping');
+    } finally {
+      d.stop(); // a failed assertion must not leave it running
+    }
   });
 });
 
