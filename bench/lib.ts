@@ -3,11 +3,12 @@
  * time it from the outside, and read its peak RSS through GNU time.
  * Timings are reported, never asserted.
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { withNetns } from '../shared/netns/netns';
+import { startDaemon as startTestDaemon } from '../test/helpers/daemon';
 
 export interface Call {
   binary: string;
@@ -152,48 +153,23 @@ export interface Mode {
 
 export const standalone: Mode = { label: 'standalone', env: { CNI_TS_NO_DAEMON: '1' }, daemonPeakKb: () => 0, stop: () => {} };
 
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 /**
  * Starts `bin/cni-ts daemon` inside `hostNs` (the namespace the bench calls
  * plugins from: the daemon serves only callers in its own namespace) on a
  * socket of its own, and waits until it listens.
  */
 export function startDaemon(root: string, hostNs: string | undefined, socket: string): Mode {
-  const logFile = `${socket}.log`;
-  const log = fs.openSync(logFile, 'w');
-  const env = { ...process.env };
-  delete env.NODE_EXTRA_CA_CERTS;
-  const start = () => spawn(path.join(root, 'bin/cni-ts'), ['daemon', '--socket', socket], { stdio: ['ignore', log, log], env });
-  const child = hostNs ? withNetns(`/var/run/netns/${hostNs}`, start) : start();
-  fs.closeSync(log);
-  const pid = child.pid!;
-  for (let waited = 0; !fs.readFileSync(logFile, 'utf8').includes('listening on'); waited += 20) {
-    if (waited > 30_000 || !alive(pid) || /Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] ?? '')) throw new Error(`cni-ts daemon did not start: ${fs.readFileSync(logFile, 'utf8')}`);
-    sleepMs(20);
-  }
-  child.unref();
-  // our own child: once it exits it stays a zombie until this (synchronous) bench reaps it
-  const running = () => {
-    try {
-      return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    } catch {
-      return false;
-    }
-  };
+  const daemon = startTestDaemon({ binDir: path.join(root, 'bin'), socket, netns: hostNs && `/var/run/netns/${hostNs}`, logCalls: false });
   return {
     label: 'daemon',
     env: { CNI_TS_DAEMON_SOCKET: socket },
     daemonPeakKb: () => {
-      const m = /VmHWM:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+      const m = /VmHWM:\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemon.pid}/status`, 'utf8'));
       return m ? Number(m[1]) : 0;
     },
     stop: () => {
-      process.kill(pid, 'SIGTERM');
-      for (let waited = 0; running() && waited < 10_000; waited += 20) sleepMs(20);
-      fs.rmSync(logFile, { force: true });
+      daemon.stop();
+      fs.rmSync(`${socket}.log`, { force: true });
     },
   };
 }

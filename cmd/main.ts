@@ -11,6 +11,7 @@
  */
 import * as path from 'node:path';
 
+import { pluginMain } from '../shared/cni/skel';
 import { plugins } from './plugins';
 
 const tools: Record<string, (args: string[]) => void> = {
@@ -34,11 +35,11 @@ function programName(): string {
 
 function run(): void {
   const name = programName();
-  if (name) return plugins[name]().main();
+  if (name) return pluginMain(plugins[name]().plugin);
   // `node dist/cni-ts.js none` (development) or `cni-ts none` (the executable):
   // in both, argv[1] is the script or the executable itself.
   const [first, ...rest] = process.argv.slice(2);
-  if (first && first in plugins) return plugins[first]().main();
+  if (first && first in plugins) return pluginMain(plugins[first]().plugin);
   if (first && first in tools) return tools[first](rest);
   process.stderr.write(`usage: cni-ts <${[...Object.keys(plugins), ...Object.keys(tools)].join('|')}> (or run it under a plugin's name)\n`);
   process.exitCode = 2;

@@ -4,10 +4,9 @@
  */
 import type { Plugin } from '../shared/cni/skel';
 
-/** A plugin's module: `plugin` is what the skel runs, `main()` runs it as this process. */
+/** A plugin's module: `plugin` is what the skel runs, as this process (pluginMain) or in the daemon. */
 export interface PluginModule {
   plugin: Plugin<unknown>;
-  main(): void;
 }
 
 /* eslint-disable @typescript-eslint/no-require-imports */

@@ -4,7 +4,7 @@
  * "cluster-ipam".
  */
 import type { z } from 'zod';
-import { pluginMain, type Plugin } from '../shared/cni/skel';
+import { type Plugin } from '../shared/cni/skel';
 import { netConfSchema } from './config';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from './plugin';
 
@@ -23,7 +23,3 @@ export const plugin: Plugin<Conf> = {
   },
   status: (ctx) => ipamStatus(ctx),
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

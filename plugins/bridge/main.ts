@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
@@ -318,7 +318,3 @@ export const plugin: Plugin<Conf> = {
   gc,
   status,
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

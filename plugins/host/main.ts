@@ -5,7 +5,7 @@
  * created, so DEL has nothing to remove.
  */
 import { z } from 'zod';
-import { CniContext, Plugin, pluginMain } from '../../shared/cni/skel';
+import { CniContext, Plugin } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { Result } from '../../shared/cni/types';
 import { netConfBase } from '../../shared/cni/config';
@@ -81,7 +81,3 @@ export const plugin: Plugin<Conf> = {
   gc: async () => {},
   status: async () => {},
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

@@ -19,7 +19,7 @@
  * a new link in another mode switches every link of that parent.
  */
 import { z } from 'zod';
-import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result, Route } from '../../shared/cni/types';
@@ -168,7 +168,3 @@ export const plugin: Plugin<Conf> = {
   gc,
   status,
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

@@ -17,7 +17,7 @@
  * same parent are reachable in bridge mode.
  */
 import { z } from 'zod';
-import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
@@ -160,7 +160,3 @@ export const plugin: Plugin<Conf> = {
   gc,
   status,
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

@@ -4,7 +4,7 @@
  * is touched.
  */
 import { z } from 'zod';
-import { CniContext, Plugin, pluginMain } from '../../shared/cni/skel';
+import { CniContext, Plugin } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { Result } from '../../shared/cni/types';
 import { netConfBase } from '../../shared/cni/config';
@@ -62,7 +62,3 @@ export const plugin: Plugin<Conf> = {
   gc: async () => {},
   status: async () => {},
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

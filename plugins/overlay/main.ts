@@ -30,7 +30,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CniContext, Plugin, pluginMain, requirePrevResult } from '../../shared/cni/skel';
+import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Attachment, Result } from '../../shared/cni/types';
 import { NetlinkHandle, formatCidr, networkOf, parseCidr, parseIp, withHandle } from '../../shared/netlink';
@@ -373,7 +373,3 @@ export const plugin: Plugin<Conf> = {
   gc,
   status,
 };
-
-export function main(): void {
-  pluginMain(plugin);
-}

@@ -28,7 +28,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { pluginMain, requirePrevResult, type CniContext, type Plugin } from '../../shared/cni/skel';
+import { requirePrevResult, type CniContext, type Plugin } from '../../shared/cni/skel';
 import type { Attachment, Result } from '../../shared/cni/types';
 import { AF_INET } from '../../shared/netlink/consts';
 import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
@@ -40,7 +40,7 @@ import { ownerTag, type Owner } from '../../shared/nft/owned';
 import { realNft } from '../../shared/nft/real';
 import { listMaps } from './maps';
 import { nftGetChain } from '../../shared/netlink/nftables';
-import { IPPROTO, conntrackDeleteByDstPort } from '../../shared/netlink/conntrack';
+import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
 import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   SKELETON_MARKER,
@@ -82,10 +82,10 @@ export interface PortmapDeps {
   /** Is this version's skeleton in place (rules.ts SKELETON_MARKER)? absent: ADD always writes it. */
   skeletonInPlace?(): boolean;
   /**
-   * Forget the UDP flows to `hostPort` that are not already answered by one
+   * Forget the UDP flows to `hostPorts` that are not already answered by one
    * of `containerIPs` (conntrack), so their next datagram meets the new DNAT.
    */
-  forgetUdpFlows?(hostPort: number, containerIPs: readonly string[]): void;
+  forgetUdpFlows?(hostPorts: readonly number[], containerIPs: readonly string[]): void;
 }
 
 type Ctx = CniContext<PortmapConf>;
@@ -156,11 +156,12 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     // NAT is decided on a flow's first packet: a UDP client that was already
     // sending to the port keeps reaching whatever answered before. As the
     // reference portmap does, after the rules are in: failures only inform.
-    for (const port of new Set(plan.claims.filter((c) => c.protocol === 'udp').map((c) => c.hostPort))) {
+    const udpPorts = [...new Set(plan.claims.filter((c) => c.protocol === 'udp').map((c) => c.hostPort))];
+    if (udpPorts.length) {
       try {
-        deps.forgetUdpFlows?.(port, plan.claims.map((c) => c.containerIP));
+        deps.forgetUdpFlows?.(udpPorts, plan.claims.map((c) => c.containerIP));
       } catch (e) {
-        process.stderr.write(`portmap: could not delete stale UDP conntrack entries for port ${port}: ${(e as Error).message}\n`);
+        process.stderr.write(`portmap: could not delete stale UDP conntrack entries for ports ${udpPorts.join(', ')}: ${(e as Error).message}\n`);
       }
     }
     return result;
@@ -285,13 +286,9 @@ export const realDeps: PortmapDeps = {
   enableLocalnet,
   listMaps: () => listMaps(),
   skeletonInPlace: () => nftGetChain(T.family, T.table, SKELETON_MARKER) !== undefined,
-  forgetUdpFlows: (port, containerIPs) => {
-    conntrackDeleteByDstPort(IPPROTO.udp, port, containerIPs);
+  forgetUdpFlows: (ports, containerIPs) => {
+    conntrackDeleteByDstPorts(IPPROTO.udp, ports, containerIPs);
   },
 };
 
 export const plugin = makePlugin(realDeps);
-
-export function main(): void {
-  pluginMain(plugin);
-}

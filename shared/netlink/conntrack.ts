@@ -113,18 +113,20 @@ export function conntrackList(family: typeof AF_INET | typeof AF_INET6, netnsPat
 
 /**
  * Deletes, in both families, the entries of `proto` whose original
- * destination port is `dstPort`, except those already answered from one of
- * `keepReplyFrom` (flows already translated to the container stay). An entry
- * that expired meanwhile is not an error. Returns how many were deleted.
+ * destination port is one of `dstPorts` (one dump per family, however many
+ * ports), except those already answered from one of `keepReplyFrom` (flows
+ * already translated to the container stay). An entry that expired
+ * meanwhile is not an error. Returns how many were deleted.
  */
-export function conntrackDeleteByDstPort(proto: number, dstPort: number, keepReplyFrom: readonly string[] = [], netnsPath?: string): number {
+export function conntrackDeleteByDstPorts(proto: number, dstPorts: readonly number[], keepReplyFrom: readonly string[] = [], netnsPath?: string): number {
+  const ports = new Set(dstPorts);
   const keep = new Set(keepReplyFrom.map(canonicalIp));
   const sock = openNetfilterSocket(netnsPath);
   let deleted = 0;
   try {
     for (const family of [AF_INET, AF_INET6] as const) {
       for (const flow of dump(sock, family)) {
-        if (flow.orig.proto !== proto || flow.orig.dstPort !== dstPort) continue;
+        if (flow.orig.proto !== proto || flow.orig.dstPort === undefined || !ports.has(flow.orig.dstPort)) continue;
         if (flow.reply && keep.has(flow.reply.src)) continue;
         try {
           sock.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, 0, nfgenmsg(family), flow.key, 'conntrack -D');

@@ -26,11 +26,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** A daemon on `socket`, in the test's namespaces or (netns) in that network namespace. */
-async function start(socket: string, binDir = BIN, netns?: string): Promise<TestDaemon> {
-  return startDaemon({ binDir, socket, netns });
-}
-
 interface Call {
   status: number;
   stdout: string;
@@ -55,7 +50,7 @@ let daemon: TestDaemon;
 beforeAll(async () => {
   expect(fs.existsSync(path.join(BIN, 'cni-ts-shim')), 'bin/ is empty: run ./build.sh first').toBe(true);
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-daemon-test-'));
-  daemon = await start(path.join(work, 'daemon.sock'));
+  daemon = startDaemon({ binDir: BIN, socket: path.join(work, 'daemon.sock') });
 });
 afterAll(async () => {
   daemon?.stop();
@@ -123,7 +118,7 @@ describe('cni-ts daemon', () => {
     const host = addNetns(hostNs);
     const ctrNs = uniqueName('dmnfdc');
     const ctr = addNetns(ctrNs);
-    const d = await start(path.join(work, 'fd.sock'), BIN, host);
+    const d = startDaemon({ binDir: BIN, socket: path.join(work, 'fd.sock'), netns: host });
     const conf = JSON.stringify({
       cniVersion: '1.1.0',
       name: 'fdnet',
@@ -278,11 +273,11 @@ describe('cni-ts daemon', () => {
   it('refuses to start on a socket another daemon listens on, and replaces a killed one\'s', async () => {
     expect(() => startDaemon({ binDir: BIN, socket: daemon.socket })).toThrow(/another daemon already listens/);
     const socket = path.join(work, 'stale.sock');
-    const killed = await start(socket);
+    const killed = startDaemon({ binDir: BIN, socket });
     process.kill(killed.pid, 'SIGKILL');
     for (let i = 0; i < 500 && !processGone(killed.pid); i++) await sleep(10);
     expect(fs.existsSync(socket)).toBe(true); // left behind
-    const d = await start(socket);
+    const d = startDaemon({ binDir: BIN, socket });
     try {
       const r = call(path.join(BIN, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: socket }, '');
       expect(r.status).toBe(0);
@@ -296,7 +291,7 @@ describe('cni-ts daemon', () => {
 
 describe('when the daemon goes away', () => {
   it('a daemon killed in the middle of a call: the shim runs the call itself, with the same stdin', async () => {
-    const d = await start(path.join(work, 'killed.sock'));
+    const d = startDaemon({ binDir: BIN, socket: path.join(work, 'killed.sock') });
     try {
       // stopped, the daemon accepts (the kernel queues the connection) but never answers
       process.kill(d.pid, 'SIGSTOP');
@@ -373,7 +368,7 @@ describe('when the daemon goes away', () => {
     fs.chmodSync(path.join(inst, 'cni-ts'), 0o755);
     fs.copyFileSync(path.join(BIN, 'cni-ts-shim'), path.join(inst, 'none'));
     fs.chmodSync(path.join(inst, 'none'), 0o755);
-    const d = await start(path.join(work, 'upgrade.sock'), inst);
+    const d = startDaemon({ binDir: inst, socket: path.join(work, 'upgrade.sock') });
     try {
       const version = () => call(path.join(inst, 'none'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: d.socket }, '');
       expect(version().status).toBe(0);

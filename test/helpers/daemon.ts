@@ -1,5 +1,5 @@
 /**
- * `cni-ts daemon` for tests: started from a bin/ directory, on a socket of
+ * `cni-ts daemon` for tests (and the benches): started from a bin/ directory, on a socket of
  * the test's own, in the test's namespaces or inside a given network
  * namespace (the daemon serves only callers in its own namespace, so tests
  * that play a host with a namespace start the daemon there and call the
@@ -35,10 +35,11 @@ export function processGone(pid: number): boolean {
   }
 }
 
-export function startDaemon(opts: { binDir: string; socket: string; netns?: string; args?: string[] }): TestDaemon {
+/** logCalls (default on) adds a log line per call; benchmarks turn it off. */
+export function startDaemon(opts: { binDir: string; socket: string; netns?: string; args?: string[]; logCalls?: boolean }): TestDaemon {
   const logFile = `${opts.socket}.log`;
   const fd = fs.openSync(logFile, 'w');
-  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, '--log-calls', ...(opts.args ?? [])];
+  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, ...(opts.logCalls === false ? [] : ['--log-calls']), ...(opts.args ?? [])];
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
   // nsenter execs the daemon: the child's pid is the daemon's
   const child = opts.netns

@@ -19,7 +19,8 @@
  */
 import * as fs from 'node:fs';
 import { CLONE_NEWNET, native } from '../../../shared/netlink/native';
-import { main as pluginMain } from '../../../plugins/overlay/main';
+import { plugin } from '../../../plugins/overlay/main';
+import { pluginMain } from '../../../shared/cni/skel';
 import { agentMain } from '../../../plugins/overlay/agent';
 import { ControlPlane } from '../../../plugins/overlay/controlplane';
 import { EtcdKV } from '../../../plugins/overlay/kv';
@@ -30,7 +31,7 @@ native().setns(fd, CLONE_NEWNET);
 fs.closeSync(fd);
 
 if (mode === 'plugin') {
-  pluginMain();
+  pluginMain(plugin);
 } else if (mode === 'agent') {
   void agentMain(rest).then((c) => {
     process.exitCode = c;

@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AF_INET, AF_INET6, IPPROTO, conntrackDeleteByDstPort, conntrackList } from '../../../shared/netlink/conntrack';
+import { AF_INET, AF_INET6, IPPROTO, conntrackDeleteByDstPorts, conntrackList } from '../../../shared/netlink/conntrack';
 import { addNetns, delNetns, uniqueName } from '../../helpers/exec';
 
 const a = uniqueName('cta');
@@ -72,23 +72,23 @@ describe('conntrack over netlink', () => {
     send('10.98.0.2', 7002, 40003);
     send('10.98.0.2', 7003, 40004);
     send('fd98::2', 7002, 40005);
-    expect(conntrackDeleteByDstPort(IPPROTO.udp, 7002, [], bPath)).toBe(2);
+    expect(conntrackDeleteByDstPorts(IPPROTO.udp, [7002], [], bPath)).toBe(2);
     expect(flowsTo(AF_INET, 7002)).toEqual([]);
     expect(flowsTo(AF_INET6, 7002)).toEqual([]);
     expect(flowsTo(AF_INET, 7003)).toHaveLength(1);
     // nothing left to delete is not an error
-    expect(conntrackDeleteByDstPort(IPPROTO.udp, 7002, [], bPath)).toBe(0);
+    expect(conntrackDeleteByDstPorts(IPPROTO.udp, [7002], [], bPath)).toBe(0);
     // another protocol's port is another port
-    expect(conntrackDeleteByDstPort(IPPROTO.tcp, 7003, [], bPath)).toBe(0);
+    expect(conntrackDeleteByDstPorts(IPPROTO.tcp, [7003], [], bPath)).toBe(0);
     expect(flowsTo(AF_INET, 7003)).toHaveLength(1);
   });
 
   it('keeps the flows already answered from an address it is told to keep', () => {
     send('10.98.0.2', 7004, 40006);
     send('fd98::2', 7004, 40007);
-    expect(conntrackDeleteByDstPort(IPPROTO.udp, 7004, ['10.98.0.2', 'fd98:0::2'], bPath)).toBe(0);
+    expect(conntrackDeleteByDstPorts(IPPROTO.udp, [7004], ['10.98.0.2', 'fd98:0::2'], bPath)).toBe(0);
     expect(flowsTo(AF_INET, 7004)).toHaveLength(1);
-    expect(conntrackDeleteByDstPort(IPPROTO.udp, 7004, ['10.98.0.2'], bPath)).toBe(1);
+    expect(conntrackDeleteByDstPorts(IPPROTO.udp, [7004], ['10.98.0.2'], bPath)).toBe(1);
     expect(flowsTo(AF_INET6, 7004)).toEqual([]);
   });
 });
