@@ -13,6 +13,10 @@ APT_PACKAGES=(
   podman runc                     # a real runtime calling our binaries
   qemu-system-x86 linux-image-amd64 cpio xz-utils  # VM harness for ipvlan/802.1q/ESP
   iperf3 tcpdump time hyperfine   # throughput, captures, peak memory, timing
+  netavark aardvark-dns           # podman's default network backend and its DNS (runtime benches)
+  containerd                      # a second real runtime (`ctr run --cni`) for the runtime bench
+  faketime                        # a shifted wall clock for time-dependent tests
+  valgrind                        # callgrind instruction counts of start-up (repeatable profiles)
 )
 
 missing=()
