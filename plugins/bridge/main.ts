@@ -60,6 +60,7 @@ const schema = netConfBase.extend({
         .string()
         .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
         .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
+        .refine((m) => !/^(00:){5}00$/.test(m), 'the all-zero MAC cannot be an interface address')
         .optional(),
       ips: z.array(z.string()).optional(),
     })
@@ -157,10 +158,14 @@ function subnetsOf(ips: readonly IPConfig[]): string[] {
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
   if (conf.internal && conf.ipMasq) throw new CniError(ErrorCode.InvalidNetworkConfig, 'an internal network cannot have ipMasq');
-  const host = NetlinkHandle.open();
-  const ns = NetNs.open(ctx.netns);
-  const cont = NetlinkHandle.open(ctx.netns);
+  // Opened inside the try: in the long-lived daemon, a handle left open when
+  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
+  const opened: Array<{ close(): void }> = [];
+  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
   try {
+    const host = keep(NetlinkHandle.open());
+    const ns = keep(NetNs.open(ctx.netns));
+    const cont = keep(NetlinkHandle.open(ctx.netns));
     return await UndoStack.run(async (undo) => {
       // 1. the network's bridge and 2. the veth pair, its container end
       // created directly in the container; attached under the network's
@@ -242,9 +247,7 @@ async function add(ctx: Ctx): Promise<Result> {
       return result;
     });
   } finally {
-    cont.close();
-    ns.close();
-    host.close();
+    for (const h of opened.reverse()) h.close();
   }
 }
 

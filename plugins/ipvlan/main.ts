@@ -81,10 +81,14 @@ function gatewayFor(ips: readonly IPConfig[], dst: string): string | undefined {
 
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
-  const host = NetlinkHandle.open();
-  const ns = NetNs.open(ctx.netns);
-  const cont = NetlinkHandle.open(ctx.netns);
+  // Opened inside the try: in the long-lived daemon, a handle left open when
+  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
+  const opened: Array<{ close(): void }> = [];
+  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
   try {
+    const host = keep(NetlinkHandle.open());
+    const ns = keep(NetNs.open(ctx.netns));
+    const cont = keep(NetlinkHandle.open(ctx.netns));
     const parents = new ParentManager(host, conf.stateDir);
     // Every check before anything is created: bad input changes nothing.
     const parent = parents.resolve(conf);
@@ -131,9 +135,7 @@ async function add(ctx: Ctx): Promise<Result> {
       return result;
     });
   } finally {
-    cont.close();
-    ns.close();
-    host.close();
+    for (const h of opened.reverse()) h.close();
   }
 }
 

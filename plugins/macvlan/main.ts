@@ -41,7 +41,16 @@ const schema = netConfBase.extend({
     .default('bridge'),
   mtu: z.number().int().min(68).max(65535).optional(),
   runtimeConfig: z
-    .object({ mac: z.string().optional() })
+    .object({
+      // the `mac` capability; checked here so a bad one is code 7 before the
+      // parent or any link is created (the kernel would only refuse it later)
+      mac: z
+        .string()
+        .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
+        .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
+        .refine((m) => !/^(00:){5}00$/.test(m), 'the all-zero MAC cannot be an interface address')
+        .optional(),
+    })
     .passthrough()
     .optional(),
 });
@@ -50,10 +59,14 @@ type Ctx = CniContext<Conf>;
 
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
-  const host = NetlinkHandle.open();
-  const ns = NetNs.open(ctx.netns);
-  const cont = NetlinkHandle.open(ctx.netns);
+  // Opened inside the try: in the long-lived daemon, a handle left open when
+  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
+  const opened: Array<{ close(): void }> = [];
+  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
   try {
+    const host = keep(NetlinkHandle.open());
+    const ns = keep(NetNs.open(ctx.netns));
+    const cont = keep(NetlinkHandle.open(ctx.netns));
     const parents = new ParentManager(host, conf.stateDir);
     // Every check before anything is created: bad input changes nothing.
     const parent = parents.resolve(conf);
@@ -104,9 +117,7 @@ async function add(ctx: Ctx): Promise<Result> {
       return result;
     });
   } finally {
-    cont.close();
-    ns.close();
-    host.close();
+    for (const h of opened.reverse()) h.close();
   }
 }
 

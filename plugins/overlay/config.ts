@@ -25,6 +25,8 @@ import * as os from 'node:os';
 import { z } from 'zod';
 import { netConfBase } from '../../shared/cni/config';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { isIPv4 } from '../../shared/cni/ip';
+import { formatCIDR, parseCIDR } from '../../ipam/ip';
 import { DEFAULT_PREFIX } from './controlplane';
 import type { EtcdConnection } from './kv';
 
@@ -45,6 +47,27 @@ const etcdSchema = z
   })
   .strict();
 
+/**
+ * The gateway bridge's IPv4 subnet, checked in the schema so a bad one is
+ * code 7 before anything is created: the gateway pool would refuse it only at
+ * ADD's last step, after the overlay port, the address and the endpoint. The
+ * network address itself (no host bits), /8 to /30 (a gateway and at least
+ * one container address).
+ */
+const gatewaySubnet = z.string().superRefine((s, c) => {
+  const problem = gatewaySubnetProblem(s);
+  if (problem) c.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+});
+
+function gatewaySubnetProblem(s: string): string | undefined {
+  const slash = s.indexOf('/');
+  const cidr = slash > 0 && isIPv4(s.slice(0, slash)) ? parseCIDR(s) : undefined;
+  if (!cidr) return `${JSON.stringify(s)} is not an IPv4 CIDR (a.b.c.d/len)`;
+  if (cidr.subnet.prefix < 8 || cidr.subnet.prefix > 30) return `${s}: the prefix must be /8 to /30`;
+  if (cidr.ip.value !== cidr.subnet.network.value) return `${s} has host bits set (the network is ${formatCIDR(cidr.subnet)})`;
+  return undefined;
+}
+
 export const schema = netConfBase.extend({
   subnet: z.string().optional(),
   vni: z.number().int().min(1).max(0xffffff).optional(),
@@ -58,7 +81,7 @@ export const schema = netConfBase.extend({
     .object({
       enabled: z.boolean().default(true),
       bridge: ifname.default('cni_gwbridge'),
-      subnet: z.string().default('172.18.0.0/16'),
+      subnet: gatewaySubnet.default('172.18.0.0/16'),
       ifname: ifname.default('eth1'),
     })
     .strict()

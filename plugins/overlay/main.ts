@@ -116,11 +116,16 @@ async function add(ctx: Ctx): Promise<Result> {
   }
   const me = nodeName(conf);
   const subnet = canonicalSubnet(overlaySubnet(conf));
-  const { cp, kv } = openControlPlane(conf);
-  const host = NetlinkHandle.open();
-  const ns = NetNs.open(ctx.netns);
-  const cont = NetlinkHandle.open(ctx.netns);
+  // Opened inside the try: in the long-lived daemon, a handle left open when
+  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
+  const opened: Array<{ close(): void }> = [];
+  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
   try {
+    const { cp, kv } = openControlPlane(conf);
+    keep(kv);
+    const host = keep(NetlinkHandle.open());
+    const ns = keep(NetNs.open(ctx.netns));
+    const cont = keep(NetlinkHandle.open(ctx.netns));
     return await UndoStack.run(async (undo) => {
       // 1. the network and this host, from etcd
       const hostRec = await cp.getHost(me);
@@ -203,10 +208,7 @@ async function add(ctx: Ctx): Promise<Result> {
       return { cniVersion: ctx.cniVersion, interfaces, ips, routes, dns: result.dns };
     });
   } finally {
-    cont.close();
-    ns.close();
-    host.close();
-    kv.close();
+    for (const h of opened.reverse()) h.close();
   }
 }
 
