@@ -207,6 +207,8 @@ export interface RemoteEndpoint {
 export interface ConvergeResult {
   readonly added: number;
   readonly removed: number;
+  /** entries the kernel refused (or that could not be read), each with why; the others were still made */
+  readonly failed: readonly string[];
 }
 
 /**
@@ -220,8 +222,21 @@ export interface ConvergeResult {
  * with a VTEP destination).
  */
 export function converge(ov: NetlinkHandle, names: OverlayNames, desired: readonly RemoteEndpoint[]): ConvergeResult {
+  const failed: string[] = [];
+  // One entry the kernel refuses (or one malformed endpoint) costs that entry only, never the rest of the network's.
+  const each = (what: string, fn: () => void): boolean => {
+    try {
+      fn();
+      return true;
+    } catch (e) {
+      failed.push(`${what}: ${(e as Error).message}`);
+      return false;
+    }
+  };
   const want = new Map<string, RemoteEndpoint>();
-  for (const d of desired) want.set(canonicalIp(d.ip), { ip: canonicalIp(d.ip), mac: d.mac.toLowerCase(), vtep: canonicalIp(d.vtep) });
+  for (const d of desired) {
+    each(`endpoint ${d.ip}`, () => want.set(canonicalIp(d.ip), { ip: canonicalIp(d.ip), mac: d.mac.toLowerCase(), vtep: canonicalIp(d.vtep) }));
+  }
   const wantMac = new Map<string, string>();
   for (const d of want.values()) wantMac.set(d.mac, d.vtep);
 
@@ -237,8 +252,7 @@ export function converge(ov: NetlinkHandle, names: OverlayNames, desired: readon
     const have = haveFdb.get(mac) ?? [];
     if (have.length === 1 && have[0] === vtep) continue;
     // "replace" rewrites a single wrong destination in place (a moved container)
-    ov.fdbAdd({ dev: names.vxlan, mac, dst: vtep });
-    added++;
+    if (each(`fdb ${mac} dst ${vtep}`, () => ov.fdbAdd({ dev: names.vxlan, mac, dst: vtep }))) added++;
     // any further destinations for this MAC (appended by someone) go
     for (const other of have.slice(1)) if (other !== vtep) ignoreMissing(() => ov.fdbDel({ dev: names.vxlan, mac, dst: other }));
   }
@@ -251,15 +265,14 @@ export function converge(ov: NetlinkHandle, names: OverlayNames, desired: readon
   const haveNeigh = new Map(neighs.map((n) => [n.ip!, n.mac]));
   for (const d of want.values()) {
     if (haveNeigh.get(d.ip) === d.mac) continue;
-    ov.neighSet({ dev: names.vxlan, ip: d.ip, mac: d.mac });
-    added++;
+    if (each(`neighbour ${d.ip} lladdr ${d.mac}`, () => ov.neighSet({ dev: names.vxlan, ip: d.ip, mac: d.mac }))) added++;
   }
   for (const n of neighs) {
     if (want.has(n.ip!)) continue;
     ignoreMissing(() => ov.neighDel(names.vxlan, n.ip!));
     removed++;
   }
-  return { added, removed };
+  return { added, removed, failed };
 }
 
 function ignoreMissing(fn: () => void): void {

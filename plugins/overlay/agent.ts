@@ -3,6 +3,9 @@
  * overlay-agent`, examples/cni-ts-overlay-agent.service), the part of
  * Docker's daemon that keeps overlay networks' forwarding state current.
  *
+ *  - claims its node name for this machine (its random host ID,
+ *    shared/host-id.ts) by compare-and-swap, and exits with a clear error
+ *    when another machine holds the name (controlplane.ts, "Identity");
  *  - registers its host (node name -> VTEP address) on an etcd lease and
  *    keeps the lease alive; a host whose agent is gone longer than the TTL
  *    disappears from every other host's entries;
@@ -29,6 +32,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CniError } from '../../shared/cni/errors';
+import { checkConnection, readPasswordFile } from '../../shared/etcd/connection';
+import { DEFAULT_HOST_ID_FILE, hostId as readHostId } from '../../shared/host-id';
 import { withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
 import { XfrmHandle } from '../../shared/netlink/xfrm';
@@ -37,7 +42,7 @@ import type { Nft } from '../../shared/nft/nft-interface';
 import { realNft } from '../../shared/nft/real';
 import { isNetnsPath } from '../../shared/netns/netns';
 import { converge, overlayNames } from '../../shared/vxlan';
-import { ControlPlane, DEFAULT_PREFIX, remoteEndpoints, type NetworkRecord, type Snapshot } from './controlplane';
+import { ControlPlane, DEFAULT_PREFIX, IdentityConflictError, remoteEndpoints, type NetworkRecord, type Snapshot } from './controlplane';
 import { DEFAULT_STATE_DIR } from './config';
 import { DEFAULT_ROTATE_EVERY_MS, HostEncryption, acksOver, ringCacheDir, ringKvOver } from './encryption';
 import { EtcdKV, type KV, type Unwatch } from './kv';
@@ -45,6 +50,8 @@ import { withNetworkLock } from './lock';
 
 export interface AgentOptions {
   readonly node: string;
+  /** this machine's random ID (shared/host-id.ts, --host-id-file) */
+  readonly hostId: string;
   readonly vtep: string;
   readonly endpoints: readonly string[];
   readonly prefix: string;
@@ -62,6 +69,8 @@ export interface AgentOptions {
   readonly tls?: { readonly ca: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
   /** etcd user, with the password read from a file (--etcd-user, --etcd-password-file): never on the command line */
   readonly auth?: { readonly username: string; readonly password: string };
+  /** credentials over http:// allowed (--etcd-insecure) */
+  readonly insecure?: boolean;
 }
 
 export interface AgentDeps {
@@ -70,6 +79,8 @@ export interface AgentDeps {
   /** the kernel's xfrm tables and nftables of this host; default: the real ones, opened on first use */
   readonly ipsec?: { readonly xfrm: XfrmOps; readonly nft: Nft };
   readonly clock?: () => number;
+  /** called once when the agent must stop (its node name is another machine's) */
+  readonly onFatal?: (e: Error) => void;
 }
 
 export interface Agent {
@@ -81,9 +92,12 @@ export interface Agent {
   leave(): Promise<void>;
 }
 
-const USAGE = `usage: cni-ts overlay-agent [leave] --node NAME --vtep ADDRESS [--etcd host:port,...]
+const USAGE = `usage: cni-ts overlay-agent [leave|forget] --node NAME --vtep ADDRESS [--etcd host:port,...]
        [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10] [--resync-ms 5000] [--timeout-ms 3000]
-       [--rotate-every 12h] [--leader-ttl 15]`;
+       [--rotate-every 12h] [--leader-ttl 15] [--host-id-file ${DEFAULT_HOST_ID_FILE}]
+       [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]] [--etcd-user NAME --etcd-password-file FILE] [--etcd-insecure]
+  leave:  this host leaves the overlay now (its lease revoked, its node name released)
+  forget: removes NODE's identity and host record, whichever machine held them (a machine gone for good)`;
 
 /** "500ms", "2s", "30m", "12h" (a bare number is ms) to milliseconds. */
 export function parseDuration(text: string): number {
@@ -93,20 +107,25 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * unit;
 }
 
-export function parseArgs(args: readonly string[]): { leave: boolean; opts: AgentOptions } {
+export function parseArgs(args: readonly string[]): { leave: boolean; forget: boolean; opts: AgentOptions } {
   const rest = [...args];
   const leave = rest[0] === 'leave';
-  if (leave) rest.shift();
+  const forget = rest[0] === 'forget';
+  if (leave || forget) rest.shift();
   const flags = new Map<string, string>();
   while (rest.length) {
     const a = rest.shift()!;
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
     if (!m) throw new Error(`unexpected argument "${a}"`);
+    if (m[1] === 'etcd-insecure' && m[2] === undefined) {
+      flags.set(m[1], 'true'); // a switch, no value
+      continue;
+    }
     const v = m[2] ?? rest.shift();
     if (v === undefined) throw new Error(`--${m[1]} needs a value`);
     flags.set(m[1], v);
   }
-  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file'];
+  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file', 'etcd-insecure', 'host-id-file'];
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
   const num = (k: string, d: number, min: number) => {
     const v = flags.has(k) ? Number(flags.get(k)) : d;
@@ -121,17 +140,27 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
   if (flags.has('etcd-cert') !== flags.has('etcd-key')) throw new Error('--etcd-cert and --etcd-key go together');
   if (flags.has('etcd-user') !== flags.has('etcd-password-file')) throw new Error('--etcd-user and --etcd-password-file go together');
   const tls = ca ? { ca, cert: readPem('etcd-cert'), key: readPem('etcd-key') } : undefined;
+  // the same rules as a plugin's passwordFile: root's, 0600
   const auth = flags.has('etcd-user')
-    ? { username: flags.get('etcd-user')!, password: fs.readFileSync(flags.get('etcd-password-file')!, 'utf8').trim() }
+    ? { username: flags.get('etcd-user')!, password: readPasswordFile(flags.get('etcd-password-file')!, '--etcd-password-file') }
     : undefined;
+  const insecure = flags.has('etcd-insecure') ? flags.get('etcd-insecure') !== 'false' : undefined;
+  const endpoints = (flags.get('etcd') ?? '127.0.0.1:2379').split(',').filter(Boolean);
+  // https:// without --etcd-ca, or a password in clear without --etcd-insecure: refused here, with the flag to fix
+  checkConnection({ endpoints, ...(tls && { tls }), ...(auth && { auth }), ...(insecure && { insecure }) }, '--etcd');
   const vtep = flags.get('vtep') ?? '';
-  if (!leave && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new Error('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
+  if (!leave && !forget && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new Error('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
+  if (forget && !flags.has('node')) throw new Error('forget needs --node NAME (the machine gone for good)');
+  const hostIdFile = flags.get('host-id-file') ?? DEFAULT_HOST_ID_FILE;
   return {
     leave,
+    forget,
     opts: {
       node: flags.get('node') ?? os.hostname(),
+      // forget names another machine's node: this one's ID is not needed (nor created)
+      hostId: forget ? '' : readHostId(hostIdFile),
       vtep,
-      endpoints: (flags.get('etcd') ?? '127.0.0.1:2379').split(',').filter(Boolean),
+      endpoints,
       prefix: flags.get('prefix') ?? DEFAULT_PREFIX,
       stateDir: flags.get('state-dir') ?? DEFAULT_STATE_DIR,
       ttlSeconds: num('ttl', 10, 2),
@@ -141,6 +170,7 @@ export function parseArgs(args: readonly string[]): { leave: boolean; opts: Agen
       leaderTtlSeconds: num('leader-ttl', 15, 2),
       tls,
       auth,
+      ...(insecure && { insecure }),
     },
   };
 }
@@ -198,7 +228,7 @@ export function convergeHost(
 }
 
 export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<Agent> {
-  const cp = new ControlPlane(deps.kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs });
+  const cp = new ControlPlane(deps.kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs, log: deps.log });
   let lease: string | undefined;
   let stopped = false;
   let watch: Unwatch | undefined;
@@ -230,15 +260,18 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
   );
   let lastSnap: Snapshot | undefined;
   let ticking = false;
+  let fatal: IdentityConflictError | undefined;
 
   const deadline = () => Date.now() + opts.requestTimeoutMs;
 
   async function register(): Promise<void> {
     if (lease !== undefined && (await deps.kv.leaseKeepAlive(lease, deadline()))) return;
     if (lease !== undefined) log(`lease ${lease} is gone; registering again`);
+    // the node name must be this machine's before its VTEP is written under it
+    const identity = await cp.claimIdentity(opts.node, opts.hostId);
     lease = await deps.kv.leaseGrant(opts.ttlSeconds, deadline());
-    await cp.registerHost({ name: opts.node, vtep: opts.vtep }, lease);
-    log(`registered host ${opts.node} (VTEP ${opts.vtep}) on lease ${lease}`);
+    await cp.registerHost({ name: opts.node, vtep: opts.vtep, hostId: opts.hostId }, lease, identity);
+    log(`registered host ${opts.node} (VTEP ${opts.vtep}, host ID ${opts.hostId}) on lease ${lease}`);
   }
 
   async function ensureWatch(): Promise<void> {
@@ -262,6 +295,14 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       if (r.added || r.removed) log(`converged at revision ${snap.revision}: +${r.added} -${r.removed}`);
       return true;
     } catch (e) {
+      if (e instanceof IdentityConflictError) {
+        // another machine holds this node name: touch nothing, stop (agentMain exits non-zero)
+        fatal ??= e;
+        log(`${e.message}; ${e.details}`);
+        stopped = true;
+        deps.onFatal?.(e);
+        return false;
+      }
       // etcd unreachable: keep the kernel as it is; the next pass retries
       log(`etcd: ${e instanceof CniError ? e.message : (e as Error).message}; keeping current entries`);
       return false;
@@ -308,6 +349,10 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
   }
 
   await sync();
+  if (fatal) {
+    await watch?.cancel().catch(() => undefined);
+    throw fatal;
+  }
   timers.push(setInterval(() => void sync(), opts.resyncMs));
   // Often enough to keep the leader's lease and to rotate on time, rarely enough to cost nothing.
   const tickMs = Math.max(200, Math.min(5000, (opts.rotateEveryMs ?? DEFAULT_ROTATE_EVERY_MS) / 4, ((opts.leaderTtlSeconds ?? 15) * 1000) / 3));
@@ -344,6 +389,7 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       await stop();
       if (lease !== undefined) await deps.kv.leaseRevoke(lease, deadline());
       else await cp.deregisterHost(opts.node);
+      await cp.releaseIdentity(opts.node, opts.hostId);
     },
   };
 }
@@ -372,29 +418,47 @@ export async function agentMain(args: string[]): Promise<number> {
     return 2;
   }
   const { opts } = parsed;
-  const kv = new EtcdKV({ endpoints: opts.endpoints, requestTimeoutMs: opts.requestTimeoutMs, tls: opts.tls, auth: opts.auth });
+  const kv = new EtcdKV({ endpoints: opts.endpoints, requestTimeoutMs: opts.requestTimeoutMs, tls: opts.tls, auth: opts.auth, insecure: opts.insecure });
   try {
+    const cp = new ControlPlane(kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs, log });
     if (parsed.leave) {
-      const cp = new ControlPlane(kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs });
+      // a leave from another machine with the same name must not remove this name's host
+      await cp.checkIdentity(opts.node, opts.hostId);
       await cp.deregisterHost(opts.node);
+      await cp.releaseIdentity(opts.node, opts.hostId);
       log(`host ${opts.node} left the overlay`);
+      return 0;
+    }
+    if (parsed.forget) {
+      await cp.forget(opts.node);
+      log(`node ${opts.node} forgotten: its identity and host record are removed`);
       return 0;
     }
     if (!vtepIsLocal(opts.vtep)) {
       log(`--vtep ${opts.vtep} is not an address of any interface on this host; give this host's underlay address`);
       return 2;
     }
-    const agent = await startAgent(opts, { kv, log });
+    let failed: Error | undefined;
+    let wake = () => undefined as void;
+    const agent = await startAgent(opts, {
+      kv,
+      log,
+      onFatal: (e) => {
+        failed = e;
+        wake();
+      },
+    });
     await new Promise<void>((resolve) => {
-      const done = () => resolve();
-      process.once('SIGTERM', done);
-      process.once('SIGINT', done);
+      wake = resolve;
+      process.once('SIGTERM', () => resolve());
+      process.once('SIGINT', () => resolve());
     });
     await agent.stop();
+    if (failed) return 1;
     log('stopped (lease kept: a restart within the TTL disrupts nothing)');
     return 0;
   } catch (e) {
-    log((e as Error).message);
+    log(e instanceof CniError && e.details ? `${e.message}` : (e as Error).message);
     return 1;
   } finally {
     kv.close();

@@ -10,23 +10,27 @@
  *     "encrypted": false,                 // IPsec ESP between hosts (AES-GCM), keys rotated by the agents
  *     "nodeName": "node-a",               // default: ipam.etcd.nodeName, else the hostname
  *     "stateDir": "/run/cni-ts/overlay",  // network namespaces, locks, gateway pool
- *     "etcd": { "endpoints": ["127.0.0.1:2379"], "keyPrefix": "/cni-ts/overlay", "requestTimeoutMs": 5000 },
+ *     "hostIdFile": "/var/lib/cni-ts/host-id", // this host's random ID (the agent's --host-id-file)
+ *     "etcd": { "endpoints": ["127.0.0.1:2379"], "keyPrefix": "/cni-ts/overlay", "requestTimeoutMs": 5000,
+ *               "caFile": ..., "username": ..., "passwordFile": ..., "insecure": false, "gcGracePeriodMs": 900000 },
  *     "gateway": { "enabled": true, "bridge": "cni_gwbridge", "subnet": "172.18.0.0/16", "ifname": "eth1" },
  *     "ipam": { "type": "cluster-ipam", "store": "etcd", ... }
  *   }
  *
  * The etcd connection defaults to the IPAM's (ipam.etcd: endpoints, TLS,
- * credentials), so a conflist names etcd once.
+ * credentials), so a conflist names etcd once; either way it obeys
+ * shared/etcd/connection.ts (no inline password, no credentials in clear).
  *
  * The agent reads the same etcd and stateDir settings from its flags.
  */
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { z } from 'zod';
 import { netConfBase } from '../../shared/cni/config';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { isIPv4 } from '../../shared/cni/ip';
 import { formatCIDR, parseCIDR } from '../../ipam/ip';
+import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../shared/etcd/connection';
+import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { DEFAULT_PREFIX } from './controlplane';
 import type { EtcdConnection } from './kv';
 
@@ -36,14 +40,12 @@ const ifname = z.string().min(1).max(15).regex(/^[A-Za-z0-9_.-]+$/);
 
 const etcdSchema = z
   .object({
-    endpoints: z.array(z.string().regex(/^(https?:\/\/)?[^\s/]+:\d+$/, 'not host:port or http(s)://host:port')).min(1).optional(),
+    // endpoints, TLS files, username/passwordFile, insecure: the rules are shared/etcd/connection.ts's
+    ...fieldsSchema,
     keyPrefix: z.string().regex(/^\/[^\s]*[^/\s]$/, 'must start with "/" and not end with "/"').default(DEFAULT_PREFIX),
     requestTimeoutMs: z.number().int().min(100).max(600_000).optional(),
-    caFile: z.string().min(1).optional(),
-    certFile: z.string().min(1).optional(),
-    keyFile: z.string().min(1).optional(),
-    username: z.string().min(1).optional(),
-    password: z.string().optional(),
+    /** an endpoint of this host not among the runtime's attachments is removed once seen so twice this far apart (IPAM GC's rule) */
+    gcGracePeriodMs: z.number().int().min(0).optional(),
   })
   .strict();
 
@@ -75,6 +77,8 @@ export const schema = netConfBase.extend({
   /** IPsec ESP between the hosts of this network (agent.ts, encryption.ts); recorded with the network */
   encrypted: z.boolean().default(false),
   nodeName: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/).optional(),
+  /** where this host's random ID lives (shared/host-id.ts); the agent is given the same file */
+  hostIdFile: z.string().regex(/^\//, 'must be an absolute path').default(DEFAULT_HOST_ID_FILE),
   stateDir: z.string().regex(/^\//, 'must be an absolute path').default(DEFAULT_STATE_DIR),
   etcd: etcdSchema.optional(),
   gateway: z
@@ -103,15 +107,10 @@ function invalid(msg: string, details?: string): CniError {
   return new CniError(ErrorCode.InvalidNetworkConfig, msg, details);
 }
 
-interface IpamEtcd {
-  endpoints?: string[];
-  caFile?: string;
-  certFile?: string;
-  keyFile?: string;
-  username?: string;
-  password?: string;
+interface IpamEtcd extends ConnectionFields {
   requestTimeoutMs?: number;
   nodeName?: string;
+  gcGracePeriodMs?: number;
 }
 
 function ipamEtcd(conf: Conf): IpamEtcd {
@@ -119,30 +118,39 @@ function ipamEtcd(conf: Conf): IpamEtcd {
   return section && typeof section === 'object' ? (section as IpamEtcd) : {};
 }
 
-/** The etcd connection: the overlay's own section, else the IPAM's, else 127.0.0.1:2379. */
-export function etcdConnection(conf: Conf): EtcdConnection & { keyPrefix: string } {
+/** IPAM GC's default grace (ipam/etcd/config.ts DEFAULT_GC_GRACE_PERIOD_MS): the same reasons hold for endpoints. */
+export const DEFAULT_GC_GRACE_PERIOD_MS = 15 * 60 * 1000;
+
+/**
+ * The etcd connection: the overlay's own section, else the IPAM's, else
+ * 127.0.0.1:2379, under shared/etcd/connection.ts's rules (code 7 when
+ * broken: https:// without a CA, credentials in clear, an inline password).
+ */
+export function etcdConnection(conf: Conf): EtcdConnection & { keyPrefix: string; gcGracePeriodMs: number } {
   const own = conf.etcd;
   const fromIpam = ipamEtcd(conf);
-  const src = own?.endpoints ? own : { ...fromIpam, ...own };
-  const endpoints = src.endpoints ?? ['http://127.0.0.1:2379'];
-  const secure = endpoints.some((e) => e.startsWith('https://'));
-  if (secure && !src.caFile) throw invalid('overlay etcd: TLS needs caFile');
-  if ((src.certFile === undefined) !== (src.keyFile === undefined)) throw invalid('overlay etcd: certFile and keyFile go together');
-  if ((src.username === undefined) !== (src.password === undefined)) throw invalid('overlay etcd: username and password go together');
-  const read = (f: string) => {
-    try {
-      return fs.readFileSync(f);
-    } catch (e) {
-      throw invalid(`overlay etcd: cannot read ${f}`, (e as Error).message);
-    }
-  };
+  const where = own?.endpoints ? 'etcd' : 'ipam.etcd';
+  const src: ConnectionFields = own?.endpoints ? own : { ...fromIpam, ...stripUndefined(own ?? {}) };
+  const conn = resolveConnection(src, where);
   return {
-    endpoints,
+    ...conn,
     keyPrefix: own?.keyPrefix ?? DEFAULT_PREFIX,
     requestTimeoutMs: own?.requestTimeoutMs ?? fromIpam.requestTimeoutMs ?? 5000,
-    tls: src.caFile ? { ca: read(src.caFile), cert: src.certFile ? read(src.certFile) : undefined, key: src.keyFile ? read(src.keyFile) : undefined } : undefined,
-    auth: src.username !== undefined ? { username: src.username, password: src.password! } : undefined,
+    gcGracePeriodMs: own?.gcGracePeriodMs ?? fromIpam.gcGracePeriodMs ?? DEFAULT_GC_GRACE_PERIOD_MS,
   };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** This host's ID (code 7 when its file is unreadable or malformed: never silently a new identity). */
+export function hostIdOf(conf: Conf): string {
+  try {
+    return hostId(conf.hostIdFile);
+  } catch (e) {
+    throw invalid(`cannot read this host's ID from ${conf.hostIdFile}`, (e as Error).message);
+  }
 }
 
 /** This host's node name: the overlay's, the IPAM's, else the hostname. */

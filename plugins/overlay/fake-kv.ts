@@ -86,6 +86,11 @@ export class FakeKV implements KV {
   }
 
   private compare(c: Compare): boolean {
+    if (c.prefix) {
+      // etcd: each key in the range must satisfy it; an empty range compares as one missing key
+      const keys = [...this.data.keys()].filter((k) => k.startsWith(c.key));
+      return keys.length === 0 ? this.compare({ ...c, prefix: false, key: '\u0000absent' }) : keys.every((k) => this.compare({ ...c, prefix: false, key: k }));
+    }
     const s = this.data.get(c.key);
     let eq: boolean;
     if (c.target === 'value') eq = s?.value === c.value;

@@ -13,8 +13,10 @@
  * never talk to etcd must not pay for it.
  */
 import { connectEtcd } from '../../shared/etcd/client';
+import type { SecureConnection } from '../../shared/etcd/connection';
 import { EtcdCalls, tryAgainLater, type TxnRequest, type TxnResult } from '../../shared/etcd/txn';
 
+export type { SecureConnection } from '../../shared/etcd/connection';
 export type { Compare, KeyValue, Op, TxnRequest, TxnResult } from '../../shared/etcd/txn';
 export { tryAgainLater } from '../../shared/etcd/txn';
 
@@ -40,10 +42,7 @@ export interface KV {
   close(): void;
 }
 
-export interface EtcdConnection {
-  readonly endpoints: readonly string[];
-  readonly tls?: { readonly ca: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
-  readonly auth?: { readonly username: string; readonly password: string };
+export interface EtcdConnection extends SecureConnection {
   readonly requestTimeoutMs: number;
 }
 

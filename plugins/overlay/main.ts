@@ -41,7 +41,7 @@ import { UndoStack } from '../../shared/undo';
 import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
 import { encryptedMtu } from '../../shared/ipsec/mtu';
 import * as ipam from '../../ipam/client';
-import { type Conf, etcdConnection, nodeName, overlaySubnet, schema } from './config';
+import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnet, schema } from './config';
 import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
 import { EtcdKV, type EtcdConnection, type KV } from './kv';
 import { withNetworkLock } from './lock';
@@ -79,10 +79,27 @@ function netnsDir(conf: Conf): string {
   return path.join(conf.stateDir, 'netns');
 }
 
-function openControlPlane(conf: Conf): { cp: ControlPlane; kv: KV } {
+function openControlPlane(conf: Conf): { cp: ControlPlane; kv: KV; gcGracePeriodMs: number } {
   const c = etcdConnection(conf);
   const kv = deps.kv(c);
-  return { kv, cp: new ControlPlane(kv, { prefix: c.keyPrefix, timeoutMs: c.requestTimeoutMs }) };
+  return { kv, cp: new ControlPlane(kv, { prefix: c.keyPrefix, timeoutMs: c.requestTimeoutMs }), gcGracePeriodMs: c.gcGracePeriodMs };
+}
+
+/** This host's record, as its agent wrote it; 11 without one, 7 when the node name is another machine's. */
+async function ownHost(cp: ControlPlane, me: string, id: string) {
+  const rec = await cp.getOwnHost(me, id);
+  if (!rec) throw new CniError(ErrorCode.TryAgainLater, `no overlay agent is registered for node "${me}"`, 'start `cni-ts overlay-agent` on this host');
+  return rec;
+}
+
+/** Frees the network's record and VNI if its last endpoint in the cluster is gone; never fails the caller. */
+async function reclaimIfUnused(cp: ControlPlane, name: string): Promise<void> {
+  try {
+    await cp.reclaimNetwork(name);
+  } catch (e) {
+    // etcd unreachable now: the next DEL or GC of the network tries again
+    process.stderr.write(`overlay: could not reclaim network ${name}: ${(e as Error).message}\n`);
+  }
 }
 
 function canonicalSubnet(s: string): string {
@@ -115,6 +132,7 @@ async function add(ctx: Ctx): Promise<Result> {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `CNI_IFNAME ${ctx.ifname} is also gateway.ifname`);
   }
   const me = nodeName(conf);
+  const myId = hostIdOf(conf);
   const subnet = canonicalSubnet(overlaySubnet(conf));
   // Opened inside the try: in the long-lived daemon, a handle left open when
   // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
@@ -128,12 +146,12 @@ async function add(ctx: Ctx): Promise<Result> {
     const cont = keep(NetlinkHandle.open(ctx.netns));
     return await UndoStack.run(async (undo) => {
       // 1. the network and this host, from etcd
-      const hostRec = await cp.getHost(me);
-      if (!hostRec) {
-        throw new CniError(ErrorCode.TryAgainLater, `no overlay agent is registered for node "${me}"`, 'start `cni-ts overlay-agent` on this host');
-      }
+      const hostRec = await ownHost(cp, me, myId);
       const underlay = underlayOf(host, hostRec.vtep);
-      const network: NetworkRecord = await cp.ensureNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
+      const joined = await cp.joinNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
+      const network: NetworkRecord = joined.network;
+      // a network this ADD created (or joined) and that ends up with no endpoint goes again
+      undo.push('network record', () => reclaimIfUnused(cp, conf.name));
       const mtu = networkMtu(network, conf.mtu, underlay.mtu);
       const names = overlayNames(network.vni, netnsDir(conf));
 
@@ -170,7 +188,7 @@ async function add(ctx: Ctx): Promise<Result> {
       for (const r of routes) cont.routeAdd({ dst: r.dst, gw: r.gw, oifIndex: contLink.index });
 
       // 5. the endpoint, and what this host already knows of the others
-      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me });
+      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me, hostId: myId }, joined.createRevision);
       undo.push('endpoint', () => cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname));
       if (!network.encrypted) {
         const snap = await cp.snapshot();
@@ -252,6 +270,7 @@ async function del(ctx: Ctx): Promise<void> {
     await ipam.ipamDel(ctx);
     const network = await cp.getNetwork(conf.name);
     await cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname);
+    await reclaimIfUnused(cp, conf.name);
     // DEL is idempotent: the namespace and links may already be gone.
     if (ctx.netns && isNetnsPath(ctx.netns)) {
       withHandle(ctx.netns, (c) => {
@@ -285,6 +304,8 @@ async function check(ctx: Ctx): Promise<void> {
     const ep = await cp.getEndpoint(conf.name, ctx.containerId, ctx.ifname);
     if (!ep) throw fail(`the endpoint of ${ctx.containerId}/${ctx.ifname} is not registered in etcd`);
     if (ep.host !== me) throw fail(`the endpoint of ${ctx.containerId}/${ctx.ifname} is registered on host ${ep.host}, not ${me}`);
+    const myId = hostIdOf(conf);
+    if (ep.hostId !== undefined && ep.hostId !== myId) throw fail(`the endpoint of ${ctx.containerId}/${ctx.ifname} was registered by another machine (host ID ${ep.hostId}), not this one (${myId})`);
     const names = overlayNames(network.vni, netnsDir(conf));
     if (!isNetnsPath(names.netns)) throw fail(`the namespace of overlay network ${conf.name} (${names.netns}) is missing`);
     withHandle(names.netns, (ov) => {
@@ -321,19 +342,21 @@ async function check(ctx: Ctx): Promise<void> {
 async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
   const conf = ctx.config;
   const me = nodeName(conf);
-  const { cp, kv } = openControlPlane(conf);
+  const myId = hostIdOf(conf);
+  const { cp, kv, gcGracePeriodMs } = openControlPlane(conf);
   try {
     await ipam.ipamGc(ctx, valid);
     const keep = new Set(valid.map((a) => `${a.containerID}/${a.ifname}`));
-    for (const ep of await cp.listEndpoints(conf.name)) {
-      if (ep.host !== me || keep.has(`${ep.containerId}/${ep.ifname}`)) continue;
-      await cp.deleteEndpoint(ep.network, ep.containerId, ep.ifname);
+    const network = await cp.getNetwork(conf.name);
+    // IPAM GC's grace: an endpoint goes once seen unkept in two GCs this far apart
+    const gone = await cp.gcEndpoints(conf.name, me, myId, keep, gcGracePeriodMs);
+    if (gone.length > 0) await reclaimIfUnused(cp, conf.name);
+    for (const ep of gone) {
       if (conf.gateway.enabled) {
         withHandle(undefined, (h) => h.linkDelIfExists(gatewayVethName(ep.containerId, ep.ifname)));
         new GatewayPool(path.join(conf.stateDir, 'gw'), conf.gateway.subnet).release(ep.containerId, ep.ifname);
       }
     }
-    const network = await cp.getNetwork(conf.name);
     if (!network) return;
     const names = overlayNames(network.vni, netnsDir(conf));
     if (!isNetnsPath(names.netns)) return;
@@ -356,7 +379,7 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
 async function status(ctx: Ctx): Promise<void> {
   const { cp, kv } = openControlPlane(ctx.config);
   try {
-    if (!(await cp.getHost(nodeName(ctx.config)))) {
+    if (!(await cp.getOwnHost(nodeName(ctx.config), hostIdOf(ctx.config)))) {
       throw new CniError(50, `no overlay agent is registered for node "${nodeName(ctx.config)}"`);
     }
     await ipam.ipamStatus(ctx);

@@ -4,6 +4,7 @@
  * ring): endpoints, TLS, auth and a dial timeout, with fast reconnects so a
  * restarted etcd is found again within a second.
  */
+import { checkConnection } from './connection';
 import { Etcd3, loadEtcd3 } from './load';
 
 export interface EtcdConnection {
@@ -11,6 +12,8 @@ export interface EtcdConnection {
   readonly endpoints: readonly string[];
   readonly tls?: { readonly ca: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
   readonly auth?: { readonly username: string; readonly password: string };
+  /** credentials over http:// were asked for explicitly ("insecure": true); see connection.ts */
+  readonly insecure?: boolean;
   /** bounds dialing; callers bound each request themselves */
   readonly timeoutMs: number;
 }
@@ -21,7 +24,9 @@ export interface EtcdClient {
   readonly client: InstanceType<Etcd3['Etcd3']>;
 }
 
+/** Throws CniError 7 (before loading anything) when `conn` breaks the rules of connection.ts. */
 export function connectEtcd(conn: EtcdConnection, extra: Record<string, unknown> = {}): EtcdClient {
+  checkConnection(conn, 'etcd');
   const etcd = loadEtcd3();
   const client = new etcd.Etcd3({
     hosts: conn.endpoints.map((e) => e.replace(/^https?:\/\//, '')),

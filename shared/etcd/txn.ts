@@ -19,10 +19,16 @@ export interface KeyValue {
   readonly lease: string;
 }
 
-/** A comparison on one key; a missing key has version, create and mod revision 0. */
+/**
+ * A comparison on one key; a missing key has version, create and mod
+ * revision 0. With `prefix`, on every key starting with `key` (etcd's
+ * range compare): it holds when it holds for each of them, and compares
+ * as a missing key when there is none, so `create == 0` over a prefix
+ * means "no key under it".
+ */
 export type Compare =
-  | { readonly key: string; readonly target: 'version' | 'create' | 'mod'; readonly op?: '==' | '!='; readonly value: bigint }
-  | { readonly key: string; readonly target: 'value'; readonly op?: '==' | '!='; readonly value: string };
+  | { readonly key: string; readonly prefix?: boolean; readonly target: 'version' | 'create' | 'mod'; readonly op?: '==' | '!='; readonly value: bigint }
+  | { readonly key: string; readonly prefix?: boolean; readonly target: 'value'; readonly op?: '==' | '!='; readonly value: string };
 
 export type Op =
   | { readonly get: string; readonly prefix?: boolean }
@@ -97,7 +103,8 @@ export class EtcdCalls {
   async txn(etcd: Etcd3, client: Etcd3Client, req: TxnRequest, deadline: number): Promise<TxnResult> {
     const { CompareResult, CompareTarget } = etcd;
     const compare = (req.compare ?? []).map((c) => {
-      const base = { key: Buffer.from(c.key), result: c.op === '!=' ? CompareResult.NotEqual : CompareResult.Equal };
+      const key = Buffer.from(c.key);
+      const base = { key, ...(c.prefix && { range_end: prefixEnd(key) }), result: c.op === '!=' ? CompareResult.NotEqual : CompareResult.Equal };
       switch (c.target) {
         case 'version':
           return { ...base, target: CompareTarget.Version, version: c.value.toString() };

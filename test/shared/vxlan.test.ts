@@ -119,14 +119,14 @@ describe('an overlay network between two simulated hosts', () => {
   });
 
   it('containers on the two hosts ping each other once each side has the other in its static entries', () => {
-    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], [remote(1)]))).toEqual({ added: 2, removed: 0 });
-    expect(withHandle(names[1].netns, (ov) => converge(ov, names[1], [remote(0)]))).toEqual({ added: 2, removed: 0 });
+    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], [remote(1)]))).toEqual({ added: 2, removed: 0, failed: [] });
+    expect(withHandle(names[1].netns, (ov) => converge(ov, names[1], [remote(0)]))).toEqual({ added: 2, removed: 0, failed: [] });
     expect(pingOk(conts[0], contIp[1])).toBe(true);
     expect(pingOk(conts[1], contIp[0])).toBe(true);
   });
 
   it('a second converge with the same endpoints changes nothing', () => {
-    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], [remote(1)]))).toEqual({ added: 0, removed: 0 });
+    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], [remote(1)]))).toEqual({ added: 0, removed: 0, failed: [] });
     const fdb = withHandle(names[0].netns, (ov) => ov.fdbList(names[0].vxlan).filter((f) => f.ip));
     expect(fdb.map((f) => [f.mac, f.ip])).toEqual([[contMac[1], vtep[1]]]);
     const neigh = withHandle(names[0].netns, (ov) => ov.neighList(names[0].vxlan).filter((n) => n.state & 0x80));
@@ -147,7 +147,7 @@ describe('an overlay network between two simulated hosts', () => {
   });
 
   it('converging to nothing removes every static entry, and the remote container is unreachable', () => {
-    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], []))).toEqual({ added: 0, removed: 2 });
+    expect(withHandle(names[0].netns, (ov) => converge(ov, names[0], []))).toEqual({ added: 0, removed: 2, failed: [] });
     expect(withHandle(names[0].netns, (ov) => ov.fdbList(names[0].vxlan).filter((f) => f.ip))).toEqual([]);
     // the container's own ARP cache may still hold the peer; flush it so the test sees the overlay's state
     sh(conts[0], 'ip', 'neigh', 'flush', 'all');

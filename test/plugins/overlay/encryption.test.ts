@@ -346,7 +346,7 @@ describe('the agent with an encrypted network', () => {
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-ovenc-'));
     try {
       agent = await startAgent(
-        { node: 'a', vtep: A, endpoints: [], prefix: '/p', stateDir, ttlSeconds: 10, resyncMs: 60_000, requestTimeoutMs: 1000, rotateEveryMs: 60_000 },
+        { node: 'a', hostId: 'a'.repeat(32), vtep: A, endpoints: [], prefix: '/p', stateDir, ttlSeconds: 10, resyncMs: 60_000, requestTimeoutMs: 1000, rotateEveryMs: 60_000 },
         { kv, log: () => undefined, ipsec: { xfrm, nft } },
       );
       // startAgent's first rotation tick made the ring; a pass keys b

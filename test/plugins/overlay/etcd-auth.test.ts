@@ -44,17 +44,33 @@ describe('overlay agent and a secured etcd', () => {
     const pem = path.join(dir, 'ca.pem');
     fs.writeFileSync(pw, 'agent-secret\n', { mode: 0o600 });
     fs.writeFileSync(pem, '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n');
-    const base = ['--node', 'n1', '--vtep', '10.0.0.1'];
-    const { opts } = parseArgs([...base, '--etcd-user', 'agent', '--etcd-password-file', pw, '--etcd-ca', pem]);
+    const base = ['--node', 'n1', '--vtep', '10.0.0.1', '--host-id-file', path.join(dir, 'host-id')];
+    const { opts } = parseArgs([...base, '--etcd', 'https://e:2379', '--etcd-user', 'agent', '--etcd-password-file', pw, '--etcd-ca', pem]);
     expect(opts.auth).toEqual({ username: 'agent', password: 'agent-secret' });
     expect(opts.tls?.ca.toString()).toContain('BEGIN CERTIFICATE');
     expect(() => parseArgs([...base, '--etcd-user', 'agent'])).toThrow(/go together/);
     expect(() => parseArgs([...base, '--etcd-cert', pem, '--etcd-key', pem])).toThrow(/need --etcd-ca/);
   });
 
+  it('refuses https:// without --etcd-ca (never a silent drop to plaintext), and a password over http:// without --etcd-insecure', () => {
+    const pw = path.join(dir, 'pw2');
+    fs.writeFileSync(pw, 'agent-secret\n', { mode: 0o600 });
+    const base = ['--node', 'n1', '--vtep', '10.0.0.1', '--host-id-file', path.join(dir, 'host-id')];
+    expect(() => parseArgs([...base, '--etcd', 'https://e:2379'])).toThrow(/https:\/\/ endpoints need a CA/);
+    expect(() => parseArgs([...base, '--etcd', 'e:2379', '--etcd-user', 'agent', '--etcd-password-file', pw])).toThrow(/would travel in clear/);
+    expect(parseArgs([...base, '--etcd', 'e:2379', '--etcd-user', 'agent', '--etcd-password-file', pw, '--etcd-insecure']).opts).toMatchObject({ insecure: true, auth: { username: 'agent' } });
+    fs.chmodSync(pw, 0o644);
+    expect(() => parseArgs([...base, '--etcd', 'e:2379', '--etcd-user', 'agent', '--etcd-password-file', pw, '--etcd-insecure'])).toThrow(/mode 0644; it must be 0600/);
+  });
+
+  it('a client given a password over http:// is refused before anything is sent, unless insecure', () => {
+    expect(() => new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' } })).toThrow(expect.objectContaining({ code: 7 }));
+    expect(() => new EtcdKV({ endpoints: ['https://127.0.0.1:1'], requestTimeoutMs: 5000 })).toThrow(/need a CA/);
+  });
+
   it('works with the right credentials and is refused with code 7 (not 11) with wrong ones', async () => {
     const deadline = () => Date.now() + 5000;
-    const good = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' } });
+    const good = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' }, insecure: true });
     try {
       const put = await good.txn({ success: [{ put: '/cni-ts/overlay/probe', value: 'ok' }, { get: '/cni-ts/overlay/probe' }] }, deadline());
       expect(put.succeeded).toBe(true);
@@ -62,7 +78,7 @@ describe('overlay agent and a secured etcd', () => {
     } finally {
       good.close();
     }
-    const bad = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'wrong' } });
+    const bad = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'wrong' }, insecure: true });
     try {
       await expect(bad.txn({ success: [{ get: '/cni-ts/overlay/probe' }] }, deadline())).rejects.toMatchObject({ code: 7 });
     } finally {
@@ -79,7 +95,7 @@ describe('overlay agent and a secured etcd', () => {
     } finally {
       admin.close();
     }
-    const removed = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' } });
+    const removed = new EtcdKV({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000, auth: { username: 'agent', password: 'agent-secret' }, insecure: true });
     try {
       await expect(removed.txn({ success: [{ get: '/cni-ts/overlay/ipsec/ring' }] }, Date.now() + 5000)).rejects.toMatchObject({ code: 7 });
     } finally {

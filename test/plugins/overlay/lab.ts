@@ -62,6 +62,10 @@ export class Lab {
   stateDir(i: number): string {
     return path.join(this.dir, `state-h${i}`);
   }
+  /** each simulated host is its own machine: its own host ID file (shared/host-id.ts) */
+  hostIdFile(i: number): string {
+    return path.join(this.dir, `host-id-h${i}`);
+  }
 
   async setUp(): Promise<void> {
     this.bundle();
@@ -135,7 +139,7 @@ export class Lab {
   }
 
   startAgent(i: number, extra: string[] = []): ChildProcess {
-    const args = [this.runner, this.nsPath(this.hosts[i]), 'agent', '--node', this.hosts[i], '--vtep', this.vtep(i), '--etcd', ETCD, '--prefix', this.prefix, '--state-dir', this.stateDir(i), '--ttl', '3', '--resync-ms', '1000', '--timeout-ms', '1000', ...extra];
+    const args = [this.runner, this.nsPath(this.hosts[i]), 'agent', '--node', this.hosts[i], '--vtep', this.vtep(i), '--etcd', ETCD, '--prefix', this.prefix, '--state-dir', this.stateDir(i), '--host-id-file', this.hostIdFile(i), '--ttl', '3', '--resync-ms', '1000', '--timeout-ms', '1000', ...extra];
     const log = fs.openSync(path.join(this.dir, `agent-h${i}.log`), 'a');
     const child = spawn(process.execPath, args, { env: this.env(), stdio: ['ignore', log, log] });
     fs.closeSync(log);
@@ -178,6 +182,7 @@ export class Lab {
       type: 'overlay',
       nodeName: this.hosts[i],
       stateDir: this.stateDir(i),
+      hostIdFile: this.hostIdFile(i),
       etcd: { endpoints: [ETCD], keyPrefix: this.prefix, requestTimeoutMs: 1500 },
       ...extra,
       ipam: {

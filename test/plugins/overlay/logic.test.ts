@@ -120,6 +120,7 @@ describe('the agent on a fake etcd', () => {
 
   const opts = (stateDir: string) => ({
     node: 'h1',
+    hostId: '1'.repeat(32),
     vtep: '192.0.2.1',
     endpoints: [],
     prefix: '/p',
@@ -134,11 +135,11 @@ describe('the agent on a fake etcd', () => {
     const cp = new ControlPlane(kv, { prefix: '/p' });
     const lines: string[] = [];
     agent = await startAgent(opts(tmp()), { kv, log: (l) => lines.push(l), ipsec: fakeIpsec() });
-    expect(await cp.getHost('h1')).toEqual({ name: 'h1', vtep: '192.0.2.1' });
+    expect(await cp.getHost('h1')).toEqual({ name: 'h1', vtep: '192.0.2.1', hostId: '1'.repeat(32) });
     kv.expire('100'); // the first lease FakeKV grants
     expect(await cp.getHost('h1')).toBeUndefined();
     expect(await agent.sync()).toBe(true);
-    expect(await cp.getHost('h1')).toEqual({ name: 'h1', vtep: '192.0.2.1' });
+    expect(await cp.getHost('h1')).toEqual({ name: 'h1', vtep: '192.0.2.1', hostId: '1'.repeat(32) });
     expect(lines.some((l) => l.includes('lease 100 is gone'))).toBe(true);
   });
 
