@@ -133,6 +133,7 @@ export interface ControlPlaneOptions {
   readonly log?: (line: string) => void;
   /** bound of each operation; past it the call fails with 11 */
   readonly timeoutMs?: number;
+  /** epoch ms for GC's grace and the identity's stamp (request deadlines use the real clock) */
   readonly now?: () => number;
 }
 
@@ -197,7 +198,8 @@ export class ControlPlane {
   }
 
   private deadline(): number {
-    return this.now() + this.timeoutMs;
+    // request deadlines always by the real clock; `now` is GC's and the records' (it may be a test's)
+    return Date.now() + this.timeoutMs;
   }
 
   networkKey(name: string): string {

@@ -136,7 +136,10 @@ export function acksOver(kv: KV, overlayPrefix: string, timeoutMs: number, now: 
     },
     async list() {
       const { results } = await kv.txn({ success: [{ get: dir, prefix: true }] }, now() + timeoutMs);
-      return new Map((results[0] ?? []).map((x) => [x.key.slice(dir.length), Number(x.value)] as const));
+      // a malformed acknowledgement counts as none (that host is waited for), never as a number it is not
+      return new Map(
+        (results[0] ?? []).filter((x) => /^\d{1,15}$/.test(x.value)).map((x) => [x.key.slice(dir.length), Number(x.value)] as const),
+      );
     },
   };
 }
