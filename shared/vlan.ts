@@ -195,8 +195,14 @@ export class ParentManager {
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
         writeJson(path.join(dir, 'owner.json'), { base: vlan.base, id: vlan.id } satisfies Owner);
-        const base = this.mustLink(vlan.base);
-        this.links.linkAdd({ kind: 'vlan', name: parent.name, parentIndex: base.index, vlanId: vlan.id, up: true });
+        try {
+          const base = this.mustLink(vlan.base);
+          this.links.linkAdd({ kind: 'vlan', name: parent.name, parentIndex: base.index, vlanId: vlan.id, up: true });
+        } catch (e) {
+          // the kernel refused the link: nothing exists to own, and a refused ADD leaves no record
+          fs.rmSync(dir, { recursive: true, force: true });
+          throw e;
+        }
         link = this.mustLink(parent.name);
         writeJson(path.join(dir, 'owner.json'), { base: vlan.base, id: vlan.id, ifindex: link.index } satisfies Owner);
       } else if (!link.up) {
