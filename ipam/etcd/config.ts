@@ -9,15 +9,16 @@
  *     "etcd": {
  *       "endpoints": ["https://10.0.0.1:2379"],
  *       "caFile": "/etc/cni/etcd/ca.pem", "certFile": "...", "keyFile": "...",   // optional TLS
- *       "username": "cni", "password": "...",                                     // optional auth
+ *       "username": "cni", "passwordFile": "/etc/cni/etcd/password",              // optional auth (file: root, 0600)
+ *       "insecure": false,          // true allows credentials over http://
  *       "keyPrefix": "/cni-ts/ipam",
  *       "requestTimeoutMs": 5000,   // the whole store operation's bound; past it: error 11
  *       "blockSize": 26,            // IPv4 per-host block prefix length
  *       "blockSizeV6": 122,         // IPv6 per-host block prefix length
  *       "nodeName": "node-a",       // default: os.hostname()
- *       "hostId": "...",            // default: /etc/machine-id
+ *       "hostId": "...",            // default: this host's random ID (shared/host-id.ts); set only to simulate hosts in tests
  *       "gcGracePeriodMs": 900000,  // a leak is freed only when seen twice this far apart
- *       "livenessTtlMs": 3600000    // the host's liveness lease; renewed by every call past half of it
+ *       "livenessTtlMs": 3600000    // the host's liveness lease: kept by the daemon's or agent's keeper (./liveness.ts)
  *     }
  *   }
  *
@@ -28,6 +29,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { z } from 'zod';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
+import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
 import type { RangeSet } from '../config';
 import { formatCIDR } from '../ip';
 
@@ -47,11 +50,14 @@ const MACHINE_ID_FILES = ['/etc/machine-id', '/var/lib/dbus/machine-id'];
 const etcdSectionSchema = z
   .object({
     endpoints: z.array(z.string().min(1)).min(1).default(['http://127.0.0.1:2379']),
-    caFile: z.string().min(1).optional(),
-    certFile: z.string().min(1).optional(),
-    keyFile: z.string().min(1).optional(),
-    username: z.string().min(1).optional(),
-    password: z.string().optional(),
+    // TLS files, username/passwordFile, insecure: shared/etcd/connection.ts's rules
+    caFile: fieldsSchema.caFile,
+    certFile: fieldsSchema.certFile,
+    keyFile: fieldsSchema.keyFile,
+    username: fieldsSchema.username,
+    passwordFile: fieldsSchema.passwordFile,
+    insecure: fieldsSchema.insecure,
+    password: fieldsSchema.password,
     keyPrefix: z
       .string()
       .regex(/^\/[^\s]*[^/\s]$/, 'must start with "/" and not end with "/"')
@@ -67,6 +73,17 @@ const etcdSectionSchema = z
   })
   .strict();
 
+/** The section's connection fields as written (paths, not contents). */
+export interface StoreConnectionFields {
+  readonly endpoints: readonly string[];
+  readonly caFile?: string;
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly username?: string;
+  readonly passwordFile?: string;
+  readonly insecure?: boolean;
+}
+
 export interface EtcdTls {
   readonly ca: Buffer;
   readonly cert?: Buffer;
@@ -77,13 +94,17 @@ export interface EtcdStoreConfig {
   readonly endpoints: readonly string[];
   readonly tls?: EtcdTls;
   readonly auth?: { readonly username: string; readonly password: string };
+  /** credentials over http:// asked for explicitly */
+  readonly insecure?: boolean;
   readonly keyPrefix: string;
   readonly requestTimeoutMs: number;
   readonly blockSizeV4: number;
   readonly blockSizeV6: number;
   readonly nodeName: string;
-  /** a token unique to the machine: two hosts claiming one nodeName differ here */
+  /** this host's random ID (shared/host-id.ts): two hosts claiming one nodeName differ here */
   readonly hostId: string;
+  /** the connection as configured (file paths, never a secret): what the liveness keeper records */
+  readonly connection: StoreConnectionFields;
   readonly gcGracePeriodMs: number;
   /** TTL of the lease behind the host's liveness key (P/alive/<node>) */
   readonly livenessTtlMs: number;
@@ -97,7 +118,7 @@ function invalid(msg: string, details?: string): CniError {
  * Validates ipam.etcd against the network's range sets. `raw` is the
  * section as given (undefined: all defaults).
  */
-export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[]): EtcdStoreConfig {
+export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[], options: { hostIdFile?: string } = {}): EtcdStoreConfig {
   const parsed = etcdSectionSchema.safeParse(raw ?? {});
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -106,32 +127,8 @@ export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[]): Et
   }
   const c = parsed.data;
 
-  for (const [i, endpoint] of c.endpoints.entries()) {
-    if (!/^(https?:\/\/)?[^\s/]+:\d+$/.test(endpoint)) {
-      throw invalid(`ipam.etcd.endpoints[${i}]: "${endpoint}" is not host:port or http(s)://host:port`);
-    }
-  }
-  const secure = c.endpoints.some((e) => e.startsWith('https://'));
-  if ((c.certFile === undefined) !== (c.keyFile === undefined)) {
-    throw invalid('ipam.etcd: certFile and keyFile go together', 'a client certificate needs its private key');
-  }
-  if ((c.certFile !== undefined || secure) && c.caFile === undefined) {
-    throw invalid('ipam.etcd: TLS needs caFile', 'set caFile to the CA that signed the etcd server certificate');
-  }
-  if (c.caFile !== undefined && !secure) {
-    throw invalid('ipam.etcd: caFile is set but no endpoint is https://', 'TLS endpoints are written https://host:port');
-  }
-  const tls: EtcdTls | undefined =
-    c.caFile !== undefined
-      ? {
-          ca: readPem('caFile', c.caFile),
-          cert: c.certFile !== undefined ? readPem('certFile', c.certFile) : undefined,
-          key: c.keyFile !== undefined ? readPem('keyFile', c.keyFile) : undefined,
-        }
-      : undefined;
-  if ((c.username === undefined) !== (c.password === undefined)) {
-    throw invalid('ipam.etcd: username and password go together');
-  }
+  // https:// without a CA, credentials in clear, an inline password: refused (shared/etcd/connection.ts)
+  const conn = resolveConnection(c, 'ipam.etcd');
 
   rangeSets.forEach((set, s) => {
     set.forEach((range, r) => {
@@ -149,28 +146,27 @@ export function loadEtcdConfig(raw: unknown, rangeSets: readonly RangeSet[]): Et
 
   return {
     endpoints: c.endpoints,
-    tls,
-    auth: c.username !== undefined ? { username: c.username, password: c.password! } : undefined,
+    tls: conn.tls,
+    auth: conn.auth,
+    insecure: conn.insecure,
     keyPrefix: c.keyPrefix,
     requestTimeoutMs: c.requestTimeoutMs,
     blockSizeV4: c.blockSize,
     blockSizeV6: c.blockSizeV6,
     nodeName: c.nodeName ?? nodeNameFromHostname(),
-    hostId: c.hostId ?? machineId(),
+    hostId: c.hostId ?? thisHostId(options.hostIdFile ?? DEFAULT_HOST_ID_FILE),
+    connection: {
+      endpoints: c.endpoints,
+      ...(c.caFile !== undefined && { caFile: c.caFile }),
+      ...(c.certFile !== undefined && { certFile: c.certFile }),
+      ...(c.keyFile !== undefined && { keyFile: c.keyFile }),
+      ...(c.username !== undefined && { username: c.username }),
+      ...(c.passwordFile !== undefined && { passwordFile: c.passwordFile }),
+      ...(c.insecure && { insecure: true }),
+    },
     gcGracePeriodMs: c.gcGracePeriodMs,
     livenessTtlMs: c.livenessTtlMs,
   };
-}
-
-function readPem(field: string, file: string): Buffer {
-  let data: Buffer;
-  try {
-    data = fs.readFileSync(file);
-  } catch (err) {
-    throw invalid(`ipam.etcd.${field}: cannot read ${file}`, (err as Error).message);
-  }
-  if (!data.includes('-----BEGIN ')) throw invalid(`ipam.etcd.${field}: ${file} is not PEM`);
-  return data;
 }
 
 function nodeNameFromHostname(): string {
@@ -181,13 +177,20 @@ function nodeNameFromHostname(): string {
   return name;
 }
 
+function thisHostId(file: string): string {
+  try {
+    return hostId(file);
+  } catch (err) {
+    throw new CniError(ErrorCode.Internal, `cannot establish this host's ID: ${(err as Error).message}`, `the host ID is kept in ${file}`);
+  }
+}
+
 /**
- * The machine's identity, distinct from its name: two machines given the
- * same nodeName (cloned images, a typo) have different machine IDs, and the
- * store refuses the second one instead of letting both allocate from the
- * same blocks.
+ * What identified this host before host IDs: /etc/machine-id. Read only to
+ * move a registration made by an older version over to the host ID
+ * (store.ts checkHost); undefined when there is none.
  */
-function machineId(): string {
+export function previousMachineId(): string | undefined {
   for (const file of MACHINE_ID_FILES) {
     try {
       const id = fs.readFileSync(file, 'utf8').trim();
@@ -196,5 +199,5 @@ function machineId(): string {
       // next candidate
     }
   }
-  throw invalid('no machine ID to identify this host', `none of ${MACHINE_ID_FILES.join(', ')} is readable; set ipam.etcd.hostId`);
+  return undefined;
 }

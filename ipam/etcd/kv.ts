@@ -38,11 +38,11 @@ export class EtcdKV implements KV {
   private readonly etcd: typeof import('etcd3');
   private readonly calls: EtcdCalls;
 
-  constructor(conf: Pick<EtcdStoreConfig, 'endpoints' | 'tls' | 'auth' | 'requestTimeoutMs'>) {
+  constructor(conf: Pick<EtcdStoreConfig, 'endpoints' | 'tls' | 'auth' | 'insecure' | 'requestTimeoutMs'>) {
     // Fast reconnects (shared/etcd/client.ts) rather than queueing behind an
     // unready channel: the deadline below bounds each call either way, and
     // 11 tells the runtime to retry.
-    const { etcd, client } = connectEtcd({ endpoints: conf.endpoints, tls: conf.tls, auth: conf.auth, timeoutMs: conf.requestTimeoutMs }, {
+    const { etcd, client } = connectEtcd({ endpoints: conf.endpoints, tls: conf.tls, auth: conf.auth, insecure: conf.insecure, timeoutMs: conf.requestTimeoutMs }, {
       // No retries and no circuit breaker inside etcd3: the store retries
       // conflicts itself within its deadline, and etcd3's breaker, once
       // open, fails every call for 5 s without trying etcd at all, which
@@ -61,6 +61,34 @@ export class EtcdKV implements KV {
   async grantLease(ttlSeconds: number, deadline: number): Promise<bigint> {
     const res = await this.calls.bounded(deadline, () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }, { deadline: new Date(deadline) }));
     return BigInt(res.ID);
+  }
+
+  /**
+   * Renews `lease` once (etcd's LeaseKeepAlive, as `etcdctl lease
+   * keep-alive --once`) and returns the TTL in seconds etcd now gives it;
+   * 0 when the lease no longer exists. Same errors as txn.
+   */
+  async keepAliveOnce(lease: bigint, deadline: number): Promise<number> {
+    return this.calls.bounded(deadline, async () => {
+      const stream = await this.client.leaseClient.leaseKeepAlive({ deadline: new Date(deadline) });
+      // after our one answer the stream is cancelled: that error is ours, not a failure
+      stream.on('error', () => {});
+      try {
+        // a promise settles once: later events of the stream change nothing
+        const res = await new Promise<{ TTL: string }>((resolve, reject) => {
+          stream.on('data', resolve);
+          stream.on('error', reject);
+          stream.on('end', () => reject(new Error('etcd closed the lease keep-alive stream')));
+          stream.write({ ID: lease.toString() });
+        });
+        return Math.max(0, Number(res.TTL));
+      } catch (err) {
+        if (/not found/i.test((err as Error).message)) return 0;
+        throw err;
+      } finally {
+        stream.cancel();
+      }
+    });
   }
 
   close(): void {

@@ -2,78 +2,82 @@
  * The etcd store's maintenance command, for the operator (the packaged
  * executable's `cni-ts ipam-maint`):
  *
- *   cni-ts ipam-maint [--dry-run] --config FILE.conflist|.conf [--grace DURATION]
+ *   cni-ts ipam-maint [--dry-run] --config FILE.conflist|.conf
+ *   cni-ts ipam-maint decommission NODE [--dry-run] --config FILE.conflist|.conf
  *
- * It reports every host of the configured network and reclaims what hosts
- * that are gone still hold. GC (cni.dev/valid-attachments) cannot: it runs
- * on a host, for that host, and a host that is gone calls nothing.
+ * The first form reports every host of the configured network: its blocks,
+ * its allocations, and whether its liveness key (P/alive/<node>) is there.
+ * It frees nothing. A host without liveness is reported "suspect", never
+ * reclaimed on that ground: the key lives on a lease a long-running process
+ * of the host keeps (./liveness.ts), and a host whose daemon or agent is
+ * stopped, or partitioned from etcd for a TTL, is very likely still running
+ * its containers on their addresses. Freeing them (as earlier versions did
+ * after two runs) handed the same addresses to other hosts.
  *
- * "Gone" is judged by etcd alone. Every store operation keeps the host's
- * liveness key (P/alive/<node>) on a lease it renews (see ./store.ts), so a
- * missing key means the host has made no call for a whole lease TTL, by
- * etcd's clock: no two machines' clocks are compared. Then:
- *  - a gone host that holds no allocation in the network loses its blocks
- *    at once: nothing can be lost, and if it comes back it claims again;
- *  - a gone host that still holds allocations is first only recorded
- *    (P/gone/<node>/<network>, with each allocation's create revision), and
- *    its allocations are freed by a later run at least the grace period
- *    after that, only those it held the first time (Calico's seen-twice rule,
- *    as GC has it). A host that comes back renews its lease and deletes the
- *    record in the same transaction, so it is never freed across a return.
- * Once a gone host holds no block in any registered network, its node-name
- * registration goes too, so the name can be used again.
+ * The second form is the operator's explicit word that NODE is gone for
+ * good: it frees all of NODE's allocations in the network, releases its
+ * blocks (keeping a block while another host's borrowed address is in it),
+ * its GC sightings, and, once NODE holds no block in any network under the
+ * key prefix, its node-name registration, so the name can be used again. It
+ * is refused while NODE's liveness key exists (stop cni-ts there first, or
+ * let its lease run out). Every write compares the liveness key at version
+ * 0 and each key it changes at the revision it was read: a host coming back
+ * mid-run makes the write fail, never half-apply, and the run reports it
+ * incomplete. Writes go in slices etcd accepts (keys.ts batches()).
  *
- * Every write compares the host's liveness key at version 0 and each key it
- * changes at the revision it was read: a host coming back mid-run makes the
- * write fail, never half-apply, and the run reports it incomplete.
- * --dry-run reads the same and prints what it would do; it writes nothing,
- * not even a first sighting.
+ * --dry-run reads the same and prints what it would do; it writes nothing.
  *
- * Exit codes: 0 done, 1 failed or incomplete (run it again), 2 usage.
+ * Every record read back is checked against the schema it was written
+ * with (./keys.ts): a malformed one is skipped and named on stderr.
+ *
+ * Exit codes: 0 done, 1 failed, refused or incomplete (run it again), 2 usage.
  */
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { loadIpamConfig, type IpamConfig } from '../config';
-import { parseIP } from '../ip';
 import { loadEtcdConfig, type EtcdStoreConfig } from './config';
 import {
+  addressValueSchema,
   aliveKey,
+  batches,
+  blockDataSchema,
+  FREE_BATCH,
+  freeTxn,
   goneKey,
   hostKey,
   lastElement,
   networkKey,
-  ownerPrefixKey,
-  parseJSON,
-  type AddressValue,
-  type BlockData,
-  type GoneValue,
+  readRecord,
+  TXN_BATCH_OPS,
+  type BlockRef,
+  type HeldAddress,
 } from './keys';
 import { EtcdKV, type Compare, type KeyValue, type KV, type Op } from './kv';
 
 export interface MaintOptions {
   readonly dryRun: boolean;
-  /** a gone host's allocations are freed only when first seen gone this long ago */
-  readonly graceMs: number;
+  /** the node the operator declares gone for good: its addresses, blocks and registration are freed */
+  readonly decommission?: string;
 }
 
 export interface MaintDeps {
   /** default: etcd3 over the configured endpoints */
   readonly kv?: KV;
-  /** epoch ms for sightings and the grace period */
-  readonly clock?: () => number;
   /** one line of the report; default stdout */
   readonly out?: (line: string) => void;
+  /** skipped malformed records; default stderr */
+  readonly log?: (line: string) => void;
 }
 
 export type HostAction =
-  /** liveness key present: nothing to do */
+  /** liveness key present */
   | 'alive'
-  /** gone, allocations held, first sighting recorded now (or would be) */
-  | 'sighted'
-  /** gone, first sighting younger than the grace period */
-  | 'waiting'
-  /** gone and reclaimed (or would be) */
-  | 'reclaimed'
+  /** no liveness key: reported, nothing freed (decommission it if it is gone for good) */
+  | 'suspect'
+  /** decommissioned by this run (or would be, in a dry run) */
+  | 'decommissioned'
+  /** asked to decommission, but its liveness key is there: refused, nothing written */
+  | 'refused'
   /** a write lost to a concurrent change (the host came back?): run again */
   | 'conflict';
 
@@ -92,8 +96,6 @@ export interface HostReport {
   keptBlocks: string[];
   /** the node-name registration removed (dry-run: would be) */
   registrationRemoved: boolean;
-  /** epoch ms after which a waiting host's allocations can be freed */
-  reclaimableAt?: number;
 }
 
 export interface MaintReport {
@@ -101,22 +103,21 @@ export interface MaintReport {
   readonly keyPrefix: string;
   readonly dryRun: boolean;
   readonly hosts: HostReport[];
-  /** some write lost a race: the run should be repeated */
+  /** the node asked to be decommissioned, if any */
+  readonly decommission?: string;
+  /** some write lost a race, or the decommission was refused: the run did not do all it was asked */
   readonly incomplete: boolean;
 }
 
-/** how many addresses one freeing transaction carries (3 deletes each; etcd's default limit is 128 ops) */
-const FREE_BATCH = 40;
 /** how many prefix reads one transaction carries */
-const READ_BATCH = 100;
+const READ_BATCH = TXN_BATCH_OPS;
 
 interface Snapshot {
   readonly hosts: Map<string, KeyValue>;
   readonly alive: Set<string>;
-  readonly gone: Map<string, KeyValue>;
   /** node -> block state key -> kv */
   readonly blocks: Map<string, Map<string, KeyValue>>;
-  readonly ips: { kv: KeyValue; v: AddressValue; ip: string }[];
+  readonly ips: HeldAddress[];
 }
 
 /**
@@ -126,14 +127,15 @@ interface Snapshot {
 export async function runMaint(ipam: IpamConfig, options: MaintOptions, deps: MaintDeps = {}): Promise<MaintReport> {
   const conf = loadEtcdConfig(maintSection(ipam.etcd), ipam.rangeSets);
   const kv = deps.kv ?? new EtcdKV(conf);
+  const log = deps.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   try {
-    return await new Maintenance(conf, ipam.name, kv, options, deps.clock ?? Date.now).run();
+    return await new Maintenance(conf, ipam.name, kv, options, log).run();
   } finally {
     if (!deps.kv) kv.close();
   }
 }
 
-/** The etcd section with a node identity filled in: the command acts for no node. */
+/** The etcd section with a node identity filled in: the command acts for no node (and never creates a host ID). */
 function maintSection(raw: unknown): unknown {
   const section = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>) : {};
   return { ...section, nodeName: section.nodeName ?? 'ipam-maint', hostId: section.hostId ?? 'ipam-maint' };
@@ -149,7 +151,7 @@ class Maintenance {
     private readonly network: string,
     private readonly kv: KV,
     private readonly options: MaintOptions,
-    private readonly clock: () => number,
+    private readonly log: (line: string) => void,
   ) {
     this.prefix = conf.keyPrefix;
     this.net = networkKey(conf.keyPrefix, network);
@@ -161,15 +163,17 @@ class Maintenance {
 
   async run(): Promise<MaintReport> {
     const snap = await this.read();
+    const target = this.options.decommission;
     const nodes = new Set<string>([...snap.hosts.keys(), ...snap.blocks.keys(), ...snap.ips.map((a) => a.v.node)]);
+    if (target !== undefined) nodes.add(target);
     const hosts: HostReport[] = [];
     for (const node of [...nodes].sort()) {
       const blocks = snap.blocks.get(node) ?? new Map<string, KeyValue>();
       const held = snap.ips.filter((a) => a.v.node === node);
       const report: HostReport = {
         node,
-        action: 'alive',
-        blocks: [...blocks.values()].map((b) => parseJSON<BlockData>(b.value)?.cidr ?? lastElement(b.key)),
+        action: snap.alive.has(node) ? 'alive' : 'suspect',
+        blocks: [...blocks.values()].map((b) => readRecord(blockDataSchema, b, () => {})?.cidr ?? lastElement(b.key)),
         allocations: held.map((a) => a.ip),
         freed: [],
         releasedBlocks: [],
@@ -177,16 +181,21 @@ class Maintenance {
         registrationRemoved: false,
       };
       hosts.push(report);
-      if (snap.alive.has(node)) continue;
+      if (node !== target) continue;
+      if (snap.alive.has(node)) {
+        report.action = 'refused';
+        this.incomplete = true;
+        continue;
+      }
       try {
-        await this.goneHost(node, report, snap, blocks, held);
+        await this.decommission(node, report, snap, blocks, held);
       } catch (err) {
         if (!(err instanceof Conflict)) throw err;
         report.action = 'conflict';
         this.incomplete = true;
       }
     }
-    return { network: this.network, keyPrefix: this.prefix, dryRun: this.options.dryRun, hosts, incomplete: this.incomplete };
+    return { network: this.network, keyPrefix: this.prefix, dryRun: this.options.dryRun, hosts, decommission: target, incomplete: this.incomplete };
   }
 
   /** Everything the run decides on, read in one transaction (one revision). */
@@ -196,18 +205,17 @@ class Maintenance {
         success: [
           { get: `${this.prefix}/hosts/`, prefix: true },
           { get: `${this.prefix}/alive/`, prefix: true },
-          { get: `${this.prefix}/gone/`, prefix: true },
           { get: `${this.net}/hostblocks/`, prefix: true },
           { get: `${this.net}/ips/`, prefix: true },
         ],
       },
       this.deadline(),
     );
-    const [hosts, alive, gone, blocks, ips] = results as KeyValue[][];
+    const [hosts, alive, blocks, ips] = results as KeyValue[][];
     const snap: Snapshot = {
       hosts: new Map(hosts!.map((kv) => [lastElement(kv.key), kv])),
+      // Presence is what counts: the key exists only while its lease lives, whatever its value says.
       alive: new Set(alive!.map((kv) => lastElement(kv.key))),
-      gone: new Map(gone!.filter((kv) => lastElement(kv.key) === this.network).map((kv) => [kv.key.split('/').at(-2)!, kv])),
       blocks: new Map(),
       ips: [],
     };
@@ -218,97 +226,57 @@ class Maintenance {
       snap.blocks.get(node)!.set(kv.key, kv);
     }
     for (const kv of ips!) {
-      const v = parseJSON<AddressValue>(kv.value);
+      const v = readRecord(addressValueSchema, kv, this.log);
       if (v) snap.ips.push({ kv, v, ip: lastElement(kv.key) });
     }
     return snap;
   }
 
-  private async goneHost(
+  /** Frees what `node` holds in the network, then its registration when it holds nothing anywhere. */
+  private async decommission(
     node: string,
     report: HostReport,
     snap: Snapshot,
     blocks: Map<string, KeyValue>,
-    held: Snapshot['ips'],
+    held: HeldAddress[],
   ): Promise<void> {
-    let free = held;
-    if (held.length > 0) {
-      const sightingKv = snap.gone.get(node);
-      const sighting = sightingKv && parseJSON<GoneValue>(sightingKv.value);
-      const now = this.clock();
-      if (!sighting) {
-        report.action = 'sighted';
-        report.reclaimableAt = now + this.options.graceMs;
-        if (this.options.dryRun) return;
-        const value: GoneValue = { firstSeen: now, allocations: Object.fromEntries(held.map((a) => [a.ip, a.kv.createRevision.toString()])) };
-        await this.write(node, [{ key: goneKey(this.prefix, node, this.network), target: 'version', value: 0n }], [
-          { put: goneKey(this.prefix, node, this.network), value: JSON.stringify(value) },
-        ]);
-        return;
-      }
-      if (now - sighting.firstSeen < this.options.graceMs) {
-        report.action = 'waiting';
-        report.reclaimableAt = sighting.firstSeen + this.options.graceMs;
-        return;
-      }
-      // Only what the host held when first seen gone: the same allocation,
-      // not a later one at the same address.
-      free = held.filter((a) => sighting.allocations[a.ip] === a.kv.createRevision.toString());
-    }
-    report.action = 'reclaimed';
-    const states = new Map<string, { rev: bigint; data: BlockData }>();
-    const stateOf = async (blockKey: string): Promise<{ rev: bigint; data: BlockData } | undefined> => {
+    report.action = 'decommissioned';
+    // Each block's state as last read or written; data null: the record is
+    // malformed (logged), so its addresses go and the block is left as it is.
+    const states = new Map<string, BlockRef>();
+    const refOf = (kv: KeyValue): BlockRef => ({ key: kv.key, rev: kv.modRevision, data: readRecord(blockDataSchema, kv, this.log) ?? null });
+    for (const kv of blocks.values()) states.set(kv.key, refOf(kv));
+    const stateOf = async (blockKey: string): Promise<BlockRef> => {
       if (!states.has(blockKey)) {
         const { results } = await this.kv.txn({ success: [{ get: blockKey }] }, this.deadline());
         const kv = results[0]![0];
-        const data = kv && parseJSON<BlockData>(kv.value);
-        if (kv && data) states.set(blockKey, { rev: kv.modRevision, data });
+        states.set(blockKey, kv ? refOf(kv) : { key: blockKey, data: undefined });
       }
-      return states.get(blockKey);
+      return states.get(blockKey)!;
     };
-    for (const kv of blocks.values()) {
-      const data = parseJSON<BlockData>(kv.value);
-      if (data) states.set(kv.key, { rev: kv.modRevision, data });
-    }
 
     // The allocations, block by block, each batch with its block's state.
-    const byBlock = new Map<string, Snapshot['ips']>();
-    for (const a of free) {
+    const byBlock = new Map<string, HeldAddress[]>();
+    for (const a of held) {
       if (!byBlock.has(a.v.blockKey)) byBlock.set(a.v.blockKey, []);
       byBlock.get(a.v.blockKey)!.push(a);
     }
     for (const [blockKey, list] of byBlock) {
-      for (let i = 0; i < list.length; i += FREE_BATCH) {
-        const batch = list.slice(i, i + FREE_BATCH);
-        const st = await stateOf(blockKey);
-        const compare: Compare[] = batch.map((a) => ({ key: a.kv.key, target: 'mod', value: a.kv.modRevision }));
-        const ops: Op[] = batch.flatMap((a): Op[] => [
-          { delete: a.kv.key },
-          { delete: ownerPrefixKey(this.net, a.v.containerId, a.v.ifname) + a.ip },
-          { delete: `${this.net}/leaks/${node}/${a.ip}` },
-        ]);
-        let data: BlockData | undefined;
-        if (st) {
-          const used = { ...st.data.used };
-          for (const a of batch) delete used[offsetIn(st.data.cidr, a.ip)];
-          data = { ...st.data, seq: st.data.seq + 1, used };
-          compare.push({ key: blockKey, target: 'mod', value: st.rev });
-          ops.push({ put: blockKey, value: JSON.stringify(data) });
-        } else {
-          compare.push({ key: blockKey, target: 'version', value: 0n });
-        }
+      for (const batch of batches(list, FREE_BATCH)) {
+        const { compare, ops, data } = freeTxn(this.net, node, batch, await stateOf(blockKey));
         const rev = await this.write(node, compare, ops);
-        if (st && data) states.set(blockKey, { rev, data });
+        if (data) states.set(blockKey, { key: blockKey, rev, data });
         report.freed.push(...batch.map((a) => a.ip));
       }
     }
 
-    // The blocks: released when empty, kept while another host's borrow is in one.
+    // The blocks: released when empty (or malformed: then nobody can tell what
+    // is in it but its owner, who is gone), kept while another host's borrow is in one.
     let blocksLeft = 0;
     for (const kv of blocks.values()) {
       const st = states.get(kv.key);
-      const cidr = st?.data.cidr ?? lastElement(kv.key);
-      if (st && Object.keys(st.data.used).length > 0) {
+      const cidr = st?.data?.cidr ?? lastElement(kv.key);
+      if (st?.data && Object.keys(st.data.used).length > 0) {
         report.keptBlocks.push(cidr);
         blocksLeft++;
         continue;
@@ -317,22 +285,12 @@ class Maintenance {
       await this.write(
         node,
         [
-          { key: kv.key, target: 'mod', value: st?.rev ?? kv.modRevision },
+          { key: kv.key, target: 'mod', value: st?.data !== undefined ? st.rev : kv.modRevision },
           { key: claimKey, target: 'value', value: node },
         ],
         [{ delete: kv.key }, { delete: claimKey }],
       );
       report.releasedBlocks.push(cidr);
-    }
-    if (free.length < held.length) {
-      // Allocations the first sighting did not include: they get a grace
-      // period of their own, from a new sighting.
-      const rest = held.filter((a) => !free.includes(a));
-      const now = this.clock();
-      const value: GoneValue = { firstSeen: now, allocations: Object.fromEntries(rest.map((a) => [a.ip, a.kv.createRevision.toString()])) };
-      await this.write(node, [], [{ put: goneKey(this.prefix, node, this.network), value: JSON.stringify(value) }]);
-      report.reclaimableAt = now + this.options.graceMs;
-      return;
     }
 
     await this.write(node, [], [
@@ -377,39 +335,31 @@ class Maintenance {
 /** A guarded write lost: the host came back or something changed under the run. */
 class Conflict extends Error {}
 
-/** The address's offset in its block, as BlockData.used keys it. */
-function offsetIn(cidr: string, ip: string): string {
-  const net = parseIP(cidr.slice(0, cidr.lastIndexOf('/')));
-  const addr = parseIP(ip);
-  return net && addr ? (addr.value - net.value).toString() : '';
-}
-
 /** The report as the command prints it: one line per host, one summary. */
-export function formatReport(r: MaintReport, now: number): string[] {
+export function formatReport(r: MaintReport): string[] {
   const would = r.dryRun ? 'would ' : '';
   const lines = [`network ${r.network} under ${r.keyPrefix}${r.dryRun ? ' (dry run: nothing is changed)' : ''}:`];
   for (const h of r.hosts) {
     const held = `${h.blocks.length} block(s), ${h.allocations.length} allocation(s)`;
-    const at = h.reclaimableAt !== undefined ? new Date(h.reclaimableAt).toISOString() : '';
     switch (h.action) {
       case 'alive':
         lines.push(`  ${h.node}: alive, ${held}`);
         break;
-      case 'sighted':
-        lines.push(`  ${h.node}: gone (no liveness), ${held}: ${would}record the first sighting; its allocations can be freed from ${at}`);
+      case 'suspect':
+        lines.push(
+          `  ${h.node}: SUSPECT (no liveness key: its daemon/agent is not running, or it cannot reach etcd), ${held}: nothing freed; if it is gone for good: cni-ts ipam-maint decommission ${h.node} --config ...`,
+        );
         break;
-      case 'waiting':
-        lines.push(`  ${h.node}: gone (no liveness), ${held}: waiting out the grace period, until ${at} (${Math.max(0, Math.ceil(((h.reclaimableAt ?? now) - now) / 1000))} s)`);
+      case 'refused':
+        lines.push(`  ${h.node}: alive (its liveness key is held), ${held}: NOT decommissioned; stop cni-ts on it (daemon, overlay agent) and wait out its liveness TTL first`);
         break;
-      case 'reclaimed': {
+      case 'decommissioned': {
         const parts = [];
         if (h.freed.length) parts.push(`${would}free ${h.freed.join(', ')}`);
         if (h.releasedBlocks.length) parts.push(`${would}release block(s) ${h.releasedBlocks.join(', ')}`);
-        if (h.keptBlocks.length) parts.push(`keep block(s) ${h.keptBlocks.join(', ')} (other hosts' borrowed addresses are in them)`);
+        if (h.keptBlocks.length) parts.push(`keep block(s) ${h.keptBlocks.join(', ')} (other hosts' borrowed addresses are in them; run decommission again once they are released)`);
         if (h.registrationRemoved) parts.push(`${would}remove its registration`);
-        const newer = h.allocations.length - h.freed.length;
-        if (newer > 0) parts.push(`${newer} allocation(s) newer than the first sighting: freed from ${at || 'a later run'}`);
-        lines.push(`  ${h.node}: gone (no liveness), ${held}: ${parts.join('; ') || 'nothing held'}`);
+        lines.push(`  ${h.node}: decommissioned, ${held}: ${parts.join('; ') || 'nothing held'}`);
         break;
       }
       case 'conflict':
@@ -417,23 +367,9 @@ export function formatReport(r: MaintReport, now: number): string[] {
         break;
     }
   }
-  const gone = r.hosts.filter((h) => h.action !== 'alive').length;
-  lines.push(`${r.hosts.length} host(s), ${gone} gone${r.incomplete ? '; INCOMPLETE' : ''}`);
+  const suspect = r.hosts.filter((h) => h.action === 'suspect').length;
+  lines.push(`${r.hosts.length} host(s), ${suspect} suspect${r.incomplete ? '; INCOMPLETE' : ''}`);
   return lines;
-}
-
-/** "90s", "15m", "1h30m", "500ms", "2d"; a bare number is seconds. */
-export function parseDuration(text: string): number | undefined {
-  if (/^\d+(\.\d+)?$/.test(text)) return Math.round(Number(text) * 1000);
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
-  let total = 0;
-  let end = 0;
-  for (let m = re.exec(text); m; m = re.exec(text)) {
-    total += Number(m[1]) * unit[m[2]!]!;
-    end = re.lastIndex;
-  }
-  return text.length > 0 && end === text.length ? Math.round(total) : undefined;
 }
 
 /** The network configuration whose IPAM uses the etcd store, from a .conflist or a .conf. */
@@ -456,49 +392,81 @@ export function loadMaintConfig(file: string): IpamConfig {
   return ipam;
 }
 
-const USAGE = 'usage: cni-ts ipam-maint [--dry-run] --config FILE.conflist|.conf [--grace DURATION]';
+const USAGE = `usage: cni-ts ipam-maint [--dry-run] --config FILE.conflist|.conf
+       cni-ts ipam-maint decommission NODE [--dry-run] --config FILE.conflist|.conf
+
+Reports the hosts of the network whose IPAM is the etcd store (cluster-ipam,
+"store": "etcd") named by --config. It frees nothing on its own.
+
+Liveness: each host keeps a key (<keyPrefix>/alive/<node>) on an etcd lease
+(ipam.etcd.livenessTtlMs, default 1h). The resident daemon (cni-ts daemon)
+and the overlay agent keep it alive for every etcd IPAM store the host used;
+CNI calls also create it. A host without the key is reported SUSPECT: its
+daemon/agent is stopped, or it cannot reach etcd. Its addresses are NOT
+freed: it may still be running its containers on them.
+
+decommission NODE: you declare NODE gone for good. Frees all its addresses
+in the network, releases its blocks (a block with another host's borrowed
+address in it is kept until that is released), and, once NODE holds no block
+in any network under the key prefix, its node-name registration. Refused
+while NODE's liveness key exists: stop cni-ts on NODE first and let its lease
+run out. Run it once per network (one --config each).
+
+Host ID: a node name is registered to one host, identified by a random ID
+kept in /var/lib/cni-ts/host-id (made on first use; not /etc/machine-id,
+which cloned images share). A second host using the same node name is
+refused (CNI error 7). To reuse the name of a dead host, decommission it; a
+host cloned from an image that already held host-id must delete that file
+before its first CNI call.
+
+  --config FILE   the network configuration (.conflist or .conf)
+  --dry-run       read and print what would be done; write nothing
+  -h, --help      this text
+
+Exit codes: 0 done, 1 failed, refused or incomplete (run again), 2 usage.`;
 
 /** The command; returns the exit code. */
 export async function maintMain(
   args: string[],
-  io: { out: (line: string) => void; err: (line: string) => void; kv?: KV; clock?: () => number } = {
+  io: { out: (line: string) => void; err: (line: string) => void; kv?: KV } = {
     out: (l) => process.stdout.write(`${l}\n`),
     err: (l) => process.stderr.write(`${l}\n`),
   },
 ): Promise<number> {
+  const usage = USAGE.split('\n').slice(0, 2).join('\n');
   let file: string | undefined;
-  let grace: number | undefined;
   let dryRun = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = (): string | undefined => (a.includes('=') ? a.slice(a.indexOf('=') + 1) : args[++i]);
+  let decommission: string | undefined;
+  const rest = [...args];
+  if (rest[0] === 'decommission') {
+    rest.shift();
+    decommission = rest.shift();
+    if (decommission === undefined || decommission.startsWith('-') || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(decommission)) {
+      io.err(`ipam-maint: decommission needs a node name\n${usage}`);
+      return 2;
+    }
+  }
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
     if (a === '--dry-run') dryRun = true;
-    else if (a === '--config' || a.startsWith('--config=')) file = value();
-    else if (a === '--grace' || a.startsWith('--grace=')) {
-      const text = value() ?? '';
-      grace = parseDuration(text);
-      if (grace === undefined) {
-        io.err(`ipam-maint: --grace: "${text}" is not a duration (e.g. 90s, 15m, 1h)\n${USAGE}`);
-        return 2;
-      }
-    } else if (a === '-h' || a === '--help') {
+    else if (a === '--config') file = rest[++i];
+    else if (a.startsWith('--config=')) file = a.slice('--config='.length);
+    else if (a === '-h' || a === '--help') {
       io.out(USAGE);
       return 0;
     } else {
-      io.err(`ipam-maint: unknown argument "${a}"\n${USAGE}`);
+      io.err(`ipam-maint: unknown argument "${a}"\n${usage}`);
       return 2;
     }
   }
   if (!file) {
-    io.err(`ipam-maint: --config is required\n${USAGE}`);
+    io.err(`ipam-maint: --config is required\n${usage}`);
     return 2;
   }
   try {
     const ipam = loadMaintConfig(file);
-    const graceMs = grace ?? loadEtcdConfig(maintSection(ipam.etcd), ipam.rangeSets).gcGracePeriodMs;
-    const clock = io.clock ?? Date.now;
-    const report = await runMaint(ipam, { dryRun, graceMs }, { kv: io.kv, clock });
-    for (const line of formatReport(report, clock())) io.out(line);
+    const report = await runMaint(ipam, { dryRun, decommission }, { kv: io.kv, log: io.err });
+    for (const line of formatReport(report)) io.out(line);
     return report.incomplete ? 1 : 0;
   } catch (err) {
     io.err(`ipam-maint: ${err instanceof CniError ? `error ${err.code}: ${err.message}` : (err as Error).message}`);

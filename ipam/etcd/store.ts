@@ -60,23 +60,38 @@ import type { Allocation, AllocationStore, Owner } from '../allocator';
 import { allocatable, describeRangeSet, rangeContains, type IpamConfig, type IpamRange, type RangeSet } from '../config';
 import { noFreeAddress } from '../errors';
 import { formatIP, mask, parseIP, type Family, type IP } from '../ip';
-import { loadEtcdConfig, type EtcdStoreConfig } from './config';
+import { loadEtcdConfig, previousMachineId, type EtcdStoreConfig } from './config';
 import {
+  addressValueSchema,
   aliveKey,
+  aliveValueSchema,
+  batches,
+  blockDataSchema,
+  FREE_BATCH,
+  freeTxn,
+  claimValueSchema,
   goneKey,
   hostKey,
+  hostValueSchema,
+  leakValueSchema,
   networkKey,
   ownerPrefixKey,
-  parseJSON,
   rangesHeadKey,
   rangesKey,
+  rangesValueSchema,
+  readRecord,
+  TXN_BATCH_OPS,
   type AddressValue,
   type AliveValue,
   type BlockData,
+  type BlockRef,
+  type HeldAddress,
+  type LeakValue,
   type RangesValue,
   type RegisteredRange,
 } from './keys';
 import { EtcdKV, tryAgainLater, type Compare, type KeyValue, type KV, type Op } from './kv';
+import { DEFAULT_LIVENESS_DIR, recordStore } from './liveness';
 
 export interface EtcdStoreOptions {
   /** the etcd client; default: etcd3 over the configured endpoints */
@@ -87,6 +102,13 @@ export interface EtcdStoreOptions {
   log?: (line: string) => void;
   /** [0, 1); spreads block choices and retry delays */
   random?: () => number;
+  /** this host's ID file (shared/host-id.ts); default /var/lib/cni-ts/host-id. Ignored when the config sets hostId. */
+  hostIdFile?: string;
+  /**
+   * where the store records its connection for the liveness keeper
+   * (./liveness.ts); default /var/lib/cni-ts/ipam-etcd; null: not recorded
+   */
+  livenessDir?: string | null;
 }
 
 interface BlockState {
@@ -97,14 +119,6 @@ interface BlockState {
   readonly family: Family;
   rev: bigint;
   data: BlockData;
-}
-
-interface LeakValue {
-  containerId: string;
-  ifname: string;
-  seq: number;
-  createRevision: string;
-  firstSeen: number;
 }
 
 /** Where lastReserved pointed the allocator, and why. */
@@ -150,6 +164,8 @@ export class EtcdStore implements AllocationStore {
   private readonly log: (line: string) => void;
   private readonly random: () => number;
   private readonly net: string;
+  private readonly livenessDir: string | null;
+  private recorded = false;
 
   private constructor(
     readonly conf: EtcdStoreConfig,
@@ -162,6 +178,7 @@ export class EtcdStore implements AllocationStore {
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.random = options.random ?? Math.random;
     this.net = networkKey(conf.keyPrefix, network);
+    this.livenessDir = options.livenessDir === undefined ? DEFAULT_LIVENESS_DIR : options.livenessDir;
   }
 
   /**
@@ -169,7 +186,7 @@ export class EtcdStore implements AllocationStore {
    * and returns the store; the connection is made on first use.
    */
   static open(ipam: IpamConfig, options: EtcdStoreOptions = {}): EtcdStore {
-    const conf = loadEtcdConfig(ipam.etcd, ipam.rangeSets);
+    const conf = loadEtcdConfig(ipam.etcd, ipam.rangeSets, { hostIdFile: options.hostIdFile });
     return new EtcdStore(conf, ipam.name, ipam.rangeSets, options.kv ?? new EtcdKV(conf), options);
   }
 
@@ -240,6 +257,8 @@ export class EtcdStore implements AllocationStore {
           await this.claim(id, network, prefix, ip.family);
           continue;
         }
+        // A malformed claim (readRecord logged it): its block is nobody's to use.
+        if (claimant === '') return false;
         if (claimant === this.conf.nodeName) {
           // Claimed by us in a call that did not read it (another process of this host).
           await this.reloadMine();
@@ -247,7 +266,9 @@ export class EtcdStore implements AllocationStore {
           continue;
         }
         if (!(await mayBorrow())) return false;
-        const foreign = await this.readBlock(this.blockKey(claimant, id), id, network, prefix, ip.family);
+        const foreign = await this.readBlock(this.blockKey(claimant, id));
+        // Its state is malformed (logged): which addresses it holds is unknown, so none is taken from it.
+        if (foreign === null) return false;
         if (!foreign) {
           s.claims!.delete(id);
           continue;
@@ -314,7 +335,7 @@ export class EtcdStore implements AllocationStore {
     await this.renewLiveness(results[1]![0]);
     return results[0]!.flatMap((kv) => {
       const ip = parseIP(kv.key.slice(kv.key.lastIndexOf('/') + 1));
-      const v = parseJSON<AddressValue>(kv.value);
+      const v = ip && readRecord(addressValueSchema, kv, this.log);
       return ip && v ? [{ ip, containerId: v.containerId, ifname: v.ifname }] : [];
     });
   }
@@ -334,31 +355,79 @@ export class EtcdStore implements AllocationStore {
       this.deadline(),
     );
     await this.renewLiveness(results[2]![0]);
-    const leaks = new Map(results[1]!.map((kv) => [kv.key.slice(leakPrefix.length), parseJSON<LeakValue>(kv.value)]));
+    const leaks = new Map(results[1]!.map((kv) => [kv.key.slice(leakPrefix.length), readRecord(leakValueSchema, kv, this.log)]));
     const now = this.clock();
     const freed: Allocation[] = [];
+    const due: HeldAddress[] = [];
     const notes: Op[] = [];
     const seen = new Set<string>();
     for (const kv of results[0]!) {
       const ipText = kv.key.slice(kv.key.lastIndexOf('/') + 1);
-      const ip = parseIP(ipText);
-      const v = parseJSON<AddressValue>(kv.value);
-      if (!ip || !v || v.node !== node || keepKeys.has(`${v.containerId}\n${v.ifname}`)) continue;
+      const v = parseIP(ipText) && readRecord(addressValueSchema, kv, this.log);
+      if (!v || v.node !== node || keepKeys.has(`${v.containerId}\n${v.ifname}`)) continue;
       seen.add(ipText);
       const leak = leaks.get(ipText);
       const same = leak !== undefined && leak.seq === v.seq && leak.createRevision === kv.createRevision.toString();
       if (same && now - leak.firstSeen >= this.conf.gcGracePeriodMs) {
-        if (await this.free(ip, { containerId: v.containerId, ifname: v.ifname }, kv.modRevision)) {
-          freed.push({ ip, containerId: v.containerId, ifname: v.ifname });
-        }
+        due.push({ kv, v, ip: ipText });
       } else if (!same) {
         const note: LeakValue = { containerId: v.containerId, ifname: v.ifname, seq: v.seq, createRevision: kv.createRevision.toString(), firstSeen: now };
         notes.push({ put: leakPrefix + ipText, value: JSON.stringify(note) });
       }
     }
+    for (const a of await this.freeSeen(due)) freed.push({ ip: parseIP(a.ip)!, containerId: a.v.containerId, ifname: a.v.ifname });
     // Sightings of allocations that are gone, kept again or replaced are void.
     for (const ipText of leaks.keys()) if (!seen.has(ipText)) notes.push({ delete: leakPrefix + ipText });
-    if (notes.length > 0) await this.kv.txn({ success: notes }, this.deadline());
+    // In slices: etcd refuses a transaction past 128 operations, and one GC
+    // after a drain with hundreds of failed DELs writes a sighting each.
+    for (const batch of batches(notes, TXN_BATCH_OPS)) await this.kv.txn({ success: batch }, this.deadline());
+    return freed;
+  }
+
+  /**
+   * Frees allocations exactly as GC read them: block by block, in slices
+   * etcd accepts (keys.ts freeTxn, the transaction decommission uses too).
+   * A slice that loses a compare (an address released or reused, the block
+   * changed) is done again one address at a time, each under its own
+   * compare, so a race costs round trips, never a wrong free. Returns what
+   * was freed.
+   */
+  private async freeSeen(due: readonly HeldAddress[]): Promise<HeldAddress[]> {
+    const freed: HeldAddress[] = [];
+    const byBlock = new Map<string, HeldAddress[]>();
+    for (const a of due) {
+      if (!byBlock.has(a.v.blockKey)) byBlock.set(a.v.blockKey, []);
+      byBlock.get(a.v.blockKey)!.push(a);
+    }
+    const refOf = async (key: string): Promise<BlockRef> => {
+      const { results } = await this.kv.txn({ success: [{ get: key }] }, this.deadline());
+      const kv = results[0]![0];
+      return kv ? { key, rev: kv.modRevision, data: this.blockState(kv)?.data ?? null } : { key, data: undefined };
+    };
+    for (const [blockKey, list] of byBlock) {
+      let ref = await refOf(blockKey);
+      for (const batch of batches(list, FREE_BATCH)) {
+        const { compare, ops, data } = freeTxn(this.net, this.conf.nodeName, batch, ref);
+        const r = await this.kv.txn({ compare, success: ops }, this.deadline());
+        if (r.succeeded) {
+          freed.push(...batch);
+          if (data) {
+            ref = { key: blockKey, rev: r.revision, data };
+            const mine = this.session?.mine?.get(batch[0]!.v.block);
+            if (mine && mine.key === blockKey) {
+              mine.rev = r.revision;
+              mine.data = data;
+            }
+          }
+          continue;
+        }
+        this.stats.conflicts++;
+        for (const a of batch) {
+          if (await this.free(parseIP(a.ip)!, { containerId: a.v.containerId, ifname: a.v.ifname }, a.kv.modRevision)) freed.push(a);
+        }
+        ref = await refOf(blockKey);
+      }
+    }
     return freed;
   }
 
@@ -403,6 +472,7 @@ export class EtcdStore implements AllocationStore {
     this.checkRanges(results[3]!, results[4]![0]);
     // A registration the maintenance command removed (the host looked gone) is made again.
     if (!this.hostChecked || !results[0]![0]) await this.checkHost(registered, results[0]![0]);
+    this.recordForKeeper();
     await this.renewLiveness(results[2]![0]);
     s.mine = this.blocksFrom(results[1]!);
     if (this.registration && s.mine.size > 0) {
@@ -443,7 +513,7 @@ export class EtcdStore implements AllocationStore {
         own = kv;
         continue;
       }
-      const other = parseJSON<RangesValue>(kv.value)?.ranges ?? [];
+      const other = readRecord(rangesValueSchema, kv, this.log)?.ranges ?? [];
       for (const a of mine) {
         for (const b of other) {
           if (!rangesOverlap(a, b)) continue;
@@ -481,7 +551,7 @@ export class EtcdStore implements AllocationStore {
    */
   private async renewLiveness(alive: KeyValue | undefined): Promise<void> {
     const now = this.clock();
-    const v = alive && parseJSON<AliveValue>(alive.value);
+    const v = alive && readRecord(aliveValueSchema, alive, this.log);
     if (v && v.hostId === this.conf.hostId && now < v.renewAfter) return;
     const lease = await this.kv.grantLease(Math.ceil(this.conf.livenessTtlMs / 1000), this.deadline());
     const value: AliveValue = { hostId: this.conf.hostId, renewAfter: now + Math.floor(this.conf.livenessTtlMs / 2) };
@@ -511,38 +581,99 @@ export class EtcdStore implements AllocationStore {
     return mine;
   }
 
+  /** The block's state, or undefined (logged) when the record is malformed or not the block its key names. */
   private blockState(kv: KeyValue): BlockState | undefined {
-    const data = parseJSON<BlockData>(kv.value);
+    const data = readRecord(blockDataSchema, kv, this.log);
+    if (!data) return undefined;
     const id = kv.key.slice(kv.key.lastIndexOf('/') + 1);
-    const slash = data?.cidr.lastIndexOf('/') ?? -1;
-    const net = data ? parseIP(data.cidr.slice(0, slash)) : undefined;
-    if (!data || !net) return undefined;
-    return { id, key: kv.key, network: net.value, prefix: Number(data.cidr.slice(slash + 1)), family: net.family, rev: kv.modRevision, data };
+    const slash = data.cidr.lastIndexOf('/');
+    const net = parseIP(data.cidr.slice(0, slash));
+    const prefix = Number(data.cidr.slice(slash + 1));
+    if (!net || !(prefix >= 0 && prefix <= (net.family === 4 ? 32 : 128)) || id !== blockId(net.family, net.value, prefix) || net.value !== (net.value & mask(net.family, prefix))) {
+      this.log(`cluster-ipam: skipping malformed etcd record ${kv.key}: cidr ${data.cidr} is not the block the key names`);
+      return undefined;
+    }
+    return { id, key: kv.key, network: net.value, prefix, family: net.family, rev: kv.modRevision, data };
   }
 
+  /**
+   * Registers this host under its node name (compare-and-swap on the key's
+   * version), or checks that the registration is this host's: a second
+   * host claiming the node name with another ID is refused (7), whatever
+   * else it shares with the first (cloned images share /etc/machine-id,
+   * which is why the ID is this host's own random one, shared/host-id.ts).
+   *
+   * Migration from the machine-id era: a registration holding this
+   * machine's /etc/machine-id is taken over (compare-and-swap on its mod
+   * revision) by this host's new ID, once. Of two clones sharing that
+   * machine-id under one node name, the first to upgrade wins and the other
+   * is refused from then on, which is the refusal the machine-id never gave.
+   *
+   * A registration that is not a host record at all (written by hand,
+   * corrupted) is logged and taken over the same way: nobody can prove it
+   * theirs, and refusing would stop the node for good.
+   */
   private async checkHost(hostKey: string, existing: KeyValue | undefined): Promise<void> {
+    const value = JSON.stringify({ hostId: this.conf.hostId, registeredAt: new Date(this.clock()).toISOString() });
     let current = existing;
-    if (!current) {
-      const value = JSON.stringify({ hostId: this.conf.hostId, registeredAt: new Date(this.clock()).toISOString() });
+    for (let attempt = 0; ; attempt++) {
+      if (!current) {
+        const r = await this.kv.txn(
+          { compare: [{ key: hostKey, target: 'version', value: 0n }], success: [{ put: hostKey, value }], failure: [{ get: hostKey }] },
+          this.deadline(),
+        );
+        if (r.succeeded) break;
+        current = r.results[0]![0];
+        if (!current) continue;
+      }
+      const holder = readRecord(hostValueSchema, current, this.log)?.hostId;
+      if (holder === this.conf.hostId) break;
+      const migrating = holder !== undefined && holder === previousMachineId();
+      if (holder !== undefined && !migrating) {
+        throw new CniError(
+          ErrorCode.InvalidNetworkConfig,
+          `node name "${this.conf.nodeName}" is registered in etcd by another host (host ID ${holder}; this host is ${this.conf.hostId})`,
+          `${hostKey} belongs to another machine: give each host its own ipam.etcd.nodeName; if that host is gone for good, run "cni-ts ipam-maint decommission ${this.conf.nodeName}" first. (A host's ID is kept in its host-id file, /var/lib/cni-ts/host-id: hosts cloned from one image after it was written share it; remove it on the clone before first use.)`,
+        );
+      }
+      this.log(
+        migrating
+          ? `cluster-ipam: node ${this.conf.nodeName}: registration by this machine's machine-id moved to its host ID ${this.conf.hostId}`
+          : `cluster-ipam: node ${this.conf.nodeName}: unreadable registration replaced by host ID ${this.conf.hostId}`,
+      );
       const r = await this.kv.txn(
-        { compare: [{ key: hostKey, target: 'version', value: 0n }], success: [{ put: hostKey, value }], failure: [{ get: hostKey }] },
+        { compare: [{ key: hostKey, target: 'mod', value: current.modRevision }], success: [{ put: hostKey, value }], failure: [{ get: hostKey }] },
         this.deadline(),
       );
-      if (r.succeeded) {
-        this.hostChecked = true;
-        return;
-      }
+      if (r.succeeded) break;
       current = r.results[0]![0];
-    }
-    const holder = parseJSON<{ hostId?: string }>(current?.value ?? '')?.hostId;
-    if (holder !== this.conf.hostId) {
-      throw new CniError(
-        ErrorCode.InvalidNetworkConfig,
-        `node name "${this.conf.nodeName}" is registered in etcd by another host`,
-        `${hostKey} holds host ID ${holder ?? '(unreadable)'}, this host is ${this.conf.hostId}; give each host its own ipam.etcd.nodeName (or remove the stale registration if that host is gone)`,
-      );
+      await this.backoff(attempt);
     }
     this.hostChecked = true;
+  }
+
+  /**
+   * Records how this store reaches etcd (no secret: file paths only) for the
+   * liveness keeper of the daemon or the overlay agent (./liveness.ts), once
+   * per process. A failure costs the host its keeper, not the operation:
+   * logged, never thrown.
+   */
+  private recordForKeeper(): void {
+    if (this.recorded || this.livenessDir === null) return;
+    this.recorded = true;
+    try {
+      recordStore(this.livenessDir, {
+        ...this.conf.connection,
+        endpoints: [...this.conf.connection.endpoints],
+        keyPrefix: this.conf.keyPrefix,
+        nodeName: this.conf.nodeName,
+        hostId: this.conf.hostId,
+        livenessTtlMs: this.conf.livenessTtlMs,
+        requestTimeoutMs: this.conf.requestTimeoutMs,
+      });
+    } catch (err) {
+      this.log(`cluster-ipam: cannot record this store for the liveness keeper in ${this.livenessDir}: ${(err as Error).message}`);
+    }
   }
 
   private async loadClaims(): Promise<Map<string, string>> {
@@ -550,7 +681,9 @@ export class EtcdStore implements AllocationStore {
     if (!s.claims) {
       const prefix = `${this.net}/blocks/`;
       const { results } = await this.kv.txn({ success: [{ get: prefix, prefix: true }] }, s.deadline);
-      s.claims = new Map(results[0]!.map((kv) => [kv.key.slice(prefix.length), kv.value]));
+      // A malformed claim still claims: its block is nobody's to take, so it
+      // stays in the map (under a name no node has) and is never borrowed from.
+      s.claims = new Map(results[0]!.map((kv) => [kv.key.slice(prefix.length), readRecord(claimValueSchema, kv, this.log) ?? '']));
     }
     return s.claims;
   }
@@ -589,11 +722,12 @@ export class EtcdStore implements AllocationStore {
     return false;
   }
 
-  private async readBlock(key: string, id: string, network: bigint, prefix: number, family: Family): Promise<BlockState | undefined> {
+  /** The block's state; undefined when there is none, null when it is malformed (logged). */
+  private async readBlock(key: string): Promise<BlockState | undefined | null> {
     const { results } = await this.kv.txn({ success: [{ get: key }] }, this.deadline());
     const kv = results[0]![0];
     if (!kv) return undefined;
-    return this.blockState(kv) ?? { id, key, network, prefix, family, rev: kv.modRevision, data: { cidr: '', host: '', seq: 0, used: {} } };
+    return this.blockState(kv) ?? null;
   }
 
   /**
@@ -673,7 +807,7 @@ export class EtcdStore implements AllocationStore {
     for (let attempt = 0; ; attempt++) {
       const read = await this.kv.txn({ success: [{ get: ipKey }] }, this.deadline());
       const ipKv = read.results[0]![0];
-      const v = ipKv && parseJSON<AddressValue>(ipKv.value);
+      const v = ipKv && readRecord(addressValueSchema, ipKv, this.log);
       if (!ipKv || !v || v.containerId !== owner.containerId.trim() || v.ifname !== owner.ifname || (expectRev !== undefined && ipKv.modRevision !== expectRev)) {
         // Not (or no longer) this owner's: only the stale index entry goes.
         if (expectRev === undefined) await this.kv.txn({ success: [{ delete: ownerKey }] }, this.deadline());
@@ -692,6 +826,9 @@ export class EtcdStore implements AllocationStore {
         data = { ...st.data, seq: st.data.seq + 1, used };
         ops.push({ put: st.key, value: JSON.stringify(data) });
         compare.push({ key: st.key, target: 'mod', value: st.rev });
+      } else if (blockKv) {
+        // The block's state is malformed (logged): the address still goes, the block is left as it is.
+        compare.push({ key: v.blockKey, target: 'mod', value: blockKv.modRevision });
       } else {
         compare.push({ key: v.blockKey, target: 'version', value: 0n });
       }

@@ -32,6 +32,7 @@ function open(node: string): EtcdStore {
         etcd: { endpoints: [etcd.endpoint], keyPrefix: P, requestTimeoutMs: TIMEOUT_MS, blockSize: 28, nodeName: node, hostId: `id-${node}` },
       },
     }),
+    { livenessDir: null },
   );
 }
 

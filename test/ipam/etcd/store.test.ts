@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
-import { allocate, collectGarbage, release, type AllocationStore } from '../../../ipam/allocator';
+import { allocate, collectGarbage, release, withLock, type AllocationStore } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
 import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
@@ -46,7 +47,8 @@ const opened: AllocationStore[] = [];
 
 function host(p: string, subnet: string, node: string, extra: Record<string, unknown> = {}, options: EtcdStoreOptions = {}): EtcdStore {
   const conf = loadIpamConfig(netConf(p, subnet, { nodeName: node, hostId: `id-${node}`, ...extra }));
-  const store = EtcdStore.open(conf, options);
+  // livenessDir: null unless a test gives one: no record of these test hosts reaches a real keeper
+  const store = EtcdStore.open(conf, { livenessDir: null, ...options });
   opened.push(store);
   return store;
 }
@@ -233,7 +235,7 @@ describe('etcd store', () => {
     await add(first, 'c1');
     const before = (await keys(p)).length;
     const conf = loadIpamConfig(netConf(p, '10.17.0.0/24', { nodeName: 'node-a', hostId: 'another-machine' }));
-    const impostor = EtcdStore.open(conf);
+    const impostor = EtcdStore.open(conf, { livenessDir: null });
     opened.push(impostor);
     const err = await add(impostor, 'c2').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CniError);
@@ -249,7 +251,7 @@ describe('etcd store', () => {
       name: 'net1',
       ipam: { type: 'cluster-ipam', store: 'etcd', subnet: '10.18.0.0/24', etcd: { endpoints: [`127.0.0.1:${port}`], requestTimeoutMs: 1500, nodeName: 'n', hostId: 'x' } },
     });
-    const store = EtcdStore.open(conf);
+    const store = EtcdStore.open(conf, { livenessDir: null });
     opened.push(store);
     const err = await allocate(store, conf.rangeSets, { containerId: 'c', ifname: 'eth0' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CniError);
@@ -300,7 +302,7 @@ describe('etcd store: networks under one key prefix', () => {
       name,
       ipam: { type: 'cluster-ipam', store: 'etcd', ranges: [[range]], etcd: { endpoints: [etcd.endpoint], keyPrefix: p, nodeName: node, hostId: `id-${node}` } },
     });
-    const store = EtcdStore.open(conf);
+    const store = EtcdStore.open(conf, { livenessDir: null });
     opened.push(store);
     return store;
   }
@@ -351,5 +353,134 @@ describe('etcd store: networks under one key prefix', () => {
       const loser = r1.status === 'rejected' ? 'one' : 'two';
       expect((await keys(p)).some((k) => k.key.startsWith(`${p}/networks/${loser}/`))).toBe(false);
     }
+  });
+});
+
+describe('etcd store: cluster correctness', () => {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+  function tmpDir(): string {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'etcd-store-'));
+    dirs.push(d);
+    return d;
+  }
+
+  it('GC reclaims all of 300 leaked allocations of one host, though their sightings exceed what etcd takes in one transaction', { timeout: 120_000 }, async () => {
+    const p = prefix();
+    let now = 0;
+    const a = host(p, '10.60.0.0/22', 'node-a', { blockSize: 22, gcGracePeriodMs: 1000 }, { clock: () => now });
+    for (let i = 0; i < 300; i++) await add(a, `leak-${i}`);
+    await add(a, 'kept');
+    const valid = [{ containerId: 'kept', ifname: 'eth0' }];
+    expect(await collectGarbage(a, valid)).toEqual([]); // first sightings: 300 of them
+    now += 1000;
+    const freed = await collectGarbage(a, valid);
+    expect(freed).toHaveLength(300);
+    expect(new Set(freed.map((f) => f.containerId))).toEqual(new Set(Array.from({ length: 300 }, (_, i) => `leak-${i}`)));
+    const left = await keys(p);
+    expect(left.filter((k) => k.key.includes('/ips/')).map((k) => JSON.parse(k.value).containerId)).toEqual(['kept']);
+    expect(left.filter((k) => k.key.includes('/leaks/') || k.key.includes('/owners/leak-'))).toEqual([]);
+    const state = left.find((k) => k.key.includes('/hostblocks/'))!;
+    expect(Object.keys(JSON.parse(state.value).used)).toHaveLength(1);
+    // and the addresses are handed out again
+    expect(await add(a, 'new')).toMatch(/^10\.60\./);
+  });
+
+  it('tells two hosts with the same node name apart by their host-id files, refusing the second with a clear CNI error (7) and writing nothing', async () => {
+    const p = prefix();
+    const dir = tmpDir();
+    const conf = (): ReturnType<typeof loadIpamConfig> => loadIpamConfig(netConf(p, '10.61.0.0/24', { nodeName: 'node-a', hostId: undefined }));
+    const first = EtcdStore.open(conf(), { hostIdFile: path.join(dir, 'host1', 'host-id'), livenessDir: null });
+    const again = EtcdStore.open(conf(), { hostIdFile: path.join(dir, 'host1', 'host-id'), livenessDir: null });
+    const clone = EtcdStore.open(conf(), { hostIdFile: path.join(dir, 'host2', 'host-id'), livenessDir: null });
+    opened.push(first, again, clone);
+    await add(first, 'c1');
+    // the same host (same host-id file) in another process: accepted
+    await add(again, 'c2');
+    const id1 = fs.readFileSync(path.join(dir, 'host1', 'host-id'), 'utf8').trim();
+    expect(JSON.parse((await keys(p)).find((k) => k.key === `${p}/hosts/node-a`)!.value).hostId).toBe(id1);
+    const before = (await keys(p)).map((k) => `${k.key} ${k.modRevision}`);
+    const err = await add(clone, 'c3').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(7);
+    expect((err as CniError).msg).toContain('node name "node-a" is registered in etcd by another host');
+    expect((err as CniError).msg).toContain(id1);
+    expect((err as CniError).details).toContain('ipam-maint decommission node-a');
+    expect((await keys(p)).map((k) => `${k.key} ${k.modRevision}`)).toEqual(before);
+  });
+
+  it.runIf(fs.existsSync('/etc/machine-id'))('moves a registration made by this machine’s machine-id (an older version) over to its host ID', async () => {
+    const p = prefix();
+    const dir = tmpDir();
+    const machineId = fs.readFileSync('/etc/machine-id', 'utf8').trim();
+    await raw.txn({ success: [{ put: `${p}/hosts/node-m`, value: JSON.stringify({ hostId: machineId }) }] }, Date.now() + 5000);
+    const lines: string[] = [];
+    const s = EtcdStore.open(loadIpamConfig(netConf(p, '10.63.0.0/24', { nodeName: 'node-m', hostId: undefined })), {
+      hostIdFile: path.join(dir, 'host-id'),
+      livenessDir: null,
+      log: (l) => lines.push(l),
+    });
+    opened.push(s);
+    await add(s, 'c1');
+    const id = fs.readFileSync(path.join(dir, 'host-id'), 'utf8').trim();
+    expect(JSON.parse((await keys(p)).find((k) => k.key === `${p}/hosts/node-m`)!.value).hostId).toBe(id);
+    expect(lines.join('\n')).toContain('moved to its host ID');
+  });
+
+  it('skips malformed host, claim, block, allocation, alive, leak and registry records (logged), and ADD, STATUS and GC still work', async () => {
+    const p = prefix();
+    const N = `${p}/networks/net1`;
+    await raw.txn(
+      {
+        success: [
+          { put: `${p}/hosts/node-x`, value: '{not json' },
+          { put: `${p}/alive/node-a`, value: '"alive"' },
+          { put: `${p}/ranges/other`, value: JSON.stringify({ ranges: 5 }) },
+          // a block of ours whose state is malformed
+          { put: `${N}/blocks/10.62.0.64_26`, value: 'node-a' },
+          { put: `${N}/hostblocks/node-a/10.62.0.64_26`, value: JSON.stringify({ cidr: 7, used: 'all' }) },
+          // a claim that is not a node name
+          { put: `${N}/blocks/10.62.0.128_26`, value: '../../bad node' },
+          // another host's block with a state that is not its block
+          { put: `${N}/blocks/10.62.0.192_26`, value: 'node-b' },
+          { put: `${N}/hostblocks/node-b/10.62.0.192_26`, value: JSON.stringify({ cidr: '10.62.0.0/26', host: 'node-b', seq: 0, used: {} }) },
+          { put: `${N}/ips/10.62.0.200`, value: 'garbage' },
+          { put: `${N}/ips/10.62.0.201`, value: JSON.stringify({ containerId: 'x', node: 'node-a' }) },
+          { put: `${N}/leaks/node-a/10.62.0.202`, value: '[]' },
+        ],
+      },
+      Date.now() + 5000,
+    );
+    const lines: string[] = [];
+    let now = 0;
+    const a = host(p, '10.62.0.0/24', 'node-a', { gcGracePeriodMs: 0 }, { random: () => 0, log: (l) => lines.push(l), clock: () => now });
+    const got = new Set<string>();
+    for (let i = 0; i < 62; i++) got.add(await add(a, `c${i}`));
+    // every address from the one sound block, .2-.63; none from a malformed one
+    expect(got.size).toBe(62);
+    for (const ip of got) expect(inCidr(ip, '10.62.0.0/26')).toBe(true);
+    // then: no free address (100), not an internal error
+    await expect(add(a, 'one-more')).rejects.toMatchObject({ code: 100 });
+    expect((await withLock(a, () => a.listAll())).length).toBe(62);
+    await collectGarbage(a, []);
+    now += 1;
+    expect(await collectGarbage(a, [])).toHaveLength(62);
+    const log = lines.join('\n');
+    for (const key of [`${p}/alive/node-a`, `${p}/ranges/other`, `${N}/hostblocks/node-a/10.62.0.64_26`, `${N}/blocks/10.62.0.128_26`, `${N}/ips/10.62.0.200`, `${N}/ips/10.62.0.201`, `${N}/leaks/node-a/10.62.0.202`]) {
+      expect(log).toContain(`skipping malformed etcd record ${key}`);
+    }
+    // the malformed alive record was replaced by a real one, on a lease
+    const alive = (await keys(p)).find((k) => k.key === `${p}/alive/node-a`)!;
+    expect(alive.lease).not.toBe('0');
+  });
+
+  it('refuses blocks larger than /16 (IPv4) or /112 (IPv6) with code 7: the allocator scans a block’s bitmap', () => {
+    const p = prefix();
+    expect(() => host(p, '10.0.0.0/8', 'node-a', { blockSize: 15 })).toThrow(expect.objectContaining({ code: 7, msg: expect.stringContaining('blockSize') }));
+    expect(() => host(p, 'fd00::/64', 'node-a', { blockSizeV6: 111 })).toThrow(expect.objectContaining({ code: 7, msg: expect.stringContaining('blockSizeV6') }));
+    expect(() => host(p, '10.0.0.0/8', 'node-a', { blockSize: 16 })).not.toThrow();
+    expect(() => host(p, 'fd00::/64', 'node-a', { blockSizeV6: 112 })).not.toThrow();
   });
 });
