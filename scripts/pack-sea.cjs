@@ -38,9 +38,15 @@ async function main() {
       // again at every plugin start.
       useCodeCache: process.env.SEA_CODE_CACHE !== '0',
       useSnapshot: false,
+      // NODE_OPTIONS from whoever runs a root plugin must not add --require
+      // or --import to it (cmd/shim.c also removes it from the environment).
+      execArgvExtension: 'none',
       assets: {
         'netlink_native.node': path.resolve(nativeFile),
         'netlink_native.node.sha256': path.resolve(digestFile),
+        // the bundle again, for `cni-ts daemon`'s worker threads (cmd/daemon.ts):
+        // a SEA's main script cannot be named as a file to start a Worker on
+        'cni-ts.js': path.resolve(entry),
         ...etcdAssets,
         'etcd/sha256': path.resolve(etcdDigestFile),
       },
