@@ -124,7 +124,7 @@ function registerGuest(): void {
           if (changed[0] === 0 || changed[1] === 0) throw new Error('no rotation within 60 s');
           // The ring's rotatedAt is this rotation's only if the ring has not moved on since (reading it is a node start)
           const ring = parseRing(L.kvGet(`${L.prefix}/ipsec/ring`)!);
-          const spi = deriveSpi(primaryKey(ring).material.reveal(), L.vtep(0), L.vtep(1));
+          const spi = deriveSpi(primaryKey(ring).material.reveal(), primaryKey(ring).id, L.vtep(0), L.vtep(1));
           if (outbound(0).split(',').includes(String(spi))) samples.rotationMs.push(Math.max(changed[0]!, changed[1]!) - ring.rotatedAt);
           else samples.unmatched++;
         }

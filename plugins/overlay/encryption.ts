@@ -97,6 +97,28 @@ export function encryptedNetworksOf(snap: Pick<Snapshot, 'networks' | 'hosts' | 
   return out.sort((a, b) => a.vni - b.vni);
 }
 
+/**
+ * Who sends to each peer (its own encrypted peers, by the snapshot): the
+ * SPIs into a host are assigned over all its sources, the same way on
+ * every host (shared/ipsec/spi.ts).
+ */
+export function sourcesOf(snap: Pick<Snapshot, 'networks' | 'hosts' | 'endpoints'>): (peer: string) => readonly string[] {
+  const byVtep = new Map<string, string[]>();
+  for (const h of snap.hosts) byVtep.set(canonicalIp(h.vtep), [...(byVtep.get(canonicalIp(h.vtep)) ?? []), h.name]);
+  const memo = new Map<string, readonly string[]>();
+  return (peer) => {
+    const key = canonicalIp(peer);
+    let out = memo.get(key);
+    if (!out) {
+      const srcs = new Set<string>();
+      for (const name of byVtep.get(key) ?? []) for (const n of encryptedNetworksOf(snap, name)) for (const p of n.peers) srcs.add(p);
+      out = [...srcs];
+      memo.set(key, out);
+    }
+    return out;
+  };
+}
+
 /** RingKV over the overlay's etcd connection (one connection per agent, not two). */
 export function ringKvOver(kv: KV, timeoutMs: number, now: Clock = Date.now): RingKV {
   const deadline = () => now() + timeoutMs;
@@ -276,16 +298,23 @@ export class HostEncryption {
     try {
       // The mark makes the policies select only the encrypted VNIs' VXLAN,
       // so an unencrypted overlay between the same hosts stays in clear.
-      result = await syncHost({ store: this.store, xfrm: this.deps.xfrm, nft: this.deps.nft }, { localVtep: this.opts.vtep, mark: DOCKER_ENCRYPTION_MARK }, networks);
+      result = await syncHost(
+        { store: this.store, xfrm: this.deps.xfrm, nft: this.deps.nft },
+        { localVtep: this.opts.vtep, mark: DOCKER_ENCRYPTION_MARK },
+        networks,
+        sourcesOf(snap),
+      );
     } catch (e) {
       this.keyed = new Set([...this.keyed].filter((p) => wanted.has(p)));
       this.clean = false;
       throw e;
     }
     if (result.report) {
-      this.keyed = wanted;
-      this.clean = wanted.size === 0;
       const r = result.report;
+      // a peer whose SA or policy the kernel refused is not keyed: nothing is sent to it (never in clear)
+      this.keyed = new Set([...wanted].filter((p) => !r.failedPeers.includes(p)));
+      this.clean = wanted.size === 0;
+      for (const f of r.failed) this.deps.log(`ipsec: ${f}`);
       const changes = r.statesAdded.length + r.statesReplaced.length + r.statesDeleted.length + r.policiesSet.length + r.policiesDeleted.length;
       if (changes > 0 || result.ring !== this.lastRing) {
         // ids and counts only: the report and describeRing never hold key material

@@ -16,6 +16,13 @@
  *                            the key until it converges itself)
  * An SA whose identity (dst, SPI) is wanted but whose content differs is
  * replaced (deleted, then added) in its step.
+ *
+ * One SA or policy the kernel refuses (an SPI held by someone else's SA,
+ * say) costs only that one: it is reported in `failed`, its peer in
+ * `failedPeers` (so the caller sends that peer nothing), and the pass goes
+ * on for every other peer. A policy is installed even when its outbound SA
+ * failed: a policy without an SA drops the traffic, which is the safe way
+ * to fail (never cleartext).
  */
 import { isNetlinkError, ENOENT, ESRCH } from '../netlink/errors';
 import { canonicalIp, parseIp } from '../netlink/ipaddr';
@@ -32,6 +39,10 @@ export interface ConvergeReport {
   statesDeleted: string[];
   policiesSet: string[];
   policiesDeleted: string[];
+  /** what the kernel refused, with why (ids and errors only) */
+  failed: string[];
+  /** peers (canonical) with an SA or policy that could not be installed */
+  failedPeers: string[];
 }
 
 function hex(n: number): string {
@@ -94,7 +105,7 @@ function ignoring<T>(codes: number[], fn: () => T): void {
 }
 
 export function converge(ops: XfrmOps, desired: DesiredXfrm): ConvergeReport {
-  const report: ConvergeReport = { statesAdded: [], statesReplaced: [], statesDeleted: [], policiesSet: [], policiesDeleted: [] };
+  const report: ConvergeReport = { statesAdded: [], statesReplaced: [], statesDeleted: [], policiesSet: [], policiesDeleted: [], failed: [], failedPeers: [] };
   const reqid = desired.reqid;
   const local = canonicalIp(desired.localVtep);
   const haveStates = new Map<string, XfrmState>();
@@ -105,6 +116,17 @@ export function converge(ops: XfrmOps, desired: DesiredXfrm): ConvergeReport {
   const wantStates = new Map(desired.states.map((s) => [stateKey(s), s] as const));
   const wantPolicies = new Map(desired.policies.map((p) => [policyKey(p), p] as const));
   const inbound = (s: { dst: string }) => canonicalIp(s.dst) === local;
+  const failedPeers = new Set<string>();
+  /** runs one kernel change; a refusal is that SA's or policy's alone */
+  const each = (what: string, peer: string | undefined, fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      report.failed.push(`${what}: ${(e as Error).message}`);
+      if (peer !== undefined) failedPeers.add(canonicalIp(peer));
+    }
+  };
+  const peerOf = (s: { src: string; dst: string }) => (inbound(s) ? s.src : s.dst);
 
   const ensureState = (want: XfrmStateSpec) => {
     const have = haveStates.get(stateKey(want));
@@ -124,24 +146,29 @@ export function converge(ops: XfrmOps, desired: DesiredXfrm): ConvergeReport {
   };
 
   // 1, 2
-  for (const want of desired.states) if (inbound(want)) ensureState(want);
-  for (const want of desired.states) if (!inbound(want)) ensureState(want);
+  for (const want of desired.states) if (inbound(want)) each(`SA ${sid(want)}`, peerOf(want), () => ensureState(want));
+  for (const want of desired.states) if (!inbound(want)) each(`SA ${sid(want)}`, peerOf(want), () => ensureState(want));
   // 3: update creates or replaces, so an existing policy with stale templates is fixed in place
   for (const [k, want] of wantPolicies) {
     const have = havePolicies.get(k);
     if (have && samePolicy(have, want)) continue;
-    ops.xfrmPolicyUpdate(want);
-    report.policiesSet.push(pid(want));
+    each(`policy ${pid(want)}`, want.selector.dst, () => {
+      ops.xfrmPolicyUpdate(want);
+      report.policiesSet.push(pid(want));
+    });
   }
   // 4
   for (const [k, have] of havePolicies) {
     if (wantPolicies.has(k)) continue;
-    ignoring([ENOENT], () => ops.xfrmPolicyDel({ dir: have.dir, selector: have.selector, ...(have.mark && { mark: have.mark }) }));
-    report.policiesDeleted.push(pid(have));
+    each(`policy ${pid(have)}`, undefined, () => {
+      ignoring([ENOENT], () => ops.xfrmPolicyDel({ dir: have.dir, selector: have.selector, ...(have.mark && { mark: have.mark }) }));
+      report.policiesDeleted.push(pid(have));
+    });
   }
   // 5, 6
-  for (const [k, have] of haveStates) if (!wantStates.has(k) && !inbound(have)) dropState(have);
-  for (const [k, have] of haveStates) if (!wantStates.has(k) && inbound(have)) dropState(have);
+  for (const [k, have] of haveStates) if (!wantStates.has(k) && !inbound(have)) each(`SA ${sid(have)}`, undefined, () => dropState(have));
+  for (const [k, have] of haveStates) if (!wantStates.has(k) && inbound(have)) each(`SA ${sid(have)}`, undefined, () => dropState(have));
+  report.failedPeers = [...failedPeers].sort();
   return report;
 }
 

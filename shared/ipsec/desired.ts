@@ -14,13 +14,16 @@
  * encrypted VNIs (firewall.ts), since without an inbound policy the kernel
  * would also accept plaintext.
  *
- * SPIs come from deriveSpi(key, src, dst), so the peer computes the same
- * ones for the other side of each SA. ESN is always on (see XfrmStateSpec).
+ * Each SA's key, salt and SPI are derived from the ring key for its own
+ * (source, destination, key id) (spi.ts), so the peer computes the same SA
+ * for the other side and no two host pairs share a key. SPIs into one
+ * destination are assigned over that destination's sources (`sourcesOf`),
+ * which both ends know from etcd. ESN is always on (see XfrmStateSpec).
  */
 import { canonicalIp, parseIp } from '../netlink/ipaddr';
 import { IPPROTO_UDP, XfrmMark, XfrmPolicySpec, XfrmStateSpec } from '../netlink/xfrm';
-import { AEAD_ALGORITHM, ICV_BITS, KeyRing, primaryKey } from './keyring';
-import { deriveSpi } from './spi';
+import { AEAD_ALGORITHM, ICV_BITS, KeyRing, RingKey, primaryKey } from './keyring';
+import { deriveSaKey, spisInto } from './spi';
 
 export const VXLAN_PORT = 4789;
 /** "CNI" in ASCII: the reqid that marks the SAs and policies this project owns. */
@@ -72,7 +75,18 @@ export function encryptedPeers(localVtep: string, networks: readonly EncryptedNe
   return [...peers].sort();
 }
 
-export function desiredXfrm(params: IpsecParams, networks: readonly EncryptedNetwork[], ring: KeyRing | undefined): DesiredXfrm {
+/**
+ * `sourcesOf(peer)`: the hosts that send to `peer` (its own peers), for the
+ * SPI assignment into it; this host is counted whatever it says. Without
+ * it, SPIs into a peer are assigned as if this host were its only source,
+ * which agrees with the peer except in the rare case of a collision.
+ */
+export function desiredXfrm(
+  params: IpsecParams,
+  networks: readonly EncryptedNetwork[],
+  ring: KeyRing | undefined,
+  sourcesOf: (peer: string) => readonly string[] = () => [],
+): DesiredXfrm {
   const local = canonicalIp(params.localVtep);
   const reqid = params.reqid ?? IPSEC_REQID;
   const out: DesiredXfrm = { localVtep: local, reqid, states: [], policies: [] };
@@ -81,20 +95,23 @@ export function desiredXfrm(params: IpsecParams, networks: readonly EncryptedNet
   if (!ring) return out;
   const primary = primaryKey(ring);
   const localFamily = parseIp(local).family;
-  const sa = (src: string, dst: string, material: Buffer): XfrmStateSpec => ({
+  const peers = encryptedPeers(local, networks).filter((p) => parseIp(p).family === localFamily); // no SA joins IPv4 and IPv6
+  const sa = (src: string, dst: string, k: RingKey, spi: number): XfrmStateSpec => ({
     src,
     dst,
-    spi: deriveSpi(material, src, dst),
+    spi,
     reqid,
     mode: 'transport',
-    aead: { name: AEAD_ALGORITHM, key: material, icvBits: ICV_BITS },
+    aead: { name: AEAD_ALGORITHM, key: deriveSaKey(k.material.reveal(), k.id, src, dst), icvBits: ICV_BITS },
     replayWindow: params.replayWindow ?? DEFAULT_REPLAY_WINDOW,
     esn: true,
   });
-  for (const peer of encryptedPeers(local, networks)) {
-    if (parseIp(peer).family !== localFamily) continue; // no SA can join an IPv4 and an IPv6 endpoint
-    for (const k of ring.keys) out.states.push(sa(peer, local, k.material.reveal()));
-    out.states.push(sa(local, peer, primary.material.reveal()));
+  // SPIs into this host: over all its peers, per key
+  const inbound = new Map(ring.keys.map((k) => [k.id, spisInto(k.material.reveal(), k.id, local, peers)] as const));
+  for (const peer of peers) {
+    for (const k of ring.keys) out.states.push(sa(peer, local, k, inbound.get(k.id)!.get(peer)!));
+    const into = spisInto(primary.material.reveal(), primary.id, peer, [...sourcesOf(peer), local]);
+    out.states.push(sa(local, peer, primary, into.get(local)!));
     out.policies.push({
       dir: 'out',
       selector: { src: local, dst: peer, proto: IPPROTO_UDP, dport: params.port ?? VXLAN_PORT },

@@ -33,11 +33,13 @@ export async function syncHost(
   deps: { store: RingStore; xfrm: XfrmOps; nft: Nft },
   params: IpsecParams,
   networks: readonly EncryptedNetwork[],
+  /** each peer's own peers, for the SPIs into it (desiredXfrm) */
+  sourcesOf?: (peer: string) => readonly string[],
 ): Promise<HostSyncResult> {
   const { ring, source, problem } = await deps.store.fetch();
   const encrypted = networks.filter((n) => n.peers.length > 0);
   if (!ring && encrypted.length > 0) return { source, ...(problem && { problem }) };
-  const report = converge(deps.xfrm, desiredXfrm(params, encrypted, ring));
+  const report = converge(deps.xfrm, desiredXfrm(params, encrypted, ring, sourcesOf));
   deps.nft.run(ipsecFirewall(encrypted, { ...(params.port && { port: params.port }), ...(params.mark && { mark: params.mark }) }));
   return { source, ...(ring && { ring: describeRing(ring), generation: ring.generation }), report, ...(problem && { problem }) };
 }

@@ -1,29 +1,79 @@
 /**
- * SPIs that both ends of a host pair compute alone. An inbound SA on host B
- * and the outbound SA on host A for the same traffic must carry the same
- * SPI; rather than negotiate it (IKE) or store it in etcd, both derive it
- * from what they already share: the key, and the pair's addresses in the
- * direction of the traffic.
+ * Per-pair SA keys and SPIs that both ends of a host pair compute alone.
  *
- *   spi = first 32 bits of HMAC-SHA256(key || salt, label | src | dst | n)
+ * Keys: the ring holds one AES-GCM key (+ salt) per key id, shared by the
+ * whole cluster. No SA uses it directly: each SA (traffic from src to dst
+ * under ring key `id`) gets its own key and salt,
  *
- * n starts at 0 and is bumped while the result is below 256 (RFC 4303: SPIs
- * 1..255 are reserved, 0 means "no SA"). Direction matters on purpose: A->B
- * and B->A get different SPIs, so each host's inbound SAs never collide
- * with its outbound ones. A new key gives new SPIs, which is what lets the
- * old and the new SA of one pair coexist during a rotation.
+ *   key || salt = HKDF-SHA256(ikm = ring key || salt, salt = LABEL,
+ *                             info = "esp key" | src | dst | id, length = the ring key's)
+ *
+ * so two host pairs never share a key (nor a GCM nonce space), A->B and
+ * B->A differ, and a key leaked from one host's SA opens no other pair's
+ * traffic. Both ends hold the ring, so both derive the same SA.
+ *
+ * SPIs: an inbound SA is found by (destination, SPI, ESP), so SPIs need only
+ * be unique among the SAs into one destination: the receiving host's SAs
+ * from all its peers, for each key of the ring. IKE lets the receiver pick;
+ * here both ends must agree without talking, so the SPI is derived too:
+ *
+ *   spi = (id mod 4) << 30 | 30 bits of HKDF(..., info = "esp spi" | src | dst | id | n)
+ *
+ * The top two bits keep the ring's keys apart (a ring holds at most three
+ * consecutive ids, so id mod 4 differs between them): a rotation never moves
+ * an SPI. Among the sources of one destination under one key, a collision
+ * of the 30 hashed bits is settled the same way on both ends: sources in
+ * address order, each takes the first n whose SPI is free (and not one of
+ * the reserved 0..255). Both ends know the destination's sources (the hosts
+ * sharing an encrypted network with it, from etcd), so both compute the
+ * same assignment (spisInto). Collisions are rare (about s^2 / 2^31 for s
+ * sources), and the case a sender's view of the sources lags is rarer still.
  */
-import { createHmac } from 'node:crypto';
-import { parseIp } from '../netlink/ipaddr';
+import { hkdfSync } from 'node:crypto';
+import { canonicalIp, parseIp } from '../netlink/ipaddr';
 
-const LABEL = Buffer.from('cni-ts esp spi v1\0');
+const LABEL = Buffer.from('cni-ts ipsec pair v2');
+const MIN_SPI = 256; // RFC 4303: 1..255 reserved, 0 means "no SA"
 
-/** The SPI of the SA carrying traffic from src to dst under `key` (key + salt bytes). */
-export function deriveSpi(key: Buffer, src: string, dst: string): number {
-  const s = parseIp(src).bytes;
-  const d = parseIp(dst).bytes;
-  for (let n = 0; ; n++) {
-    const spi = createHmac('sha256', key).update(LABEL).update(s).update(d).update(Buffer.from([n])).digest().readUInt32BE(0);
-    if (spi >= 256) return spi;
+function info(what: string, src: string, dst: string, keyId: number, n?: number): Buffer {
+  const id = Buffer.alloc(4);
+  id.writeUInt32BE(keyId >>> 0);
+  return Buffer.concat([Buffer.from(`${what}\0`), parseIp(src).bytes, parseIp(dst).bytes, id, n === undefined ? Buffer.alloc(0) : Buffer.from([n & 0xff, n >>> 8])]);
+}
+
+/** The key and salt of the SA carrying src -> dst under ring key `keyId` (`ringMaterial`: that key + salt). */
+export function deriveSaKey(ringMaterial: Buffer, keyId: number, src: string, dst: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', ringMaterial, LABEL, info('esp key', src, dst, keyId), ringMaterial.length));
+}
+
+/** The n-th SPI candidate of the SA src -> dst under ring key `keyId`. */
+export function spiCandidate(ringMaterial: Buffer, keyId: number, src: string, dst: string, n = 0): number {
+  const h = Buffer.from(hkdfSync('sha256', ringMaterial, LABEL, info('esp spi', src, dst, keyId, n), 4)).readUInt32BE(0);
+  return ((((keyId % 4) << 30) | (h & 0x3fffffff)) >>> 0);
+}
+
+/**
+ * The SPI of every SA into `dst` under one ring key: one per source, unique
+ * among them. `sources` are the destination's peers (order does not matter;
+ * the assignment sorts them). Keyed by canonical source address.
+ */
+export function spisInto(ringMaterial: Buffer, keyId: number, dst: string, sources: readonly string[]): Map<string, number> {
+  const sorted = [...new Set(sources.map(canonicalIp))].filter((s) => s !== canonicalIp(dst)).sort((a, b) => Buffer.compare(parseIp(a).bytes, parseIp(b).bytes) || (a < b ? -1 : 1));
+  const used = new Set<number>();
+  const out = new Map<string, number>();
+  for (const src of sorted) {
+    for (let n = 0; ; n++) {
+      const spi = spiCandidate(ringMaterial, keyId, src, dst, n);
+      if (spi < MIN_SPI || used.has(spi)) continue;
+      used.add(spi);
+      out.set(src, spi);
+      break;
+    }
   }
+  return out;
+}
+
+/** The SPI of the SA src -> dst when `dst`'s sources are `sources` (src is added if missing). */
+export function deriveSpi(ringMaterial: Buffer, keyId: number, src: string, dst: string, sources: readonly string[] = []): number {
+  return spisInto(ringMaterial, keyId, dst, [...sources, src]).get(canonicalIp(src))!;
 }

@@ -193,10 +193,15 @@ describe('overlay networks across three simulated hosts', () => {
     expect(lab.plugin(1, 'DEL', c[1], lab.conf(1, 'ovA', SUBNET)).status).toBe(0);
   });
 
-  it('GC removes endpoints of containers that are gone', async () => {
+  it('GC removes endpoints of containers that are gone, once seen gone by two GCs (IPAM GC\'s grace)', async () => {
     // c[3] on host 2 "disappears" without a DEL
     const valid = [{ containerID: c[2], ifname: 'eth0' }];
-    const r = lab.plugin(2, 'GC', '', { ...lab.conf(2, 'ovA', SUBNET), 'cni.dev/valid-attachments': valid }, '', '');
+    const conf = lab.conf(2, 'ovA', SUBNET) as { etcd: Record<string, unknown> };
+    const gcConf = { ...conf, etcd: { ...conf.etcd, gcGracePeriodMs: 0 }, 'cni.dev/valid-attachments': valid };
+    const first = lab.plugin(2, 'GC', '', gcConf, '', '');
+    expect(first.status, first.stdout + first.stderr).toBe(0);
+    expect(lab.snapshot().endpoints.some((e) => e.containerId === c[3])).toBe(true);
+    const r = lab.plugin(2, 'GC', '', gcConf, '', '');
     expect(r.status, r.stdout + r.stderr).toBe(0);
     expect(lab.snapshot().endpoints.some((e) => e.containerId === c[3])).toBe(false);
     expect(await eventually(() => !lab.fdbMacs(0, vniA).includes(mac.get(c[3])!))).toBe(true);
@@ -219,7 +224,7 @@ describe('overlay networks across three simulated hosts', () => {
 
   it('a host that leaves has its entries removed on the other hosts', async () => {
     await lab.killAgent(2);
-    const r = lab.agentOnce(2, ['leave', '--node', lab.hosts[2], '--etcd', '192.168.200.254:2379', '--prefix', lab.prefix]);
+    const r = lab.agentOnce(2, ['leave', '--node', lab.hosts[2], '--etcd', '192.168.200.254:2379', '--prefix', lab.prefix, '--host-id-file', lab.hostIdFile(2)]);
     expect(r.status, r.stderr).toBe(0);
     expect(await eventually(() => !lab.fdbMacs(0, vniA).includes(mac.get(c[2])!))).toBe(true);
     expect(lab.snapshot().hosts.map((h) => h.name).sort()).toEqual([lab.hosts[0], lab.hosts[1]]);

@@ -9,7 +9,7 @@ import { converge, removeAll } from '../../../shared/ipsec/converge';
 import { DOCKER_ENCRYPTION_MARK, IPSEC_REQID, desiredXfrm, encryptedPeers, type EncryptedNetwork } from '../../../shared/ipsec/desired';
 import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
 import { KeyRing, newRing, primaryKey, rotate } from '../../../shared/ipsec/keyring';
-import { deriveSpi } from '../../../shared/ipsec/spi';
+import { deriveSaKey, deriveSpi } from '../../../shared/ipsec/spi';
 
 const T0 = Date.UTC(2026, 0, 1);
 const A = '10.0.0.1';
@@ -37,10 +37,12 @@ describe('desiredXfrm', () => {
     const k1 = ring.keys[0]!.material.reveal();
     const k2 = ring.keys[1]!.material.reveal();
     expect(d.states.map((s) => [s.src, s.dst, s.spi])).toEqual([
-      [B, A, deriveSpi(k1, B, A)],
-      [B, A, deriveSpi(k2, B, A)],
-      [A, B, deriveSpi(k1, A, B)],
+      [B, A, deriveSpi(k1, 1, B, A)],
+      [B, A, deriveSpi(k2, 2, B, A)],
+      [A, B, deriveSpi(k1, 1, A, B)],
     ]);
+    // each SA's key is its own, derived from the ring key for its pair and direction
+    expect(d.states.map((s) => s.aead.key)).toEqual([deriveSaKey(k1, 1, B, A), deriveSaKey(k2, 2, B, A), deriveSaKey(k1, 1, A, B)]);
     expect(d.states.every((s) => s.esn && s.mode === 'transport' && s.aead.name === 'rfc4106(gcm(aes))' && s.aead.icvBits === 128 && s.reqid === IPSEC_REQID)).toBe(true);
     expect(d.policies).toEqual([
       { dir: 'out', selector: { src: A, dst: B, proto: 17, dport: 4789 }, tmpls: [{ src: A, dst: B, reqid: IPSEC_REQID, mode: 'transport' }] },
@@ -54,7 +56,8 @@ describe('desiredXfrm', () => {
     const out = mine.states.find((s) => s.src === A)!;
     const match = theirs.states.find((s) => s.src === A && s.spi === out.spi)!;
     expect(match.aead.key.equals(out.aead.key)).toBe(true);
-    expect(match.aead.key.equals(primaryKey(ring).material.reveal())).toBe(true);
+    // never the ring key itself
+    expect(match.aead.key.equals(primaryKey(ring).material.reveal())).toBe(false);
   });
 
   it('covers each peer once across networks, skips this host and address families it cannot reach', () => {
@@ -82,7 +85,7 @@ describe('converge', () => {
     expect(first.statesAdded).toHaveLength(6);
     expect(first.policiesSet).toEqual(['out 10.0.0.1->10.0.0.2', 'out 10.0.0.1->10.0.0.3']);
     const n = x.log.length;
-    expect(converge(x, d)).toEqual({ statesAdded: [], statesReplaced: [], statesDeleted: [], policiesSet: [], policiesDeleted: [] });
+    expect(converge(x, d)).toEqual({ statesAdded: [], statesReplaced: [], statesDeleted: [], policiesSet: [], policiesDeleted: [], failed: [], failedPeers: [] });
     expect(x.log.length).toBe(n);
   });
 
@@ -95,12 +98,12 @@ describe('converge', () => {
     x.log.length = 0;
     const r = converge(x, desiredXfrm({ localVtep: A }, nets([B]), ring));
     const k = (id: number) => ring.keys.find((y) => y.id === id)?.material.reveal();
-    const spiIn4 = deriveSpi(k(4)!, B, A).toString(16).padStart(8, '0');
-    const spiOut3 = deriveSpi(k(3)!, A, B).toString(16).padStart(8, '0');
+    const spiIn4 = deriveSpi(k(4)!, 4, B, A).toString(16).padStart(8, '0');
+    const spiOut3 = deriveSpi(k(3)!, 3, A, B).toString(16).padStart(8, '0');
     const verbs = x.log.map((l) => l.replace(/ proto esp.*?spi (0x[0-9a-f]+).*/, ' $1'));
     // inbound adds (keys 3 and 4), the outbound add (key 3), then deletes: outbound (key 1) before inbound (key 1).
     expect(verbs).toEqual([
-      `ip xfrm state add src ${B} dst ${A} 0x${deriveSpi(k(3)!, B, A).toString(16).padStart(8, '0')}`,
+      `ip xfrm state add src ${B} dst ${A} 0x${deriveSpi(k(3)!, 3, B, A).toString(16).padStart(8, '0')}`,
       `ip xfrm state add src ${B} dst ${A} 0x${spiIn4}`,
       `ip xfrm state add src ${A} dst ${B} 0x${spiOut3}`,
       expect.stringMatching(new RegExp(`^ip xfrm state delete dst ${B} `)),
@@ -158,21 +161,36 @@ describe('converge', () => {
     expect(x.xfrmPolicyList()[0]!.tmpls[0]!.mode).toBe('transport');
   });
 
-  it('stops at the first kernel error with the errno, and the next run completes the work', () => {
+  it('one SA the kernel refuses costs that peer only: the pass goes on for the others, and the next run completes the work', () => {
     const x = new FakeXfrm();
-    const d = desiredXfrm({ localVtep: A }, nets([B]), newRing(T0, source()));
+    const d = desiredXfrm({ localVtep: A }, nets([B, C]), newRing(T0, source()));
     const realAdd = x.xfrmStateAdd.bind(x);
-    let calls = 0;
     x.xfrmStateAdd = (s) => {
-      if (++calls === 2) throw new NetlinkError(105, 'ip xfrm state add ...'); // ENOBUFS
+      if (s.src === B && s.spi === d.states[1]!.spi) throw new NetlinkError(105, 'ip xfrm state add ...'); // ENOBUFS
       realAdd(s);
     };
-    expect(() => converge(x, d)).toThrow(expect.objectContaining({ errno: 105 }));
+    const first = converge(x, d);
+    expect(first.failed).toEqual([expect.stringContaining(`SA ${B}->${A}`)]);
+    expect(first.failedPeers).toEqual([B]);
+    // C got everything; B its other SAs and its policy (fail closed: a policy without an SA drops, never sends in clear)
+    expect(ours(x).states).toHaveLength(5);
+    expect(ours(x).policies).toEqual(['out 10.0.0.1->10.0.0.2', 'out 10.0.0.1->10.0.0.3']);
     x.xfrmStateAdd = realAdd;
     const r = converge(x, d);
-    expect(r.statesAdded).toHaveLength(2);
-    expect(ours(x).states).toHaveLength(3);
-    expect(ours(x).policies).toHaveLength(1);
+    expect(r.statesAdded).toHaveLength(1);
+    expect(r.failedPeers).toEqual([]);
+    expect(ours(x).states).toHaveLength(6);
+  });
+
+  it("an SPI already held by another owner's SA fails that SA alone (EEXIST), never the pass", () => {
+    const x = new FakeXfrm();
+    const d = desiredXfrm({ localVtep: A }, nets([B, C]), newRing(T0, source()));
+    const taken = d.states.find((s) => s.src === C && s.dst === A)!;
+    x.xfrmStateAdd({ ...taken, reqid: 7 }); // someone else's SA on (A, spi)
+    const r = converge(x, d);
+    expect(r.failedPeers).toEqual([C]);
+    expect(r.failed).toEqual([expect.stringMatching(/EEXIST|exists/i)]);
+    expect(ours(x).states.filter((s) => s.startsWith(`${B}->`) || s.startsWith(`${A}->${B}`))).toHaveLength(3);
   });
 });
 

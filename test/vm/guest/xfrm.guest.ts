@@ -143,7 +143,7 @@ test('converge installs ESN ESP states with rfc4106(gcm(aes)) and the outbound V
   assert.equal(ourStates(xa).length, 3);
   assert.equal(ourStates(xb).length, 3);
   const key = primaryKey(ring).material.reveal();
-  const spiAB = deriveSpi(key, IP_A, IP_B);
+  const spiAB = deriveSpi(key, primaryKey(ring).id, IP_A, IP_B);
   const out = ourStates(xa).find((s) => s.spi === spiAB);
   assert.ok(out, 'outbound SA A->B with the derived SPI');
   assert.equal(out.esn, true);
@@ -179,7 +179,7 @@ test('the encrypted VNI crosses the underlay only as ESP, the unencrypted one as
   assert.equal(vni42.length, 0, `cleartext VNI 42 on the wire:\n${vni42.join('\n')}`);
   assert.ok(vni43.length >= 6, `plain VNI 43 packets: ${vni43.length}\n${lines.join('\n')}`);
   // The SA counters agree: A's outbound and B's inbound SA carried the pings.
-  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), IP_A, IP_B);
+  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), primaryKey(ring).id, IP_A, IP_B);
   const outA = ourStates(xa).find((s) => s.spi === spiAB)!;
   const inB = ourStates(xb).find((s) => s.spi === spiAB)!;
   assert.ok(outA.curlft.packets >= 3n && inB.curlft.packets >= 3n, `${outA.curlft.packets} / ${inB.curlft.packets}`);
@@ -215,13 +215,13 @@ test('two key rotations during a continuous ping lose no packet, the hosts apply
   assert.ok(!ring.keys.some((k) => k.id === first), 'the first key left the ring');
   // Every SA now belongs to the current ring: 3 inbound + 1 outbound per host.
   for (const h of [xa, xb]) assert.equal(ourStates(h).length, 4);
-  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), IP_A, IP_B);
+  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), primaryKey(ring).id, IP_A, IP_B);
   assert.ok(ourStates(xa).find((s) => s.spi === spiAB)!.curlft.packets > 0n, 'traffic moved to the newest primary');
 });
 
 test('a host holding the right SPI with a wrong key cannot decrypt: ICV failures, no reply', () => {
   fixture();
-  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), IP_A, IP_B);
+  const spiAB = deriveSpi(primaryKey(ring).material.reveal(), primaryKey(ring).id, IP_A, IP_B);
   const good = ourStates(xb).find((s) => s.spi === spiAB)!;
   xb.xfrmStateDel({ dst: IP_B, spi: spiAB });
   const wrong = Buffer.from(good.aead!.key);
