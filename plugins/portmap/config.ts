@@ -48,6 +48,21 @@ const portMappingSchema = z
 
 export type PortMapping = z.infer<typeof portMappingSchema>;
 
+/**
+ * The most mappings one container may publish: room for a few thousand
+ * ports (the capability has no ranges, each port is one mapping), while
+ * bounding the transaction and the conflict check one call can ask of the
+ * host.
+ */
+export const MAX_PORT_MAPPINGS = 4096;
+
+// The length is checked before any element is parsed, so an oversized list
+// costs one comparison, not a parse of every element.
+const portMappingsSchema = z
+  .array(z.unknown())
+  .max(MAX_PORT_MAPPINGS, { message: `at most ${MAX_PORT_MAPPINGS} port mappings are accepted` })
+  .pipe(z.array(portMappingSchema));
+
 export const schema = netConfBase.extend({
   /** masquerade localhost and hairpin connections (the reference's default) */
   snat: z.boolean().default(true),
@@ -60,7 +75,7 @@ export const schema = netConfBase.extend({
   conditionsV6: z.unknown().optional(),
   externalSetMarkChain: z.unknown().optional(),
   runtimeConfig: z
-    .object({ portMappings: z.array(portMappingSchema).optional() })
+    .object({ portMappings: portMappingsSchema.optional() })
     .passthrough()
     .optional(),
 });
@@ -133,6 +148,56 @@ export function overlaps(a: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'ho
 }
 
 /**
+ * Claims grouped by family, protocol and host port, wildcard and
+ * per-address apart: what can overlap a claim is found with two lookups, so
+ * checking n claims against each other or against m held ones costs n + m,
+ * not n x m (a request may carry thousands of mappings).
+ */
+export interface ClaimBucket<C> {
+  wildcard: C[];
+  byHostIP: Map<string, C[]>;
+}
+
+type PortOf = Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>;
+
+export const portKey = (c: PortOf): string => `${c.family} ${c.protocol} ${c.hostPort}`;
+
+export function addToBuckets<C extends PortOf>(buckets: Map<string, ClaimBucket<C>>, c: C): void {
+  let b = buckets.get(portKey(c));
+  if (!b) buckets.set(portKey(c), (b = { wildcard: [], byHostIP: new Map() }));
+  if (!c.hostIP) b.wildcard.push(c);
+  else {
+    const list = b.byHostIP.get(c.hostIP);
+    if (list) list.push(c);
+    else b.byHostIP.set(c.hostIP, [c]);
+  }
+}
+
+export function bucketClaims<C extends PortOf>(claims: readonly C[]): Map<string, ClaimBucket<C>> {
+  const buckets = new Map<string, ClaimBucket<C>>();
+  for (const c of claims) addToBuckets(buckets, c);
+  return buckets;
+}
+
+/** The bucket's claims that overlap `c` (see overlaps): all of them for a wildcard, else the wildcard ones and those on its address. */
+export function overlapping<C>(buckets: ReadonlyMap<string, ClaimBucket<C>>, c: PortOf): C[] {
+  const b = buckets.get(portKey(c));
+  if (!b) return [];
+  if (!c.hostIP) return [...b.wildcard, ...[...b.byHostIP.values()].flat()];
+  return [...b.wildcard, ...(b.byHostIP.get(c.hostIP) ?? [])];
+}
+
+/** The first claim of `buckets` that overlaps `c`, without listing them all. */
+function firstOverlapping<C>(buckets: ReadonlyMap<string, ClaimBucket<C>>, c: PortOf): C | undefined {
+  const b = buckets.get(portKey(c));
+  if (!b) return undefined;
+  if (b.wildcard.length) return b.wildcard[0];
+  if (c.hostIP) return b.byHostIP.get(c.hostIP)?.[0];
+  for (const list of b.byHostIP.values()) return list[0];
+  return undefined;
+}
+
+/**
  * Turn the requested mappings into claims for the container's addresses.
  * Throws CniError 7 for a hostIP that is not an address, ::1 (IPv6 has no
  * route_localnet, so the kernel would drop the forwarded packets), and for
@@ -141,6 +206,7 @@ export function overlaps(a: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'ho
  */
 export function claimsFor(mappings: readonly PortMapping[], addrs: readonly ContainerAddr[]): Claim[] {
   const claims: Array<Claim & { index: number }> = [];
+  const held = new Map<string, ClaimBucket<Claim & { index: number }>>();
   mappings.forEach((m, index) => {
     let hostIP: string | undefined;
     let families: IpFamily[] = addrs.map((a) => a.family);
@@ -167,7 +233,7 @@ export function claimsFor(mappings: readonly PortMapping[], addrs: readonly Cont
       const addr = addrs.find((a) => a.family === family) as ContainerAddr;
       const claim: Claim = { family, protocol: m.protocol, hostPort: m.hostPort, containerIP: addr.ip, containerPort: m.containerPort };
       if (hostIP) claim.hostIP = hostIP;
-      const same = claims.find((c) => overlaps(c, claim));
+      const same = firstOverlapping(held, claim);
       if (same) {
         if (same.hostIP === claim.hostIP && same.containerPort === claim.containerPort) continue;
         throw new CniError(
@@ -176,7 +242,9 @@ export function claimsFor(mappings: readonly PortMapping[], addrs: readonly Cont
           'each host address and port can be forwarded to one container port only',
         );
       }
-      claims.push({ ...claim, index });
+      const indexed = { ...claim, index };
+      claims.push(indexed);
+      addToBuckets(held, indexed);
     }
   });
   return claims.map(({ index: _index, ...c }) => c);

@@ -4,8 +4,10 @@
  * finds the container's addresses in prevResult, and installs DNAT for
  * connections from outside and from the host itself (localhost included),
  * plus the masquerading that localhost and hairpin connections need, in the
- * project's own nftables table (rules.ts). It creates no interface and
- * passes prevResult through unchanged.
+ * project's own nftables table (rules.ts). Ports published on 127.0.0.0/8
+ * answer connections started on the host only, and the route_localnet they
+ * need is guarded by a martian drop (rules.ts header). It creates no
+ * interface and passes prevResult through unchanged.
  *
  * Every verb is at most one atomic `nft -f -` that changes something:
  *   ADD    list once (conflicts), then one transaction; under a host-wide
@@ -129,6 +131,24 @@ function collisionConflict(claims: readonly Claim[]): CniError {
   );
 }
 
+/**
+ * Remove one owner's chains and elements: one transaction when `keys` are
+ * all it holds, else (or when the keys are not all ours) by listing once.
+ */
+function removeState(nft: Nft, owner: Required<Owner>, keys: readonly Key[]): void {
+  try {
+    nft.run(delTransaction(owner, keys));
+    return;
+  } catch (err) {
+    // DEL is idempotent: no table means nothing of ours is left.
+    if (isTableGone(err)) return;
+    // Keys that are not (all) ours, or elements we did not know of still
+    // jumping to our chains: fall back to reading the table once.
+    if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
+  }
+  removeOwners(nft, () => [ownerChains(owner)]);
+}
+
 export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
   async function add(ctx: Ctx): Promise<Result> {
     rejectUnsupported(ctx.config);
@@ -142,8 +162,6 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       const listing = deps.listMaps ? deps.listMaps() : nft.list(T.family, T.table);
       const conflicts = findConflicts(listing, plan.owner, plan.claims);
       if (conflicts.length) throw portConflict(conflicts);
-      const v4 = plan.claims.find((c) => c.family === 'ipv4');
-      if (ctx.config.snat && v4) deps.enableLocalnet(v4.containerIP);
       try {
         nft.run(addTransaction(plan, listing, { skeleton: !(listing && deps.skeletonInPlace?.()) }));
       } catch (err) {
@@ -151,6 +169,18 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         // refused an element another owner added since our listing.
         if (isClaimCollision(err)) throw collisionConflict(plan.claims);
         throw err;
+      }
+      // route_localnet only once the transaction put the martian guard in
+      // place (rules.ts), so it is never on without it, not even when this
+      // ADD fails; a failure here takes the ADD's state out again.
+      const v4 = plan.claims.find((c) => c.family === 'ipv4');
+      if (ctx.config.snat && v4) {
+        try {
+          deps.enableLocalnet(v4.containerIP);
+        } catch (err) {
+          removeState(nft, plan.owner, keysOf(plan.claims, ctx.config.snat));
+          throw err;
+        }
       }
     });
     // NAT is decided on a flow's first packet: a UDP client that was already
@@ -181,17 +211,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     } catch {
       keys = [];
     }
-    try {
-      nft.run(delTransaction(owner, keys));
-      return;
-    } catch (err) {
-      // DEL is idempotent: no table means nothing of ours is left.
-      if (isTableGone(err)) return;
-      // Keys that are not (all) ours, or elements we did not know of still
-      // jumping to our chains: fall back to reading the table once.
-      if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
-    }
-    removeOwners(nft, () => [ownerChains(owner)]);
+    removeState(nft, owner, keys);
   }
 
   async function check(ctx: Ctx): Promise<void> {
@@ -248,6 +268,12 @@ function withLockFile<T>(file: string, fn: () => T): T {
 }
 
 /**
+ * Never turned off again: other software on the host (the reference
+ * portmap, kube-proxy) may rely on it, and nothing records who turned it on.
+ * That is safe only while our input chain's martian guard exists, which
+ * every DEL leaves in place (the skeleton stays); a `nft flush ruleset`
+ * removes the guard and leaves route_localnet on until the next ADD.
+ *
  * The reference's getRoutableHostIF + enableLocalnetRouting: the interface
  * of the longest main-table route to the container (the bridge), or "all"
  * when none is found. route_localnet is read as "all OR interface", so

@@ -7,8 +7,9 @@
  *     map hostip6_ports   ipv6_addr . inet_proto . inet_service : verdict
  *     map masq4           ipv4_addr . inet_proto . inet_service : verdict   container ip . proto . container port : jump pm-<id>-masq
  *     map masq6           ipv6_addr . inet_proto . inet_service : verdict
- *     chain prerouting   nat/prerouting  dstnat:  fib daddr type local jump dispatch
- *     chain output       nat/output      -100:    the same, for connections from the host itself (localhost included)
+ *     chain prerouting   nat/prerouting  dstnat:  127.0.0.0/8 returns; else fib daddr type local jump dispatch
+ *     chain output       nat/output      -100:    fib daddr type local jump dispatch, for connections from the host itself (localhost included)
+ *     chain input        filter/input    filter:  the martian guard: 127.0.0.0/8 not from lo and not DNATed is dropped
  *     chain dispatch     one lookup per map: a host-address claim first, then a wildcard one
  *     chain postrouting  nat/postrouting srcnat:  DNAT'ed connections -> the owner's masquerade chain
  *     chain pm-<id>      one container's DNAT rules           (every rule commented with its owner tag)
@@ -33,6 +34,23 @@
  * with `add chain`, which fails only when the table itself is gone, and that
  * is the other way DEL is done.
  *
+ * Loopback publishing (hostIP in 127.0.0.0/8, or a wildcard port reached
+ * through 127.0.0.1) answers connections started on the host and nothing
+ * else. A neighbour on the host's L2, or a container on the bridge, can send
+ * a packet to 127.0.0.1 through the host's MAC (moby#41872): prerouting
+ * therefore never dispatches a 127.0.0.0/8 destination, so only the output
+ * path (locally started connections) DNATs to loopback ports; a packet on lo
+ * never needs prerouting either, its connection was NATed in output. The
+ * forwarded localhost connection needs route_localnet, which would also let
+ * a container (CAP_NET_RAW is a runtime default) reach services the host
+ * binds to 127.0.0.1, etcd's default endpoint among them (CVE-2020-8558):
+ * the input chain drops what is addressed to 127.0.0.0/8, did not arrive on
+ * lo and is not part of a DNATed connection (the replies of the host's own
+ * localhost connections are), as kubelet's KUBE-FIREWALL does, but keyed on
+ * the interface rather than the source address, which a sender can forge.
+ * Both are skeleton rules, written in the same transaction as everything
+ * else; main.ts turns route_localnet on only after that transaction.
+ *
  * Masquerading needs no packet marks: the postrouting lookup on the
  * connection's post-DNAT destination (the container's address and port)
  * leads to the owner's chain, which masquerades sources from 127.0.0.0/8
@@ -45,7 +63,7 @@ import { NftError } from '../../shared/nft/errors';
 import type { Listing, Nft } from '../../shared/nft/nft-interface';
 import { TABLE_PREFIX, networkTag, ownerTag, tagMatches, type Owner } from '../../shared/nft/owned';
 import { Transaction, type NftMap } from '../../shared/nft/transaction';
-import type { Claim, ContainerAddr, IpFamily } from './config';
+import { bucketClaims, overlapping, type Claim, type ContainerAddr, type IpFamily } from './config';
 
 export const TABLE = `${TABLE_PREFIX}portmap`;
 export const T = { family: 'inet' as const, table: TABLE };
@@ -141,7 +159,26 @@ export function masqRules(addrs: readonly ContainerAddr[], families: ReadonlySet
  * this version's: an empty chain, found over netlink without nft. A
  * changed skeleton gets a new name, so an old table is rewritten once.
  */
-export const SKELETON_MARKER = 'skeleton-v1';
+export const SKELETON_MARKER = 'skeleton-v2';
+
+/** Markers of earlier skeletons: removed when this version's is written. */
+const OLD_SKELETON_MARKERS = ['skeleton-v1'];
+
+/** Loopback destinations are dispatched in the output path only (see the header). */
+export const LOOPBACK_PREROUTING_RULE = 'ip daddr 127.0.0.0/8 return';
+/**
+ * The martian guard that makes route_localnet safe (see the header): a
+ * DNATed connection's packets go on, everything else to 127.0.0.0/8 from
+ * outside lo is dropped. Two rules rather than `ct status ! dnat drop`,
+ * which would let a packet conntrack did not track (invalid, notrack) past:
+ * with no conntrack entry a `ct` match fails in either polarity.
+ */
+export const MARTIAN_RULES = ['iifname != "lo" ip daddr 127.0.0.0/8 ct status dnat return', 'iifname != "lo" ip daddr 127.0.0.0/8 drop'] as const;
+/** The guards' comments: how CHECK finds them in a listing (rule text is not listed). */
+export const GUARD_COMMENTS = {
+  prerouting: 'loopback ports answer the host only',
+  input: '127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)',
+} as const;
 
 function queueSkeleton(tx: Transaction): void {
   tx.add({ kind: 'table', ...T, comment: 'cni-ts portmap: published container ports' });
@@ -154,13 +191,17 @@ function queueSkeleton(tx: Transaction): void {
   // nft 1.0.6 names "dstnat" only on prerouting; -100 is the same priority.
   tx.add({ kind: 'chain', ...T, name: 'output', type: 'nat', hook: 'output', priority: -100, policy: 'accept' });
   tx.add({ kind: 'chain', ...T, name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' });
+  tx.add({ kind: 'chain', ...T, name: 'input', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' });
   const rules: Record<string, Array<{ rule: string; comment?: string }>> = {
     dispatch: [
       { rule: `ip daddr . meta l4proto . th dport vmap @${MAPS.hostip4}` },
       { rule: `ip6 daddr . meta l4proto . th dport vmap @${MAPS.hostip6}` },
       { rule: `meta nfproto . meta l4proto . th dport vmap @${MAPS.wildcard}` },
     ],
-    prerouting: [{ rule: 'fib daddr type local jump dispatch' }],
+    prerouting: [
+      { rule: LOOPBACK_PREROUTING_RULE, comment: GUARD_COMMENTS.prerouting },
+      { rule: 'fib daddr type local jump dispatch' },
+    ],
     output: [
       { rule: 'ip6 daddr ::1 return', comment: 'IPv6 cannot forward from loopback' },
       { rule: 'fib daddr type local jump dispatch' },
@@ -169,12 +210,18 @@ function queueSkeleton(tx: Transaction): void {
       { rule: `ct status dnat ip daddr . meta l4proto . th dport vmap @${MAPS.masq4}` },
       { rule: `ct status dnat ip6 daddr . meta l4proto . th dport vmap @${MAPS.masq6}` },
     ],
+    input: [{ rule: MARTIAN_RULES[0] }, { rule: MARTIAN_RULES[1], comment: GUARD_COMMENTS.input }],
   };
   for (const [chain, list] of Object.entries(rules)) {
     tx.flush({ kind: 'chain', ...T, name: chain });
     for (const r of list) tx.add({ kind: 'rule', ...T, chain, ...r });
   }
   tx.add({ kind: 'chain', ...T, name: SKELETON_MARKER });
+  // add-then-delete: removes an older marker whether or not it is there
+  for (const name of OLD_SKELETON_MARKERS) {
+    tx.add({ kind: 'chain', ...T, name });
+    tx.delete({ kind: 'chain', ...T, name });
+  }
 }
 
 const jumpTo = (chain: string): string => `jump ${chain}`;
@@ -237,9 +284,10 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts
     for (const k of elementsJumpingTo(listing, [chains.dnat, chains.masq])) {
       if (!wantedText.has(keyText(k))) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
     }
+    const index = elementIndex(listing);
     for (const k of wanted) {
       if (k.map !== MAPS.masq4 && k.map !== MAPS.masq6) continue;
-      const held = findElement(listing, k);
+      const held = index.get(keyText(k));
       if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
     }
   }
@@ -247,11 +295,17 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts
   return tx;
 }
 
-/** The value of the element with key `k` in the listing, if any. */
-function findElement(listing: Listing, k: Key): string | undefined {
-  const set = listing.sets.find((s) => s.name === k.map);
-  const want = k.key.join(' . ');
-  return set?.elements.find((e) => splitKey(e.key).join(' . ') === want)?.value;
+/**
+ * The values of our maps' elements by keyText, built once per listing so
+ * that looking up every key of a request is linear, not elements x keys.
+ */
+function elementIndex(listing: Listing): Map<string, string | undefined> {
+  const index = new Map<string, string | undefined>();
+  for (const s of listing.sets) {
+    if (!ALL_MAPS.includes(s.name)) continue;
+    for (const e of s.elements) index.set(keyText({ map: s.name, key: splitKey(e.key) }), e.value);
+  }
+  return index;
 }
 
 /** Another owner's claim in the way of one of ours. */
@@ -274,15 +328,22 @@ function claimOfElement(map: string, key: string): Pick<Claim, 'family' | 'proto
   return undefined;
 }
 
-/** The owner tag of a DNAT chain, read from its rules' comments. */
-function chainOwnerTag(listing: Listing, chain: string): string | undefined {
-  return listing.chains.find((c) => c.name === chain)?.rules.find((r) => r.comment)?.comment;
+/** The owner tags of the DNAT chains in a listing, read from their rules' comments. */
+function chainOwnerTags(listing: Listing): Map<string, string> {
+  const tags = new Map<string, string>();
+  for (const c of listing.chains) {
+    const tag = c.rules.find((r) => r.comment)?.comment;
+    if (tag) tags.set(c.name, tag);
+  }
+  return tags;
 }
 
 /** Claims of other owners that overlap ours (same family, protocol and port; same or wildcard host address). */
 export function findConflicts(listing: Listing | undefined, owner: Required<Owner>, claims: readonly Claim[]): Conflict[] {
   if (!listing) return [];
   const mine = jumpTo(ownerChains(owner).dnat);
+  const buckets = bucketClaims(claims);
+  let tags: Map<string, string> | undefined;
   const out: Conflict[] = [];
   for (const s of listing.sets) {
     if (!CLAIM_MAPS.includes(s.name)) continue;
@@ -290,21 +351,17 @@ export function findConflicts(listing: Listing | undefined, owner: Required<Owne
       if (e.value === undefined || e.value === mine) continue;
       const held = claimOfElement(s.name, e.key);
       if (!held) continue;
-      for (const c of claims) {
-        if (!overlapsHeld(c, held)) continue;
+      for (const c of overlapping(buckets, held)) {
         const conflict: Conflict = { claim: c, held: describeHeld(held) };
         const target = /^jump (\S+)$/.exec(e.value)?.[1];
-        const tag = target ? chainOwnerTag(listing, target) : undefined;
+        tags ??= chainOwnerTags(listing);
+        const tag = target ? tags.get(target) : undefined;
         if (tag) conflict.ownerTag = tag;
         out.push(conflict);
       }
     }
   }
   return out;
-}
-
-function overlapsHeld(c: Claim, h: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): boolean {
-  return c.family === h.family && c.protocol === h.protocol && c.hostPort === h.hostPort && (!c.hostIP || !h.hostIP || c.hostIP === h.hostIP);
 }
 
 function describeHeld(h: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): string {
@@ -411,8 +468,12 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
   if (!listing) return [`table inet ${TABLE} does not exist`];
   const problems: string[] = [];
   const chains = new Map(listing.chains.map((c) => [c.name, c]));
-  for (const name of ['prerouting', 'output', 'postrouting', 'dispatch']) {
+  for (const name of ['prerouting', 'output', 'postrouting', 'dispatch', 'input']) {
     if (!chains.get(name)?.rules.length) problems.push(`chain ${name} is missing or empty`);
+  }
+  for (const [name, comment] of Object.entries(GUARD_COMMENTS)) {
+    const chain = chains.get(name);
+    if (chain && !chain.rules.some((r) => r.comment === comment)) problems.push(`chain ${name} lacks its guard rule ("${comment}")`);
   }
   const own = ownerChains(plan.owner);
   const dnat = chains.get(own.dnat);
@@ -425,8 +486,9 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
   else if (masq.rules.length !== masqCount) problems.push(`chain ${own.masq} holds ${masq.rules.length} rules, expected ${masqCount}`);
   const expect: Array<[Key, string]> = plan.claims.map((c) => [claimKey(c), own.dnat]);
   if (masqCount) for (const c of plan.claims) expect.push([masqKey(c), own.masq]);
+  const index = elementIndex(listing);
   for (const [k, chain] of expect) {
-    const value = findElement(listing, k);
+    const value = index.get(keyText(k));
     if (value === undefined) problems.push(`element ${k.key.join(' . ')} is missing from map ${k.map}`);
     else if (value !== jumpTo(chain)) problems.push(`element ${k.key.join(' . ')} of map ${k.map} is "${value}", expected "${jumpTo(chain)}"`);
   }

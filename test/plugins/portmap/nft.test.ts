@@ -11,6 +11,7 @@ import { realNft } from '../../../shared/nft/real';
 import type { Transaction } from '../../../shared/nft/transaction';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
 import { listMaps } from '../../../plugins/portmap/maps';
+import { MAX_PORT_MAPPINGS } from '../../../plugins/portmap/config';
 import { randomId, sh, trySh } from './kernel';
 
 const ns = `pmnft-${randomId()}`;
@@ -106,6 +107,25 @@ describe('portmap on the real nft', () => {
     expect(out).toContain('10.0.0.1 . udp . 5353');
     expect(out).not.toContain('127.0.0.1 . udp . 5353');
     expect(out).not.toContain('10.1.0.6');
+  });
+});
+
+describe('portmap at the portMappings bound, on the real nft', () => {
+  const many = (n: number) => Array.from({ length: n }, (_, i) => ({ hostPort: 1 + i, containerPort: 80, protocol: i % 2 ? 'udp' : 'tcp' }));
+
+  it(`publishes ${MAX_PORT_MAPPINGS} mappings in one transaction, checks and removes them; one more is refused with code 7 and changes nothing`, async () => {
+    const mappings = many(MAX_PORT_MAPPINGS);
+    const ips = ['10.1.0.5/24'];
+    expect((await call(host, { command: 'ADD', conf: conf({ ips, mappings }) })).code).toBe(0);
+    const claims = listMaps(nsPath)?.sets.find((m) => m.name === 'wildcard_ports')?.elements ?? [];
+    expect(claims).toHaveLength(MAX_PORT_MAPPINGS);
+    expect((await call(host, { command: 'CHECK', conf: conf({ ips, mappings }) })).code).toBe(0);
+    const before = ruleset();
+    const r = await call(host, { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24'], mappings: many(MAX_PORT_MAPPINGS + 1) }) });
+    expect(r.out).toMatchObject({ code: 7 });
+    expect(ruleset()).toBe(before);
+    expect((await call(host, { command: 'DEL', conf: conf({ ips, mappings }) })).code).toBe(0);
+    expect(ruleset()).not.toMatch(/pm-|elements/);
   });
 });
 

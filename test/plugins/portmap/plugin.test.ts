@@ -25,6 +25,7 @@ const SKELETON_CHAINS = `	chain dispatch {
 
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 127.0.0.0/8 return comment "loopback ports answer the host only"
 		fib daddr type local jump dispatch
 	}
 
@@ -40,7 +41,13 @@ const SKELETON_CHAINS = `	chain dispatch {
 		ct status dnat ip6 daddr . meta l4proto . th dport vmap @masq6
 	}
 
-	chain skeleton-v1 {
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname != "lo" ip daddr 127.0.0.0/8 ct status dnat return
+		iifname != "lo" ip daddr 127.0.0.0/8 drop comment "127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)"
+	}
+
+	chain skeleton-v2 {
 	}`;
 
 /** The table with no container in it: what every DEL leaves behind. */
@@ -364,7 +371,7 @@ describe('portmap GC', () => {
 
 describe('portmap ADD with the skeleton in place (netlink says so)', () => {
   it('does not rewrite the base chains, and ends in the same state', async () => {
-    host.deps.skeletonInPlace = () => nft.dump().includes('chain skeleton-v1 {');
+    host.deps.skeletonInPlace = () => nft.dump().includes('chain skeleton-v2 {');
     await add({ ips: dual, mappings: [web, dns] });
     const runs = nft.applied.length;
     await add({ ips: ['10.1.0.6/24'], mappings: [{ ...web, hostPort: 8081 }] }, 'c2');
