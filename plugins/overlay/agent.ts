@@ -339,7 +339,7 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
     ticking = true;
     try {
       const r = await enc.tick(lastSnap);
-      if (r && (r.action === 'created' || r.action === 'rotated' || r.action === 'restored')) schedule();
+      if (r && (r.action === 'created' || r.action === 'rotated' || r.action === 'restored' || r.action === 'clamped')) schedule();
     } catch (e) {
       // etcd unreachable or a lost race: the ring is unchanged, hosts keep their keys; retry next tick
       log(`ipsec: rotation tick: ${(e as Error).message}`);

@@ -219,6 +219,7 @@ export class HostEncryption {
   private acked: number | undefined;
   private tickSnap: Pick<Snapshot, 'networks' | 'hosts' | 'endpoints'> | undefined;
   private waitingFor = '';
+  private lastProblem: string | undefined;
 
   constructor(
     private readonly opts: EncryptionOptions,
@@ -315,6 +316,10 @@ export class HostEncryption {
       this.keyed = new Set([...wanted].filter((p) => !r.failedPeers.includes(p)));
       this.clean = wanted.size === 0;
       for (const f of r.failed) this.deps.log(`ipsec: ${f}`);
+      // a refused rollback (or etcd's ring unreadable): said once, not every pass
+      const problem = result.problem?.message;
+      if (problem !== this.lastProblem && problem !== undefined) this.deps.log(`ipsec: ${problem}`);
+      this.lastProblem = problem;
       const changes = r.statesAdded.length + r.statesReplaced.length + r.statesDeleted.length + r.policiesSet.length + r.policiesDeleted.length;
       if (changes > 0 || result.ring !== this.lastRing) {
         // ids and counts only: the report and describeRing never hold key material
@@ -353,6 +358,7 @@ export class HostEncryption {
     this.tickSnap = snap; // who must have applied the ring before the next rotation (allApplied)
     const r = await this.rotator.tick();
     if (r.action === 'created' || r.action === 'rotated' || r.action === 'restored') this.deps.log(`ipsec: leader ${this.opts.node} ${r.action} the key ring`);
+    if (r.action === 'clamped') this.deps.log(`ipsec: leader ${this.opts.node} clamped the key ring's rotation stamp, which was far ahead of its clock`);
     return r;
   }
 

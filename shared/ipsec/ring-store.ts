@@ -12,12 +12,19 @@
  * directory): a host that restarts while etcd is unreachable still has the
  * keys its peers use, and a crash mid-write leaves the old copy, never half
  * of one. Nothing here logs; errors name files and revisions, not contents.
+ *
+ * No rollback: a ring in etcd with a lower generation than the highest this
+ * host has taken (the local copy, or what this process handed out), or the
+ * same generation with other keys, is refused: the host keeps its ring and
+ * `problem` says why. Whoever can write etcd (a restored backup, an
+ * attacker holding old, maybe leaked keys) cannot move a host back to
+ * them; the leader restores the newest ring it holds (rotator.ts).
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../cni/errors';
-import { KeyRing, RingCorruptError, parseRing, serializeRing } from './keyring';
+import { KeyRing, RingCorruptError, parseRing, serializeRing, type RingKey } from './keyring';
 import type { RingKV } from './kv';
 
 export type LoadResult =
@@ -34,8 +41,28 @@ export interface RingStoreOptions {
 
 export const CACHE_FILE = 'ring.json';
 
+/** etcd holds an older ring than one this host already took. */
+export class RingRollbackError extends Error {
+  constructor(found: number, held: number) {
+    super(`ipsec key ring in etcd has generation ${found}, ${found === held ? 'with other keys than' : 'older than'} generation ${held} already applied here; keeping ${held}`);
+    this.name = 'RingRollbackError';
+  }
+}
+
+function sameKeys(a: readonly RingKey[], b: readonly RingKey[]): boolean {
+  return a.length === b.length && a.every((k, i) => k.id === b[i]!.id && k.material.equals(b[i]!.material));
+}
+
+/** Is `found` a step back from `held` (older, or the same generation with other keys)? */
+export function isRollback(found: KeyRing, held: KeyRing | undefined): boolean {
+  if (!held) return false;
+  return found.generation < held.generation || (found.generation === held.generation && !sameKeys(found.keys, held.keys));
+}
+
 export class RingStore {
   readonly ringKey: string;
+  /** the newest ring this store has handed out (so no rollback even without a local copy) */
+  private highest: KeyRing | undefined;
 
   constructor(
     private readonly kv: RingKV,
@@ -78,12 +105,23 @@ export class RingStore {
       return { ring: cached, source: cached ? 'cache' : 'none', problem: e };
     }
     const cached = this.readCacheQuietly();
+    const held = this.held(cached);
     if (loaded.state === 'ok') {
+      if (isRollback(loaded.ring, held)) return { ring: held, source: 'cache', problem: new RingRollbackError(loaded.ring.generation, held!.generation) };
       if (!cached || serializeRing(cached) !== serializeRing(loaded.ring)) this.writeCache(loaded.ring);
+      this.highest = loaded.ring;
       return { ring: loaded.ring, source: 'etcd' };
     }
     if (loaded.state === 'corrupt') return { ring: cached, source: cached ? 'cache' : 'none', problem: loaded.error };
     return { ring: cached, source: cached ? 'cache' : 'none' };
+  }
+
+  /** The newest ring this host holds: the local copy or what this store handed out last, whichever is newer. */
+  held(cached: KeyRing | undefined = this.readCacheQuietly()): KeyRing | undefined {
+    const h = this.highest;
+    if (!h) return cached;
+    if (!cached) return h;
+    return cached.generation > h.generation ? cached : h;
   }
 
   private get cachePath(): string | undefined {

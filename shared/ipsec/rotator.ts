@@ -7,6 +7,10 @@
  *   no ring in etcd            -> create one (newRing)
  *   ring corrupt               -> restore the local copy if it is good
  *                                 (hosts still use those keys), else a new ring
+ *   etcd's ring older than ours -> restore ours (a rollback in etcd: a
+ *                                 backup restored, or a write of old keys)
+ *   rotatedAt far in the future -> clamp it to now (a leader whose clock ran
+ *                                 ahead must not stop rotations until then)
  *   rotation due (period, 12 h) -> write rotate(ring) by compare-and-set
  *
  * Every write is a compare-and-set on the revision read in the same tick:
@@ -29,7 +33,15 @@ import {
   rotate,
   rotationDue,
 } from './keyring';
-import type { RingStore } from './ring-store';
+import { isRollback, type RingStore } from './ring-store';
+
+/**
+ * A ring's rotatedAt more than one rotation period ahead of this leader's
+ * clock is taken for another clock's mistake and clamped to now. Less than
+ * that, the leader waits (the existing rule: a clock behind the stamp never
+ * rotates early), which delays a rotation by at most one period; without
+ * the clamp, a stamp a year ahead would stop rotations for a year.
+ */
 
 export interface RotatorOptions {
   store: RingStore;
@@ -56,6 +68,8 @@ export type TickResult =
   | { action: 'rotated'; ring: KeyRing }
   | { action: 'restored'; ring: KeyRing; from: 'cache' | 'new' }
   | { action: 'waiting'; ring: KeyRing }
+  /** rotatedAt was far ahead of this leader's clock: the same keys, stamped now, generation + 1 */
+  | { action: 'clamped'; ring: KeyRing }
   | { action: 'lost-race' };
 
 export class KeyRotator {
@@ -93,6 +107,16 @@ export class KeyRotator {
           : { action: 'lost-race' };
       }
       case 'ok': {
+        const held = this.o.store.held();
+        if (held && isRollback(loaded.ring, held)) {
+          // hosts refuse etcd's older ring and keep this one: make etcd agree, above both generations
+          const ring: KeyRing = { ...held, generation: Math.max(held.generation, loaded.ring.generation) + 1 };
+          return (await this.o.store.compareAndSet(ring, loaded.revision)) ? { action: 'restored', ring, from: 'cache' } : { action: 'lost-race' };
+        }
+        if (loaded.ring.rotatedAt > now + this.periodMs) {
+          const ring: KeyRing = { ...loaded.ring, generation: loaded.ring.generation + 1, rotatedAt: now };
+          return (await this.o.store.compareAndSet(ring, loaded.revision)) ? { action: 'clamped', ring } : { action: 'lost-race' };
+        }
         if (!rotationDue(loaded.ring, now, this.periodMs)) return { action: 'idle', ring: loaded.ring };
         if (this.o.ready && !(await this.o.ready(loaded.ring, now))) return { action: 'waiting', ring: loaded.ring };
         const ring = rotate(loaded.ring, now, source);

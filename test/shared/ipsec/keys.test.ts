@@ -344,3 +344,87 @@ describe('syncHost', () => {
     expect(parseRing(kv.peek(store.ringKey)!).generation).toBe(1);
   });
 });
+
+describe('key-ring rollbacks and clocks far ahead', () => {
+  const peers = [{ name: 'enc', vni: 42, peers: ['10.0.0.2'] }];
+  const keysOf = (x: FakeXfrm) => x.xfrmStateList().filter((s) => s.reqid === IPSEC_REQID).map((s) => s.aead!.key.toString('hex')).sort();
+
+  it('a host refuses an older ring written to etcd and keeps the SAs of the newest it applied', async () => {
+    const clock = manualClock();
+    const kv = new MemoryKV(clock);
+    const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
+    const src = source();
+    const g1 = newRing(T0, src);
+    const g2 = rotate(g1, T0 + 12 * H, src);
+    await store.compareAndSet(g2, 0n);
+    const xfrm = new FakeXfrm();
+    const nft = new RecordingNft();
+    await syncHost({ store, xfrm, nft }, { localVtep: '10.0.0.1' }, peers);
+    const applied = keysOf(xfrm);
+    kv.corrupt(store.ringKey, serializeRing(g1)); // someone writes the old ring (old, maybe leaked keys)
+    const res = await syncHost({ store, xfrm, nft }, { localVtep: '10.0.0.1' }, peers);
+    expect(res.generation).toBe(2);
+    expect(res.problem?.message).toMatch(/generation 1, older than generation 2 already applied here/);
+    expect(keysOf(xfrm)).toEqual(applied);
+    // a new process (no memory) refuses it too: the local copy remembers
+    const fresh = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
+    expect((await fresh.fetch()).ring?.generation).toBe(2);
+  });
+
+  it('refuses the same generation with other keys, also with no local copy', async () => {
+    const kv = new MemoryKV(manualClock());
+    const store = new RingStore(kv, { prefix: PREFIX });
+    const ring = newRing(T0, source());
+    await store.compareAndSet(ring, 0n);
+    expect((await store.fetch()).ring?.generation).toBe(1);
+    kv.corrupt(store.ringKey, serializeRing(newRing(T0, () => Buffer.alloc(20, 0x77))));
+    const r = await store.fetch();
+    expect(r.problem?.message).toMatch(/with other keys than generation 1/);
+    expect(r.ring!.keys[0]!.material.equals(ring.keys[0]!.material)).toBe(true);
+  });
+
+  it('the leader restores the newest ring it holds over an older one in etcd, above both generations', async () => {
+    const { kv, rotator, store, clock } = leaderSetup(undefined, undefined, 'host-a', dir);
+    await rotator.tick(); // created, generation 1
+    clock.advance(12 * H);
+    await rotator.tick(); // rotated, generation 2
+    const g2 = (await store.fetch()).ring!;
+    kv.corrupt(store.ringKey, serializeRing(newRing(T0, source())));
+    const t = await rotator.tick();
+    expect(t.action === 'restored' && t.from).toBe('cache');
+    const loaded = await store.load();
+    if (loaded.state !== 'ok') throw new Error(loaded.state);
+    expect(loaded.ring.generation).toBe(3);
+    loaded.ring.keys.forEach((k, i) => expect(k.material.equals(g2.keys[i]!.material)).toBe(true));
+  });
+
+  it('clamps a rotatedAt stamped by a clock far ahead, so rotation goes on a period after, not when that clock is reached', async () => {
+    const clock = manualClock();
+    const kv = new MemoryKV(clock);
+    const ahead = leaderSetup(clock, kv, 'host-ahead');
+    clock.set(T0 + 30 * 24 * H); // a leader whose clock is a month ahead creates the ring
+    await ahead.rotator.tick();
+    await ahead.election.resign();
+    clock.set(T0);
+    const b = leaderSetup(clock, kv, 'host-b');
+    const t = await b.rotator.tick();
+    expect(t.action).toBe('clamped');
+    const loaded = await b.store.load();
+    if (loaded.state !== 'ok') throw new Error(loaded.state);
+    expect([loaded.ring.rotatedAt, loaded.ring.generation]).toEqual([T0, 2]);
+    clock.advance(12 * H);
+    expect((await b.rotator.tick()).action).toBe('rotated');
+  });
+
+  it('leaves a stamp less than a period ahead alone (the leader waits, as with ordinary skew)', async () => {
+    const clock = manualClock();
+    const kv = new MemoryKV(clock);
+    const a = leaderSetup(clock, kv, 'host-a');
+    clock.set(T0 + 11 * H);
+    await a.rotator.tick();
+    await a.election.resign();
+    clock.set(T0);
+    const b = leaderSetup(clock, kv, 'host-b');
+    expect((await b.rotator.tick()).action).toBe('idle');
+  });
+});
