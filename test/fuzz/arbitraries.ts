@@ -22,6 +22,12 @@ import fc from 'fast-check';
 export const PLUGINS = ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam'] as const;
 export type PluginName = (typeof PLUGINS)[number];
 
+/**
+ * The plugins with nftables code; the ruleset (one `nft` process per look,
+ * the costly part of a snapshot) is compared for their calls only.
+ */
+export const NFT_PLUGINS: ReadonlySet<PluginName> = new Set<PluginName>(['bridge', 'portmap', 'overlay']);
+
 export const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 
 export interface LabPaths {

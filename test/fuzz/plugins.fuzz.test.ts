@@ -7,14 +7,18 @@
  * JSON or a valid result, never a stack trace or a crash turned into 999
  * (judge.ts); and when the call is rejected, the host's links, addresses and
  * routes, its nft ruleset, the container's links and addresses and every
- * state file are exactly as before. A call that succeeds is undone with a
- * DEL and the snapshot taken again.
+ * state file are as before (see `baseline` below for which calls are
+ * compared how). A call that succeeds is undone with a DEL, which must
+ * succeed, and the snapshot is taken again.
  *
  * The overlay's etcd is the in-memory FakeKV (an etcd that cannot be reached
  * would cost its timeout on every call); the packaged test
  * (packaged.fuzz.test.ts) runs the real executables.
  *
- * Run size: RUNS per plugin (FUZZ_RUNS overrides, FUZZ_SEED replays a seed).
+ * Run size: RUNS x WEIGHT calls per plugin (FUZZ_RUNS overrides; FUZZ_SEED replays a
+ * seed that failed). Shrinking is off (endOnFailure): calls change the lab,
+ * so replaying shrunk calls would not replay the same world; the failure
+ * message carries the whole call instead.
  */
 import Module from 'node:module';
 import fc from 'fast-check';
@@ -30,16 +34,18 @@ import { deps as overlayDeps, plugin as overlay } from '../../plugins/overlay/ma
 import { plugin as clusterIpam } from '../../ipam/main';
 import { FakeKV } from '../../plugins/overlay/fake-kv';
 import * as netlinkModule from '../../shared/netlink';
-import { PLUGINS, callArb, type Call, type PluginName } from './arbitraries';
+import { NFT_PLUGINS, PLUGINS, callArb, type Call, type PluginName } from './arbitraries';
 import { FuzzLab, type Snapshot } from './lab';
 import { describeCall, judge, type Answer } from './judge';
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 500);
+const RUNS = Number(process.env.FUZZ_RUNS ?? 150);
+/** Plugins whose calls cost little (no nft, few kernel objects) get more of them. */
+const WEIGHT: Record<PluginName, number> = { none: 1, host: 2, bridge: 1, portmap: 1, macvlan: 2, ipvlan: 1, overlay: 1, 'cluster-ipam': 2 };
 const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED);
 
 let lab: FuzzLab;
 const realKv = overlayDeps.kv;
-const stats = { calls: 0, reached: 0, rejected: 0, accepted: 0, byCode: new Map<number, number>() };
+const stats = { calls: 0, reached: 0, rejected: 0, accepted: 0, byCode: new Map<number, number>(), internal: new Map<string, number>() };
 
 /**
  * The bundle's lazy `require`s of shared/netlink (skel's interface probe,
@@ -69,7 +75,8 @@ afterAll(() => {
   lab?.cleanup();
   const codes = [...stats.byCode.entries()].sort((a, b) => a[0] - b[0]).map(([c, n]) => `${c}:${n}`).join(' ');
   process.stderr.write(
-    `fuzz (in-process): ${stats.calls} generated calls, ${stats.reached} reached a plugin verb; ${stats.rejected} rejected, ${stats.accepted} accepted; error codes ${codes}\n`,
+    `fuzz (in-process): ${stats.calls} generated calls, ${stats.reached} reached a plugin verb; ${stats.rejected} rejected, ${stats.accepted} accepted; error codes ${codes}\n` +
+      (process.env.FUZZ_VERBOSE ? [...stats.internal.entries()].map(([m, n]) => `  999 x${n} ${m}\n`).join('') : ''),
   );
 });
 
@@ -126,11 +133,7 @@ async function invoke(plugin: PluginName, env: Record<string, string>, stdin: Bu
  */
 let baseline: Snapshot | undefined;
 const CHEAP_EVERY = 25;
-/**
- * The plugins with nftables code; the ruleset (one `nft` process per look,
- * the costly part of a snapshot) is compared for their calls only.
- */
-const NFT_PLUGINS = new Set<PluginName>(['bridge', 'portmap', 'overlay']);
+
 let unreached = 0;
 
 function diff(a: Snapshot, b: Snapshot, keys: Array<keyof Snapshot>): string {
@@ -151,8 +154,12 @@ async function property(call: Call): Promise<void> {
   expect(why, `${why}\n${describeCall(call)}\nstdout: ${answer.stdout}\nstderr: ${answer.stderr.slice(0, 3000)}`).toBe('');
   if (answer.status === 1) {
     stats.rejected++;
-    const code = JSON.parse(answer.stdout).code as number;
-    stats.byCode.set(code, (stats.byCode.get(code) ?? 0) + 1);
+    const err = JSON.parse(answer.stdout) as { code: number; msg: string };
+    stats.byCode.set(err.code, (stats.byCode.get(err.code) ?? 0) + 1);
+    if (err.code === 999) {
+      const key = `${call.plugin}: ${err.msg.replace(/\d+/g, 'N').slice(0, 160)}`;
+      stats.internal.set(key, (stats.internal.get(key) ?? 0) + 1);
+    }
     if (reached || ++unreached % CHEAP_EVERY === 0) {
       const nft = reached && NFT_PLUGINS.has(call.plugin);
       const keys: Array<keyof Snapshot> = nft ? ['host', 'container', 'files', 'nft'] : ['host', 'container', 'files'];
@@ -198,11 +205,12 @@ function regressions(plugin: PluginName): Call[] {
 
 describe('fuzz: every plugin answers generated configs and environments with the spec error JSON or a result, and a rejected call changes nothing', () => {
   for (const plugin of PLUGINS) {
-    it(`${plugin}: ${RUNS} generated calls`, async () => {
+    const runs = RUNS * WEIGHT[plugin];
+    it(`${plugin}: ${runs} generated calls`, async () => {
       baseline = undefined;
       await fc.assert(
         fc.asyncProperty(callArb(lab, [plugin]), property),
-        { numRuns: RUNS, seed: SEED, endOnFailure: true, examples: regressions(plugin).map((c) => [c] as [Call]) },
+        { numRuns: runs, seed: SEED, endOnFailure: true, examples: regressions(plugin).map((c) => [c] as [Call]) },
       );
     }, 600_000);
   }
