@@ -92,6 +92,10 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   let vni = 0;
   let chaosDone = false;
   let ran = false;
+  /** the chaos run went to its end: the checks below judge a whole run, never part of one */
+  let completed = false;
+  /** the chaos and the ADD/DEL loops, while they run */
+  let running: Promise<unknown> | undefined;
   const notes: string[] = [];
   let duplicates: string[] = [];
   let leaksBeforeGc: string[] = [];
@@ -137,7 +141,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   /** DEL as a runtime does it: again until it succeeds (bounded), then the container's namespace goes. */
   async function del(i: number, container: string): Promise<void> {
     const end = Date.now() + 90_000;
-    for (let attempt = 0; attempt < 60 && Date.now() < end; attempt++) {
+    for (let attempt = 0; attempt < 60 && Date.now() < end && !cluster.isStopped; attempt++) {
       figures[i]!.dels++;
       const r = await cluster.plugin(i, 'DEL', container, conf(i));
       if (r.status === 0) {
@@ -158,7 +162,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   async function churn(i: number): Promise<void> {
     const mine: string[] = [];
     const start = Date.now();
-    for (let n = 0; n < CHURN_MAX && Date.now() - start < CHURN_TIME_LIMIT_MS && (n < CHURN_MIN || !chaosDone); n++) {
+    for (let n = 0; n < CHURN_MAX && Date.now() - start < CHURN_TIME_LIMIT_MS && (n < CHURN_MIN || !chaosDone) && !cluster.isStopped; n++) {
       const c = lab.addContainer();
       if (await add(i, c)) mine.push(c);
       else await del(i, c);
@@ -168,21 +172,26 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   }
 
   async function chaos(): Promise<void> {
+    // a run cut short (its timeout) stops here rather than start things after the teardown
+    const pause = async (ms: number) => {
+      await sleep(ms);
+      if (cluster.isStopped) throw new Error('torn down');
+    };
     try {
-      await sleep(2000);
+      await pause(2000);
       event(`SIGKILL agent h${AGENT_KILLED}`);
       await lab.killAgent(AGENT_KILLED);
-      await sleep(1000);
+      await pause(1000);
       cluster.startAgent(AGENT_KILLED);
       event(`agent h${AGENT_KILLED} started again`);
-      await sleep(3000);
+      await pause(3000);
       cluster.setClockOffset(CLOCK_JUMP);
       event(`h${CLOCK_HOST}'s clock jumps ${CLOCK_JUMP}`);
-      await sleep(4000);
+      await pause(4000);
       const from = Date.now();
       event('SIGKILL etcd');
       await lab.stopEtcd();
-      await sleep(OUTAGE_MS);
+      await pause(OUTAGE_MS);
       await lab.startEtcd();
       outage = { from, to: Date.now() };
       event('etcd healthy again');
@@ -220,11 +229,11 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
 
   async function waitFor(fn: () => boolean, limitMs: number): Promise<boolean> {
     const end = Date.now() + limitMs;
-    while (Date.now() < end) {
+    while (Date.now() < end && !cluster?.isStopped) {
       if (fn()) return true;
       await sleep(500);
     }
-    return fn();
+    return !cluster?.isStopped && fn();
   }
 
   beforeAll(async () => {
@@ -255,6 +264,9 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     try {
       for (const p of pings) p.kill();
       if (ran) printFigures();
+      // a run cut short: its loops stop, their calls are killed, before the namespaces go
+      cluster?.stop();
+      if (running) await Promise.race([running.catch(() => undefined), sleep(10_000)]);
     } finally {
       await lab.tearDown();
     }
@@ -287,7 +299,9 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     ran = true;
     try {
       expect(await waitFor(() => pings.every((p) => p.replies() > 0), 10_000)).toBe(true);
-      await Promise.all([chaos(), churn(0), churn(1), churn(2)]);
+      running = Promise.all([chaos(), churn(0), churn(1), churn(2)]);
+      await running;
+      if (cluster.isStopped) return; // cut short (timed out): the teardown has begun
       event('ADD/DEL loops done');
       // recovery: every live container's entries everywhere (judged by the next test), then the
       // pings run on a little, so a flow still broken shows as losses at the end
@@ -296,19 +310,20 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     } finally {
       reports = await Promise.all(pings.map((p) => p.stop()));
     }
+    completed = !cluster.isStopped;
     expect(outage, 'etcd came back').toBeDefined();
     expect(lab.snapshot().hosts.map((h) => h.name).sort()).toEqual([...lab.hosts].sort());
     for (const f of figures) expect(f.delStuck).toEqual([]);
   }, 240_000);
 
   it('no lost endpoint: every live container has its endpoint record and its FDB and neighbour entries on the other hosts', () => {
-    expect(ran).toBe(true);
+    expect(completed, 'the chaos run finished').toBe(true);
     lostEndpoints = endpointProblems();
     expect(lostEndpoints).toEqual([]);
   });
 
   it('no address twice: not in etcd (records, owner index, block bitmaps, claims, endpoints), not in the kernel', () => {
-    expect(ran).toBe(true);
+    expect(completed, 'the chaos run finished').toBe(true);
     const net = ipamNet();
     const found: string[] = [];
     const ips = cluster.etcdRange(`${net}/ips/`);
@@ -375,7 +390,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   });
 
   it('no leaked key: once GC ran on every host, nothing in etcd or on the bridges belongs to a deleted container', async () => {
-    expect(ran).toBe(true);
+    expect(completed, 'the chaos run finished').toBe(true);
     const net = ipamNet();
     const keysOfDeleted = (): string[] => {
       const out: string[] = [];
@@ -410,8 +425,9 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   });
 
   it('no ping lost outside the etcd outage window, and none inside it either (the data plane needs no etcd)', () => {
-    expect(ran).toBe(true);
+    expect(completed, 'the chaos run finished').toBe(true);
     expect(outage).toBeDefined();
+    expect(reports).toHaveLength(3);
     const inWindow = (t: number) => t >= outage!.from - WINDOW_MARGIN_MS && t <= outage!.to + WINDOW_MARGIN_MS;
     for (const r of reports) {
       expect(r.sent, `${r.from} -> ${r.to}`).toBeGreaterThan(0);
@@ -421,7 +437,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   });
 
   it('the clock jump reached the packaged executable: the clock host runs with libfaketime and wrote times two hours ahead', () => {
-    expect(ran).toBe(true);
+    expect(completed, 'the chaos run finished').toBe(true);
     const agent = lab.agents.get(CLOCK_HOST);
     expect(fs.readFileSync(`/proc/${agent!.pid}/maps`, 'utf8')).toContain('libfaketime');
     // the IPAM's liveness record carries "renewAfter" by the host's own clock, renewed by its calls after the jump (the GCs above at least)

@@ -40,6 +40,10 @@ export function libfaketime(): string | undefined {
 }
 
 export class Cluster {
+  /** plugin calls under way, so a run cut short can end them before the namespaces go */
+  private readonly calls = new Set<ChildProcess>();
+  private stopped = false;
+
   constructor(
     readonly lab: Lab,
     /** the host whose wall clock the test moves */
@@ -91,6 +95,7 @@ export class Cluster {
    * must not let its host's key expire.
    */
   startAgent(i: number): ChildProcess {
+    if (this.stopped) throw new Error('the cluster is being torn down');
     const lab = this.lab;
     const args = ['overlay-agent', '--node', lab.hosts[i], '--vtep', lab.vtep(i), '--etcd', `${ETCD_IP}:2379`, '--prefix', lab.prefix, '--state-dir', lab.stateDir(i), '--host-id-file', lab.hostIdFile(i), '--ttl', '10', '--resync-ms', '1000', '--timeout-ms', '2000'];
     const log = fs.openSync(this.agentLogFile(i), 'a');
@@ -112,8 +117,11 @@ export class Cluster {
   /** `cni-ts overlay` in host i's namespace; never rejects. */
   plugin(i: number, command: string, containerId: string, conf: object, netns = this.lab.nsPath(containerId), timeoutMs = 60_000): Promise<PluginCall> {
     const env = this.env(i, { CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent' });
+    if (this.stopped) return Promise.resolve({ status: -1, json: undefined, stdout: '', stderr: 'the cluster is being torn down' });
     return new Promise((resolve) => {
       const child = spawn('nsenter', [`--net=${this.lab.nsPath(this.lab.hosts[i])}`, '--', this.exe, 'overlay'], { env, stdio: ['pipe', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' });
+      this.calls.add(child);
+      child.once('close', () => this.calls.delete(child));
       let stdout = '';
       let stderr = '';
       child.stdout!.on('data', (d) => (stdout += d.toString()));
@@ -131,6 +139,16 @@ export class Cluster {
         resolve({ status: code ?? -1, json, stdout, stderr: signal ? `${stderr}killed by ${signal}` : stderr });
       });
     });
+  }
+
+  /** No new agent or call from now on; the calls under way are killed (their pids are ours). */
+  stop(): void {
+    this.stopped = true;
+    for (const c of this.calls) c.kill('SIGKILL');
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
   }
 
   /** Every key under `prefix` with its value and create revision, read through etcd's JSON gateway. */
