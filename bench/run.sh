@@ -10,7 +10,10 @@ unset NODE_EXTRA_CA_CERTS
 mkdir -p dist/bench
 # ipvlan-vm (ipvlan inside the qemu VM, minutes) runs only when asked:
 #   BENCHES=ipvlan-vm bash bench/run.sh
-for b in ${BENCHES:-none bridge chain parallel macvlan overlay}; do
+# runtime: podman and containerd running containers on ours, netavark and
+# the reference plugins (a few minutes; RUNTIME_ROUNDS, RUNTIME_BURST):
+#   BENCHES=runtime bash bench/run.sh
+for b in ${BENCHES:-none bridge chain parallel macvlan overlay runtime}; do
   # esbuild stays external: the VM harness bundles the guest side at run
   # time, and esbuild finds its own native binary from node_modules.
   npx --no-install esbuild "bench/$b.ts" --bundle --platform=node --format=cjs --log-level=warning --external:esbuild --outfile="dist/bench/$b.js"
