@@ -2,44 +2,61 @@
  * `cni-ts daemon`: the resident half of cni-ts-shim (cmd/shim.c).
  *
  * A plugin call pays Node's start-up (about 25 ms) before any work; the
- * daemon pays it once. It listens on a root-only unix socket, takes each
- * call the shim forwards (plugin name, environment, stdin), runs the very
- * same plugin code through the skel with that environment and stdin, and
- * sends back stdout, stderr and the exit code.
+ * daemon pays it once. It listens on a root-only unix socket (or the one
+ * systemd hands it: socket activation), takes each call the shim forwards
+ * (plugin name, environment, stdin), runs the very same plugin code through
+ * the skel with that environment and stdin, and sends back stdout, stderr
+ * and the exit code.
  *
- * Calls run one at a time, in arrival order. Plugins already serialise on
- * per-network and IPAM file locks, and setns(2) moves the one JavaScript
- * thread, so two calls interleaving on it could run each other's work in the
- * wrong namespace. After every call the daemon checks it is back in its own
- * network namespace and returns there if a plugin left it elsewhere.
+ * Calls run concurrently, each on a worker thread of a bounded pool
+ * (cmd/daemon-pool.ts, cmd/daemon-worker.ts): setns(2) moves only the
+ * calling thread, so each worker enters container namespaces on its own.
+ * This main thread never runs plugin code; it checks callers, queues calls
+ * and keeps time, so it is never the one stuck in flock(2).
  *
  * The daemon declines a call (the shim then execs the plugin itself) when
- * the caller sits in another network or mount namespace than the daemon,
- * when the plugin name is unknown, and when its own executable was replaced
- * since it started: an upgrade must never keep running the old code. In that
- * last case it also stops, for its supervisor to start the new one.
+ * the caller sits in other namespaces than the daemon (worked out from the
+ * socket, cmd/daemon-peer.ts: the request's own claim is not read), when the
+ * plugin name is unknown, when no worker is free within --wait-budget, and
+ * when its own executable was replaced since it started: an upgrade must
+ * never keep running the old code. In that last case it also stops, for its
+ * supervisor to start the new one. Callers that are not root, or lack
+ * CAP_NET_ADMIN, are refused outright.
  *
  *   cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS]
- *     --socket        default /run/cni-ts/daemon.sock, or CNI_TS_DAEMON_SOCKET
- *     --log-calls     a line on stderr per call served
- *     --call-timeout  exit when one call runs longer (default 300, 0: never)
+ *                 [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS]
+ *     --socket       default /run/cni-ts/daemon.sock, or CNI_TS_DAEMON_SOCKET;
+ *                    under systemd socket activation (LISTEN_FDS) fd 3 instead
+ *     --log-calls    a line on stderr per call served
+ *     --call-timeout exit when one call runs longer (default 300, 0: never)
+ *     --workers      worker threads at most (default 4)
+ *     --wait-budget  how long a call may wait for a worker (default 2)
+ *     --idle-exit    exit after this long without calls (default 0: never)
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
-import { defaultInterfaceExists, keepStdoutForJson, runPlugin, type SkelIO } from '../shared/cni/skel';
-import { CLONE_NEWNET, native } from '../shared/netlink/native';
-import { plugins } from './plugins';
+import { CniError, ErrorCode } from '../shared/cni/errors';
+import { POLLERR, POLLHUP, native } from '../shared/netlink/native';
+import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
+import { type Outcome, Pool, type WorkerLike, laneOf } from './daemon-pool';
+import { findPlugin } from './plugins';
 
 export const DEFAULT_SOCKET = '/run/cni-ts/daemon.sock';
 
 const MAGIC = 'CNT1';
 const ANSWERED = 0;
 const RUN_IT_YOURSELF = 1;
+/** the shim hands anything over 64 MB of stdin to the standalone executable */
+const MAX_REQUEST = 80 << 20;
+/** a caller that connects and never finishes its request */
+const REQUEST_READ_MS = 10_000;
 
 /** One call as the shim sends it. */
 export interface ShimRequest {
+  /** the shim's own claim; never trusted (cmd/daemon-peer.ts works them out) */
   netnsInode: bigint;
   mntnsInode: bigint;
   name: string;
@@ -112,46 +129,75 @@ function codeIdentity(): string {
     .join(' ');
 }
 
-function nsInode(file: string): bigint {
-  return fs.statSync(file, { bigint: true }).ino;
-}
-
 export interface DaemonOptions {
+  /** where to listen; ignored when listenFd is given */
   socketPath: string;
+  /** an already listening socket (systemd socket activation: 3) */
+  listenFd?: number;
   log(line: string): void;
   /** one log line per call served (plugin, command, exit code, milliseconds) */
   logCalls?: boolean;
   /**
    * A call still running after this long means a plugin hangs; the daemon
-   * ends itself (Watchdog) so its supervisor starts a fresh one, and every
-   * waiting shim runs its call itself. 0 or absent: never.
+   * stops taking calls, lets the others finish, and ends itself (its
+   * supervisor starts a fresh one). 0 or absent: never.
    */
   callTimeoutMs?: number;
+  /** worker threads at most (default 4) */
+  workers?: number;
+  /** how long a call may wait for a free worker before the shim gets it back (default 2000) */
+  waitBudgetMs?: number;
+  /** exit (resolve done) after this long without a call; 0 or absent: never */
+  idleExitMs?: number;
+  /** how to start a worker thread (tests); default: this bundle in a Worker */
+  spawnWorker?: () => WorkerLike;
 }
 
 export class Daemon {
   private server?: net.Server;
-  private queue: Promise<void> = Promise.resolve();
+  private pool?: Pool;
   private readonly identity = codeIdentity();
-  private readonly netnsInode = nsInode('/proc/self/ns/net');
-  private readonly mntnsInode = nsInode('/proc/self/ns/mnt');
-  /** our own namespace, kept open to return to */
-  private readonly homeNetns = fs.openSync('/proc/thread-self/ns/net', fs.constants.O_RDONLY | 0o2000000);
+  private readonly own: Namespaces = ownNamespaces();
   private stopping = false;
+  /** connections between accept and answer */
+  private active = 0;
+  private idleTimer?: NodeJS.Timeout;
+  private resolveDone!: (why: string) => void;
+  /** resolves when the daemon decides to stop by itself (upgrade, idle) */
+  readonly done = new Promise<string>((r) => (this.resolveDone = r));
   /** calls served so far */
   calls = 0;
 
-  private readonly watchdog?: Watchdog;
-
-  constructor(private readonly opts: DaemonOptions) {
-    if (opts.callTimeoutMs) this.watchdog = new Watchdog(opts.callTimeoutMs);
-  }
+  constructor(private readonly opts: DaemonOptions) {}
 
   async listen(): Promise<void> {
+    const workers = Math.max(1, this.opts.workers ?? 4);
+    this.pool = new Pool({
+      size: workers,
+      etcdShare: Math.max(1, Math.floor(workers / 2)),
+      waitBudgetMs: this.opts.waitBudgetMs ?? 2000,
+      callTimeoutMs: this.opts.callTimeoutMs ?? 0,
+      spawn: this.opts.spawnWorker ?? spawnBundleWorker,
+      log: this.opts.log,
+      onTimeout: (label, ms) => this.callTimedOut(label, ms),
+    });
+    const server = net.createServer({ allowHalfOpen: true }, (conn) => this.accept(conn));
+    if (this.opts.listenFd !== undefined) {
+      // systemd made the socket (and its mode, SocketMode=0600) and keeps it
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ fd: this.opts.listenFd }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      this.server = server;
+      this.armIdle();
+      return;
+    }
     const { socketPath } = this.opts;
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
     await removeStaleSocket(socketPath);
-    const server = net.createServer({ allowHalfOpen: true }, (conn) => this.accept(conn));
     // The socket is root's alone: whoever can connect runs plugins as root.
     const oldMask = process.umask(0o077);
     try {
@@ -167,175 +213,216 @@ export class Daemon {
     }
     fs.chmodSync(socketPath, 0o600);
     this.server = server;
+    this.armIdle();
   }
 
-  /** Stop listening, let the call in progress finish, remove the socket. */
+  /** Stop listening (the socket file goes), let the calls in progress finish, stop the workers. */
   async close(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearTimeout(this.idleTimer);
+    this.pool?.drain();
     const server = this.server;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
-    await this.queue;
-    await this.watchdog?.stop();
-    fs.closeSync(this.homeNetns);
+    while (this.active > 0) await new Promise((r) => setTimeout(r, 20));
+    await this.pool?.close();
   }
 
   private accept(conn: net.Socket): void {
-    // The socket file is root's (0600), and the peer is checked as well: a
-    // mode loosened by mistake must not let anyone run plugins as root.
-    const uid = peerUid(conn);
-    if (uid !== 0 && uid !== process.getuid?.()) {
-      this.opts.log(`refused a connection from uid ${uid}`);
+    const fd = (conn as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const verdict = typeof fd === 'number' && fd >= 0 ? checkPeer(fd, this.own) : ({ kind: 'refuse', why: 'no descriptor' } as const);
+    if (verdict.kind === 'refuse') {
+      this.opts.log(`refused a connection from ${verdict.why}`);
       conn.destroy();
       return;
     }
+    this.active++;
+    clearTimeout(this.idleTimer);
     const chunks: Buffer[] = [];
-    conn.on('data', (c: Buffer) => chunks.push(c));
+    let size = 0;
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      this.active--;
+      this.armIdle();
+    };
+    let serving = false;
+    conn.on('close', () => {
+      if (!serving) finish();
+    });
+    conn.setTimeout(REQUEST_READ_MS, () => {
+      if (!conn.readableEnded) conn.destroy();
+    });
+    conn.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_REQUEST) conn.destroy();
+      else chunks.push(c);
+    });
     conn.on('error', () => conn.destroy());
     // The shim half-closes after its request: the request is complete.
     conn.on('end', () => {
-      this.queue = this.queue.then(() => this.serve(conn, Buffer.concat(chunks)));
+      conn.setTimeout(0);
+      serving = true;
+      void this.serve(conn, fd!, Buffer.concat(chunks), verdict.kind === 'decline' ? verdict.why : undefined).finally(finish);
     });
   }
 
-  private async serve(conn: net.Socket, data: Buffer): Promise<void> {
-    let answer: Buffer;
+  private async serve(conn: net.Socket, fd: number, data: Buffer, declineWhy: string | undefined): Promise<void> {
+    let req: ShimRequest;
     try {
-      answer = await this.answer(decodeRequest(data));
+      req = decodeRequest(data);
     } catch (e) {
       this.opts.log(`bad request: ${(e as Error).message}`);
-      answer = encodeDecline();
+      conn.end(encodeDecline());
+      return;
     }
-    conn.end(answer);
-  }
-
-  private async answer(req: ShimRequest): Promise<Buffer> {
-    const load = plugins[req.name];
+    const label = `${req.name} ${req.env.CNI_COMMAND ?? ''} ${req.env.CNI_CONTAINERID ?? ''}`.trim();
     const decline = (why: string) => {
       this.opts.log(`declined ${req.name || '(no name)'}: ${why}`);
-      return encodeDecline();
+      conn.end(encodeDecline());
     };
-    if (!load) return decline('not a plugin of this executable');
-    if (req.netnsInode !== this.netnsInode || req.mntnsInode !== this.mntnsInode) {
-      return decline('the caller is in another network or mount namespace');
-    }
+    if (declineWhy) return decline(declineWhy);
+    if (!findPlugin(req.name)) return decline('not a plugin of this executable');
     if (codeIdentity() !== this.identity) {
       // An upgrade replaced us: the new executable must take this call.
       setImmediate(() => {
         this.opts.log('executable replaced; stopping');
-        void this.close().then(() => process.exit(0));
+        this.resolveDone('executable replaced');
       });
       return decline('executable replaced since the daemon started');
     }
-
-    const stdout: string[] = [];
-    const stderr: string[] = [];
-    const io: SkelIO = {
-      // A plugin this call execs (an IPAM found in CNI_PATH) that is itself
-      // a shim must not wait for this daemon, busy with this very call.
-      env: { ...req.env, CNI_TS_NO_DAEMON: '1' },
-      readStdin: () => req.stdin,
-      writeStdout: (s) => stdout.push(s),
-      writeStderr: (s) => stderr.push(s),
-      interfaceExists: defaultInterfaceExists,
-    };
-    // Diagnostics the plugin code writes straight to process.stderr belong
-    // to this call's caller, as they would if the plugin ran as its process.
-    const realWrite = process.stderr.write;
-    process.stderr.write = ((chunk: string | Uint8Array) => {
-      stderr.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
-      return true;
-    }) as typeof process.stderr.write;
-    const started = process.hrtime.bigint();
-    this.watchdog?.callStarted(`${req.name} ${req.env.CNI_COMMAND ?? ''} ${req.env.CNI_CONTAINERID ?? ''}`);
-    let code: number;
-    try {
-      code = await runPlugin(load().plugin, io);
-    } finally {
-      this.watchdog?.callEnded();
-      process.stderr.write = realWrite;
-      this.returnHome();
+    if (this.stopping) return decline('the daemon is stopping');
+    if (this.opts.logCalls) this.opts.log(`waiting for a worker: ${label}`);
+    const outcome: Outcome = await this.pool!.run({
+      lane: laneOf(req.stdin),
+      label,
+      call: { name: req.name, env: scrubEnv(req.env), stdin: req.stdin },
+      stillWanted: () => callerStillThere(fd, conn),
+    });
+    switch (outcome.kind) {
+      case 'busy':
+        return decline(this.stopping ? 'the daemon is stopping' : `no worker free within ${this.opts.waitBudgetMs ?? 2000} ms`);
+      case 'gone':
+        this.opts.log(`dropped ${label}: its caller went away before it started`);
+        conn.destroy();
+        return;
+      case 'crashed': {
+        // The call may have done part of its work: it must not run again
+        // (the shim would, on a decline); the caller gets an error instead.
+        const err = new CniError(ErrorCode.Internal, 'the plugin daemon lost the call', outcome.why);
+        conn.end(encodeAnswer(1, `${JSON.stringify(err.toJSON(cniVersionOf(req.stdin)), null, 4)}\n`, ''));
+        return;
+      }
+      case 'answer':
+        this.calls++;
+        if (this.opts.logCalls) {
+          this.opts.log(`served ${req.name} ${req.env.CNI_COMMAND ?? '(none)'} ${req.env.CNI_CONTAINERID ?? ''} exit ${outcome.code} in ${outcome.ms.toFixed(1)} ms`);
+        }
+        conn.end(encodeAnswer(outcome.code, outcome.stdout, outcome.stderr));
+        return;
     }
-    this.calls++;
-    if (this.opts.logCalls) {
-      const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      this.opts.log(`served ${req.name} ${req.env.CNI_COMMAND ?? '(none)'} ${req.env.CNI_CONTAINERID ?? ''} exit ${code} in ${ms.toFixed(1)} ms`);
-    }
-    return encodeAnswer(code, stdout.join(''), stderr.join(''));
   }
 
-  /** Plugins leave namespaces they enter; if one did not, do it for them. */
-  private returnHome(): void {
-    if (nsInode('/proc/thread-self/ns/net') === this.netnsInode) return;
-    this.opts.log('a call left the daemon in another network namespace; returning');
-    native().setns(this.homeNetns, CLONE_NEWNET);
+  /**
+   * A call outlived --call-timeout. Its worker may be blocked in flock(2),
+   * out of JavaScript's reach, and terminating it would leave whatever it
+   * holds (lock files, namespace descriptors) open in this process. So the
+   * daemon stops taking calls, lets the other calls finish, and ends with
+   * SIGKILL, which the kernel cleans up after (and which a stuck thread
+   * cannot delay, as it would process.exit). The waiting shims then run
+   * their calls themselves and the supervisor starts a fresh daemon.
+   */
+  private callTimedOut(label: string, ms: number): void {
+    this.opts.log(`${label} still running after ${ms} ms; exiting`);
+    this.stopping = true;
+    this.pool!.drain();
+    this.server?.close();
+    let stuck = 1;
+    const check = () => {
+      // every call left is a stuck one, or there is none but ours
+      if (this.pool!.pending <= stuck) process.kill(process.pid, 'SIGKILL');
+      else setTimeout(check, 50);
+    };
+    // later timeouts count as stuck too
+    this.callTimedOut = (l, m) => {
+      this.opts.log(`${l} still running after ${m} ms`);
+      stuck++;
+    };
+    check();
+  }
+
+  private armIdle(): void {
+    const ms = this.opts.idleExitMs ?? 0;
+    clearTimeout(this.idleTimer);
+    if (!ms || this.stopping || this.active > 0 || (this.pool?.pending ?? 0) > 0) return;
+    this.idleTimer = setTimeout(() => {
+      if (this.active === 0 && !this.stopping) this.resolveDone(`idle for ${ms / 1000} s`);
+    }, ms);
+  }
+}
+
+/** The bundle this process runs, in a worker thread (cmd/main.ts dispatches on workerData). */
+function spawnBundleWorker(): WorkerLike {
+  const workerData = { role: 'cni-ts-daemon-worker' };
+  // Diagnostics a worker writes outside a call go to the daemon's log, not to a caller.
+  const streams = { stdout: true, stderr: true };
+  let worker: Worker;
+  const sea = seaModule();
+  if (sea?.isSea()) {
+    // The executable's main script cannot be named as a file: the build
+    // packs the same bundle as an asset for the workers to run.
+    worker = new Worker(sea.getAsset(BUNDLE_ASSET, 'utf8'), { eval: true, workerData, ...streams });
+  } else {
+    worker = new Worker(process.argv[1], { workerData, ...streams });
+  }
+  const relay = (stream: NodeJS.ReadableStream) => stream.on('data', (c: Buffer) => process.stderr.write(`cni-ts daemon: worker ${worker.threadId}: ${c}`));
+  relay(worker.stdout);
+  relay(worker.stderr);
+  return worker;
+}
+
+/** The SEA asset scripts/pack-sea.cjs packs dist/cni-ts.js under. */
+export const BUNDLE_ASSET = 'cni-ts.js';
+
+function seaModule(): { isSea(): boolean; getAsset(key: string, enc: string): string } | undefined {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('node:sea');
+  } catch {
+    return undefined;
   }
 }
 
 /**
- * Ends the daemon when one call runs too long. It must work while the
- * JavaScript thread is blocked, and it may be: plugins take their file
- * locks with a blocking flock(2), so a timer on that thread would never
- * fire. A worker thread watches the call's start time in shared memory and
- * kills the whole process; the waiting shims then run their calls
- * themselves, and the supervisor starts a fresh daemon. The call that was
- * cut short is in the state a plugin killed by SIGKILL leaves, which a DEL
- * (and GC) clears.
+ * Is the caller still waiting for this call? The shim half-closed its end
+ * after the request; a shim that is gone (killed, timed out) has closed it
+ * whole, which poll(2) reports as POLLHUP.
  */
-class Watchdog {
-  /** [0]: 1 while a call runs; [1]: its start, in seconds of the daemon's clock */
-  private readonly state = new Int32Array(new SharedArrayBuffer(8));
-  private readonly label = new SharedArrayBuffer(512);
-  private readonly worker: Worker;
-  private readonly epoch = Date.now();
-
-  constructor(timeoutMs: number) {
-    const code = `
-      const { workerData } = require('node:worker_threads');
-      const fs = require('node:fs');
-      const state = new Int32Array(workerData.state);
-      const label = new Uint8Array(workerData.label);
-      setInterval(() => {
-        if (Atomics.load(state, 0) !== 1) return;
-        const now = Math.floor((Date.now() - workerData.epoch) / 1000);
-        if ((now - Atomics.load(state, 1)) * 1000 < workerData.timeoutMs) return;
-        const end = label.indexOf(0);
-        const what = Buffer.from(label.subarray(0, end < 0 ? label.length : end)).toString('utf8');
-        // straight to fd 2: the main thread, which relays a worker's stderr, is stuck
-        fs.writeSync(2, 'cni-ts daemon: ' + what + ' still running after ' + workerData.timeoutMs + ' ms; exiting' + String.fromCharCode(10));
-        process.kill(process.pid, 'SIGKILL');
-      }, Math.min(1000, Math.max(100, workerData.timeoutMs / 4)));
-    `;
-    this.worker = new Worker(code, { eval: true, workerData: { state: this.state.buffer, label: this.label, epoch: this.epoch, timeoutMs } });
-    this.worker.unref();
-  }
-
-  callStarted(what: string): void {
-    const bytes = new Uint8Array(this.label);
-    bytes.fill(0);
-    bytes.set(Buffer.from(what, 'utf8').subarray(0, bytes.length - 1));
-    Atomics.store(this.state, 1, Math.floor((Date.now() - this.epoch) / 1000));
-    Atomics.store(this.state, 0, 1);
-  }
-
-  callEnded(): void {
-    Atomics.store(this.state, 0, 0);
-  }
-
-  async stop(): Promise<void> {
-    await this.worker.terminate();
+function callerStillThere(fd: number, conn: net.Socket): boolean {
+  if (conn.destroyed) return false;
+  try {
+    return (native().pollEvents(fd, 0) & (POLLHUP | POLLERR)) === 0;
+  } catch {
+    return false;
   }
 }
 
-/** The connecting process's uid; -1 when it cannot be told (then refused). */
-function peerUid(conn: net.Socket): number {
-  const fd = (conn as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return -1;
+/** The caller's NODE_* variables (NODE_OPTIONS, NODE_PATH, ...) reach nothing that runs as root. */
+function scrubEnv(env: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (!k.startsWith('NODE_')) out[k] = v;
+  return out;
+}
+
+function cniVersionOf(stdin: Buffer): string {
   try {
-    return native().peerUid(fd);
+    const v = (JSON.parse(stdin.toString('utf8')) as { cniVersion?: unknown }).cniVersion;
+    if (typeof v === 'string' && /^\d+\.\d+\.\d+$/.test(v)) return v;
   } catch {
-    return -1;
+    // fall through
   }
+  return '1.1.0';
 }
 
 /** A socket file nobody listens on (a killed daemon's) is removed; a live one is an error. */
@@ -353,24 +440,66 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   fs.unlinkSync(socketPath);
 }
 
-const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS]';
+const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS] [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS]';
+
+/** systemd socket activation: the listening socket is fd 3 when LISTEN_PID names us. */
+function activatedFd(): number | undefined {
+  const { LISTEN_PID, LISTEN_FDS } = process.env;
+  // not for our children, nor our workers
+  delete process.env.LISTEN_PID;
+  delete process.env.LISTEN_FDS;
+  delete process.env.LISTEN_FDNAMES;
+  if (LISTEN_PID !== String(process.pid) || !LISTEN_FDS || Number(LISTEN_FDS) < 1) return undefined;
+  return 3;
+}
 
 export async function daemonMain(args: string[]): Promise<number> {
   const log = (line: string) => process.stderr.write(`cni-ts daemon: ${line}\n`);
-  let socketPath = process.env.CNI_TS_DAEMON_SOCKET || DEFAULT_SOCKET;
-  let logCalls = false;
-  let callTimeoutMs = 300_000;
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--socket' && args[i + 1]) socketPath = args[++i];
-    else if (args[i] === '--log-calls') logCalls = true;
-    else if (args[i] === '--call-timeout' && /^\d+$/.test(args[i + 1] ?? '')) callTimeoutMs = Number(args[++i]) * 1000;
-    else {
-      log(`unknown argument ${JSON.stringify(args[i])}\n${USAGE}`);
-      return 2;
-    }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: 'string' },
+        'log-calls': { type: 'boolean' },
+        'call-timeout': { type: 'string' },
+        workers: { type: 'string' },
+        'wait-budget': { type: 'string' },
+        'idle-exit': { type: 'string' },
+      },
+    }).values;
+  } catch (e) {
+    log(`${(e as Error).message}\n${USAGE}`);
+    return 2;
   }
-  keepStdoutForJson();
-  const daemon = new Daemon({ socketPath, log, logCalls, callTimeoutMs });
+  /** a flag in seconds (decimals allowed), in milliseconds */
+  const seconds = (flag: string, fallbackMs: number): number => {
+    const v = parsed[flag as keyof typeof parsed];
+    if (v === undefined) return fallbackMs;
+    if (typeof v !== 'string' || !/^\d+(\.\d+)?$/.test(v)) throw new Error(`--${flag}: expected seconds, got ${JSON.stringify(v)}`);
+    return Math.round(Number(v) * 1000);
+  };
+  let opts;
+  try {
+    const workers = parsed.workers === undefined ? 4 : Number(parsed.workers);
+    if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error(`--workers: expected 1 to 64, got ${JSON.stringify(parsed.workers)}`);
+    opts = {
+      socketPath: parsed.socket || process.env.CNI_TS_DAEMON_SOCKET || DEFAULT_SOCKET,
+      listenFd: activatedFd(),
+      log,
+      logCalls: parsed['log-calls'] === true,
+      callTimeoutMs: seconds('call-timeout', 300_000),
+      workers,
+      waitBudgetMs: seconds('wait-budget', 2000),
+      idleExitMs: seconds('idle-exit', 0),
+    };
+  } catch (e) {
+    log(`${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const daemon = new Daemon(opts);
   try {
     await daemon.listen();
   } catch (e) {
@@ -380,15 +509,17 @@ export async function daemonMain(args: string[]): Promise<number> {
   // A stray rejection from a library's background work must not take every
   // later call down with it; it is logged where an operator looks.
   process.on('unhandledRejection', (e) => log(`unhandled rejection: ${(e as Error)?.stack ?? e}`));
-  log(`listening on ${socketPath}`);
+  log(`listening on ${opts.listenFd !== undefined ? `fd ${opts.listenFd} (socket activation)` : opts.socketPath}`);
   return new Promise<number>((resolve) => {
-    const stop = () => {
+    const stop = (why: string) => {
+      log(`stopping: ${why}`);
       void daemon.close().then(() => {
         log(`stopped after ${daemon.calls} calls`);
         resolve(0);
       });
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    void daemon.done.then(stop);
   });
 }

@@ -9,9 +9,11 @@
  * as SEA assets; the first use after a boot or an upgrade writes them to a
  * content-addressed directory (root only) and requires the bundle from there.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
+import { assetCacheDir } from '../netlink/native';
 
 export type Etcd3 = typeof import('etcd3');
 
@@ -32,6 +34,22 @@ interface Sea {
   getAsset(key: string, encoding: string): string;
 }
 
+/** The written-out assets hash to what scripts/pack-sea.cjs computed over them (name, then content, in order). */
+function intact(dir: string, digest: string): boolean {
+  const hash = createHash('sha256');
+  try {
+    for (const name of ETCD_ASSETS) {
+      const file = path.join(dir, name);
+      const st = fs.lstatSync(file);
+      if (!st.isFile() || st.uid !== (process.geteuid?.() ?? 0) || (st.mode & 0o022) !== 0) return false;
+      hash.update(name).update(fs.readFileSync(file));
+    }
+  } catch {
+    return false;
+  }
+  return hash.digest('hex') === digest;
+}
+
 function fromSea(): Etcd3 | undefined {
   let sea: Sea;
   try {
@@ -40,26 +58,29 @@ function fromSea(): Etcd3 | undefined {
     return undefined;
   }
   if (!sea.isSea()) return undefined;
-  const digest = sea.getAsset(ETCD_DIGEST_ASSET, 'utf8').trim().slice(0, 16);
-  const base = process.env.NETLINK_TS_CACHE_DIR ?? '/run/cni-ts';
+  const fullDigest = sea.getAsset(ETCD_DIGEST_ASSET, 'utf8').trim();
+  const digest = fullDigest.slice(0, 16);
+  // ours and closed to others (else refused), so what is checked below stays as checked
+  const base = assetCacheDir();
   const dir = path.join(base, `etcd-${digest}`);
   const entry = path.join(dir, 'etcd/lib/etcd3.js');
-  if (!fs.existsSync(entry)) {
+  if (!intact(dir, fullDigest)) {
     // Write everything into a private temp directory, then rename it into
-    // place: a concurrent first use sees either nothing or all of it.
-    fs.mkdirSync(base, { recursive: true, mode: 0o700 });
+    // place: a concurrent first use sees either nothing or all of it. A
+    // copy that does not match the build's digest (planted, damaged) goes.
     const tmp = fs.mkdtempSync(path.join(base, `.etcd-${digest}-`));
     for (const name of ETCD_ASSETS) {
       const file = path.join(tmp, name);
       fs.mkdirSync(path.dirname(file), { recursive: true });
       fs.writeFileSync(file, Buffer.from(sea.getRawAsset(name)), { mode: 0o400 });
     }
+    if (fs.existsSync(dir) && !intact(dir, fullDigest)) fs.rmSync(dir, { recursive: true, force: true });
     try {
       fs.renameSync(tmp, dir);
     } catch (e) {
       // another process won the race; its copy is identical
       fs.rmSync(tmp, { recursive: true, force: true });
-      if (!fs.existsSync(entry)) throw e;
+      if (!intact(dir, fullDigest)) throw e;
     }
   }
   return createRequire(entry)(entry) as Etcd3;

@@ -23,8 +23,12 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define RECV_DEFAULT 65536
@@ -282,6 +286,107 @@ static napi_value nl_peer_uid(napi_env env, napi_callback_info info) {
   return make_int(env, cred.uid);
 }
 
+/* peerCred(fd) -> {pid, uid, gid} of the process that connected a unix
+ * socket (SO_PEERCRED), the pid as this process's pid namespace sees it
+ * (0 when it cannot see it). */
+static napi_value nl_peer_cred(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(a[0], SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "pid", make_int(env, cred.pid));
+  napi_set_named_property(env, out, "uid", make_int(env, cred.uid));
+  napi_set_named_property(env, out, "gid", make_int(env, cred.gid));
+  return out;
+}
+
+/* peerPidfd(fd) -> a pidfd for the very process that connected (SO_PEERPIDFD,
+ * Linux 6.5): unlike a pid, it can never come to name another process. */
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+static napi_value nl_peer_pidfd(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  int pidfd = -1;
+  socklen_t len = sizeof pidfd;
+  if (getsockopt(a[0], SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return throw_errno(env, "getsockopt(SO_PEERPIDFD)", errno);
+  return make_int(env, pidfd);
+}
+
+/* pidfdOpen(pid) -> pidfd (pidfd_open(2), Linux 5.3), close-on-exec. */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+static napi_value nl_pidfd_open(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  long fd = syscall(SYS_pidfd_open, (pid_t)a[0], 0);
+  if (fd < 0) return throw_errno(env, "pidfd_open", errno);
+  return make_int(env, fd);
+}
+
+/* pidfdAlive(pidfd) -> false once the process has exited (pidfd_send_signal
+ * with signal 0: ESRCH). A zombie counts as alive: its pid is not reused
+ * until it is reaped. */
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+static napi_value nl_pidfd_alive(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  napi_value out;
+  if (syscall(SYS_pidfd_send_signal, a[0], 0, NULL, 0) == 0) {
+    napi_get_boolean(env, true, &out);
+    return out;
+  }
+  if (errno != ESRCH) return throw_errno(env, "pidfd_send_signal", errno);
+  napi_get_boolean(env, false, &out);
+  return out;
+}
+
+/* pidfdNsInode(pidfd, which) -> inode (BigInt) of one of the process's
+ * namespaces, asked of the pidfd itself (PIDFD_GET_*_NAMESPACE, Linux 6.11):
+ * which = 3 mount, 4 network, 9 user. ESRCH once the process has exited;
+ * ENOTTY on older kernels (the caller then reads /proc/PID/ns). */
+#define PIDFS_IOCTL_MAGIC 0xFF
+static napi_value nl_pidfd_ns_inode(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  if (a[1] != 3 && a[1] != 4 && a[1] != 9) {
+    napi_throw_range_error(env, NULL, "pidfdNsInode: which must be 3, 4 or 9");
+    return NULL;
+  }
+  int ns = ioctl(a[0], _IO(PIDFS_IOCTL_MAGIC, a[1]), 0);
+  if (ns < 0) return throw_errno(env, "ioctl(PIDFD_GET_NAMESPACE)", errno);
+  struct stat st;
+  int r = fstat(ns, &st);
+  int e = errno;
+  close(ns);
+  if (r < 0) return throw_errno(env, "fstat", e);
+  napi_value out;
+  napi_create_bigint_uint64(env, (uint64_t)st.st_ino, &out);
+  return out;
+}
+
+/* pollEvents(fd, events) -> revents, without waiting (poll(2), timeout 0).
+ * The daemon asks POLLHUP of a caller's socket before starting its call:
+ * set once the caller has closed its end (a half-close sets POLLRDHUP only). */
+static napi_value nl_poll_events(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  struct pollfd p = {.fd = a[0], .events = (short)a[1], .revents = 0};
+  int r;
+  do {
+    r = poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, "poll", errno);
+  return make_int(env, p.revents);
+}
+
 #define EXPORT(name, fn)                                          \
   do {                                                            \
     napi_value f;                                                 \
@@ -303,7 +408,16 @@ static napi_value init(napi_env env, napi_value exports) {
   EXPORT("netnsCreate", nl_netns_create);
   EXPORT("umount", nl_umount);
   EXPORT("peerUid", nl_peer_uid);
+  EXPORT("peerCred", nl_peer_cred);
+  EXPORT("peerPidfd", nl_peer_pidfd);
+  EXPORT("pidfdOpen", nl_pidfd_open);
+  EXPORT("pidfdAlive", nl_pidfd_alive);
+  EXPORT("pidfdNsInode", nl_pidfd_ns_inode);
+  EXPORT("pollEvents", nl_poll_events);
   return exports;
 }
 
+/* NAPI_MODULE is symbol-based registration (napi_register_module_v1): the
+ * module is context-aware, so every worker thread of the daemon loads it
+ * into its own context. init keeps no state of its own. */
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,220 @@
+/**
+ * The daemon's worker threads (cmd/daemon-worker.ts) and the calls waiting
+ * for one.
+ *
+ * - `size` workers, all started with the daemon: a burst of calls must not
+ *   wait for threads to start and compile the plugins. A worker lost (its
+ *   call crashed it, or it could not get back to its namespace) is replaced
+ *   when a call needs it.
+ * - A call waits for a free worker at most `waitBudgetMs`; past that it is
+ *   handed back (`busy`) and the shim runs the plugin itself.
+ * - Calls that reach etcd (see laneOf) may hold at most `etcdShare` workers:
+ *   with etcd down each takes its whole request timeout, and calls on local
+ *   state must never queue behind them.
+ * - Right before a call starts, its caller is asked again (stillWanted): a
+ *   caller that went away (a killed shim) has its call dropped, never run.
+ * - A call still running after `callTimeoutMs` is reported (onTimeout): its
+ *   worker may sit in flock(2), where no JavaScript can reach it, and a
+ *   terminated worker would leave its locks held by open descriptors. The
+ *   daemon then ends as a whole, which the kernel cleans up after.
+ */
+import type { EventEmitter } from 'node:events';
+import type { CallMessage, WorkerMessage } from './daemon-worker';
+
+/** What the pool needs of a worker thread (node:worker_threads' Worker, or a test's). */
+export interface WorkerLike extends EventEmitter {
+  postMessage(msg: CallMessage): void;
+  terminate(): Promise<number>;
+}
+
+export type Lane = 'etcd' | 'local';
+
+export interface Job {
+  lane: Lane;
+  /** plugin, command, container: for the log */
+  label: string;
+  call: Omit<CallMessage, 'id'>;
+  /** asked right before the call starts */
+  stillWanted(): boolean;
+}
+
+export type Outcome =
+  | { kind: 'answer'; code: number; stdout: string; stderr: string; ms: number }
+  | { kind: 'busy' }
+  | { kind: 'gone' }
+  | { kind: 'crashed'; why: string };
+
+export interface PoolOptions {
+  size: number;
+  etcdShare: number;
+  waitBudgetMs: number;
+  callTimeoutMs: number;
+  spawn(): WorkerLike;
+  log(line: string): void;
+  onTimeout(label: string, ms: number): void;
+}
+
+interface Slot {
+  worker: WorkerLike;
+  job?: Running;
+  gone: boolean;
+}
+
+interface Waiting {
+  job: Job;
+  resolve(o: Outcome): void;
+  budget: NodeJS.Timeout;
+}
+
+interface Running extends Waiting {
+  id: number;
+  started: bigint;
+  deadline?: NodeJS.Timeout;
+}
+
+/** etcd-bound: an overlay, or an IPAM whose store is etcd (the config's own words; unreadable: local). */
+export function laneOf(stdin: Uint8Array): Lane {
+  try {
+    const conf = JSON.parse(Buffer.from(stdin).toString('utf8')) as { type?: unknown; ipam?: { store?: unknown } };
+    if (conf?.type === 'overlay' || conf?.ipam?.store === 'etcd') return 'etcd';
+  } catch {
+    // the skel will say what is wrong with it
+  }
+  return 'local';
+}
+
+export class Pool {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Waiting[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(private readonly opts: PoolOptions) {
+    for (let i = 0; i < opts.size; i++) this.addWorker();
+  }
+
+  /** calls running or waiting */
+  get pending(): number {
+    return this.queue.length + this.slots.filter((s) => s.job).length;
+  }
+
+  get workers(): number {
+    return this.slots.length;
+  }
+
+  run(job: Job): Promise<Outcome> {
+    return new Promise<Outcome>((resolve) => {
+      if (this.closed) return resolve({ kind: 'busy' });
+      const waiting: Waiting = {
+        job,
+        resolve,
+        budget: setTimeout(() => {
+          const i = this.queue.indexOf(waiting);
+          if (i < 0) return;
+          this.queue.splice(i, 1);
+          resolve({ kind: 'busy' });
+        }, this.opts.waitBudgetMs),
+      };
+      this.queue.push(waiting);
+      this.pump();
+    });
+  }
+
+  /** Hand back every waiting call (the shims run them); no new ones. */
+  drain(): void {
+    this.closed = true;
+    for (const w of this.queue.splice(0)) {
+      clearTimeout(w.budget);
+      w.resolve({ kind: 'busy' });
+    }
+  }
+
+  /** Stop the idle workers (after drain, once nothing runs). */
+  async close(): Promise<void> {
+    this.drain();
+    await Promise.all(this.slots.filter((s) => !s.job).map((s) => this.retire(s)));
+  }
+
+  private busyIn(lane: Lane): number {
+    return this.slots.filter((s) => s.job?.job.lane === lane).length;
+  }
+
+  private pump(): void {
+    for (let i = 0; i < this.queue.length; ) {
+      const waiting = this.queue[i];
+      if (waiting.job.lane === 'etcd' && this.busyIn('etcd') >= this.opts.etcdShare) {
+        i++;
+        continue;
+      }
+      let slot = this.slots.find((s) => !s.job && !s.gone);
+      if (!slot) {
+        if (this.slots.length >= this.opts.size) return;
+        slot = this.addWorker();
+      }
+      this.queue.splice(i, 1);
+      clearTimeout(waiting.budget);
+      if (!waiting.job.stillWanted()) {
+        waiting.resolve({ kind: 'gone' });
+        continue;
+      }
+      this.start(slot, waiting);
+    }
+  }
+
+  private start(slot: Slot, waiting: Waiting): void {
+    const running: Running = { ...waiting, id: this.nextId++, started: process.hrtime.bigint() };
+    slot.job = running;
+    if (this.opts.callTimeoutMs > 0) {
+      running.deadline = setTimeout(() => this.opts.onTimeout(running.job.label, this.opts.callTimeoutMs), this.opts.callTimeoutMs);
+    }
+    slot.worker.postMessage({ id: running.id, ...running.job.call });
+  }
+
+  private addWorker(): Slot {
+    const worker = this.opts.spawn();
+    const slot: Slot = { worker, gone: false };
+    this.slots.push(slot);
+    worker.on('message', (m: WorkerMessage) => {
+      if (m.type === 'log') return this.opts.log(m.line);
+      const running = slot.job;
+      if (!running || running.id !== m.id) return;
+      this.finish(slot, { kind: 'answer', code: m.code, stdout: m.stdout, stderr: m.stderr, ms: Number(process.hrtime.bigint() - running.started) / 1e6 });
+      if (m.fatal) {
+        this.opts.log(`worker retired after ${running.job.label}: ${m.fatal}`);
+        void this.retire(slot);
+      }
+      this.pump();
+    });
+    const lost = (why: string) => {
+      if (slot.gone) return;
+      slot.gone = true;
+      this.remove(slot);
+      if (slot.job) {
+        this.opts.log(`worker lost during ${slot.job.job.label}: ${why}`);
+        this.finish(slot, { kind: 'crashed', why });
+      }
+      if (!this.closed) this.pump();
+    };
+    worker.on('error', (e: Error) => lost(e.stack ?? e.message));
+    worker.on('exit', (code: number) => lost(`exited with code ${code}`));
+    return slot;
+  }
+
+  private finish(slot: Slot, outcome: Outcome): void {
+    const running = slot.job!;
+    clearTimeout(running.deadline);
+    slot.job = undefined;
+    running.resolve(outcome);
+  }
+
+  private async retire(slot: Slot): Promise<void> {
+    slot.gone = true;
+    this.remove(slot);
+    await slot.worker.terminate();
+  }
+
+  private remove(slot: Slot): void {
+    const i = this.slots.indexOf(slot);
+    if (i >= 0) this.slots.splice(i, 1);
+  }
+}

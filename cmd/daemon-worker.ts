@@ -1,0 +1,140 @@
+/**
+ * One worker thread of `cni-ts daemon` (cmd/daemon.ts): it runs plugin
+ * calls one at a time, through the same skel as a plugin process, with the
+ * call's own environment and stdin, and posts back stdout, stderr and the
+ * exit code.
+ *
+ * Why threads: setns(2) moves only the calling thread, so each worker can
+ * enter a container's network namespace without disturbing the others, and
+ * a call blocked in flock(2) or waiting for etcd holds one worker, not the
+ * daemon. Everything else a call could touch that is shared by the process
+ * (the environment, stdout, stderr) is the call's own here: the plugin reads
+ * its environment from the skel's context (a copy of the caller's), and
+ * whatever it writes to process.stdout or process.stderr during the call is
+ * captured for its caller, never written to the daemon's own streams.
+ *
+ * After each call the worker checks it is back in its own network namespace
+ * (plugins leave the namespaces they enter; this makes sure). If it cannot
+ * get back, the call's answer still goes to its caller (the call ran; it must
+ * never be run again), and the worker is retired: a thread left in a
+ * container's namespace never serves another call.
+ */
+import * as fs from 'node:fs';
+import { parentPort } from 'node:worker_threads';
+import { defaultInterfaceExists, keepStdoutForJson, runPlugin, type SkelIO } from '../shared/cni/skel';
+import { CLONE_NEWNET, native } from '../shared/netlink/native';
+import { type PluginModule, findPlugin, plugins } from './plugins';
+
+/** main thread -> worker */
+export interface CallMessage {
+  id: number;
+  name: string;
+  env: Record<string, string>;
+  stdin: Uint8Array;
+}
+
+/** worker -> main thread */
+export type WorkerMessage =
+  | { type: 'answer'; id: number; code: number; stdout: string; stderr: string; /** the worker cannot serve again */ fatal?: string }
+  | { type: 'log'; line: string };
+
+/** The worker thread's network namespace, and the way back to its own. */
+export interface ThreadNetns {
+  current(): bigint;
+  readonly home: bigint;
+  returnHome(): void;
+}
+
+function realThreadNetns(): ThreadNetns {
+  const inode = (f: string) => fs.statSync(f, { bigint: true }).ino;
+  const homeFd = fs.openSync('/proc/thread-self/ns/net', fs.constants.O_RDONLY);
+  return {
+    current: () => inode('/proc/thread-self/ns/net'),
+    home: inode('/proc/thread-self/ns/net'),
+    returnHome: () => native().setns(homeFd, CLONE_NEWNET),
+  };
+}
+
+/** Runs one call; resolves to its answer. Never rejects. */
+export async function serveCall(msg: CallMessage, netns: ThreadNetns, find: (name: string) => (() => PluginModule) | undefined = findPlugin): Promise<WorkerMessage & { type: 'answer' }> {
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const stdin = Buffer.from(msg.stdin);
+  const io: SkelIO = {
+    // A plugin this call execs (an IPAM found in CNI_PATH) that is itself
+    // a shim must not wait for this daemon, busy with this very call.
+    env: { ...msg.env, CNI_TS_NO_DAEMON: '1' },
+    readStdin: () => stdin,
+    writeStdout: (s) => stdout.push(s),
+    writeStderr: (s) => stderr.push(s),
+    interfaceExists: defaultInterfaceExists,
+  };
+  // Diagnostics written straight to process.stderr (or, by mistake, stdout)
+  // during the call belong to this call's caller, as they would if the
+  // plugin ran as its own process; this thread runs nothing else meanwhile.
+  const capture = (chunk: string | Uint8Array) => {
+    stderr.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
+    return true;
+  };
+  const realErr = process.stderr.write;
+  const realOut = process.stdout.write;
+  process.stderr.write = capture as typeof process.stderr.write;
+  process.stdout.write = capture as typeof process.stdout.write;
+  let code = 1;
+  let fatal: string | undefined;
+  try {
+    const load = find(msg.name);
+    if (!load) throw new Error(`not a plugin: ${JSON.stringify(msg.name)}`);
+    code = await runPlugin(load().plugin, io);
+  } catch (e) {
+    // runPlugin never rejects; a plugin module that fails to load does
+    stderr.push(`cni-ts daemon: ${(e as Error).message}\n`);
+  } finally {
+    process.stderr.write = realErr;
+    process.stdout.write = realOut;
+    fatal = backHome(netns);
+  }
+  return { type: 'answer', id: msg.id, code, stdout: stdout.join(''), stderr: stderr.join(''), ...(fatal ? { fatal } : {}) };
+}
+
+/** undefined when the thread is in its own network namespace (again); else why not. */
+function backHome(netns: ThreadNetns): string | undefined {
+  try {
+    if (netns.current() === netns.home) return undefined;
+    netns.returnHome();
+    if (netns.current() === netns.home) return undefined;
+    return 'still in another network namespace after setns';
+  } catch (e) {
+    return `cannot return to its network namespace: ${(e as Error).message}`;
+  }
+}
+
+/** The worker thread's main: serve calls posted by the daemon's main thread. */
+export function workerMain(): void {
+  const port = parentPort!;
+  const post = (m: WorkerMessage) => port.postMessage(m);
+  keepStdoutForJson();
+  // A stray rejection from a library's background work (an etcd client
+  // after its call) must not take the worker down; it goes to the daemon's log.
+  process.on('unhandledRejection', (e) => post({ type: 'log', line: `unhandled rejection: ${(e as Error)?.stack ?? e}` }));
+  const netns = realThreadNetns();
+  let retired = false;
+  port.on('message', (msg: CallMessage) => {
+    if (retired) return;
+    void serveCall(msg, netns).then((answer) => {
+      if (answer.fatal) retired = true;
+      post(answer);
+    });
+  });
+  // Load every plugin's code now, while idle: the first call is then as
+  // fast as the hundredth.
+  setImmediate(() => {
+    for (const load of plugins.values()) {
+      try {
+        load();
+      } catch {
+        // reported by the call that needs it
+      }
+    }
+  });
+}
