@@ -487,7 +487,8 @@ describe('the shim\'s own input handling', () => {
       const r = await run([path.join(inst.dir, 'bridge')], { CNI_COMMAND: 'ADD', CNI_TS_DAEMON_SOCKET: fake.socket }, '{}');
       expect(r.signal).toBe(null);
       expect(r.status).toBe(1);
-      expect(JSON.parse(r.stdout).code).toBe(11);
+      // refused up front: nothing of it was read into memory
+      expect(JSON.parse(r.stdout)).toMatchObject({ code: 11, msg: 'the cni-ts daemon\'s answer is too long' });
       expect(inst.ran()).toBe(0);
     } finally {
       await fake.close();
@@ -508,24 +509,51 @@ describe('the shim\'s own input handling', () => {
     }
   }, 120_000);
 
-  it('a non-blocking stdin that is not ready yet is waited for, not taken for empty', async () => {
-    // VERSION answered from the table: the config's version shows the shim read it.
-    // The config arrives after the shim started reading: through a FIFO the shim reads non-blocking
+  /** Run a binary whose stdin is a non-blocking FIFO that gets `parts` with a pause before each. */
+  async function withNonBlockingStdin(binary: string, env: Record<string, string>, parts: Buffer[]): Promise<{ status: number | null; stdout: string }> {
     const fifo = path.join(work, `stdin-${uniqueName('')}.fifo`);
     execFileSync('mkfifo', [fifo]);
     const rd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     const wr = fs.openSync(fifo, fs.constants.O_WRONLY);
-    const child = spawn(helper, ['nonblock', '0', path.join(BIN, 'bridge')], { env: { PATH, CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: path.join(work, 'nobody.sock') }, stdio: [rd, 'pipe', 'pipe'] });
+    // libuv hands a child its stdin blocking; the helper makes it non-blocking again
+    const child = spawn(helper, ['nonblock', '0', binary], { env: { PATH, ...env }, stdio: [rd, 'pipe', 'pipe'] });
     fs.closeSync(rd);
     let out = '';
     child.stdout!.on('data', (c) => (out += c));
     const status = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    fs.writeSync(wr, '{"cniVersion":"0.4.0"}');
+    for (const part of parts) {
+      // the shim finds nothing to read for a while (EAGAIN), then this part
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (let off = 0; off < part.length; ) {
+        try {
+          off += fs.writeSync(wr, part, off);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+          await new Promise((resolve) => setTimeout(resolve, 1));
+        }
+      }
+    }
     fs.closeSync(wr);
-    expect(await status).toBe(0);
-    expect(JSON.parse(out).cniVersion).toBe('0.4.0');
+    return { status: await status, stdout: out };
+  }
+
+  it('a non-blocking stdin that is not ready yet is waited for, not taken for empty', async () => {
+    // VERSION answered from the table (the executable is a trap): the config's version shows the shim read it
+    const trap = install('trap');
+    const r = await withNonBlockingStdin(path.join(trap.dir, 'bridge'), { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: path.join(work, 'nobody.sock') }, [Buffer.from('{"cniVersion":"0.4.0"}')]);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).cniVersion).toBe('0.4.0');
+    expect(trap.ran()).toBe(0);
   });
+
+  it('the rest of a configuration too big for the daemon, arriving late on a non-blocking stdin, reaches the executable whole', async () => {
+    const inst = install('fake');
+    const head = randomBytes((64 << 20) + 100);
+    const tail = randomBytes(300_000);
+    const r = await withNonBlockingStdin(path.join(inst.dir, 'bridge'), { CNI_COMMAND: 'ADD', CNI_TS_DAEMON_SOCKET: path.join(work, 'nobody.sock') }, [head, tail]);
+    expect(r.stdout).toBe('{"fake":"standalone"}\n');
+    expect(inst.stdin().sha256).toBe(createHash('sha256').update(head).update(tail).digest('hex'));
+  }, 120_000);
 
   it('a non-blocking stdout that is full is waited on, and the whole answer arrives', async () => {
     const big = 'x'.repeat(4 << 20);
