@@ -41,8 +41,8 @@ export const DEFAULT_BLOCK_SIZE_V6 = 122;
 /** Calico's default leak grace period (kube-controllers), for the same reason:
  *  a runtime's list of valid attachments may predate an ADD in flight. */
 export const DEFAULT_GC_GRACE_PERIOD_MS = 15 * 60 * 1000;
-/** An hour: runtimes call STATUS (and GC) far more often than that, and every
- *  call renews the lease once half of it has passed. */
+/** An hour: the daemon's or the overlay agent's liveness keeper renews it
+ *  (./liveness.ts), and CNI calls put it on a new lease past half of it. */
 export const DEFAULT_LIVENESS_TTL_MS = 60 * 60 * 1000;
 
 const MACHINE_ID_FILES = ['/etc/machine-id', '/var/lib/dbus/machine-id'];

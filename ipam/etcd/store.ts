@@ -27,16 +27,24 @@
  * grace period apart: the runtime's valid-attachments list may be older
  * than an ADD that is still in flight.
  *
+ * Host identity: a node name is registered (P/hosts/<node>, compare-and-
+ * swap) to one host ID, this host's random ID from shared/host-id.ts (not
+ * /etc/machine-id, which cloned images share); another host claiming the
+ * name is refused with 7 (checkHost).
+ *
  * Liveness: every operation reads the host's liveness key P/alive/<node>,
- * which is attached to an etcd lease, and renews it (a new lease, the key
- * put again) once half the lease's TTL has passed by this host's clock. The
- * key vanishes when its lease expires, judged by etcd's clock alone, so no
- * two machines' clocks are ever compared. Runtimes call STATUS and GC
- * regularly, so a host with long-lived containers and no ADDs stays alive;
- * a host that stops calling altogether is what the maintenance command
- * (./maint.ts) treats as gone. Renewing also deletes the command's
- * sightings of the host (P/gone/<node>/), so a host that comes back
- * between two of its runs is never mistaken for one that stayed away.
+ * which is attached to an etcd lease, creates it when it is missing, and
+ * puts it on a new lease once half the TTL has passed by this host's clock.
+ * What keeps it through hours without a CNI call is the liveness keeper of
+ * the daemon or the overlay agent (./liveness.ts), fed by the record each
+ * store writes of its connection (recordForKeeper). The key only ever
+ * informs: the maintenance command (./maint.ts) reports a host without it
+ * as suspect and frees nothing until an operator decommissions the host.
+ * Renewing also deletes older versions' maintenance sightings (P/gone/).
+ *
+ * Every record read back is checked with the zod schema it was written
+ * with (./keys.ts readRecord): a malformed one is skipped and logged, never
+ * trusted and never thrown out of an allocation or a GC.
  *
  * Networks sharing a key prefix must not share addresses: blocks are keyed
  * per network, so two networks with overlapping ranges would hand out the

@@ -408,6 +408,13 @@ describe('etcd store: cluster correctness', () => {
     expect((err as CniError).msg).toContain('node name "node-a" is registered in etcd by another host');
     expect((err as CniError).msg).toContain(id1);
     expect((err as CniError).details).toContain('ipam-maint decommission node-a');
+    // through the plugin's ADD, as a runtime sees it: the CNI error object, code 7
+    const config = netConf(p, '10.61.0.0/24', { nodeName: 'node-a', hostId: undefined });
+    const viaPlugin = await ipamAdd(
+      { containerId: 'c4', ifname: 'eth0', config },
+      { openStore: (c) => EtcdStore.open(c, { hostIdFile: path.join(dir, 'host2', 'host-id'), livenessDir: null }) },
+    ).catch((e: unknown) => e);
+    expect((viaPlugin as CniError).toJSON('1.1.0')).toMatchObject({ cniVersion: '1.1.0', code: 7, msg: expect.stringContaining('registered in etcd by another host') });
     expect((await keys(p)).map((k) => `${k.key} ${k.modRevision}`)).toEqual(before);
   });
 
