@@ -589,6 +589,7 @@ describe('the shim\'s own input handling', () => {
     const code = `
       const fs = require('fs');
       require('net').createServer({ allowHalfOpen: true }, (c) => {
+        c.on('error', () => {});
         c.on('data', () => fs.writeFileSync(${JSON.stringify(got)}, 'request'));
         c.on('end', () => {
           const out = Buffer.from('{"evil":1}');
