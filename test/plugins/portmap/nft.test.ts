@@ -53,6 +53,40 @@ describe('portmap on the real nft', () => {
     expect(ruleset()).toBe(first);
   });
 
+  it('ADD upgrades a table of the previous skeleton (no loopback guards) in place, keeping its containers', async () => {
+    // the skeleton as the previous version wrote it, holding one container
+    sh(
+      ['ip', 'netns', 'exec', ns, 'nft', '-f', '-'],
+      `table inet cni_ts_portmap {
+  map wildcard_ports { type nf_proto . inet_proto . inet_service : verdict; }
+  map hostip4_ports { type ipv4_addr . inet_proto . inet_service : verdict; }
+  map hostip6_ports { type ipv6_addr . inet_proto . inet_service : verdict; }
+  map masq4 { type ipv4_addr . inet_proto . inet_service : verdict; }
+  map masq6 { type ipv6_addr . inet_proto . inet_service : verdict; }
+  chain dispatch {
+    ip daddr . meta l4proto . th dport vmap @hostip4_ports
+    ip6 daddr . meta l4proto . th dport vmap @hostip6_ports
+    meta nfproto . meta l4proto . th dport vmap @wildcard_ports
+  }
+  chain prerouting { type nat hook prerouting priority dstnat; policy accept; fib daddr type local jump dispatch; }
+  chain output { type nat hook output priority -100; policy accept; fib daddr type local jump dispatch; }
+  chain postrouting { type nat hook postrouting priority srcnat; policy accept; }
+  chain skeleton-v1 { }
+  chain old-owner { ip daddr 127.0.0.1 tcp dport 7000 dnat ip to 10.1.0.9:80 comment "cni-ts:net1:old:eth0"; }
+}
+add element inet cni_ts_portmap hostip4_ports { 127.0.0.1 . tcp . 7000 : jump old-owner }
+`,
+    );
+    expect((await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web] }) })).code).toBe(0);
+    const out = ruleset();
+    expect(out).not.toContain('skeleton-v1');
+    expect(out).toContain('chain skeleton-v2 {');
+    expect(out).toMatch(/chain prerouting \{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr 127\.0\.0\.0\/8 return/);
+    expect(out).toContain('iifname != "lo" ip daddr 127.0.0.0/8 drop');
+    expect(out).toContain('127.0.0.1 . tcp . 7000 : jump old-owner');
+    expect((await call(host, { command: 'CHECK', conf: conf({ ips: dual, mappings: [web] }) })).code).toBe(0);
+  });
+
   it('finds conflicts in what nft lists, for IPv4 and IPv6 host addresses', async () => {
     await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
     const before = ruleset();
