@@ -203,7 +203,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
   /** What is wrong with the live containers' endpoints, records and remote entries (empty: nothing). */
   function endpointProblems(): string[] {
     const problems: string[] = [];
-    const eps = lab.snapshot().endpoints.filter((e) => e.network === NETWORK);
+    const eps = cluster.controlPlane().endpoints.filter((e) => e.network === NETWORK);
     const entries = [0, 1, 2].map((h) => cluster.remoteEntries(h, vni));
     for (const [c, l] of live) {
       const k = cluster.interfaceOf(c);
@@ -242,7 +242,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     for (let i = 0; i < 3; i++) cluster.startAgent(i);
     const up = await waitFor(() => {
       try {
-        return lab.snapshot().hosts.length === 3;
+        return cluster.controlPlane().hosts.length === 3;
       } catch {
         return false;
       }
@@ -253,7 +253,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
       if (!(await add(i, c))) throw new Error(`ADD of the long-lived container on h${i} failed: ${notes.join('\n')}`);
       longLived.push(c);
     }
-    vni = lab.snapshot().networks.find((n) => n.name === NETWORK)!.vni;
+    vni = cluster.controlPlane().networks.find((n) => n.name === NETWORK)!.vni;
     for (let i = 0; i < 3; i++) {
       const to = live.get(longLived[(i + 1) % 3]!)!.ip;
       if (!(await waitFor(() => lab.ping(longLived[i]!, to), 20_000))) throw new Error(`h${i} cannot ping ${to} before the chaos`);
@@ -312,7 +312,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     }
     completed = !cluster.isStopped;
     expect(outage, 'etcd came back').toBeDefined();
-    expect(lab.snapshot().hosts.map((h) => h.name).sort()).toEqual([...lab.hosts].sort());
+    expect(cluster.controlPlane().hosts.map((h) => h.name).sort()).toEqual([...lab.hosts].sort());
     for (const f of figures) expect(f.delStuck).toEqual([]);
   }, 240_000);
 
@@ -376,7 +376,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     for (const [a, addrs] of byAttachment) if (addrs.length > 1) found.push(`${a} holds ${addrs.join(' and ')}`);
     // overlay endpoints: one per address
     const epIps = new Map<string, string[]>();
-    for (const e of lab.snapshot().endpoints.filter((x) => x.network === NETWORK)) epIps.set(e.ip, [...(epIps.get(e.ip) ?? []), e.containerId]);
+    for (const e of cluster.controlPlane().endpoints.filter((x) => x.network === NETWORK)) epIps.set(e.ip, [...(epIps.get(e.ip) ?? []), e.containerId]);
     for (const [ip, who] of epIps) if (who.length > 1) found.push(`endpoints ${who.join(' and ')} share ${ip}`);
     // the kernel: every live container's address held by it alone, and allocated to it in etcd
     const kernel = new Map<string, string[]>();
@@ -410,6 +410,7 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     leaksAfterGc = keysOfDeleted();
     // a leak sighting left behind is a key nobody will ever remove (every live container was kept)
     for (const kv of cluster.etcdRange(`${net}/leaks/`)) leaksAfterGc.push(kv.key);
+    for (const kv of cluster.etcdRange(`${lab.prefix}/gc/`)) leaksAfterGc.push(kv.key);
     // and in the kernel: a host's overlay bridge has one port per live local container
     for (let i = 0; i < 3; i++) {
       const ns = `${lab.stateDir(i)}/netns/ov-${vni}`;

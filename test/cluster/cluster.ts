@@ -164,6 +164,15 @@ export class Cluster {
   }
 
   /**
+   * The overlay control plane as etcd holds it (controlplane.ts's layout),
+   * read through the gateway: no code of the tree under test runs to look.
+   */
+  controlPlane(): { hosts: Array<{ name: string; vtep: string }>; networks: Array<{ name: string; vni: number }>; endpoints: Array<{ network: string; containerId: string; ip: string; mac: string; host: string }> } {
+    const read = <T>(what: string) => this.etcdRange(`${this.lab.prefix}/${what}/`).map((kv) => JSON.parse(kv.value) as T);
+    return { hosts: read('hosts'), networks: read('networks'), endpoints: read('endpoints') };
+  }
+
+  /**
    * Host i's static entries for overlay `vni`: FDB (remote MAC -> VTEP) and
    * neighbours (remote IP -> MAC), looked at with `bridge`/`ip` in the
    * network's namespace. Empty when the host has no such namespace.
