@@ -120,7 +120,7 @@ export async function startLivenessKeeper(options: LivenessKeeperOptions): Promi
       const stop = new AbortController();
       const onAbort = (): void => stop.abort();
       options.signal.addEventListener('abort', onAbort, { once: true });
-      const done = keep(file, record, stop.signal, log).finally(() => options.signal.removeEventListener('abort', onAbort));
+      const done = keep(file, text, record, stop.signal, log).finally(() => options.signal.removeEventListener('abort', onAbort));
       running.set(file, { text, stop, done });
     }
     await sleep(rescanMs, options.signal);
@@ -152,10 +152,17 @@ function readRecords(dir: string, log: (line: string) => void): Map<string, { te
   return out;
 }
 
-/** Keeps one record's alive key until `signal` aborts. */
-async function keep(file: string, record: StoreRecord, signal: AbortSignal, log: (line: string) => void): Promise<void> {
+/**
+ * Keeps one record's alive key until `signal` aborts, or until etcd says the
+ * node name is not this host's (decommissioned, or another host's): then the
+ * record is removed, and the host's next CNI call, which registers it again,
+ * writes it again.
+ */
+async function keep(file: string, text: string, record: StoreRecord, signal: AbortSignal, log: (line: string) => void): Promise<void> {
   const ttlMs = record.livenessTtlMs;
-  const retryMs = Math.min(5000, Math.floor(ttlMs / 6));
+  // etcd unreachable: retry from 1 s, doubling, up to a sixth of the TTL (at most a minute)
+  const maxRetryMs = Math.max(1000, Math.min(60_000, Math.floor(ttlMs / 6)));
+  let retryMs = 1000;
   let kv: EtcdKV | undefined;
   let lastProblem = '';
   const report = (problem: string): void => {
@@ -168,10 +175,17 @@ async function keep(file: string, record: StoreRecord, signal: AbortSignal, log:
     try {
       kv ??= new EtcdKV({ ...resolveConnection(record, `liveness record ${file}`), requestTimeoutMs: record.requestTimeoutMs });
       const r = await tick(kv, record);
+      retryMs = 1000;
+      if (r.notOurs) {
+        report(`${r.notOurs}; record removed (the next CNI call of this node records it again)`);
+        removeIfUnchanged(file, text);
+        break;
+      }
       waitMs = r.waitMs;
-      report(r.problem ?? '');
+      report('');
     } catch (err) {
       report((err as Error).message);
+      retryMs = Math.min(maxRetryMs, retryMs * 2);
     }
     await sleep(waitMs, signal);
   }
@@ -183,7 +197,7 @@ async function keep(file: string, record: StoreRecord, signal: AbortSignal, log:
  * host's, else put the key on a new lease (compare-and-swap on what was
  * read). Returns how long to wait: a third of the TTL etcd reported.
  */
-async function tick(kv: EtcdKV, record: StoreRecord): Promise<{ waitMs: number; problem?: string }> {
+async function tick(kv: EtcdKV, record: StoreRecord): Promise<{ waitMs: number; notOurs?: string }> {
   const ttlMs = record.livenessTtlMs;
   const deadline = Date.now() + record.requestTimeoutMs;
   const hk = hostKey(record.keyPrefix, record.nodeName);
@@ -193,10 +207,8 @@ async function tick(kv: EtcdKV, record: StoreRecord): Promise<{ waitMs: number; 
   const registration = results[0]![0] && readRecord(hostValueSchema, results[0]![0], quiet);
   if (registration?.hostId !== record.hostId) {
     return {
-      waitMs: Math.floor(ttlMs / 3),
-      problem: registration
-        ? `node name registered by another host (${registration.hostId}); not kept`
-        : 'not registered (decommissioned?); kept again after its next CNI call',
+      waitMs: 0,
+      notOurs: registration ? `node name registered by another host (${registration.hostId}); not kept` : 'not registered (decommissioned?); not kept',
     };
   }
   const alive = results[1]![0];
@@ -221,6 +233,15 @@ async function tick(kv: EtcdKV, record: StoreRecord): Promise<{ waitMs: number; 
   );
   // Lost to a CNI call putting it at the same moment: adopt its lease at once.
   return { waitMs: r.succeeded ? Math.floor((ttlSeconds * 1000) / 3) : 0 };
+}
+
+/** Removes the record, unless a store rewrote it since it was read. */
+function removeIfUnchanged(file: string, text: string): void {
+  try {
+    if (fs.readFileSync(file, 'utf8') === text) fs.unlinkSync(file);
+  } catch {
+    // already gone
+  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

@@ -138,7 +138,7 @@ describe('liveness keeper', () => {
     expect(await get(`${p}/alive/node-a`)).toBeUndefined();
   });
 
-  it('does not keep a node whose registration is another host’s, nor bring back a decommissioned one, and says so once', { timeout: 30_000 }, async () => {
+  it('does not keep a node whose registration is another host’s, nor bring back a decommissioned one: says so once and drops their records', { timeout: 30_000 }, async () => {
     const p = prefix();
     const dir = tmpDir();
     const a = store(p, 'node-a', dir);
@@ -169,6 +169,11 @@ describe('liveness keeper', () => {
     expect(await get(`${p}/hosts/node-b`)).toBeUndefined();
     expect(lines.filter((l) => l.includes('node-a') && l.includes('registered by another host'))).toHaveLength(1);
     expect(lines.filter((l) => l.includes('node-b') && l.includes('not registered'))).toHaveLength(1);
+    // their records are gone: nothing left to poll; a CNI call records its node again
+    expect(fs.readdirSync(dir)).toEqual([]);
+    const again = store(p, 'node-b', dir);
+    await allocate(again, again.rangeSets, { containerId: 'c3', ifname: 'eth0' });
+    expect(fs.readdirSync(dir)).toHaveLength(1);
   });
 
   it('skips a malformed record and keeps the others', { timeout: 30_000 }, async () => {
