@@ -160,9 +160,9 @@ export interface ClaimBucket<C> {
 
 type PortOf = Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>;
 
-export const portKey = (c: PortOf): string => `${c.family} ${c.protocol} ${c.hostPort}`;
+const portKey = (c: PortOf): string => `${c.family} ${c.protocol} ${c.hostPort}`;
 
-export function addToBuckets<C extends PortOf>(buckets: Map<string, ClaimBucket<C>>, c: C): void {
+function addToBuckets<C extends PortOf>(buckets: Map<string, ClaimBucket<C>>, c: C): void {
   let b = buckets.get(portKey(c));
   if (!b) buckets.set(portKey(c), (b = { wildcard: [], byHostIP: new Map() }));
   if (!c.hostIP) b.wildcard.push(c);
