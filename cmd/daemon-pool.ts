@@ -39,7 +39,7 @@ export interface Job {
 }
 
 export type Outcome =
-  | { kind: 'answer'; code: number; stdout: string; stderr: string; ms: number }
+  | { kind: 'answer'; code: number; stdout: string; stderr: string; /** running */ ms: number; /** waiting for a worker */ waitedMs: number }
   | { kind: 'busy' }
   | { kind: 'gone' }
   | { kind: 'crashed'; why: string };
@@ -62,6 +62,7 @@ interface Slot {
 
 interface Waiting {
   job: Job;
+  queued: bigint;
   resolve(o: Outcome): void;
   budget: NodeJS.Timeout;
 }
@@ -107,6 +108,7 @@ export class Pool {
       if (this.closed) return resolve({ kind: 'busy' });
       const waiting: Waiting = {
         job,
+        queued: process.hrtime.bigint(),
         resolve,
         budget: setTimeout(() => {
           const i = this.queue.indexOf(waiting);
@@ -178,7 +180,7 @@ export class Pool {
       if (m.type === 'log') return this.opts.log(m.line);
       const running = slot.job;
       if (!running || running.id !== m.id) return;
-      this.finish(slot, { kind: 'answer', code: m.code, stdout: m.stdout, stderr: m.stderr, ms: Number(process.hrtime.bigint() - running.started) / 1e6 });
+      this.finish(slot, { kind: 'answer', code: m.code, stdout: m.stdout, stderr: m.stderr, ms: Number(process.hrtime.bigint() - running.started) / 1e6, waitedMs: Number(running.started - running.queued) / 1e6 });
       if (m.fatal) {
         this.opts.log(`worker retired after ${running.job.label}: ${m.fatal}`);
         void this.retire(slot);

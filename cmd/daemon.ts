@@ -317,7 +317,7 @@ export class Daemon {
       case 'answer':
         this.calls++;
         if (this.opts.logCalls) {
-          this.opts.log(`served ${req.name} ${req.env.CNI_COMMAND ?? '(none)'} ${req.env.CNI_CONTAINERID ?? ''} exit ${outcome.code} in ${outcome.ms.toFixed(1)} ms`);
+          this.opts.log(`served ${req.name} ${req.env.CNI_COMMAND ?? '(none)'} ${req.env.CNI_CONTAINERID ?? ''} exit ${outcome.code} in ${outcome.ms.toFixed(1)} ms (${outcome.waitedMs.toFixed(1)} ms waiting for a worker)`);
         }
         conn.end(encodeAnswer(outcome.code, outcome.stdout, outcome.stderr));
         return;
