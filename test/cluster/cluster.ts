@@ -141,6 +141,30 @@ export class Cluster {
     });
   }
 
+  /**
+   * Removes the records the etcd IPAM stores of this run wrote for the
+   * host's liveness keeper (ipam/etcd/liveness.ts): they sit in one
+   * directory per machine, outside the lab's, and name this run's key
+   * prefix. Records of anything else stay.
+   */
+  removeLivenessRecords(dir = '/var/lib/cni-ts/ipam-etcd'): void {
+    let files: string[];
+    try {
+      files = fs.readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const f of files) {
+      const file = path.join(dir, f);
+      try {
+        const rec = JSON.parse(fs.readFileSync(file, 'utf8')) as { keyPrefix?: unknown };
+        if (typeof rec.keyPrefix === 'string' && rec.keyPrefix.startsWith(`${this.lab.prefix}-`)) fs.rmSync(file, { force: true });
+      } catch {
+        // not a record of ours
+      }
+    }
+  }
+
   /** No new agent or call from now on; the calls under way are killed (their pids are ours). */
   stop(): void {
     this.stopped = true;
