@@ -8,8 +8,20 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { addNetns, delNetns, runPlugin, uniqueName } from '../../helpers/exec';
+import { spawnSync } from 'node:child_process';
+import { BIN, addNetns, delNetns, uniqueName } from '../../helpers/exec';
 import { startEtcd, type EtcdServer } from './etcd-server';
+
+/**
+ * The packaged executable itself (`bin/cni-ts cluster-ipam`): this test moves
+ * its asset cache with NETLINK_TS_CACHE_DIR, which the shim (bin/cluster-ipam)
+ * never passes on to root code (cmd/shim.c).
+ */
+function runPlugin(name: string, env: Record<string, string>, stdin: object) {
+  const r = spawnSync(path.join(BIN, 'cni-ts'), [name], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, input: JSON.stringify(stdin), encoding: 'utf8' });
+  const stdout = r.stdout ?? '';
+  return { status: r.status ?? -1, stdout, stderr: r.stderr ?? '', json: stdout.trim() ? JSON.parse(stdout) : undefined };
+}
 
 let etcd: EtcdServer;
 const ns = uniqueName('tipkg');
