@@ -525,7 +525,7 @@ static int json_object(struct json *j, int top, int *found, char *ver, size_t vc
       size_t vlen;
       if (!json_string(j, ver, vcap, &ascii, &vlen)) return 0;
       /* a value that does not fit (or is not ASCII) names no version we speak */
-      if (!ascii || vlen >= vcap) ver[0] = 0;
+      if (!ascii || vlen >= vcap || strlen(ver) != vlen) ver[0] = 0; /* "1.0.0\u0000" is not 1.0.0 */
       *found = 1;
     } else {
       int r = json_value(j);

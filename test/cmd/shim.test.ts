@@ -328,6 +328,8 @@ describe('VERSION without Node', () => {
     '{"cniVersion":"0.4.0","cniVersion":7}',
     '{"cniVers\\u0069on":"0.3.1"}',
     '{"cniVersion":"0.3.\\u0031"}',
+    '{"cniVersion":"1.0.0\\u0000"}',
+    '{"cni\\u0000ersion":"1.0.0"}',
     '{"cniVersion":"0.3.1"} x',
     '{"cniVersion":"0.3.1",}',
     '\ufeff{"cniVersion":"0.3.1"}',
