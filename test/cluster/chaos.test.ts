@@ -314,6 +314,11 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
     completed = !cluster.isStopped;
     expect(outage, 'etcd came back').toBeDefined();
     expect(cluster.controlPlane().hosts.map((h) => h.name).sort()).toEqual([...lab.hosts].sort());
+    // no agent died of it (the restarted one, the one whose clock jumped, the ones that lost etcd)
+    for (let i = 0; i < 3; i++) {
+      const a = lab.agents.get(i);
+      expect({ running: a !== undefined, exit: a?.exitCode, signal: a?.signalCode }, `agent h${i}:\n${cluster.agentLog(i).slice(-1500)}`).toEqual({ running: true, exit: null, signal: null });
+    }
     for (const f of figures) expect(f.delStuck).toEqual([]);
   }, 240_000);
 
