@@ -24,7 +24,21 @@ export interface EtcdClient {
   readonly client: InstanceType<Etcd3['Etcd3']>;
 }
 
-/** Throws CniError 7 (before loading anything) when `conn` breaks the rules of connection.ts. */
+/** etcd3's fault-handling policy that runs each call once, as it is (etcd3 only calls execute()). */
+const PASS_THROUGH = {
+  execute: <T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal, attempt: 0 })),
+};
+
+/**
+ * Throws CniError 7 (before loading anything) when `conn` breaks the rules of connection.ts.
+ *
+ * No retries and no circuit breaker inside etcd3 (unless `extra` says
+ * otherwise): callers bound and retry their own calls, and etcd3's breaker,
+ * once open, fails every call for 5 s without trying etcd at all, which
+ * under load turned one slow answer into a run of failures (an overlay
+ * agent that could not register for minutes on a loaded host).
+ */
 export function connectEtcd(conn: EtcdConnection, extra: Record<string, unknown> = {}): EtcdClient {
   checkConnection(conn, 'etcd');
   const etcd = loadEtcd3();
@@ -34,6 +48,8 @@ export function connectEtcd(conn: EtcdConnection, extra: Record<string, unknown>
     auth: conn.auth ? { username: conn.auth.username, password: conn.auth.password } : undefined,
     dialTimeout: conn.timeoutMs,
     grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
+    // etcd3's own policy types are not exported in a usable form; the shape is what it calls
+    ...({ faultHandling: { host: () => PASS_THROUGH, global: PASS_THROUGH } } as Record<string, unknown>),
     ...extra,
   });
   return { etcd, client };

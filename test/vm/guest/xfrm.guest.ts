@@ -27,6 +27,7 @@ import {
   IpsecParams,
   KeyRing,
   converge,
+  deriveSaKey,
   deriveSpi,
   desiredXfrm,
   encryptedMtu,
@@ -92,11 +93,13 @@ function fixture(): void {
 
 /** One host's whole sync for `r`: SAs and policies, then the nft table. */
 function syncA(r: KeyRing | undefined, encrypted = true): void {
-  converge(xa, desiredXfrm(params(IP_A), encrypted ? networksOf(IP_B) : [], r));
+  const rep = converge(xa, desiredXfrm(params(IP_A), encrypted ? networksOf(IP_B) : [], r));
+  assert.deepEqual(rep.failed, []);
   realNft({ netnsPath: `/var/run/netns/${hostA}` }).run(ipsecFirewall(encrypted ? networksOf(IP_B) : [], { mark: DOCKER_ENCRYPTION_MARK }));
 }
 function syncB(r: KeyRing | undefined, encrypted = true): void {
-  converge(xb, desiredXfrm(params(IP_B), encrypted ? networksOf(IP_A) : [], r));
+  const rep = converge(xb, desiredXfrm(params(IP_B), encrypted ? networksOf(IP_A) : [], r));
+  assert.deepEqual(rep.failed, []);
   realNft({ netnsPath: `/var/run/netns/${hostB}` }).run(ipsecFirewall(encrypted ? networksOf(IP_A) : [], { mark: DOCKER_ENCRYPTION_MARK }));
 }
 
@@ -149,7 +152,8 @@ test('converge installs ESN ESP states with rfc4106(gcm(aes)) and the outbound V
   assert.equal(out.esn, true);
   assert.equal(out.replayEsn?.replayWindow, 128);
   assert.equal(out.aead?.name, 'rfc4106(gcm(aes))');
-  assert.ok(out.aead?.key.equals(key));
+  // the pair's own key, derived from the ring key (shared/ipsec/spi.ts), never the ring key itself
+  assert.ok(out.aead?.key.equals(deriveSaKey(key, primaryKey(ring).id, IP_A, IP_B)));
   // B holds the same SA (same SPI) as its inbound one.
   assert.ok(ourStates(xb).some((s) => s.spi === spiAB && s.src === IP_A && s.dst === IP_B));
   const text = ip('-n', hostA, 'xfrm', 'state', 'list', 'spi', `0x${spiAB.toString(16).padStart(8, '0')}`);
@@ -216,7 +220,8 @@ test('two key rotations during a continuous ping lose no packet, the hosts apply
   // Every SA now belongs to the current ring: 3 inbound + 1 outbound per host.
   for (const h of [xa, xb]) assert.equal(ourStates(h).length, 4);
   const spiAB = deriveSpi(primaryKey(ring).material.reveal(), primaryKey(ring).id, IP_A, IP_B);
-  assert.ok(ourStates(xa).find((s) => s.spi === spiAB)!.curlft.packets > 0n, 'traffic moved to the newest primary');
+  const states = ourStates(xa).map((s) => `${s.src}>${s.dst} ${s.spi.toString(16)} ${s.curlft.packets}`).join('; ');
+  assert.ok(ourStates(xa).find((s) => s.spi === spiAB)!.curlft.packets > 0n, `traffic moved to the newest primary (${spiAB.toString(16)}): ${states}`);
 });
 
 test('a host holding the right SPI with a wrong key cannot decrypt: ICV failures, no reply', () => {
