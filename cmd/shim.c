@@ -25,9 +25,14 @@
  *
  * VERSION without Node: the answer to VERSION is a constant per plugin and
  * per cniVersion on stdin, captured from the executable at build time
- * (build.sh writes dist/shim-versions.h). When no daemon answers, the shim
- * answers VERSION from that table instead of starting Node (libcni asks every
- * plugin of a list for its VERSION before ADD and DEL). It answers only the
+ * (build.sh writes dist/shim-versions.h). A daemon that takes the call
+ * answers it (the plugin's own code, no process start); when none does
+ * (none listens, it is not root's, it hung up, a deadline passed) the shim
+ * answers from that table instead of starting Node (libcni asks every
+ * plugin of a list for its VERSION before ADD and DEL). After an explicit
+ * decline the executable answers, as for every call: a daemon declines when
+ * the executable was replaced, and this shim may be the older of the two.
+ * It answers only the
  * inputs it can judge exactly as the skel's JSON.parse does; anything else
  * (deeply nested JSON, a malformed CNI_ARGS the skel would refuse, stdin it
  * cannot read whole) goes on to the executable.
@@ -70,10 +75,11 @@
  *     whose watchdog ends a hung daemon first; a daemon that ends closes the
  *     connection, which is the case below.
  *   the connection closing before any answer: the daemon refused us, died,
- *     or was killed by its watchdog; nothing of the call runs any more, so
- *     running it here is what a runtime retrying after a crashed plugin
- *     does (ADD refuses an interface that already exists, DEL is
- *     idempotent).
+ *     or was killed by its watchdog; nothing of the call runs any more in
+ *     it (a plugin it had exec'd may finish; plugins serialise on their
+ *     per-network locks), so running it here is what a runtime retrying
+ *     after a crashed plugin does (ADD refuses an interface that already
+ *     exists, DEL is idempotent).
  *   "run it yourself" (kind 1): the daemon did not start the call.
  *   the rest of an answer once "answered" (kind 0) arrived (10 s between
  *     reads): the call ran; the shim never runs it again, and reports
@@ -87,7 +93,9 @@
  * hold the socket for calls it must decline), only on the configured
  * socket (never one the caller named), one at a time (an flock on
  * <socket>.lock, which the daemon inherits and holds for its whole life, so
- * "the lock is held" means "a started daemon lives"), detached (setsid and
+ * "the lock is held" means "a started daemon lives"; a plugin it execs
+ * inherits it too, so one that outlives a killed daemon delays the next
+ * start until it ends, and calls run standalone meanwhile), detached (setsid and
  * a second fork, stdin /dev/null, output to <socket>.log, a fixed
  * environment) and idling out after idle-exit seconds without calls. The
  * call waits up to 3 s for the new daemon to listen (a Node start either
