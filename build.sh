@@ -122,8 +122,12 @@ daemon_setup() {
     # executable was replaced); the socket starts the new one
     log "systemd: cni-ts-daemon.socket enabled (the daemon starts on the first call)"
   else
+    # The installer's own namespaces are the host's: the shim falls back on
+    # them where PID 1's cannot be read (some sandboxes hide them from root).
     printf '%s\n' '# written by build.sh install: the shim starts `cni-ts daemon` on demand (cmd/shim.c)' \
-      'idle-exit=600' >"$dir/.cni-ts-daemon.conf.new"
+      'idle-exit=600' \
+      "host-netns=$(stat -L -c '%d:%i' /proc/self/ns/net)" \
+      "host-mntns=$(stat -L -c '%d:%i' /proc/self/ns/mnt)" >"$dir/.cni-ts-daemon.conf.new"
     mv -f "$dir/.cni-ts-daemon.conf.new" "$dir/cni-ts-daemon.conf"
     log "no systemd: the plugins start the daemon on demand ($dir/cni-ts-daemon.conf)"
   fi

@@ -697,16 +697,23 @@ static uint64_t ns_inode(const char *path) {
 
 /*
  * The caller sits in the host's network and mount namespaces: those in
- * host_ns (PID 1's by default). Unreadable counts as "no".
+ * host_ns (PID 1's by default). Where those cannot be read (a sandbox whose
+ * PID 1 hides them from root), the ids `build.sh install` recorded from the
+ * installer's own namespaces stand in; neither readable nor recorded counts
+ * as "no".
  */
-static int in_host_namespaces(const char *host_ns) {
+static int in_host_namespaces(const char *host_ns, const struct ns_id recorded[2]) {
   static const char *const kinds[] = {"net", "mnt"};
   for (int i = 0; i < 2; i++) {
     char self[64], init[PATH_MAX];
     struct ns_id a, b;
     snprintf(self, sizeof self, "/proc/self/ns/%s", kinds[i]);
     snprintf(init, sizeof init, "%s/%s", host_ns, kinds[i]);
-    if (!ns_of(self, &a) || !ns_of(init, &b) || a.dev != b.dev || a.ino != b.ino) return 0;
+    if (!ns_of(init, &b)) {
+      if (recorded[i].ino == 0) return 0;
+      b = recorded[i];
+    }
+    if (!ns_of(self, &a) || a.dev != b.dev || a.ino != b.ino) return 0;
   }
   return 1;
 }
@@ -753,6 +760,7 @@ struct autostart {
   unsigned idle_exit;
   char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
   char host_ns[256];
+  struct ns_id recorded[2]; /* host-netns=, host-mntns=; ino 0: none */
 };
 
 /*
@@ -760,8 +768,10 @@ struct autostart {
  *   idle-exit=SECONDS   (default 600)
  *   socket=PATH         (default /run/cni-ts/daemon.sock)
  *   host-ns=DIR         where the host's namespaces are seen, as DIR/net and
- *                       DIR/mnt (default /proc/1/ns; a sandbox whose PID 1
- *                       hides them, or a test, names another process's)
+ *                       DIR/mnt (default /proc/1/ns; a test names another
+ *                       process's)
+ *   host-netns=DEV:INO  the installer's network and mount namespaces, used
+ *   host-mntns=DEV:INO  only where DIR/net or DIR/mnt cannot be read
  * Its presence turns the on-demand start on. It sits with the executables,
  * where only root writes.
  */
@@ -770,6 +780,7 @@ static void read_autostart(struct autostart *as) {
   as->idle_exit = DEFAULT_IDLE_EXIT;
   snprintf(as->socket, sizeof as->socket, "%s", DEFAULT_SOCKET);
   snprintf(as->host_ns, sizeof as->host_ns, "%s", "/proc/1/ns");
+  memset(as->recorded, 0, sizeof as->recorded);
   char dir[PATH_MAX - 32], path[PATH_MAX];
   self_dir(dir, sizeof dir);
   snprintf(path, sizeof path, "%s/" AUTOSTART_CONF, dir);
@@ -790,6 +801,14 @@ static void read_autostart(struct autostart *as) {
       strcpy(as->socket, line + 7);
     } else if (strncmp(line, "host-ns=", 8) == 0 && line[8] == '/' && strlen(line + 8) < sizeof as->host_ns) {
       strcpy(as->host_ns, line + 8);
+    } else if (strncmp(line, "host-netns=", 11) == 0 || strncmp(line, "host-mntns=", 11) == 0) {
+      unsigned long long dev, ino;
+      char tail;
+      if (sscanf(line + 11, "%llu:%llu%c", &dev, &ino, &tail) == 2 && ino != 0) {
+        struct ns_id *id = &as->recorded[line[5] == 'n' ? 0 : 1];
+        id->dev = (dev_t)dev;
+        id->ino = (ino_t)ino;
+      }
     }
   }
 }
@@ -948,7 +967,7 @@ int main(int argc, char **argv) {
 
   int fd = -1;
   enum conn_state c = connect_daemon(sock_path, &fd);
-  if (c == CONN_NOBODY && may_start && in_host_namespaces(as.host_ns) && start_daemon(&as, name)) {
+  if (c == CONN_NOBODY && may_start && in_host_namespaces(as.host_ns, as.recorded) && start_daemon(&as, name)) {
     if (version) answer_version(version);
     c = wait_for_daemon(sock_path, &fd);
   }

@@ -646,10 +646,17 @@ describe('the daemon started on demand (an installed copy)', () => {
     execFileSync('bash', [path.join(ROOT, 'build.sh'), 'install-only', inst], { stdio: 'pipe' });
     const conf = fs.readFileSync(path.join(inst, 'cni-ts-daemon.conf'), 'utf8');
     expect(conf).toMatch(/^idle-exit=600$/m);
-    // this test's own socket, a short idle period, and this process as "the host"
-    // (PID 1 of a sandbox may hide its namespaces)
+    // the installer's namespaces (this process's) are recorded as the host's
+    const nsId = (kind: string) => {
+      const st = fs.statSync(`/proc/self/ns/${kind}`);
+      return `${st.dev}:${st.ino}`;
+    };
+    expect(conf).toContain(`host-netns=${nsId('net')}\n`);
+    expect(conf).toContain(`host-mntns=${nsId('mnt')}\n`);
+    // this test's own socket, a short idle period, and PID 1's namespaces
+    // unreadable (as in a sandbox that hides them): the recorded ones decide
     socket = path.join(work, 'auto', 'daemon.sock');
-    fs.writeFileSync(path.join(inst, 'cni-ts-daemon.conf'), `${conf}socket=${socket}\nidle-exit=10\nhost-ns=/proc/${process.pid}/ns\n`);
+    fs.writeFileSync(path.join(inst, 'cni-ts-daemon.conf'), `${conf}socket=${socket}\nidle-exit=10\nhost-ns=/nonexistent-host-ns\n`);
   });
   afterAll(() => {
     for (const pid of daemonPids()) process.kill(pid, 'SIGKILL');
