@@ -149,7 +149,7 @@ export class Lab {
 
   /** Runs the agent binary to completion (leave, or a start expected to fail). */
   agentOnce(i: number, args: string[]): { status: number; stderr: string } {
-    const r = spawnSync(process.execPath, [this.runner, this.nsPath(this.hosts[i]), 'agent', ...args], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, [this.runner, this.nsPath(this.hosts[i]), 'agent', ...args], { env: this.env(), encoding: 'utf8', timeout: 60_000 });
     return { status: r.status ?? -1, stderr: r.stderr };
   }
 
@@ -200,7 +200,7 @@ export class Lab {
       env: this.env({ CNI_COMMAND: command, CNI_CONTAINERID: container, CNI_NETNS: netns, CNI_IFNAME: ifname, CNI_PATH: '/nonexistent' }),
       input: JSON.stringify(conf),
       encoding: 'utf8',
-      timeout: 30_000,
+      timeout: 90_000,
     });
     let json: any;
     try {
@@ -212,19 +212,19 @@ export class Lab {
   }
 
   snapshot(): { hosts: Array<{ name: string; vtep: string }>; endpoints: Array<{ network: string; containerId: string; ip: string; mac: string; host: string }>; networks: Array<{ name: string; vni: number }> } {
-    const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'snapshot', ETCD, this.prefix], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
+    const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'snapshot', ETCD, this.prefix], { env: this.env(), encoding: 'utf8', timeout: 60_000 });
     return JSON.parse(out);
   }
 
   /** One etcd key's value, undefined when absent. */
   kvGet(key: string): string | undefined {
-    const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'kv-get', ETCD, key], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
+    const out = execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'kv-get', ETCD, key], { env: this.env(), encoding: 'utf8', timeout: 60_000 });
     return out === '' ? undefined : out;
   }
 
   /** Deletes one control-plane key (to simulate a lost registration). */
   kvDelete(key: string): void {
-    execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'kv-delete', ETCD, key], { env: this.env(), encoding: 'utf8', timeout: 20_000 });
+    execFileSync(process.execPath, [this.runner, this.nsPath(this.hosts[0]), 'kv-delete', ETCD, key], { env: this.env(), encoding: 'utf8', timeout: 60_000 });
   }
 
   /** The remote MACs host i's VXLAN device of `vni` forwards (bridge fdb, looked at with nsenter). */

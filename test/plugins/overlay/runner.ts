@@ -37,7 +37,7 @@ if (mode === 'plugin') {
     process.exitCode = c;
   });
 } else if (mode === 'snapshot') {
-  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 3000 });
+  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 10_000 });
   new ControlPlane(kv, { prefix: rest[1] })
     .snapshot()
     .then(
@@ -49,16 +49,16 @@ if (mode === 'plugin') {
     )
     .finally(() => kv.close());
 } else if (mode === 'kv-delete') {
-  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 3000 });
-  kv.txn({ success: [{ delete: rest[1]! }] }, Date.now() + 3000)
+  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 10_000 });
+  kv.txn({ success: [{ delete: rest[1]! }] }, Date.now() + 10_000)
     .catch((e) => {
       process.stderr.write(String(e));
       process.exitCode = 1;
     })
     .finally(() => kv.close());
 } else if (mode === 'kv-get') {
-  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 3000 });
-  kv.txn({ success: [{ get: rest[1]! }] }, Date.now() + 3000)
+  const kv = new EtcdKV({ endpoints: [rest[0]!], requestTimeoutMs: 10_000 });
+  kv.txn({ success: [{ get: rest[1]! }] }, Date.now() + 10_000)
     .then((r) => process.stdout.write(r.results[0]?.[0]?.value ?? ''))
     .catch((e) => {
       process.stderr.write(String(e));

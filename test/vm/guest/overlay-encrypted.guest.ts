@@ -1,21 +1,23 @@
 /**
- * Encrypted overlays end to end, in the VM (its kernel has ESP): two
+ * Encrypted overlays end to end, in the VM (its kernel has ESP): three
  * simulated hosts on one underlay bridge, etcd on the underlay (started
  * here, data under /tmp), the real overlay agent on each host (a child
  * node process entered into the host's namespace, --rotate-every 6s), and
  * the real plugin for each ADD/DEL (test/plugins/overlay/lab.ts, the same
- * lab as the multihost tests). Two overlays between the same hosts:
- * "ove" encrypted, "ovp" clear.
+ * lab as the multihost tests). Two overlays: "ove" encrypted on all three
+ * hosts, "ovp" clear between hosts 0 and 1.
  *
  * Checks: ESP only for the encrypted network on the underlay and plain
- * VXLAN for the other (tcpdump); ping and TCP over both; continuous ping
- * across key rotations made by the elected agent losing nothing; the last
+ * VXLAN for the other (tcpdump); ping and TCP over both; every SA with a
+ * key of its own (per host pair and direction, derived from the ring key),
+ * the two ends of each SA agreeing; continuous pings from one host to both
+ * others across key rotations made by the elected agent losing nothing; the last
  * encrypted endpoint's DEL removing every SA and policy on both hosts while
  * the clear network keeps working. The agents' logs must not contain key
  * material.
  *
  * Node starts take 1-4 s under TCG: the tests build on each other, and
- * there are 2 agents + 5 plugin runs + a few etcd reads in all.
+ * there are 3 agents + 7 plugin runs + a few etcd reads in all.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -23,6 +25,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { afterAll, test } from '../guest-api';
 import { XfrmHandle } from '../../../shared/netlink/xfrm';
+import { native } from '../../../shared/netlink/native';
 import { IPSEC_REQID, parseRing } from '../../../shared/ipsec';
 import { Lab, eventually, sleep } from '../../plugins/overlay/lab';
 
@@ -32,7 +35,7 @@ const tag = randomBytes(2).toString('hex');
 
 let lab: Lab | undefined;
 const xfrm: XfrmHandle[] = [];
-const c: string[] = []; // c0 h0 enc, c1 h1 enc, c2 h0 plain, c3 h1 plain
+const c: string[] = []; // c0 h0 enc, c1 h1 enc, c2 h0 plain, c3 h1 plain, c4 h2 enc
 const ip = new Map<string, string>();
 let vniE = 0;
 let vniP = 0;
@@ -70,10 +73,22 @@ function ours(host: number) {
   };
 }
 
+function pingCounts(stdout: string): { sent: number; received: number } {
+  const m = /(\d+) packets transmitted, (\d+) packets received/.exec(stdout);
+  return m ? { sent: Number(m[1]), received: Number(m[2]) } : { sent: 0, received: 0 };
+}
+
 function ping(from: string, to: string, count = 3, interval = '0.3'): { sent: number; received: number } {
   const r = spawnSync('ip', ['netns', 'exec', from, 'busybox', 'ping', '-c', String(count), '-i', interval, '-W', '2', to], { encoding: 'utf8' });
-  const m = /(\d+) packets transmitted, (\d+) packets received/.exec(r.stdout);
-  return m ? { sent: Number(m[1]), received: Number(m[2]) } : { sent: 0, received: 0 };
+  return pingCounts(r.stdout);
+}
+
+/** ping in the background: several at once from one host */
+function pingAsync(from: string, to: string, count: number, interval: string): Promise<{ sent: number; received: number }> {
+  const child = spawn('ip', ['netns', 'exec', from, 'busybox', 'ping', '-c', String(count), '-i', interval, '-W', '2', to], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  return new Promise((resolve) => child.once('exit', () => resolve(pingCounts(out))));
 }
 
 /** A TCP round trip: busybox nc listening in `server`, a line sent from `client`, echoed to a file. */
@@ -128,19 +143,35 @@ function ringGeneration(): number {
 test(
   'ADD on two hosts puts containers on an encrypted overlay at MTU 1416 and a clear one at 1450, and the agents key the pair',
   async () => {
-    lab = new Lab(2, process.cwd());
+    lab = new Lab(3, process.cwd());
     await lab.setUp();
-    for (let i = 0; i < 2; i++) lab.startAgent(i, ['--rotate-every', '6s', '--leader-ttl', '5', '--ttl', '15', '--timeout-ms', '5000']);
-    for (let i = 0; i < 2; i++) xfrm.push(XfrmHandle.open(lab.nsPath(lab.hosts[i]!)));
+    for (let i = 0; i < 3; i++) {
+      const ns = lab.nsPath(lab.hosts[i]!);
+      try {
+        xfrm.push(XfrmHandle.open(ns));
+      } catch (e) {
+        const fd = fs.openSync(ns, 'r');
+        let why: string;
+        try {
+          why = String(native().nsType(fd));
+        } catch (e2) {
+          why = (e2 as Error).message;
+        } finally {
+          fs.closeSync(fd);
+        }
+        throw new Error(`${(e as Error).message} (nsType: ${why}; ${fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes('netns')).length} netns mounts)`);
+      }
+    }
+    for (let i = 0; i < 3; i++) lab.startAgent(i, ['--rotate-every', '6s', '--leader-ttl', '5', '--ttl', '15', '--timeout-ms', '5000']);
     const up = await eventually(() => {
       try {
-        return L().snapshot().hosts.length === 2;
+        return L().snapshot().hosts.length === 3;
       } catch {
         return false;
       }
-    }, 60_000);
-    assert.ok(up, `agents did not register:\n${lab.agentLog(0)}\n${lab.agentLog(1)}`);
-    for (const [host, network] of [[0, 'ove'], [1, 'ove'], [0, 'ovp'], [1, 'ovp']] as const) {
+    }, 180_000);
+    assert.ok(up, `agents did not register:\n${lab.agentLog(0)}\n${lab.agentLog(1)}\n${lab.agentLog(2)}`);
+    for (const [host, network] of [[0, 'ove'], [1, 'ove'], [0, 'ovp'], [1, 'ovp'], [2, 'ove']] as const) {
       const name = lab.addContainer();
       c.push(name);
       const r = lab.plugin(host, 'ADD', name, conf(host, network));
@@ -153,13 +184,13 @@ test(
     const snap = lab.snapshot();
     vniE = snap.networks.find((n) => n.name === 'ove')!.vni;
     vniP = snap.networks.find((n) => n.name === 'ovp')!.vni;
-    // both hosts: inbound SAs for every key in the ring, one outbound, one policy; then the FDB entry to the peer
+    // every host, per peer: inbound SAs for every key in the ring, one outbound, one policy; then the FDB entries to both peers
     const keyed = await eventually(
-      () => [0, 1].every((i) => ours(i).policies.length === 1 && ours(i).states.length >= 3 && L().fdbMacs(i, vniE).length === 1),
-      60_000,
+      () => [0, 1, 2].every((i) => ours(i).policies.length === 2 && ours(i).states.length >= 6 && L().fdbMacs(i, vniE).length === 2),
+      90_000,
     );
-    assert.ok(keyed, `not keyed: h0 ${JSON.stringify(ours(0).states.length)} h1 ${ours(1).states.length}\n${lab.agentLog(0).slice(-1500)}\n${lab.agentLog(1).slice(-1500)}`);
-    for (let i = 0; i < 2; i++) {
+    assert.ok(keyed, `not keyed: ${[0, 1, 2].map((i) => `h${i} ${ours(i).states.length} SAs`).join(', ')}\n${lab.agentLog(0).slice(-1500)}\n${lab.agentLog(1).slice(-1500)}`);
+    for (let i = 0; i < 3; i++) {
       const { states, policies } = ours(i);
       for (const s of states) {
         assert.equal(s.aead?.name, 'rfc4106(gcm(aes))');
@@ -175,6 +206,7 @@ test(
 
 test('ping and TCP work over both overlays', async () => {
   assert.deepEqual(ping(c[0]!, ip.get(c[1]!)!), { sent: 3, received: 3 });
+  assert.deepEqual(ping(c[4]!, ip.get(c[0]!)!), { sent: 3, received: 3 });
   assert.deepEqual(ping(c[2]!, ip.get(c[3]!)!), { sent: 3, received: 3 });
   assert.equal(await tcp(c[0]!, c[1]!, ip.get(c[1]!)!), 'ok');
   assert.equal(await tcp(c[2]!, c[3]!, ip.get(c[3]!)!), 'ok');
@@ -193,33 +225,67 @@ test('the underlay carries only ESP for the encrypted overlay and plain VXLAN fo
   assert.ok(vxlanP.length >= 6, `expected plain VXLAN of the clear network:\n${lines.join('\n')}`);
 }, { timeoutMs: 120_000 });
 
-test('a continuous ping across key rotations by the elected agent loses nothing', async () => {
+test("each SA has a key of its own: two peers' SAs differ, and the two ends of one SA agree", () => {
+  const ring = parseRing(L().kvGet(`${L().prefix}/ipsec/ring`)!);
+  const ringKeys = new Set(ring.keys.map((k) => k.material.reveal().toString('hex')));
+  const [v0, v1, v2] = [0, 1, 2].map((i) => L().vtep(i));
+  const sa = (host: number, src: string, dst: string) => ours(host).states.filter((s) => s.src === src && s.dst === dst);
+  // host 0's outbound SAs to host 1 and to host 2 (the primary key): different keys
+  const to1 = sa(0, v0!, v1!);
+  const to2 = sa(0, v0!, v2!);
+  assert.equal(to1.length, 1);
+  assert.equal(to2.length, 1);
+  assert.ok(!to1[0]!.aead!.key.equals(to2[0]!.aead!.key), 'host 0 sends to hosts 1 and 2 with the same key');
+  // the receiving end holds the same SA (same SPI, same key), computed alone
+  const at1 = sa(1, v0!, v1!).find((s) => s.spi === to1[0]!.spi);
+  assert.ok(at1 && at1.aead!.key.equals(to1[0]!.aead!.key), 'host 1 has no inbound SA matching host 0 outbound one');
+  // and the reverse direction of the pair has yet another key
+  const back = sa(1, v1!, v0!);
+  assert.ok(back.length === 1 && !back[0]!.aead!.key.equals(to1[0]!.aead!.key), 'both directions of the pair share a key');
+  // no SA anywhere carries a ring key itself, and no two SAs share one
+  const all = [0, 1, 2].flatMap((i) => ours(i).states.map((s) => `${s.src}>${s.dst}>${s.spi}=${s.aead!.key.toString('hex')}`));
+  const keys = new Map<string, string>();
+  for (const x of all) {
+    const [id, key] = x.split('=') as [string, string];
+    assert.ok(!ringKeys.has(key), `SA ${id} uses a ring key as is`);
+    const other = keys.get(key);
+    assert.ok(other === undefined || other === id, `SAs ${other} and ${id} share a key`);
+    keys.set(key, id);
+  }
+});
+
+test('continuous pings from one host to both others across key rotations by the elected agent lose nothing', async () => {
   const g0 = ringGeneration();
   const spis0 = ours(0).states.map((s) => s.spi).sort();
-  const r = ping(c[0]!, ip.get(c[1]!)!, 80, '0.2'); // 16 s: more than two rotation periods
+  // 16 s: more than two rotation periods; to both peers at once
+  const [r1, r2] = await Promise.all([pingAsync(c[0]!, ip.get(c[1]!)!, 80, '0.2'), pingAsync(c[0]!, ip.get(c[4]!)!, 80, '0.2')]);
   const g1 = ringGeneration();
   assert.ok(g1 >= g0 + 2, `expected two rotations or more during the ping, ring generation ${g0} -> ${g1}`);
   assert.notDeepEqual(ours(0).states.map((s) => s.spi).sort(), spis0);
-  assert.equal(r.sent, 80);
   const tail = (i: number) => L().agentLog(i).split('\n').filter((l) => l.includes('ipsec')).slice(-12).join('\n');
-  assert.equal(r.received, r.sent, `lost ${r.sent - r.received} of ${r.sent} across rotations ${g0} -> ${g1}\nh0:\n${tail(0)}\nh1:\n${tail(1)}`);
+  for (const [r, to] of [[r1, 'host 1'], [r2, 'host 2']] as const) {
+    assert.equal(r.sent, 80);
+    assert.equal(r.received, r.sent, `to ${to}: lost ${r.sent - r.received} of ${r.sent} across rotations ${g0} -> ${g1}\nh0:\n${tail(0)}\nh1:\n${tail(1)}\nh2:\n${tail(2)}`);
+  }
 }, { timeoutMs: 200_000 });
 
 test('no key material appears in the agents\' logs', () => {
   const ring = parseRing(L().kvGet(`${L().prefix}/ipsec/ring`)!);
-  const logs = L().agentLog(0) + L().agentLog(1);
+  const logs = L().agentLog(0) + L().agentLog(1) + L().agentLog(2);
   for (const k of ring.keys) {
     const m = k.material.reveal();
     assert.ok(!logs.includes(m.toString('hex')) && !logs.includes(m.toString('base64')), `key ${k.id} is in a log`);
   }
 });
 
-test('DEL of the last encrypted endpoint removes every SA and policy on both hosts, and the clear overlay keeps working', async () => {
-  const r = L().plugin(1, 'DEL', c[1]!, conf(1, 'ove'));
-  assert.equal(r.status, 0, `DEL: ${r.stdout} ${r.stderr}`);
-  const gone = await eventually(() => [0, 1].every((i) => ours(i).states.length === 0 && ours(i).policies.length === 0), 60_000);
-  assert.ok(gone, `left: h0 ${ours(0).states.length} SAs ${ours(0).policies.length} policies, h1 ${ours(1).states.length} SAs ${ours(1).policies.length} policies`);
+test('DEL of the last encrypted endpoints removes every SA and policy on every host, and the clear overlay keeps working', async () => {
+  for (const [host, name] of [[1, c[1]!], [2, c[4]!]] as const) {
+    const r = L().plugin(host, 'DEL', name, conf(host, 'ove'));
+    assert.equal(r.status, 0, `DEL: ${r.stdout} ${r.stderr}`);
+  }
+  const gone = await eventually(() => [0, 1, 2].every((i) => ours(i).states.length === 0 && ours(i).policies.length === 0), 60_000);
+  assert.ok(gone, `left: ${[0, 1, 2].map((i) => `h${i} ${ours(i).states.length} SAs ${ours(i).policies.length} policies`).join(', ')}`);
   const table = (i: number) => spawnSync('ip', ['netns', 'exec', L().hosts[i]!, 'nft', 'list', 'table', 'inet', 'cni_ts_ipsec']).status;
-  assert.ok(await eventually(() => table(0) !== 0 && table(1) !== 0, 30_000), 'the ipsec nftables table is still there');
+  assert.ok(await eventually(() => [0, 1, 2].every((i) => table(i) !== 0), 30_000), 'the ipsec nftables table is still there');
   assert.deepEqual(ping(c[2]!, ip.get(c[3]!)!), { sent: 3, received: 3 });
 }, { timeoutMs: 200_000 });
