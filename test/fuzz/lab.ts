@@ -61,6 +61,15 @@ export class FuzzLab {
     // one prints something that is not JSON, one exits non-zero with garbage.
     fs.writeFileSync(path.join(this.binDir, 'garbage-ipam'), '#!/bin/sh\ncat >/dev/null\necho "not { json"\n', { mode: 0o755 });
     fs.writeFileSync(path.join(this.binDir, 'failing-ipam'), '#!/bin/sh\ncat >/dev/null\necho "{\\"code\\": \\"x\\"}"\nexit 3\n', { mode: 0o755 });
+    try {
+      this.build();
+    } catch (e) {
+      this.cleanup();
+      throw e;
+    }
+  }
+
+  private build(): void {
     ip(['netns', 'add', this.hostNs]);
     ip(['netns', 'add', this.contNs]);
     ip(['-n', this.hostNs, 'link', 'set', 'lo', 'up']);
