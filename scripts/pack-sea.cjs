@@ -28,14 +28,20 @@ async function main() {
   }
   const etcdDigestFile = path.join(path.dirname(output), 'etcd.sha256');
   fs.writeFileSync(etcdDigestFile, `${etcdHash.digest('hex')}\n`);
+  // the bundle's digest names its run-time code caches (scripts/sea-main.cjs)
+  const bundleDigestFile = path.join(path.dirname(output), 'cni-ts.js.sha256');
+  fs.writeFileSync(bundleDigestFile, `${crypto.createHash('sha256').update(fs.readFileSync(entry)).digest('hex')}\n`);
   const major = process.versions.node.split('.')[0];
-  await sea(path.resolve(entry), {
+  // The main script is a small loader that runs the bundle (the asset
+  // cni-ts.js) through a code cache made by an earlier run of the same call;
+  // SEA_LOADER=0 packs the bundle itself as the main script (for comparing).
+  const direct = process.env.SEA_LOADER === '0';
+  await sea(direct ? path.resolve(entry) : path.join(__dirname, 'sea-main.cjs'), {
     targets: [{ platform: 'linux', arch: 'x64', nodeRange: `node${major}`, output: path.resolve(output) }],
     useLocalNode: true,
     seaConfig: {
       disableExperimentalSEAWarning: true,
-      // V8 code cache: functions compiled at build time are not compiled
-      // again at every plugin start.
+      // V8 code cache of the main script, made at build time (its top level)
       useCodeCache: process.env.SEA_CODE_CACHE !== '0',
       useSnapshot: false,
       // NODE_OPTIONS from whoever runs a root plugin must not add --require
@@ -44,9 +50,11 @@ async function main() {
       assets: {
         'netlink_native.node': path.resolve(nativeFile),
         'netlink_native.node.sha256': path.resolve(digestFile),
-        // the bundle again, for `cni-ts daemon`'s worker threads (cmd/daemon.ts):
-        // a SEA's main script cannot be named as a file to start a Worker on
+        // the bundle, run by the main script (scripts/sea-main.cjs) and by
+        // `cni-ts daemon`'s worker threads (cmd/daemon.ts): a SEA's main
+        // script cannot be named as a file to start a Worker on
         'cni-ts.js': path.resolve(entry),
+        'cni-ts.js.sha256': path.resolve(bundleDigestFile),
         ...etcdAssets,
         'etcd/sha256': path.resolve(etcdDigestFile),
       },
@@ -54,6 +62,7 @@ async function main() {
   });
   fs.unlinkSync(digestFile);
   fs.unlinkSync(etcdDigestFile);
+  fs.unlinkSync(bundleDigestFile);
 }
 
 main().catch((e) => {
