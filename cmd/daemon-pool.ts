@@ -56,6 +56,8 @@ export interface PoolOptions {
 
 interface Slot {
   worker: WorkerLike;
+  /** calls run: the busiest idle worker is the warmest (its JIT has seen the plugins) */
+  served: number;
   job?: Running;
   gone: boolean;
 }
@@ -148,7 +150,8 @@ export class Pool {
         i++;
         continue;
       }
-      let slot = this.slots.find((s) => !s.job && !s.gone);
+      let slot: Slot | undefined;
+      for (const s of this.slots) if (!s.job && !s.gone && (!slot || s.served > slot.served)) slot = s;
       if (!slot) {
         if (this.slots.length >= this.opts.size) return;
         slot = this.addWorker();
@@ -166,6 +169,7 @@ export class Pool {
   private start(slot: Slot, waiting: Waiting): void {
     const running: Running = { ...waiting, id: this.nextId++, started: process.hrtime.bigint() };
     slot.job = running;
+    slot.served++;
     if (this.opts.callTimeoutMs > 0) {
       running.deadline = setTimeout(() => this.opts.onTimeout(running.job.label, this.opts.callTimeoutMs), this.opts.callTimeoutMs);
     }
@@ -174,7 +178,7 @@ export class Pool {
 
   private addWorker(): Slot {
     const worker = this.opts.spawn();
-    const slot: Slot = { worker, gone: false };
+    const slot: Slot = { worker, served: 0, gone: false };
     this.slots.push(slot);
     worker.on('message', (m: WorkerMessage) => {
       if (m.type === 'log') return this.opts.log(m.line);

@@ -288,13 +288,15 @@ describe('concurrent calls', () => {
 
   it('with etcd unreachable, 20 etcd-IPAM ADDs never delay 20 local bridge ADDs: each answers in under a tenth of the etcd timeout', async () => {
     const ETCD_TIMEOUT_MS = 20_000;
-    // a loopback port nobody listens on
-    const port = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
+    // etcd down the hard way: a loopback port that accepts connections and
+    // never answers (a hung or partitioned etcd), so every etcd call waits
+    // for its whole request timeout; a closed port is refused at once
+    const silent = new Set<net.Socket>();
+    const blackhole = net.createServer((c) => {
+      silent.add(c);
+      c.on('error', () => {});
     });
+    const port = await new Promise<number>((resolve) => blackhole.listen(0, '127.0.0.1', () => resolve((blackhole.address() as net.AddressInfo).port)));
     const bridge = uniqueName('dcb');
     const d = startDaemon({ binDir: BIN, socket: path.join(work, 'conc.sock'), netns: host });
     const calls: Timed[] = [];
@@ -326,6 +328,8 @@ describe('concurrent calls', () => {
     } finally {
       for (const c of calls) c.child.kill('SIGKILL');
       d.stop();
+      for (const c of silent) c.destroy();
+      blackhole.close();
       fs.rmSync(`/run/cni-ts/bridge-${bridge}.lock`, { force: true });
     }
   }, 120_000);
