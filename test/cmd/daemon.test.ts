@@ -161,7 +161,7 @@ describe('cni-ts daemon', () => {
       delNetns(hostNs);
       fs.rmSync('/run/cni-ts/bridge-dfd0.lock', { force: true });
     }
-  });
+  }, 240_000);
 
   it('a plugin the daemon execs (an IPAM type that is one of our shims) runs standalone instead of waiting for the busy daemon', () => {
     const hostNs = uniqueName('dmnnh');
@@ -429,6 +429,6 @@ describe('the conformance suite through the daemon', () => {
       const declined = log.split('\n').filter((l) => l.includes('declined'));
       expect(served, log).toBeGreaterThan(20);
       expect(declined).toEqual([]);
-    });
+    }, 240_000);
   }
 });
