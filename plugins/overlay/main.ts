@@ -351,10 +351,17 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
     // IPAM GC's grace: an endpoint goes once seen unkept in two GCs this far apart
     const gone = await cp.gcEndpoints(conf.name, me, myId, keep, gcGracePeriodMs);
     if (gone.length > 0) await reclaimIfUnused(cp, conf.name);
-    for (const ep of gone) {
-      if (conf.gateway.enabled) {
-        withHandle(undefined, (h) => h.linkDelIfExists(gatewayVethName(ep.containerId, ep.ifname)));
-        new GatewayPool(path.join(conf.stateDir, 'gw'), conf.gateway.subnet).release(ep.containerId, ep.ifname);
+    if (conf.gateway.enabled) {
+      // This host's side of an unlisted attachment (its gateway veth and address) goes at once,
+      // as its overlay port does below: it is local, and the runtime says the container is gone.
+      // Only the endpoint record, which other hosts act on, waits for the seen-twice grace.
+      const pool = new GatewayPool(path.join(conf.stateDir, 'gw'), conf.gateway.subnet);
+      for (const [, owner] of pool.entries()) {
+        if (keep.has(owner)) continue;
+        const slash = owner.lastIndexOf('/');
+        const [containerId, ifname] = [owner.slice(0, slash), owner.slice(slash + 1)];
+        withHandle(undefined, (h) => h.linkDelIfExists(gatewayVethName(containerId, ifname)));
+        pool.release(containerId, ifname);
       }
     }
     if (!network) return;
