@@ -31,12 +31,16 @@
  *     --call-timeout exit when one call runs longer (default 300, 0: never)
  *     --workers      worker threads at most (default 4)
  *     --wait-budget  how long a call may wait for a worker (default 2)
- *     --idle-exit    exit after this long without calls (default 0: never)
+ *     --idle-exit    exit after this long without calls (default 0: never), unless
+ *                    it keeps a host's etcd-IPAM liveness
+ *     --liveness-dir where etcd-IPAM stores record their hosts for the
+ *                    liveness keeper (default /var/lib/cni-ts/ipam-etcd)
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { DEFAULT_LIVENESS_DIR, hasLivenessRecords, startLivenessKeeper } from '../ipam/etcd/liveness';
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { POLLERR, POLLHUP, native } from '../shared/netlink/native';
@@ -149,6 +153,11 @@ export interface DaemonOptions {
   waitBudgetMs?: number;
   /** exit (resolve done) after this long without a call; 0 or absent: never */
   idleExitMs?: number;
+  /**
+   * True while this daemon keeps a host's etcd-IPAM liveness: it then never
+   * idles out, since that liveness must come from a long-running process.
+   */
+  keepsHostAlive?: () => boolean;
   /** how to start a worker thread (tests); default: this bundle in a Worker */
   spawnWorker?: () => WorkerLike;
 }
@@ -357,7 +366,9 @@ export class Daemon {
     clearTimeout(this.idleTimer);
     if (!ms || this.stopping || this.active > 0 || (this.pool?.pending ?? 0) > 0) return;
     this.idleTimer = setTimeout(() => {
-      if (this.active === 0 && !this.stopping) this.resolveDone(`idle for ${ms / 1000} s`);
+      if (this.active > 0 || this.stopping) return;
+      if (this.opts.keepsHostAlive?.()) return this.armIdle();
+      this.resolveDone(`idle for ${ms / 1000} s`);
     }, ms);
   }
 }
@@ -440,7 +451,7 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   fs.unlinkSync(socketPath);
 }
 
-const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS] [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS]';
+const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS] [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS] [--liveness-dir DIR]';
 
 /** systemd socket activation: the listening socket is fd 3 when LISTEN_PID names us. */
 function activatedFd(): number | undefined {
@@ -468,6 +479,7 @@ export async function daemonMain(args: string[]): Promise<number> {
         workers: { type: 'string' },
         'wait-budget': { type: 'string' },
         'idle-exit': { type: 'string' },
+        'liveness-dir': { type: 'string' },
       },
     }).values;
   } catch (e) {
@@ -481,6 +493,7 @@ export async function daemonMain(args: string[]): Promise<number> {
     if (typeof v !== 'string' || !/^\d+(\.\d+)?$/.test(v)) throw new Error(`--${flag}: expected seconds, got ${JSON.stringify(v)}`);
     return Math.round(Number(v) * 1000);
   };
+  const livenessDir = parsed['liveness-dir'] || DEFAULT_LIVENESS_DIR;
   let opts;
   try {
     const workers = parsed.workers === undefined ? 4 : Number(parsed.workers);
@@ -494,6 +507,7 @@ export async function daemonMain(args: string[]): Promise<number> {
       workers,
       waitBudgetMs: seconds('wait-budget', 2000),
       idleExitMs: seconds('idle-exit', 0),
+      keepsHostAlive: () => hasLivenessRecords(livenessDir),
     };
   } catch (e) {
     log(`${(e as Error).message}\n${USAGE}`);
@@ -510,10 +524,15 @@ export async function daemonMain(args: string[]): Promise<number> {
   // later call down with it; it is logged where an operator looks.
   process.on('unhandledRejection', (e) => log(`unhandled rejection: ${(e as Error)?.stack ?? e}`));
   log(`listening on ${opts.listenFd !== undefined ? `fd ${opts.listenFd} (socket activation)` : opts.socketPath}`);
+  // The etcd IPAM's host liveness (ipam/etcd/liveness.ts), on the main
+  // thread: workers setns into containers, the keeper must stay home.
+  const liveness = new AbortController();
+  const keeper = startLivenessKeeper({ dir: livenessDir, signal: liveness.signal, log });
   return new Promise<number>((resolve) => {
     const stop = (why: string) => {
       log(`stopping: ${why}`);
-      void daemon.close().then(() => {
+      liveness.abort();
+      void Promise.all([daemon.close(), keeper]).then(() => {
         log(`stopped after ${daemon.calls} calls`);
         resolve(0);
       });

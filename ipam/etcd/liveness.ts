@@ -256,3 +256,12 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     signal.addEventListener('abort', done, { once: true });
   });
 }
+
+/** Does any etcd-IPAM store have a host recorded in `dir` (so a keeper has work)? */
+export function hasLivenessRecords(dir: string = DEFAULT_LIVENESS_DIR): boolean {
+  try {
+    return fs.readdirSync(dir).some((name) => name.endsWith('.json') && !name.startsWith('.'));
+  } catch {
+    return false;
+  }
+}

@@ -28,6 +28,7 @@
  * within the TTL changes nothing anywhere; `overlay-agent leave` is how a
  * host leaves at once.
  */
+import { DEFAULT_LIVENESS_DIR, startLivenessKeeper } from '../../ipam/etcd/liveness';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -94,7 +95,7 @@ export interface Agent {
 
 const USAGE = `usage: cni-ts overlay-agent [leave|forget] --node NAME --vtep ADDRESS [--etcd host:port,...]
        [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10] [--resync-ms 5000] [--timeout-ms 3000]
-       [--rotate-every 12h] [--leader-ttl 15] [--host-id-file ${DEFAULT_HOST_ID_FILE}]
+       [--rotate-every 12h] [--leader-ttl 15] [--host-id-file ${DEFAULT_HOST_ID_FILE}] [--liveness-dir ${DEFAULT_LIVENESS_DIR}]
        [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]] [--etcd-user NAME --etcd-password-file FILE] [--etcd-insecure]
   leave:  this host leaves the overlay now (its lease revoked, its node name released)
   forget: removes NODE's identity and host record, whichever machine held them (a machine gone for good)`;
@@ -107,7 +108,7 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * unit;
 }
 
-export function parseArgs(args: readonly string[]): { leave: boolean; forget: boolean; opts: AgentOptions } {
+export function parseArgs(args: readonly string[]): { leave: boolean; forget: boolean; livenessDir: string; opts: AgentOptions } {
   const rest = [...args];
   const leave = rest[0] === 'leave';
   const forget = rest[0] === 'forget';
@@ -125,7 +126,7 @@ export function parseArgs(args: readonly string[]): { leave: boolean; forget: bo
     if (v === undefined) throw new Error(`--${m[1]} needs a value`);
     flags.set(m[1], v);
   }
-  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file', 'etcd-insecure', 'host-id-file'];
+  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file', 'etcd-insecure', 'host-id-file', 'liveness-dir'];
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
   const num = (k: string, d: number, min: number) => {
     const v = flags.has(k) ? Number(flags.get(k)) : d;
@@ -155,6 +156,7 @@ export function parseArgs(args: readonly string[]): { leave: boolean; forget: bo
   return {
     leave,
     forget,
+    livenessDir: flags.get('liveness-dir') ?? DEFAULT_LIVENESS_DIR,
     opts: {
       node: flags.get('node') ?? os.hostname(),
       // forget names another machine's node: this one's ID is not needed (nor created)
@@ -448,12 +450,18 @@ export async function agentMain(args: string[]): Promise<number> {
         wake();
       },
     });
+    // The etcd IPAM's host liveness, when this host's stores recorded any
+    // (ipam/etcd/liveness.ts): the agent is one of the long-running
+    // processes that keep it, beside the daemon.
+    const liveness = new AbortController();
+    const keeper = startLivenessKeeper({ dir: parsed.livenessDir, signal: liveness.signal, log });
     await new Promise<void>((resolve) => {
       wake = resolve;
       process.once('SIGTERM', () => resolve());
       process.once('SIGINT', () => resolve());
     });
-    await agent.stop();
+    liveness.abort();
+    await Promise.all([agent.stop(), keeper]);
     if (failed) return 1;
     log('stopped (lease kept: a restart within the TTL disrupts nothing)');
     return 0;

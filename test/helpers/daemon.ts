@@ -39,7 +39,9 @@ export function processGone(pid: number): boolean {
 export function startDaemon(opts: { binDir: string; socket: string; netns?: string; args?: string[]; logCalls?: boolean }): TestDaemon {
   const logFile = `${opts.socket}.log`;
   const fd = fs.openSync(logFile, 'w');
-  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, ...(opts.logCalls === false ? [] : ['--log-calls']), ...(opts.args ?? [])];
+  // a liveness directory of its own: the host's (/var/lib/cni-ts/ipam-etcd)
+  // may hold other tests' records of etcds long gone
+  const argv = [path.join(opts.binDir, 'cni-ts'), 'daemon', '--socket', opts.socket, '--liveness-dir', `${opts.socket}.liveness`, ...(opts.logCalls === false ? [] : ['--log-calls']), ...(opts.args ?? [])];
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
   // nsenter execs the daemon: the child's pid is the daemon's
   const child = opts.netns

@@ -139,7 +139,7 @@ export class Lab {
   }
 
   startAgent(i: number, extra: string[] = []): ChildProcess {
-    const args = [this.runner, this.nsPath(this.hosts[i]), 'agent', '--node', this.hosts[i], '--vtep', this.vtep(i), '--etcd', ETCD, '--prefix', this.prefix, '--state-dir', this.stateDir(i), '--host-id-file', this.hostIdFile(i), '--ttl', '3', '--resync-ms', '1000', '--timeout-ms', '1000', ...extra];
+    const args = [this.runner, this.nsPath(this.hosts[i]), 'agent', '--node', this.hosts[i], '--vtep', this.vtep(i), '--etcd', ETCD, '--prefix', this.prefix, '--state-dir', this.stateDir(i), '--host-id-file', this.hostIdFile(i), '--liveness-dir', `${this.stateDir(i)}/liveness`, '--ttl', '3', '--resync-ms', '1000', '--timeout-ms', '1000', ...extra];
     const log = fs.openSync(path.join(this.dir, `agent-h${i}.log`), 'a');
     const child = spawn(process.execPath, args, { env: this.env(), stdio: ['ignore', log, log] });
     fs.closeSync(log);
