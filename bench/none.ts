@@ -31,6 +31,20 @@ function main(): void {
   const modes: Mode[] = [];
   let daemonPeakKb = 0;
   try {
+    // VERSION with no daemon to ask: the shim answers from the table the
+    // build wrote into it (no Node start), against the Go reference
+    const version: Row = { what: 'none VERSION (the shim alone, no daemon)', ours: [], reference: [] };
+    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench-none', type: 'none' });
+    const noDaemon = { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: `/run/cni-ts/bench-none-absent-${process.pid}.sock` };
+    for (let i = -1; i < ROUNDS; i++) {
+      const o = runOnce({ binary: ours, env: noDaemon, stdin: conf });
+      const r = runOnce({ binary: reference, env: { CNI_COMMAND: 'VERSION' }, stdin: conf });
+      assertOk(o, `${ours} VERSION`);
+      if (i < 0) continue; // warm-up
+      version.ours.push(o);
+      version.reference.push(r);
+    }
+    rows.shimVersion = version;
     // this process's own namespace is the host here: so is the daemon's
     modes.push(standalone, startDaemon(root, undefined, `/run/cni-ts/bench-none-${process.pid}.sock`));
     for (const mode of modes) {
