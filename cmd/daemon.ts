@@ -32,7 +32,7 @@
  *     --workers      worker threads at most (default 4)
  *     --wait-budget  how long a call may wait for a worker (default 2)
  *     --idle-exit    exit after this long without calls (default 0: never), unless
- *                    it keeps a host's etcd-IPAM liveness
+ *                    it is keeping an etcd-IPAM host alive right now
  *     --liveness-dir where etcd-IPAM stores record their hosts for the
  *                    liveness keeper (default /var/lib/cni-ts/ipam-etcd)
  */
@@ -40,7 +40,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_LIVENESS_DIR, hasLivenessRecords, startLivenessKeeper } from '../ipam/etcd/liveness';
+import { DEFAULT_LIVENESS_DIR, startLivenessKeeper, type KeeperStatus } from '../ipam/etcd/liveness';
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { POLLERR, POLLHUP, native } from '../shared/netlink/native';
@@ -494,6 +494,7 @@ export async function daemonMain(args: string[]): Promise<number> {
     return Math.round(Number(v) * 1000);
   };
   const livenessDir = parsed['liveness-dir'] || DEFAULT_LIVENESS_DIR;
+  const liveness: KeeperStatus = { kept: new Set() };
   let opts;
   try {
     const workers = parsed.workers === undefined ? 4 : Number(parsed.workers);
@@ -507,7 +508,7 @@ export async function daemonMain(args: string[]): Promise<number> {
       workers,
       waitBudgetMs: seconds('wait-budget', 2000),
       idleExitMs: seconds('idle-exit', 0),
-      keepsHostAlive: () => hasLivenessRecords(livenessDir),
+      keepsHostAlive: () => liveness.kept.size > 0,
     };
   } catch (e) {
     log(`${(e as Error).message}\n${USAGE}`);
@@ -526,12 +527,12 @@ export async function daemonMain(args: string[]): Promise<number> {
   log(`listening on ${opts.listenFd !== undefined ? `fd ${opts.listenFd} (socket activation)` : opts.socketPath}`);
   // The etcd IPAM's host liveness (ipam/etcd/liveness.ts), on the main
   // thread: workers setns into containers, the keeper must stay home.
-  const liveness = new AbortController();
-  const keeper = startLivenessKeeper({ dir: livenessDir, signal: liveness.signal, log });
+  const stopLiveness = new AbortController();
+  const keeper = startLivenessKeeper({ dir: livenessDir, signal: stopLiveness.signal, log, status: liveness });
   return new Promise<number>((resolve) => {
     const stop = (why: string) => {
       log(`stopping: ${why}`);
-      liveness.abort();
+      stopLiveness.abort();
       void Promise.all([daemon.close(), keeper]).then(() => {
         log(`stopped after ${daemon.calls} calls`);
         resolve(0);

@@ -92,6 +92,13 @@ export interface LivenessKeeperOptions {
   readonly log?: (line: string) => void;
   /** how often the directory is read again for new or changed records; default 10 s */
   readonly rescanMs?: number;
+  /** filled in as the keeper goes: the records whose host it is keeping alive right now */
+  readonly status?: KeeperStatus;
+}
+
+/** The records (files) whose alive key the last renewal kept; a failed renewal takes its record out. */
+export interface KeeperStatus {
+  readonly kept: Set<string>;
 }
 
 /**
@@ -120,7 +127,7 @@ export async function startLivenessKeeper(options: LivenessKeeperOptions): Promi
       const stop = new AbortController();
       const onAbort = (): void => stop.abort();
       options.signal.addEventListener('abort', onAbort, { once: true });
-      const done = keep(file, text, record, stop.signal, log).finally(() => options.signal.removeEventListener('abort', onAbort));
+      const done = keep(file, text, record, stop.signal, log, options.status).finally(() => options.signal.removeEventListener('abort', onAbort));
       running.set(file, { text, stop, done });
     }
     await sleep(rescanMs, options.signal);
@@ -158,7 +165,7 @@ function readRecords(dir: string, log: (line: string) => void): Map<string, { te
  * record is removed, and the host's next CNI call, which registers it again,
  * writes it again.
  */
-async function keep(file: string, text: string, record: StoreRecord, signal: AbortSignal, log: (line: string) => void): Promise<void> {
+async function keep(file: string, text: string, record: StoreRecord, signal: AbortSignal, log: (line: string) => void, status?: KeeperStatus): Promise<void> {
   const ttlMs = record.livenessTtlMs;
   // etcd unreachable: retry from 1 s, doubling, up to a sixth of the TTL (at most a minute)
   const maxRetryMs = Math.max(1000, Math.min(60_000, Math.floor(ttlMs / 6)));
@@ -182,13 +189,16 @@ async function keep(file: string, text: string, record: StoreRecord, signal: Abo
         break;
       }
       waitMs = r.waitMs;
+      status?.kept.add(file);
       report('');
     } catch (err) {
+      status?.kept.delete(file);
       report((err as Error).message);
       retryMs = Math.min(maxRetryMs, retryMs * 2);
     }
     await sleep(waitMs, signal);
   }
+  status?.kept.delete(file);
   kv?.close();
 }
 
@@ -257,11 +267,3 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-/** Does any etcd-IPAM store have a host recorded in `dir` (so a keeper has work)? */
-export function hasLivenessRecords(dir: string = DEFAULT_LIVENESS_DIR): boolean {
-  try {
-    return fs.readdirSync(dir).some((name) => name.endsWith('.json') && !name.startsWith('.'));
-  } catch {
-    return false;
-  }
-}

@@ -240,8 +240,10 @@ test("each SA has a key of its own: two peers' SAs differ, and the two ends of o
   const at1 = sa(1, v0!, v1!).find((s) => s.spi === to1[0]!.spi);
   assert.ok(at1 && at1.aead!.key.equals(to1[0]!.aead!.key), 'host 1 has no inbound SA matching host 0 outbound one');
   // and the reverse direction of the pair has yet another key
+  // (host 1 may hold a second one for a newer key while a rotation reaches it: none may share it)
   const back = sa(1, v1!, v0!);
-  assert.ok(back.length === 1 && !back[0]!.aead!.key.equals(to1[0]!.aead!.key), 'both directions of the pair share a key');
+  assert.ok(back.length >= 1, 'host 1 has no SA towards host 0');
+  assert.ok(back.every((s) => !s.aead!.key.equals(to1[0]!.aead!.key)), 'both directions of the pair share a key');
   // no SA anywhere carries a ring key itself, and no two SAs share one
   const all = [0, 1, 2].flatMap((i) => ours(i).states.map((s) => `${s.src}>${s.dst}>${s.spi}=${s.aead!.key.toString('hex')}`));
   const keys = new Map<string, string>();
