@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { netConfBase } from '../../shared/cni/config';
+import { netConfBase, unicastMac } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
 import {
   NetlinkHandle,
@@ -55,13 +55,7 @@ const schema = netConfBase.extend({
   promiscMode: z.boolean().default(false),
   runtimeConfig: z
     .object({
-      // the `mac` capability; checked here so a bad one is code 7 before anything is created
-      mac: z
-        .string()
-        .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
-        .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
-        .refine((m) => !/^(00:){5}00$/.test(m), 'the all-zero MAC cannot be an interface address')
-        .optional(),
+      mac: unicastMac.optional(),
       ips: z.array(z.string()).optional(),
     })
     .passthrough()

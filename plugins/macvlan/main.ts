@@ -19,7 +19,7 @@
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { netConfBase } from '../../shared/cni/config';
+import { netConfBase, unicastMac } from '../../shared/cni/config';
 import type { Attachment, IPConfig, Result } from '../../shared/cni/types';
 import { EBUSY, EINVAL, NetlinkHandle, isNetlinkError } from '../../shared/netlink';
 import { NetNs } from '../../shared/netns/netns';
@@ -42,14 +42,7 @@ const schema = netConfBase.extend({
   mtu: z.number().int().min(68).max(65535).optional(),
   runtimeConfig: z
     .object({
-      // the `mac` capability; checked here so a bad one is code 7 before the
-      // parent or any link is created (the kernel would only refuse it later)
-      mac: z
-        .string()
-        .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
-        .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
-        .refine((m) => !/^(00:){5}00$/.test(m), 'the all-zero MAC cannot be an interface address')
-        .optional(),
+      mac: unicastMac.optional(),
     })
     .passthrough()
     .optional(),

@@ -53,6 +53,17 @@ export const netConfBase = z.object({
 export type NetConf = z.infer<typeof netConfBase>;
 
 /**
+ * The `mac` capability (runtimeConfig.mac): a unicast, non-zero MAC, checked
+ * by the schema so a bad one is code 7 before anything is created (the
+ * kernel would only refuse it half-way through an ADD).
+ */
+export const unicastMac = z
+  .string()
+  .regex(/^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/, 'not a MAC address (xx:xx:xx:xx:xx:xx)')
+  .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'a multicast MAC cannot be an interface address')
+  .refine((m) => !/^(00:){5}00$/.test(m), 'the all-zero MAC cannot be an interface address');
+
+/**
  * Decode and validate a plugin configuration.
  * CniError 6 when stdin is not a JSON object, 7 when the schema rejects it;
  * the message names every offending key path and what was expected there.
