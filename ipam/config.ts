@@ -50,7 +50,8 @@ export const ipamSectionSchema = z.object({
   rangeEnd: z.string().optional(),
   gateway: z.string().optional(),
   routes: z.array(z.object({ dst: z.string(), gw: z.string().optional() })).optional(),
-  dataDir: z.string().min(1).default(DEFAULT_DATA_DIR),
+  // absolute: a relative one would land wherever the runtime's working directory is
+  dataDir: z.string().regex(/^\//, 'must be an absolute path').default(DEFAULT_DATA_DIR),
   resolvConf: z.string().optional(),
   store: z.enum(['local', 'etcd']).default('local'),
   // Reserved for the etcd store's settings (endpoints, TLS, prefix...): its

@@ -308,7 +308,7 @@ export const parentConfFields = {
   /** 802.1q VLAN id: the parent becomes `<master>.<vlan>` (range checked with a clear message) */
   vlan: z.number().int().optional(),
   /** where VLAN reference counts live; every network sharing a VLAN must use the same one */
-  stateDir: z.string().min(1).default(DEFAULT_STATE_DIR),
+  stateDir: z.string().regex(/^\//, 'must be an absolute path').default(DEFAULT_STATE_DIR),
 };
 
 /**

@@ -15,6 +15,8 @@ import { plugin as macvlan } from '../../plugins/macvlan/main';
 import { plugin as bridge } from '../../plugins/bridge/main';
 import { deps as overlayDeps, plugin as overlay } from '../../plugins/overlay/main';
 import { FakeKV } from '../../plugins/overlay/fake-kv';
+import { loadIpamConfig } from '../../ipam/config';
+import { CniError } from '../../shared/cni/errors';
 
 const realKv = overlayDeps.kv;
 afterAll(() => {
@@ -148,5 +150,24 @@ describe('macvlan runtimeConfig.mac is validated by the schema', () => {
     const r = await add(bridge as Plugin<unknown>, { cniVersion: '1.0.0', name: 'brschema', type: 'bridge', runtimeConfig: { mac: '00:00:00:00:00:00' } });
     expect(r.out.code).toBe(7);
     expect(r.pastSchema).toBe(false);
+  });
+});
+
+describe('state directories are absolute paths (a relative one would land in the runtime\'s working directory)', () => {
+  it('macvlan refuses a relative VLAN stateDir with code 7 before the verb runs', async () => {
+    const r = await add(macvlan as Plugin<unknown>, { ...macvlanConf('02:42:ac:11:00:02'), stateDir: 'kjhOEH' });
+    expect(r.out.code).toBe(7);
+    expect(r.out.msg).toMatch(/stateDir/);
+    expect(r.pastSchema).toBe(false);
+  });
+
+  it('cluster-ipam refuses a relative dataDir with code 7', () => {
+    const load = () => loadIpamConfig({ cniVersion: '1.0.0', name: 'relnet', ipam: { type: 'cluster-ipam', subnet: '10.9.0.0/24', dataDir: 'state/ipam' } });
+    expect(load).toThrow(CniError);
+    try {
+      load();
+    } catch (e) {
+      expect((e as CniError).code).toBe(7);
+    }
   });
 });
