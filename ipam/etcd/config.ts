@@ -30,7 +30,7 @@ import * as os from 'node:os';
 import { z } from 'zod';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
-import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
+import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../shared/etcd/connection';
 import type { RangeSet } from '../config';
 import { formatCIDR } from '../ip';
 
@@ -73,16 +73,8 @@ const etcdSectionSchema = z
   })
   .strict();
 
-/** The section's connection fields as written (paths, not contents). */
-export interface StoreConnectionFields {
-  readonly endpoints: readonly string[];
-  readonly caFile?: string;
-  readonly certFile?: string;
-  readonly keyFile?: string;
-  readonly username?: string;
-  readonly passwordFile?: string;
-  readonly insecure?: boolean;
-}
+/** The section's connection fields as written (paths, not contents), endpoints resolved. */
+export type StoreConnectionFields = Omit<ConnectionFields, 'password'> & { readonly endpoints: readonly string[] };
 
 export interface EtcdTls {
   readonly ca: Buffer;

@@ -31,21 +31,20 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { resolveConnection } from '../../shared/etcd/connection';
+import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
 import { aliveKey, aliveValueSchema, goneKey, hostKey, hostValueSchema, readRecord, type AliveValue } from './keys';
 import { EtcdKV } from './kv';
 
 export const DEFAULT_LIVENESS_DIR = '/var/lib/cni-ts/ipam-etcd';
 
+// taken out: a record never holds a password
+const { password: _password, ...recordedFields } = fieldsSchema;
+
 const recordSchema = z
   .object({
+    // the connection fields as a config section has them, endpoints required (and never a password)
+    ...recordedFields,
     endpoints: z.array(z.string().min(1)).min(1),
-    caFile: z.string().min(1).optional(),
-    certFile: z.string().min(1).optional(),
-    keyFile: z.string().min(1).optional(),
-    username: z.string().min(1).optional(),
-    passwordFile: z.string().min(1).optional(),
-    insecure: z.boolean().optional(),
     keyPrefix: z.string().regex(/^\/[^\s]*[^/\s]$/),
     nodeName: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/),
     hostId: z.string().min(1).max(256),
