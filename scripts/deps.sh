@@ -31,7 +31,7 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "[deps] npm ci" >&2
-  # npm 11.19's `npm ci` refuses locks that leave out other platforms'
-  # optional packages (rollup's); `npm install` honours the same lock.
-  npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error
+  # Exactly the committed lock, never `npm install`: that would rewrite
+  # package-lock.json and leave a fresh clone dirty.
+  npm ci --no-audit --no-fund --loglevel=error
 fi
