@@ -25,7 +25,7 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { startEtcd } from '../test/ipam/etcd/etcd-server';
+import { startEtcd } from '../testkit/etcd-server';
 import { median, runOnce, type Sample } from './lib';
 
 const HOSTS = Number(process.env.BENCH_HOSTS ?? 200);

@@ -1,6 +1,6 @@
 /**
  * ipvlan vs the reference, inside the VM: this host's kernel has no ipvlan,
- * so the VM harness (test/vm/harness.ts) boots Debian's kernel under qemu
+ * so the VM harness (testkit/vm/harness.ts) boots Debian's kernel under qemu
  * and runs bench/vm/ipvlan.bench.ts there, which execs the packaged
  * bin/ipvlan (seen through the VM's root share) and /usr/lib/cni/ipvlan +
  * host-local with the same configuration. Reports medians, the ratio and
@@ -14,7 +14,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bootVm, formatTimings, prepareRun } from '../test/vm/harness';
+import { bootVm, formatTimings, prepareRun } from '../testkit/vm/harness';
 import { summarize, type Row } from './lib';
 import { CONFIG_FILE, SAMPLES_FILE, type BenchConfig, type BenchSamples } from './vm/ipvlan-files';
 

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { withNetns } from '../shared/netns/netns';
-import { startDaemon as startTestDaemon } from '../test/helpers/daemon';
+import { startDaemon as startTestDaemon } from '../testkit/daemon';
 
 export interface Call {
   binary: string;

@@ -7,7 +7,7 @@
  *     VM's one clock) until both hosts send with the new primary key, and
  *     the pings lost meanwhile (a 20 Hz ping running across the rotations;
  *     target zero).
- * Same lab as the tests (test/plugins/overlay/lab.ts): etcd on the
+ * Same lab as the tests (testkit/overlay/lab.ts): etcd on the
  * underlay, the real agents (--rotate-every 12s) and plugin.
  *
  * One file, two halves: loaded by the VM's guest runner it registers the
@@ -20,10 +20,10 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { registry, test, afterAll } from '../test/vm/guest-api';
+import { registry, test, afterAll } from '../testkit/vm/guest-api';
 import { IPSEC_REQID, deriveSpi, parseRing, primaryKey } from '../shared/ipsec';
 import { XfrmHandle } from '../shared/netlink/xfrm';
-import { Lab, eventually, sleep } from '../test/plugins/overlay/lab';
+import { Lab, eventually, sleep } from '../testkit/overlay/lab';
 
 const SAMPLES_FILE = 'bench-overlay-encrypted.json';
 const ROTATIONS = 3;
@@ -153,7 +153,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function main(): Promise<number> {
   // Imported here, not at the top: the guest bundle holds this file too, and
   // the harness (esbuild, qemu) is only the host's business.
-  const { bootVm, formatTimings, prepareRun } = await import('../test/vm/harness');
+  const { bootVm, formatTimings, prepareRun } = await import('../testkit/vm/harness');
   const run = prepareRun(['bench/overlay-encrypted.ts']);
   const result = await bootVm(run, { timeoutMs: 1_800_000, keepRunDir: true });
   const failed = result.outcomes.filter((o) => o.status !== 'pass');

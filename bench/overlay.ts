@@ -1,5 +1,5 @@
 /**
- * Overlay benchmarks on the simulated cluster of test/plugins/overlay/lab.ts
+ * Overlay benchmarks on the simulated cluster of testkit/overlay/lab.ts
  * (namespaces on one underlay bridge, one etcd, an agent per host):
  *
  *  1. iperf3 TCP between containers on two hosts over the overlay, and
@@ -36,8 +36,8 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { ROOT } from '../test/helpers/exec';
-import { Lab, sleep } from '../test/plugins/overlay/lab';
+import { ROOT } from '../testkit/exec';
+import { Lab, sleep } from '../testkit/overlay/lab';
 import { median } from './lib';
 
 function iperf(serverNs: string, clientNs: string, addr: string): number {

@@ -38,7 +38,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { alive, median, sweepStale } from './lib';
-import { startDaemon as startTestDaemon } from '../test/helpers/daemon';
+import { startDaemon as startTestDaemon } from '../testkit/daemon';
 
 const ROUNDS = Number(process.env.RUNTIME_ROUNDS ?? 12);
 const BURST = Number(process.env.RUNTIME_BURST ?? 50);

@@ -18,7 +18,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterAll, test } from '../../test/vm/guest-api';
+import { afterAll, test } from '../../testkit/vm/guest-api';
 import { withNetns } from '../../shared/netns/netns';
 import { assertOk, runOnce, standalone, startDaemon, type Mode, type Sample } from '../lib';
 import { CONFIG_FILE, SAMPLES_FILE, type BenchConfig, type BenchSamples } from './ipvlan-files';

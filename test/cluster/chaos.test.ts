@@ -24,7 +24,7 @@
  *
  * etcd is the lab's, on the underlay (the hosts reach it there), killed with
  * SIGKILL and started again on the same data dir and address, as
- * test/ipam/etcd/etcd-server.ts does on loopback for the store's tests.
+ * testkit/etcd-server.ts does on loopback for the store's tests.
  *
  * Every loop is bounded in count and in time; the figures (pings, losses and
  * when, the outage window, ADD/DEL counts, duplicates) go to stderr.
@@ -32,7 +32,7 @@
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, sleep } from '../plugins/overlay/lab';
+import { Lab, sleep } from '../../testkit/overlay/lab';
 import { Cluster, SteadyPing, type PingReport } from './cluster';
 
 const NETWORK = 'chaos';

@@ -1,6 +1,6 @@
 /**
  * The chaos test's cluster: the overlay lab's simulated hosts (namespaces on
- * one underlay, etcd on it; test/plugins/overlay/lab.ts), but every agent and
+ * one underlay, etcd on it; testkit/overlay/lab.ts), but every agent and
  * every plugin call is the packaged executable from bin/, entered into its
  * host's namespace with `nsenter --net=` (which, unlike `ip netns exec`,
  * keeps the mount namespace, so the namespaces the plugin pins with bind
@@ -25,8 +25,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BIN } from '../helpers/exec';
-import { ETCD_IP, type Lab, type PluginCall } from '../plugins/overlay/lab';
+import { BIN } from '../../testkit/exec';
+import { ETCD_IP, type Lab, type PluginCall } from '../../testkit/overlay/lab';
 
 const LIBFAKETIME_CANDIDATES = [
   '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1',

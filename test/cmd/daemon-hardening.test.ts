@@ -14,8 +14,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ROOT, addNetns, delNetns, uniqueName } from '../helpers/exec';
-import { type TestDaemon, processGone, startDaemon } from '../helpers/daemon';
+import { ROOT, addNetns, delNetns, uniqueName } from '../../testkit/exec';
+import { type TestDaemon, processGone, startDaemon } from '../../testkit/daemon';
 
 const BIN = path.join(ROOT, 'bin');
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';

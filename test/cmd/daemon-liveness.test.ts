@@ -14,8 +14,8 @@ import { loadIpamConfig } from '../../ipam/config';
 import { aliveKey } from '../../ipam/etcd/keys';
 import { EtcdKV, type KeyValue } from '../../ipam/etcd/kv';
 import { EtcdStore } from '../../ipam/etcd/store';
-import { startEtcd, type EtcdServer } from '../ipam/etcd/etcd-server';
-import { processGone, startDaemon } from '../helpers/daemon';
+import { startEtcd, type EtcdServer } from '../../testkit/etcd-server';
+import { processGone, startDaemon } from '../../testkit/daemon';
 
 const BIN = path.resolve(__dirname, '../../bin');
 const TTL_MS = 2000;

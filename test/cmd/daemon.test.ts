@@ -16,8 +16,8 @@ import { expandConfigPaths } from '../../conformance/config';
 import { formatLine } from '../../conformance/report';
 import { runSuite } from '../../conformance/runner';
 import { decodeRequest, encodeAnswer } from '../../cmd/daemon';
-import { ROOT, addNetns, delNetns, uniqueName } from '../helpers/exec';
-import { type TestDaemon, processGone, startDaemon } from '../helpers/daemon';
+import { ROOT, addNetns, delNetns, uniqueName } from '../../testkit/exec';
+import { type TestDaemon, processGone, startDaemon } from '../../testkit/daemon';
 
 const BIN = path.join(ROOT, 'bin');
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';

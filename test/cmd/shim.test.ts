@@ -8,7 +8,7 @@
  * (the packaged executable the shim falls back to) is a small script that
  * records that it ran, what environment it got and what stdin: so "the shim
  * ran the call itself" and "it did not" are facts on disk, never timings.
- * The daemons the shim talks to are either the real one (test/helpers) or a
+ * The daemons the shim talks to are either the real one (testkit/daemon.ts) or a
  * fake unix-socket server in this process that plays a misbehaving one.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -18,8 +18,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { processGone, startDaemon } from '../helpers/daemon';
-import { BIN, ROOT, addNetns, delNetns, uniqueName } from '../helpers/exec';
+import { processGone, startDaemon } from '../../testkit/daemon';
+import { BIN, ROOT, addNetns, delNetns, uniqueName } from '../../testkit/exec';
 
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 const PLUGINS = ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam'];

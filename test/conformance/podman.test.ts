@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type TestDaemon, startDaemon } from '../helpers/daemon';
+import { type TestDaemon, startDaemon } from '../../testkit/daemon';
 
 interface PodmanNetwork {
   /** what the test calls it */

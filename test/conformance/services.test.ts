@@ -12,7 +12,7 @@ import { createNetns, deleteNetns, type Ns } from '../../conformance/kernel';
 import { ConfigError } from '../../conformance/libcni';
 import { runSuite } from '../../conformance/runner';
 import { resolveCommand, ServiceSchema, startService, startServices, stopService, stopServices } from '../../conformance/services';
-import { uniqueName } from '../helpers/exec';
+import { uniqueName } from '../../testkit/exec';
 
 const ph = { STATE_DIR: '/tmp/run1/state', RUN_ID: 'abc123' };
 const net = { cniVersion: '1.0.0', name: 'n', type: 'none' };

@@ -4,7 +4,7 @@
  * temp directory for every state directory a config may name.
  *
  * The JavaScript thread enters the "host" namespace (setns(2), as the daemon
- * and test/plugins/overlay/runner.ts do), so in-process plugin calls, the nft
+ * and testkit/overlay/runner.ts do), so in-process plugin calls, the nft
  * children they spawn and the packaged executables this process starts all
  * work on the throwaway namespace; the machine's own host namespace is never
  * named by any generated CNI_NETNS. `ip` builds the fixtures (an "uplink"

@@ -23,7 +23,7 @@ import {
   type OverlayNames,
   type RemoteEndpoint,
 } from '../../shared/vxlan';
-import { addNetns, delNetns, uniqueName } from '../helpers/exec';
+import { addNetns, delNetns, uniqueName } from '../../testkit/exec';
 
 describe('VXLAN MTU arithmetic', () => {
   it('gives 1450 on a 1500 underlay, 50 bytes of outer IPv4, UDP, VXLAN and inner Ethernet headers', () => {

@@ -9,7 +9,7 @@
  *        --timeout <seconds> for the whole run (default 600).
  */
 import * as path from 'node:path';
-import { bootVm, defaultGuestFiles, formatTimings, prepareRun } from './harness';
+import { bootVm, defaultGuestFiles, formatTimings, prepareRun } from '../../testkit/vm/harness';
 
 async function cli(argv: string[]): Promise<number> {
   const files: string[] = [];

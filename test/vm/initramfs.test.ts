@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { buildInitramfs, cpioNewc, findBusybox, findKernel, moduleLoadOrder } from './initramfs';
+import { buildInitramfs, cpioNewc, findBusybox, findKernel, moduleLoadOrder } from '../../testkit/vm/initramfs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vm-initramfs-test-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

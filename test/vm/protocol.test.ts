@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { encodeRecord, outcomes, parseRecords, type GuestRecord } from './protocol';
+import { encodeRecord, outcomes, parseRecords, type GuestRecord } from '../../testkit/vm/protocol';
 
 const a = { file: 'test/vm/guest/a.guest.ts', name: 'first' };
 const b = { file: 'test/vm/guest/a.guest.ts', name: 'second' };

@@ -13,9 +13,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { AFTER_ALL_TEST_NAME } from './guest-runner';
-import { bootVm, defaultGuestFiles, formatTimings, prepareRun, type PreparedRun, type VmRunResult } from './harness';
-import { testKey, type Outcome, type PlannedTest } from './protocol';
+import { AFTER_ALL_TEST_NAME } from '../../testkit/vm/guest-runner';
+import { bootVm, defaultGuestFiles, formatTimings, prepareRun, type PreparedRun, type VmRunResult } from '../../testkit/vm/harness';
+import { testKey, type Outcome, type PlannedTest } from '../../testkit/vm/protocol';
 
 const SELFTEST = 'test/vm/selftest/expected-failures.guest.ts';
 

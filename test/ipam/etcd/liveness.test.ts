@@ -7,7 +7,7 @@ import { loadIpamConfig } from '../../../ipam/config';
 import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { recordStore, startLivenessKeeper, type StoreRecord } from '../../../ipam/etcd/liveness';
 import { EtcdStore } from '../../../ipam/etcd/store';
-import { startEtcd, type EtcdServer } from './etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
 let raw: EtcdKV;

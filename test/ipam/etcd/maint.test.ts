@@ -9,7 +9,7 @@ import { startLivenessKeeper } from '../../../ipam/etcd/liveness';
 import { maintMain, runMaint, type MaintReport } from '../../../ipam/etcd/maint';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
 import { formatIP } from '../../../ipam/ip';
-import { startEtcd, type EtcdServer } from './etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
 let raw: EtcdKV;

@@ -9,8 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { BIN, addNetns, delNetns, uniqueName } from '../../helpers/exec';
-import { startEtcd, type EtcdServer } from './etcd-server';
+import { BIN, addNetns, delNetns, uniqueName } from '../../../testkit/exec';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 /**
  * The packaged executable itself (`bin/cni-ts cluster-ipam`): this test moves

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKV } from '../../../ipam/etcd/kv';
-import { startEtcd, type EtcdServer } from './etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const REPO = path.resolve(__dirname, '../../..');
 const NATIVE = path.join(REPO, 'shared/netlink/native/build/Release/netlink_native.node');

@@ -5,7 +5,7 @@ import { loadIpamConfig } from '../../../ipam/config';
 import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { EtcdStore } from '../../../ipam/etcd/store';
 import { formatIP } from '../../../ipam/ip';
-import { startEtcd, type EtcdServer } from './etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const TIMEOUT_MS = 1500;
 const P = `/restart-${process.pid}`;

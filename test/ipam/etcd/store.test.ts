@@ -9,7 +9,7 @@ import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
 import { formatIP, parseCIDR } from '../../../ipam/ip';
 import { ipamAdd, ipamDel } from '../../../ipam/plugin';
-import { freePort, startEtcd, type EtcdServer } from './etcd-server';
+import { freePort, startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
 let raw: EtcdKV;

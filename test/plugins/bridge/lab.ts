@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { hostVethName } from '../../../plugins/bridge/main';
-import { type TestDaemon, startDaemon } from '../../helpers/daemon';
+import { type TestDaemon, startDaemon } from '../../../testkit/daemon';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 /** what the lab installs and runs: bin/bridge from build.sh, or another build named by CNI_TS_TEST_BRIDGE */

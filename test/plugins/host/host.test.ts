@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { addNetns, delNetns, hostSnapshot, ipJson, runPlugin, uniqueName } from '../../helpers/exec';
+import { addNetns, delNetns, hostSnapshot, ipJson, runPlugin, uniqueName } from '../../../testkit/exec';
 
 const ns = uniqueName('thost');
 let nsPath: string;

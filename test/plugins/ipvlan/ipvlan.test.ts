@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, addNetns, delNetns, ipJson, uniqueName } from '../../helpers/exec';
+import { BIN, addNetns, delNetns, ipJson, uniqueName } from '../../../testkit/exec';
 import { containerRoutes } from '../../../plugins/ipvlan/main';
 
 describe('ipvlan routes', () => {

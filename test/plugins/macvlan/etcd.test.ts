@@ -25,9 +25,9 @@ import * as esbuild from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKV } from '../../../ipam/etcd/kv';
 import { withNetns } from '../../../shared/netns/netns';
-import { ROOT, ipJson } from '../../helpers/exec';
+import { ROOT, ipJson } from '../../../testkit/exec';
 import { ip, namespaceFactory } from './fixtures';
-import { startEtcd, type EtcdServer } from '../../ipam/etcd/etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-etcd-'));

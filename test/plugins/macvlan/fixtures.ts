@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { afterAll } from 'vitest';
-import { addNetns, delNetns, uniqueName } from '../../helpers/exec';
+import { addNetns, delNetns, uniqueName } from '../../../testkit/exec';
 
 export interface Netns {
   name: string;

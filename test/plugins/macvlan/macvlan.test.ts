@@ -9,9 +9,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, ipJson } from '../../helpers/exec';
+import { BIN, ipJson } from '../../../testkit/exec';
 import { ip, namespaceFactory } from './fixtures';
-import { type TestDaemon, startDaemon } from '../../helpers/daemon';
+import { type TestDaemon, startDaemon } from '../../../testkit/daemon';
 
 const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-'));

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { addNetns, delNetns, hostSnapshot, ipJson, runPlugin, uniqueName } from '../../helpers/exec';
+import { addNetns, delNetns, hostSnapshot, ipJson, runPlugin, uniqueName } from '../../../testkit/exec';
 
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
 const ns = uniqueName('tnone');

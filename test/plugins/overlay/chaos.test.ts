@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, eventually, sleep } from './lab';
+import { Lab, eventually, sleep } from '../../../testkit/overlay/lab';
 
 describe('chaos on the control plane', () => {
   const lab = new Lab(2);

@@ -27,8 +27,8 @@ import { ControlPlane, IdentityConflictError, type EndpointRecord } from '../../
 import { HostEncryption, MemoryAcks } from '../../../plugins/overlay/encryption';
 import { EtcdKV, type KV } from '../../../plugins/overlay/kv';
 import { plugin } from '../../../plugins/overlay/main';
-import { addNetns, delNetns, uniqueName } from '../../helpers/exec';
-import { startEtcd, type EtcdServer } from '../../ipam/etcd/etcd-server';
+import { addNetns, delNetns, uniqueName } from '../../../testkit/exec';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const ID_A = 'a'.repeat(32);
 const ID_B = 'b'.repeat(32);

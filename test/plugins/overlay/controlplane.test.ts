@@ -7,7 +7,7 @@ import { CniError } from '../../../shared/cni/errors';
 import { ControlPlane, FIRST_AUTO_VNI, remoteEndpoints } from '../../../plugins/overlay/controlplane';
 import { FakeKV } from '../../../plugins/overlay/fake-kv';
 import { EtcdKV, type KV } from '../../../plugins/overlay/kv';
-import { startEtcd, type EtcdServer } from '../../ipam/etcd/etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 async function codeOf(p: Promise<unknown>): Promise<number | undefined> {
   try {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgs } from '../../../plugins/overlay/agent';
 import { EtcdKV } from '../../../plugins/overlay/kv';
 import { loadEtcd3 } from '../../../shared/etcd/load';
-import { startEtcd, type EtcdServer } from '../../ipam/etcd/etcd-server';
+import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-agent-auth-'));
 let etcd: EtcdServer;

@@ -7,7 +7,7 @@
  * are used later), as a cluster's life does.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, OUTSIDE_IP, eventually } from './lab';
+import { Lab, OUTSIDE_IP, eventually } from '../../../testkit/overlay/lab';
 
 const SUBNET = '10.60.0.0/24';
 

@@ -1,6 +1,6 @@
 /**
  * The ring store, the election and the rotator against a real etcd (the
- * Debian etcd-server binary on 127.0.0.1, test/ipam/etcd/etcd-server.ts),
+ * Debian etcd-server binary on 127.0.0.1, testkit/etcd-server.ts),
  * through EtcdRingKV: compare-and-set, leases that really expire, and an
  * unreachable etcd surfacing as CniError 11.
  */
@@ -14,7 +14,7 @@ import { newRing } from '../../../shared/ipsec/keyring';
 import { EtcdRingKV } from '../../../shared/ipsec/kv';
 import { RingStore } from '../../../shared/ipsec/ring-store';
 import { KeyRotator } from '../../../shared/ipsec/rotator';
-import { freePort, startEtcd, type EtcdServer } from '../../ipam/etcd/etcd-server';
+import { freePort, startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
 const clients: EtcdRingKV[] = [];

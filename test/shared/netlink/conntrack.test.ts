@@ -7,7 +7,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AF_INET, AF_INET6, IPPROTO, conntrackDeleteByDstPorts, conntrackList } from '../../../shared/netlink/conntrack';
-import { addNetns, delNetns, uniqueName } from '../../helpers/exec';
+import { addNetns, delNetns, uniqueName } from '../../../testkit/exec';
 
 const a = uniqueName('cta');
 const b = uniqueName('ctb');

@@ -11,7 +11,7 @@ import { NetlinkError } from '../../../shared/netlink/errors';
 import { NetlinkHandle, linkExistsInNetns } from '../../../shared/netlink/handle';
 import { LinkSpec, MacvlanMode } from '../../../shared/netlink/link';
 import { NetNs, NotANetnsError } from '../../../shared/netns/netns';
-import { addNetns, bridgej, delNetns, ipTry, ipj, uniqueName } from './testns';
+import { addNetns, bridgej, delNetns, ipTry, ipj, uniqueName } from '../../../testkit/netns';
 
 const nsA = uniqueName('nlh');
 const nsB = uniqueName('nlh');

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetlinkError } from '../../../shared/netlink/errors';
 import { IPPROTO_UDP, XfrmHandle, XfrmPolicySpec, withXfrmHandle } from '../../../shared/netlink/xfrm';
-import { addNetns, delNetns, uniqueName } from './testns';
+import { addNetns, delNetns, uniqueName } from '../../../testkit/netns';
 
 const nsA = uniqueName('xfrm');
 const nsB = uniqueName('xfrm');

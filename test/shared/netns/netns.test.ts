@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetNs, NotANetnsError, isHostNetns, isNetnsPath, sysctlGet, sysctlSet, withNetns } from '../../../shared/netns/netns';
-import { addNetns, delNetns, uniqueName } from '../netlink/testns';
+import { addNetns, delNetns, uniqueName } from '../../../testkit/netns';
 
 /** Which network namespace the calling thread is in right now. */
 const threadNs = (): number => fs.statSync('/proc/thread-self/ns/net').ino;

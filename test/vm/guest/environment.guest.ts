@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { test } from '../guest-api';
+import { test } from '../../../testkit/vm/guest-api';
 
 test("the host's root file system is read-only inside the VM", () => {
   assert.throws(() => fs.writeFileSync(path.join(process.cwd(), `vm-write-probe-${process.pid}`), 'x'), { code: 'EROFS' });
@@ -24,5 +24,5 @@ test('/tmp, /run/netns, /var/lib and /var/log are writable and start empty of ho
 });
 
 test('the working directory is the repository root', () => {
-  assert.ok(fs.existsSync(path.join(process.cwd(), 'test/vm/guest-runner.ts')));
+  assert.ok(fs.existsSync(path.join(process.cwd(), 'testkit/vm/guest-runner.ts')));
 });

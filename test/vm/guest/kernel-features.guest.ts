@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { afterAll, test } from '../guest-api';
+import { afterAll, test } from '../../../testkit/vm/guest-api';
 
 const ns = `vmk-${randomBytes(3).toString('hex')}`;
 const peerA = `${ns}-a`;

@@ -3,7 +3,7 @@
  * simulated hosts on one underlay bridge, etcd on the underlay (started
  * here, data under /tmp), the real overlay agent on each host (a child
  * node process entered into the host's namespace, --rotate-every 6s), and
- * the real plugin for each ADD/DEL (test/plugins/overlay/lab.ts, the same
+ * the real plugin for each ADD/DEL (testkit/overlay/lab.ts, the same
  * lab as the multihost tests). Two overlays: "ove" encrypted on all three
  * hosts, "ovp" clear between hosts 0 and 1.
  *
@@ -23,11 +23,11 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { afterAll, test } from '../guest-api';
+import { afterAll, test } from '../../../testkit/vm/guest-api';
 import { XfrmHandle } from '../../../shared/netlink/xfrm';
 import { native } from '../../../shared/netlink/native';
 import { IPSEC_REQID, parseRing } from '../../../shared/ipsec';
-import { Lab, eventually, sleep } from '../../plugins/overlay/lab';
+import { Lab, eventually, sleep } from '../../../testkit/overlay/lab';
 
 const SUBNET_E = '10.61.0.0/24';
 const SUBNET_P = '10.62.0.0/24';

@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { afterAll, test } from '../guest-api';
+import { afterAll, test } from '../../../testkit/vm/guest-api';
 import { XfrmHandle } from '../../../shared/netlink/xfrm';
 import { realNft } from '../../../shared/nft';
 import {

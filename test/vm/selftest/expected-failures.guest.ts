@@ -6,7 +6,7 @@
  * Not under test/vm/guest/, so `bash test/vm/run.sh` alone does not run it.
  */
 import assert from 'node:assert/strict';
-import { afterAll, test } from '../guest-api';
+import { afterAll, test } from '../../../testkit/vm/guest-api';
 
 test('a test that returns normally is reported as passed', () => {
   assert.equal(1 + 1, 2);

@@ -25,8 +25,8 @@ export const REPO_ROOT = findRepo(__dirname);
 
 function findRepo(from: string): string {
   for (let dir = from; ; dir = path.dirname(dir)) {
-    if (fs.existsSync(path.join(dir, 'test/vm/guest-runner.ts'))) return dir;
-    if (dir === path.dirname(dir)) throw new Error(`no repository with test/vm/guest-runner.ts above ${from}`);
+    if (fs.existsSync(path.join(dir, 'testkit/vm/guest-runner.ts'))) return dir;
+    if (dir === path.dirname(dir)) throw new Error(`no repository with testkit/vm/guest-runner.ts above ${from}`);
   }
 }
 export const GUEST_DIR = 'test/vm/guest';
@@ -131,7 +131,7 @@ export function prepareRun(files: string[], opts: PrepareOptions = {}): Prepared
  * test. Bundled for the host's node (the guest runs the same binary).
  */
 export function buildGuestBundle(repo: string, files: string[], outfile: string): void {
-  const runner = path.join(repo, 'test/vm/guest-runner.ts');
+  const runner = path.join(repo, 'testkit/vm/guest-runner.ts');
   const loaders = files
     .map((f) => `  { file: ${JSON.stringify(f)}, load: () => require(${JSON.stringify(path.join(repo, f))}) },`)
     .join('\n');

@@ -18,12 +18,12 @@
  * Bundled by lab.ts with esbuild, etcd3 left external (NODE_PATH).
  */
 import * as fs from 'node:fs';
-import { CLONE_NEWNET, native } from '../../../shared/netlink/native';
-import { plugin } from '../../../plugins/overlay/main';
-import { pluginMain } from '../../../shared/cni/skel';
-import { agentMain } from '../../../plugins/overlay/agent';
-import { ControlPlane } from '../../../plugins/overlay/controlplane';
-import { EtcdKV } from '../../../plugins/overlay/kv';
+import { CLONE_NEWNET, native } from '../../shared/netlink/native';
+import { plugin } from '../../plugins/overlay/main';
+import { pluginMain } from '../../shared/cni/skel';
+import { agentMain } from '../../plugins/overlay/agent';
+import { ControlPlane } from '../../plugins/overlay/controlplane';
+import { EtcdKV } from '../../plugins/overlay/kv';
 
 const [nsPath, mode, ...rest] = process.argv.slice(2);
 const fd = fs.openSync(nsPath!, 'r');

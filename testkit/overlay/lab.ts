@@ -15,7 +15,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ROOT, uniqueName } from '../../helpers/exec';
+import { ROOT, uniqueName } from '../exec';
 
 export const UNDERLAY = '192.168.200';
 export const ETCD_IP = `${UNDERLAY}.254`;
@@ -92,7 +92,7 @@ export class Lab {
     this.runner = path.join(this.dir, 'runner.js');
     execFileSync(
       path.join(this.root, 'node_modules/.bin/esbuild'),
-      [path.join(this.root, 'test/plugins/overlay/runner.ts'), '--bundle', '--platform=node', '--target=node20', '--format=cjs', '--log-level=warning', `--outfile=${this.runner}`, '--external:etcd3'],
+      [path.join(this.root, 'testkit/overlay/runner.ts'), '--bundle', '--platform=node', '--target=node20', '--format=cjs', '--log-level=warning', `--outfile=${this.runner}`, '--external:etcd3'],
       { cwd: this.root },
     );
   }
