@@ -4,8 +4,8 @@
  * and against the real local store side by side, so a behaviour that holds
  * for one and not the other shows up as a failing pair.
  */
-import type { Allocation, AllocationStore, Owner } from '../../ipam/allocator';
-import { formatIP, parseIP, type IP } from '../../ipam/ip';
+import type { Allocation, AllocationStore, Owner } from '../ipam/allocator';
+import { formatIP, parseIP, type IP } from '../ipam/ip';
 
 export class MemoryStore implements AllocationStore {
   /** address text -> owner */
@@ -14,13 +14,15 @@ export class MemoryStore implements AllocationStore {
   locked = false;
   closed = false;
 
-  async lock(): Promise<void> {
-    if (this.locked) throw new Error('MemoryStore: lock taken twice');
+  /** One operation at a time, as the file lock of the local store makes it. */
+  async withinOperation<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.locked) throw new Error('MemoryStore: an operation started inside another');
     this.locked = true;
-  }
-
-  async unlock(): Promise<void> {
-    this.locked = false;
+    try {
+      return await fn();
+    } finally {
+      this.locked = false;
+    }
   }
 
   async close(): Promise<void> {
@@ -77,6 +79,6 @@ export class MemoryStore implements AllocationStore {
   }
 
   private assertLocked(): void {
-    if (!this.locked) throw new Error('MemoryStore: modified without the lock');
+    if (!this.locked) throw new Error('MemoryStore: modified outside an operation');
   }
 }
