@@ -32,7 +32,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { CniError, ErrorCode } from './cni/errors';
 import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
-import { LOCK_EX, LOCK_UN, native } from './netlink/native';
+import { LOCK_EX, LOCK_UN, flock as sysFlock } from './sys/flock';
 import { isNetnsPath } from './netns/netns';
 import type { Result } from './cni/types';
 import { checkFailed, verifyContainerInterface } from './verify';
@@ -137,7 +137,7 @@ export class ParentManager {
   constructor(
     private readonly links: ParentLinks,
     stateDir: string = DEFAULT_STATE_DIR,
-    private readonly flock: (fd: number, op: number) => void = (fd, op) => native().flock(fd, op),
+    private readonly flock: (fd: number, op: number) => void = sysFlock,
   ) {
     this.root = path.join(stateDir, 'vlan');
   }

@@ -6,7 +6,7 @@
  *   mtu.ts        the encrypted MTU arithmetic
  *   keyring.ts    the ring as a pure state machine (+ secret.ts)
  *   desired.ts    the SAs/policies a host should hold
- *   converge.ts   makes the kernel hold them (xfrm-ops.ts seam, fake-xfrm.ts)
+ *   converge.ts   makes the kernel hold them (xfrm-ops.ts seam; its fake is testkit/fake-xfrm.ts)
  *   firewall.ts   the nftables cleartext-VXLAN drop (and optional mark)
  *   kv.ts, ring-store.ts, election.ts, rotator.ts   etcd, the leader's loop
  *   host.ts       one host's sync in one call
@@ -18,7 +18,6 @@ export * from './keyring';
 export * from './desired';
 export * from './converge';
 export type { XfrmOps } from './xfrm-ops';
-export { FakeXfrm } from './fake-xfrm';
 export * from './firewall';
 export * from './kv';
 export * from './ring-store';

@@ -19,7 +19,7 @@ import { runPlugin, type SkelIO } from '../../../shared/cni/skel';
 import { withHandle } from '../../../shared/netlink';
 import { FakeNft } from '../../../shared/nft/fake';
 import { realNft } from '../../../shared/nft/real';
-import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
+import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { IPSEC_REQID, MemoryKV, newRing, serializeRing } from '../../../shared/ipsec';
 import { ensureVxlanNetwork, overlayNames, removeVxlanNetwork } from '../../../shared/vxlan';
 import { agentMain, convergeHost, startAgent, type Agent, type AgentOptions } from '../../../plugins/overlay/agent';

@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
-import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
+import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { IPSEC_REQID } from '../../../shared/ipsec/desired';
 import { IPSEC_TABLE } from '../../../shared/ipsec/firewall';
 import { parseRing, serializeRing } from '../../../shared/ipsec/keyring';

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeNft } from '../../../shared/nft/fake';
-import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
+import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { parseArgs, startAgent, type Agent } from '../../../plugins/overlay/agent';
 import { etcdConnection, nodeName, overlaySubnet, schema } from '../../../plugins/overlay/config';
 import { ControlPlane } from '../../../plugins/overlay/controlplane';

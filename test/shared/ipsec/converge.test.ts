@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { NetlinkError } from '../../../shared/netlink/errors';
 import { converge, removeAll } from '../../../shared/ipsec/converge';
 import { DOCKER_ENCRYPTION_MARK, IPSEC_REQID, desiredXfrm, encryptedPeers, type EncryptedNetwork } from '../../../shared/ipsec/desired';
-import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
+import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { KeyRing, newRing, primaryKey, rotate } from '../../../shared/ipsec/keyring';
 import { deriveSaKey, deriveSpi } from '../../../shared/ipsec/spi';
 

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
 import { LeaderElection } from '../../../shared/ipsec/election';
-import { FakeXfrm } from '../../../shared/ipsec/fake-xfrm';
+import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { syncHost } from '../../../shared/ipsec/host';
 import { IPSEC_REQID } from '../../../shared/ipsec/desired';
 import { KeyRing, newRing, parseRing, rotate, serializeRing } from '../../../shared/ipsec/keyring';

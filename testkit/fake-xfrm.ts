@@ -8,9 +8,9 @@
  * Requests are built with the real encoders first, so a spec the kernel
  * would refuse before sending (bad SPI, window) fails here the same way.
  */
-import { AF_INET } from '../netlink/consts';
-import { EEXIST, ENOENT, ESRCH, NetlinkError } from '../netlink/errors';
-import { canonicalIp, parseIp } from '../netlink/ipaddr';
+import { AF_INET } from '../shared/netlink/consts';
+import { EEXIST, ENOENT, ESRCH, NetlinkError } from '../shared/netlink/errors';
+import { canonicalIp, parseIp } from '../shared/netlink/ipaddr';
 import {
   IPPROTO_ESP,
   XfrmPolicy,
@@ -25,8 +25,8 @@ import {
   policyUpdateRequest,
   stateAddRequest,
   stateDelRequest,
-} from '../netlink/xfrm';
-import type { XfrmOps } from './xfrm-ops';
+} from '../shared/netlink/xfrm';
+import type { XfrmOps } from '../shared/ipsec/xfrm-ops';
 
 function stateKey(dst: string, spi: number): string {
   return `${canonicalIp(dst)} ${spi >>> 0}`;
