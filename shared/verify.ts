@@ -13,10 +13,14 @@
  *   5. every route in prevResult is there, out of that interface.
  *
  * The kernel is read through ContainerLinks, which NetlinkHandle satisfies.
+ * checkContainerAttachment is the CHECK tail those plugins share: the above
+ * inside CNI_NETNS, then the IPAM's own CHECK.
  */
 import { CniError, ErrorCode } from './cni/errors';
+import { requirePrevResult } from './cni/skel';
 import type { Result } from './cni/types';
-import { AF_INET6, formatCidr, networkOf, parseCidr, type Addr, type Link, type Route } from './netlink';
+import type { IpamClient, IpamCtx } from './container-iface';
+import { AF_INET6, formatCidr, networkOf, parseCidr, withHandle, type Addr, type Link, type Route } from './netlink';
 
 /** The reads CHECK needs inside the container; a NetlinkHandle opened on its namespace has them. */
 export interface ContainerLinks {
@@ -53,6 +57,22 @@ export function verifyContainerInterface(cont: ContainerLinks, want: ContainerEx
   if (want.checkMac ?? true) verifyMac(link, prev);
   verifyAddresses(cont, want.ifname, prev);
   verifyRoutes(cont, link, prev);
+  return link;
+}
+
+/**
+ * The CHECK tail of a plugin with one link in the container: that link
+ * against prevResult (verifyContainerInterface, in CNI_NETNS), then the
+ * IPAM's CHECK when the config has an IPAM. Returns the container's link.
+ */
+export async function checkContainerAttachment(
+  ctx: IpamCtx,
+  ipam: IpamClient,
+  want: Omit<ContainerExpectation, 'ifname' | 'netns'>,
+): Promise<Link> {
+  const prev = requirePrevResult(ctx);
+  const link = withHandle(ctx.netns, (cont) => verifyContainerInterface(cont, { ...want, ifname: ctx.ifname, netns: ctx.netns }, prev));
+  if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
   return link;
 }
 

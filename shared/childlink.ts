@@ -1,0 +1,165 @@
+/**
+ * macvlan and ipvlan are one plugin with two kinds of child link, as in
+ * netavark's one vlan driver with per-kind data: a link of the network's
+ * parent ("master", 802.1q parents created on demand: shared/vlan.ts),
+ * created straight inside the container's namespace as CNI_IFNAME, with
+ * addresses and routes from the IPAM. ADD, DEL, CHECK, GC and STATUS are
+ * written once, here; a kind (ChildLinkKind) says only what differs: its
+ * config schema, the link's attributes, how the kernel's refusals read, how
+ * the IPAM's result is shaped for it, and what CHECK compares.
+ *
+ * ADD, in order (each step's undo pushed as soon as it succeeds):
+ *   0. every check that needs no change: the parent resolves, the MTU fits;
+ *   1. the parent (a managed VLAN link is created and counted here);
+ *   2. the child link, under a temporary name, then renamed to CNI_IFNAME;
+ *   3. the IPAM's addresses and routes on it (shared/container-iface.ts).
+ */
+import { z } from 'zod';
+import { CniContext, Plugin, requirePrevResult } from './cni/skel';
+import { CniError, ErrorCode } from './cni/errors';
+import type { Attachment, Result } from './cni/types';
+import { NetlinkHandle, withHandle, type Link, type IpvlanMode, type MacvlanMode, type IpvlanFlag } from './netlink';
+import { NetNs } from './netns/netns';
+import { UndoStack } from './undo';
+import { applyToInterface, ipamAddressesFor, withHandles, type IpamClient } from './container-iface';
+import { checkContainerAttachment, checkFailed } from './verify';
+import { ParentManager, childTempName, delChild, gcParent, vlanUser, type ChildAttachment, type ParentNetConf } from './vlan';
+
+/** What every child-link config has (parentConfFields, netConfBase, mtu, mode). */
+export interface ChildLinkConf extends ParentNetConf {
+  mode: string;
+  /** at most the parent's */
+  mtu?: number;
+  ipam?: { type: string };
+}
+
+/** The kind's own attributes of the new link; name, parent and namespace are the factory's. */
+export type ChildLinkAttrs =
+  | { kind: 'macvlan'; mode: MacvlanMode; mtu?: number; mac?: string }
+  | { kind: 'ipvlan'; mode: IpvlanMode; flag?: IpvlanFlag; mtu?: number };
+
+export interface ChildLinkKind<C extends ChildLinkConf> {
+  kind: ChildLinkAttrs['kind'];
+  about: string;
+  schema: z.ZodType<C, z.ZodTypeDef, unknown>;
+  ipam: IpamClient;
+  /** the link to create on `parent` (the parent link as it is now) */
+  link(conf: C, parent: Link): ChildLinkAttrs;
+  /** the kernel's terse refusal of the link (EINVAL, EBUSY), said in the config's terms; anything else as it is */
+  explainRefusal(e: unknown, conf: C, parentName: string): unknown;
+  /** the IPAM's result made the kind's, before it is applied: the routes it takes and the gateways it reports */
+  shapeResult?(conf: C, result: Result): void;
+  /** CHECK: where the link reports its mode */
+  modeOf(link: Link): string | undefined;
+  /** CHECK: false where the link's MAC is the parent's (ipvlan), not the plugin's to keep */
+  checkMac: boolean;
+  /** CHECK: compare the config's MTU, when it gives one */
+  checkMtu: boolean;
+}
+
+/** A config enum whose refusal names the kind and what it lists: `unknown ipvlan flag "x": expected one of ...` (code 7). */
+export function kindEnum<T extends readonly [string, ...string[]]>(kind: ChildLinkAttrs['kind'], what: string, values: T) {
+  return z.enum(values, {
+    errorMap: (issue, c) => ({
+      message: issue.code === 'invalid_enum_value' ? `unknown ${kind} ${what} ${JSON.stringify(issue.received)}: expected one of ${values.join(', ')}` : c.defaultError,
+    }),
+  });
+}
+
+/** A CNI plugin for one kind of child link. */
+export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): Plugin<C> {
+  type Ctx = CniContext<C>;
+
+  const add = (ctx: Ctx): Promise<Result> =>
+    withHandles(async (keep) => {
+      const conf = ctx.config;
+      const host = keep(NetlinkHandle.open());
+      const ns = keep(NetNs.open(ctx.netns));
+      const cont = keep(NetlinkHandle.open(ctx.netns));
+      const parents = new ParentManager(host, conf.stateDir);
+      // 0. every check before anything is created: bad input changes nothing
+      const parent = parents.resolve(conf);
+      if (conf.mtu !== undefined && conf.mtu > parent.mtu) {
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `mtu ${conf.mtu} is above the MTU ${parent.mtu} of master ${parent.name}`);
+      }
+      return UndoStack.run(async (undo) => {
+        // 1. the parent
+        const lower = parents.acquire(parent, vlanUser(ctx));
+        if (parent.vlan) undo.push('vlan', () => parents.release(parent.name, vlanUser(ctx)));
+
+        // 2. the child link, created inside the container's namespace under a
+        // temporary name, then renamed: some kernels (6.1) check the new name
+        // against the creating namespace too, where the host's own eth0 would
+        // clash with CNI_IFNAME (the reference plugins do the same).
+        const tmp = childTempName();
+        try {
+          host.linkAdd({ ...k.link(conf, lower), name: tmp, parentIndex: lower.index, netnsFd: ns.fd });
+        } catch (e) {
+          throw k.explainRefusal(e, conf, parent.name);
+        }
+        undo.push(k.kind, () => cont.linkDelIfExists(tmp));
+        cont.linkRename(tmp, ctx.ifname);
+        undo.push(k.kind, () => cont.linkDelIfExists(ctx.ifname));
+
+        // 3. addresses and routes
+        const result = await ipamAddressesFor(k.ipam, ctx, undo);
+        k.shapeResult?.(conf, result);
+        const ips = result.ips ?? [];
+        const link = applyToInterface(cont, ctx.ifname, { ips, routes: result.routes ?? [] });
+
+        result.interfaces = [{ name: ctx.ifname, mac: link.mac, sandbox: ctx.netns }];
+        for (const ip of ips) ip.interface = 0;
+        result.cniVersion = ctx.cniVersion;
+        return result;
+      });
+    });
+
+  return {
+    about: k.about,
+    schema: k.schema,
+    createsInterface: true,
+    add,
+    async del(ctx) {
+      if (k.ipam.hasIpam(ctx)) await k.ipam.ipamDel(ctx);
+      delChild(ctx);
+    },
+    async check(ctx) {
+      requirePrevResult(ctx); // code 7 before anything is read
+      const parentLink = checkParent(ctx);
+      const { ifname, config: conf } = ctx;
+      await checkContainerAttachment(ctx, k.ipam, {
+        kind: k.kind,
+        checkMac: k.checkMac,
+        extra: (link) => {
+          const mode = k.modeOf(link);
+          if (mode !== conf.mode) throw checkFailed(`${ifname} is in ${k.kind} mode ${mode}, expected ${conf.mode}`);
+          if (link.parentIndex !== parentLink.index) throw checkFailed(`${ifname} is not a${k.kind === 'ipvlan' ? 'n' : ''} ${k.kind} of ${parentLink.name}`);
+          if (k.checkMtu && conf.mtu !== undefined && link.mtu !== conf.mtu) throw checkFailed(`${ifname} has MTU ${link.mtu}, expected ${conf.mtu}`);
+        },
+      });
+    },
+    async gc(ctx, valid: Attachment[]) {
+      if (k.ipam.hasIpam(ctx)) await k.ipam.ipamGc(ctx, valid);
+      gcParent(ctx.config, valid);
+    },
+    async status(ctx) {
+      if (k.ipam.hasIpam(ctx)) await k.ipam.ipamStatus(ctx);
+    },
+  };
+}
+
+/**
+ * CHECK, host side: the parent resolves as it did at ADD, a managed VLAN
+ * still counts this attachment, and the parent link exists. Returns it, for
+ * comparing with the child's parent index. Failures are code 999.
+ */
+function checkParent(att: ChildAttachment): Link {
+  return withHandle(undefined, (host) => {
+    const parents = new ParentManager(host, att.config.stateDir);
+    const parent = parents.resolve(att.config);
+    if (parent.vlan && !parents.holds(parent.name, vlanUser(att))) throw checkFailed(`${att.ifname} is not counted as a user of VLAN link ${parent.name}`);
+    const l = host.linkByName(parent.name);
+    if (!l) throw checkFailed(`master ${parent.name} is missing`);
+    return l;
+  });
+}
