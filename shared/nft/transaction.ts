@@ -20,7 +20,7 @@
  * "counter" is a syntax error. We refuse those up front.
  */
 import { NftError } from './errors';
-import type { ChainType, Family, Hook, Policy, SetFlag, TableRef } from './nft-interface';
+import type { ChainType, Family, Hook, Policy, SetFlag, TableRef } from './types';
 
 export type PriorityName = 'raw' | 'mangle' | 'dstnat' | 'filter' | 'security' | 'srcnat';
 /** A number, a standard name, or a name with an offset ("srcnat + 5", "filter - 10"). */
