@@ -15,7 +15,7 @@
  * the same liveness proof covers them.
  */
 import * as fs from 'node:fs';
-import { PIDFD_NS_MNT, PIDFD_NS_NET, PIDFD_NS_USER, native } from '../shared/netlink/native';
+import { PIDFD_NS_MNT, PIDFD_NS_NET, PIDFD_NS_USER, peerCred, peerPidfd, pidfdAlive, pidfdNsInode, pidfdOpen } from '../shared/sys/peer';
 
 const CAP_NET_ADMIN = 12n;
 
@@ -38,10 +38,9 @@ export function ownNamespaces(): Namespaces {
 }
 
 export function checkPeer(fd: number, own: Namespaces): PeerVerdict {
-  const nat = native();
   let cred: { pid: number; uid: number };
   try {
-    cred = nat.peerCred(fd);
+    cred = peerCred(fd);
   } catch (e) {
     return { kind: 'refuse', why: `a peer without credentials (${(e as Error).message})` };
   }
@@ -51,11 +50,11 @@ export function checkPeer(fd: number, own: Namespaces): PeerVerdict {
   if (cred.pid <= 0) return { kind: 'decline', why: 'the caller is in another pid namespace' };
   let pidfd: number;
   try {
-    pidfd = nat.peerPidfd(fd);
+    pidfd = peerPidfd(fd);
   } catch {
     // before Linux 6.5: a pidfd of the pid, which the liveness check below ties to the caller
     try {
-      pidfd = nat.pidfdOpen(cred.pid);
+      pidfd = pidfdOpen(cred.pid);
     } catch {
       return { kind: 'refuse', why: `pid ${cred.pid}, which is gone` };
     }
@@ -78,7 +77,7 @@ export function checkPeer(fd: number, own: Namespaces): PeerVerdict {
     if (((capEff >> CAP_NET_ADMIN) & 1n) === 0n) return { kind: 'refuse', why: `pid ${cred.pid}, which lacks CAP_NET_ADMIN` };
     return { kind: 'ok', pid: cred.pid };
   } finally {
-    nat.close(pidfd);
+    fs.closeSync(pidfd);
   }
 }
 
@@ -90,15 +89,14 @@ function effectiveCaps(pid: number): bigint {
 }
 
 function peerNamespaces(pidfd: number, pid: number): Namespaces {
-  const nat = native();
   try {
-    return { net: nat.pidfdNsInode(pidfd, PIDFD_NS_NET), mnt: nat.pidfdNsInode(pidfd, PIDFD_NS_MNT), user: nat.pidfdNsInode(pidfd, PIDFD_NS_USER) };
+    return { net: pidfdNsInode(pidfd, PIDFD_NS_NET), mnt: pidfdNsInode(pidfd, PIDFD_NS_MNT), user: pidfdNsInode(pidfd, PIDFD_NS_USER) };
   } catch (e) {
     if ((e as { errno?: number }).errno !== 25 /* ENOTTY: before Linux 6.11 */) throw e;
   }
   const ino = (kind: string) => fs.statSync(`/proc/${pid}/ns/${kind}`, { bigint: true }).ino;
   const ns = { net: ino('net'), mnt: ino('mnt'), user: ino('user') };
   // still the same process: what /proc said was its own
-  if (!nat.pidfdAlive(pidfd)) throw new Error(`pid ${pid} exited`);
+  if (!pidfdAlive(pidfd)) throw new Error(`pid ${pid} exited`);
   return ns;
 }

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { defaultInterfaceExists, keepStdoutForJson, runPlugin, type SkelIO } from '../shared/cni/skel';
-import { CLONE_NEWNET, native } from '../shared/netlink/native';
+import { CLONE_NEWNET, setns } from '../shared/sys/setns';
 import { type PluginModule, findPlugin, plugins } from './plugins';
 
 /** main thread -> worker */
@@ -51,7 +51,7 @@ function realThreadNetns(): ThreadNetns {
   return {
     current: () => inode('/proc/thread-self/ns/net'),
     home: inode('/proc/thread-self/ns/net'),
-    returnHome: () => native().setns(homeFd, CLONE_NEWNET),
+    returnHome: () => setns(homeFd, CLONE_NEWNET),
   };
 }
 

@@ -23,14 +23,15 @@
  * supervisor to start the new one. Callers that are not root, or lack
  * CAP_NET_ADMIN, are refused outright.
  *
- *   cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS]
- *                 [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS]
+ *   cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout DURATION]
+ *                 [--workers N] [--wait-budget DURATION] [--idle-exit DURATION]
+ *     (durations as shared/flags.ts reads them: 500ms, 2s, 5m; a bare number is seconds)
  *     --socket       default /run/cni-ts/daemon.sock, or CNI_TS_DAEMON_SOCKET;
  *                    under systemd socket activation (LISTEN_FDS) fd 3 instead
  *     --log-calls    a line on stderr per call served
- *     --call-timeout exit when one call runs longer (default 300, 0: never)
+ *     --call-timeout exit when one call runs longer (default 300s, 0: never)
  *     --workers      worker threads at most (default 4)
- *     --wait-budget  how long a call may wait for a worker (default 2)
+ *     --wait-budget  how long a call may wait for a worker (default 2s)
  *     --idle-exit    exit after this long without calls (default 0: never), unless
  *                    it is keeping an etcd-IPAM host alive right now
  *     --liveness-dir where etcd-IPAM stores record their hosts for the
@@ -39,11 +40,11 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 import { DEFAULT_LIVENESS_DIR, startLivenessKeeper, type KeeperStatus } from '../ipam/etcd/liveness';
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
-import { POLLERR, POLLHUP, native } from '../shared/netlink/native';
+import { type FlagSpecs, type FlagValues, parseFlags, UsageError } from '../shared/flags';
+import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
 import { type Outcome, Pool, type WorkerLike, laneOf } from './daemon-pool';
 import { findPlugin } from './plugins';
@@ -413,7 +414,7 @@ function seaModule(): { isSea(): boolean; getAsset(key: string, enc: string): st
 function callerStillThere(fd: number, conn: net.Socket): boolean {
   if (conn.destroyed) return false;
   try {
-    return (native().pollEvents(fd, 0) & (POLLHUP | POLLERR)) === 0;
+    return (pollEvents(fd, 0) & (POLLHUP | POLLERR)) === 0;
   } catch {
     return false;
   }
@@ -451,7 +452,7 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   fs.unlinkSync(socketPath);
 }
 
-const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout SECONDS] [--workers N] [--wait-budget SECONDS] [--idle-exit SECONDS] [--liveness-dir DIR]';
+const USAGE = 'usage: cni-ts daemon [--socket PATH] [--log-calls] [--call-timeout 300s] [--workers 4] [--wait-budget 2s] [--idle-exit 0] [--liveness-dir DIR]\n  durations: 500ms, 2s, 5m, 1h; a bare number is seconds; 0: never';
 
 /** systemd socket activation: the listening socket is fd 3 when LISTEN_PID names us. */
 function activatedFd(): number | undefined {
@@ -464,56 +465,40 @@ function activatedFd(): number | undefined {
   return 3;
 }
 
+/** The daemon's flags (shared/flags.ts: durations like 2s, 500ms; a bare number is seconds). */
+const FLAGS = {
+  socket: { type: 'string' },
+  'log-calls': { type: 'boolean' },
+  'call-timeout': { type: 'duration', default: 300_000 },
+  workers: { type: 'integer', default: 4, min: 1, max: 64 },
+  'wait-budget': { type: 'duration', default: 2000 },
+  'idle-exit': { type: 'duration', default: 0 },
+  'liveness-dir': { type: 'string', default: DEFAULT_LIVENESS_DIR },
+} as const satisfies FlagSpecs;
+
 export async function daemonMain(args: string[]): Promise<number> {
   const log = (line: string) => process.stderr.write(`cni-ts daemon: ${line}\n`);
-  let parsed;
+  let flags: FlagValues<typeof FLAGS>;
   try {
-    parsed = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        socket: { type: 'string' },
-        'log-calls': { type: 'boolean' },
-        'call-timeout': { type: 'string' },
-        workers: { type: 'string' },
-        'wait-budget': { type: 'string' },
-        'idle-exit': { type: 'string' },
-        'liveness-dir': { type: 'string' },
-      },
-    }).values;
+    flags = parseFlags(args, FLAGS).values;
   } catch (e) {
-    log(`${(e as Error).message}\n${USAGE}`);
+    if (!(e instanceof UsageError)) throw e;
+    log(`${e.message}\n${USAGE}`);
     return 2;
   }
-  /** a flag in seconds (decimals allowed), in milliseconds */
-  const seconds = (flag: string, fallbackMs: number): number => {
-    const v = parsed[flag as keyof typeof parsed];
-    if (v === undefined) return fallbackMs;
-    if (typeof v !== 'string' || !/^\d+(\.\d+)?$/.test(v)) throw new Error(`--${flag}: expected seconds, got ${JSON.stringify(v)}`);
-    return Math.round(Number(v) * 1000);
-  };
-  const livenessDir = parsed['liveness-dir'] || DEFAULT_LIVENESS_DIR;
+  const livenessDir = flags['liveness-dir'];
   const liveness: KeeperStatus = { kept: new Set() };
-  let opts;
-  try {
-    const workers = parsed.workers === undefined ? 4 : Number(parsed.workers);
-    if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error(`--workers: expected 1 to 64, got ${JSON.stringify(parsed.workers)}`);
-    opts = {
-      socketPath: parsed.socket || process.env.CNI_TS_DAEMON_SOCKET || DEFAULT_SOCKET,
-      listenFd: activatedFd(),
-      log,
-      logCalls: parsed['log-calls'] === true,
-      callTimeoutMs: seconds('call-timeout', 300_000),
-      workers,
-      waitBudgetMs: seconds('wait-budget', 2000),
-      idleExitMs: seconds('idle-exit', 0),
-      keepsHostAlive: () => liveness.kept.size > 0,
-    };
-  } catch (e) {
-    log(`${(e as Error).message}\n${USAGE}`);
-    return 2;
-  }
+  const opts = {
+    socketPath: flags.socket ?? (process.env.CNI_TS_DAEMON_SOCKET || DEFAULT_SOCKET),
+    listenFd: activatedFd(),
+    log,
+    logCalls: flags['log-calls'],
+    callTimeoutMs: flags['call-timeout'],
+    workers: flags.workers,
+    waitBudgetMs: flags['wait-budget'],
+    idleExitMs: flags['idle-exit'],
+    keepsHostAlive: () => liveness.kept.size > 0,
+  };
   const daemon = new Daemon(opts);
   try {
     await daemon.listen();

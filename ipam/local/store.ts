@@ -32,7 +32,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { LOCK_EX, LOCK_UN, native } from '../../shared/netlink/native';
+import { LOCK_EX, LOCK_UN, flock } from '../../shared/sys/flock';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import { formatIP, parseIP, type IP } from '../ip';
 
@@ -75,34 +75,42 @@ export class LocalStore implements AllocationStore {
     } catch (err) {
       throw ioError(`open the store in ${dir}`, err);
     }
-    return new LocalStore(dir, lockFd, options.flock ?? ((fd, op) => native().flock(fd, op)));
+    return new LocalStore(dir, lockFd, options.flock ?? flock);
   }
 
-  async lock(): Promise<void> {
+  /**
+   * Runs fn holding the network's file lock (flock(2) on dataDir/<network>/lock,
+   * as host-local takes it, so the two never interleave), then fsyncs the
+   * directory if fn changed it and releases the lock, however fn ends.
+   */
+  async withinOperation<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closed) throw new CniError(ErrorCode.Internal, 'local IPAM store used after close');
+    // flock on the same descriptor again would succeed at once, and the inner
+    // release would then drop the outer operation's lock.
+    if (this.locked) throw new CniError(ErrorCode.Internal, 'local IPAM store: an operation started inside another');
     // Blocking: a plugin has nothing else to do until it holds the lock, and
     // the kernel queues waiters without the latency of polling.
     this.flock(this.lockFd, LOCK_EX);
     this.locked = true;
-  }
-
-  async unlock(): Promise<void> {
-    if (!this.locked) return;
     try {
-      if (this.dirty) {
-        fsyncDir(this.dir);
-        this.dirty = false;
-      }
+      return await fn();
     } finally {
-      this.locked = false;
-      this.flock(this.lockFd, LOCK_UN);
+      try {
+        if (this.dirty) {
+          fsyncDir(this.dir);
+          this.dirty = false;
+        }
+      } finally {
+        this.locked = false;
+        this.flock(this.lockFd, LOCK_UN);
+      }
     }
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.unlock();
     this.closed = true;
+    // closing the descriptor drops the lock if an operation still held it
     fs.closeSync(this.lockFd);
   }
 

@@ -6,7 +6,6 @@
  * bridge; the network's firewall/NAT in nftables (firewall.ts).
  */
 import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
@@ -23,11 +22,12 @@ import {
   withHandle,
   EEXIST,
 } from '../../shared/netlink';
-import { LOCK_EX, native } from '../../shared/netlink/native';
+import { withFileLock } from '../../shared/sys/flock';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
-import { verifyContainerInterface } from '../../shared/verify';
+import { applyToInterface, gatewayFor, ipamAddressesFor, macFromIPv4, withHandles } from '../../shared/container-iface';
+import { checkContainerAttachment } from '../../shared/verify';
 import * as ipam from '../../ipam/client';
 import { ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
@@ -72,12 +72,6 @@ export function hostVethName(containerId: string, ifname: string): string {
   return `veth${createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 11)}`;
 }
 
-/** Docker's container MAC: 02:42 followed by the IPv4 address's four bytes. */
-export function macFromIPv4(ip: string): string {
-  const b = parseIp(ip).bytes;
-  return ['02', '42', ...[...b].map((x) => x.toString(16).padStart(2, '0'))].join(':');
-}
-
 function gatewayEnabled(conf: Conf): boolean {
   return !conf.internal && (conf.isGateway || conf.isDefaultGateway);
 }
@@ -97,15 +91,7 @@ const LOCK_DIR = '/run/cni-ts';
  * wedges the network.
  */
 function withNetworkLock<T>(bridge: string, fn: () => T): T {
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
-  const fd = fs.openSync(path.join(LOCK_DIR, `bridge-${bridge}.lock`), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-  try {
-    native().flock(fd, LOCK_EX);
-    return fn();
-  } finally {
-    // closing the only descriptor releases the lock
-    fs.closeSync(fd);
-  }
+  return withFileLock(path.join(LOCK_DIR, `bridge-${bridge}.lock`), fn);
 }
 
 /** ip link add BRIDGE type bridge (unless present); returns whether we created it. */
@@ -152,11 +138,7 @@ function subnetsOf(ips: readonly IPConfig[]): string[] {
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
   if (conf.internal && conf.ipMasq) throw new CniError(ErrorCode.InvalidNetworkConfig, 'an internal network cannot have ipMasq');
-  // Opened inside the try: in the long-lived daemon, a handle left open when
-  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
-  const opened: Array<{ close(): void }> = [];
-  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
-  try {
+  return withHandles(async (keep) => {
     const host = keep(NetlinkHandle.open());
     const ns = keep(NetNs.open(ctx.netns));
     const cont = keep(NetlinkHandle.open(ctx.netns));
@@ -180,17 +162,12 @@ async function add(ctx: Ctx): Promise<Result> {
       host.linkSetUp(hostVeth);
 
       // 3. addresses
-      const result: Result = ipam.hasIpam(ctx) ? await ipam.ipamAdd(ctx) : { cniVersion: ctx.cniVersion, ips: [], routes: [] };
-      if (ipam.hasIpam(ctx)) undo.push('ipam', () => ipam.ipamDel(ctx));
+      const result = await ipamAddressesFor(ipam, ctx, undo);
       const ips = result.ips ?? [];
       const v4 = ips.find((ip) => !ip.address.includes(':'));
 
       // 4. the container's end: MAC, addresses, up, routes
       const mac = conf.runtimeConfig?.mac ?? (v4 ? macFromIPv4(v4.address.split('/')[0]) : undefined);
-      if (mac) cont.linkSetMac(ctx.ifname, mac);
-      for (const ip of ips) cont.addrAdd(ctx.ifname, ip.address, { noDad: ip.address.includes(':') });
-      cont.linkSetUp(ctx.ifname);
-      const contLink = cont.link(ctx.ifname);
       const routes = [...(result.routes ?? [])];
       if (conf.internal) {
         // no route out: drop any default the IPAM offered
@@ -201,10 +178,8 @@ async function add(ctx: Ctx): Promise<Result> {
           if (ip.gateway && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
         }
       }
-      for (const r of routes) {
-        const gw = r.gw ?? (isDefault(r.dst) || !conf.internal ? gatewayFor(ips, r.dst) : undefined);
-        cont.routeAdd({ dst: r.dst, gw, oifIndex: contLink.index });
-      }
+      // an internal network's routes (its defaults are gone) stay on the link: no gateway
+      applyToInterface(cont, ctx.ifname, { mac, ips, routes, via: (r) => r.gw ?? (conf.internal ? undefined : gatewayFor(ips, r.dst)) });
       result.routes = routes;
 
       // 5. the gateway on the bridge
@@ -240,18 +215,11 @@ async function add(ctx: Ctx): Promise<Result> {
       result.cniVersion = ctx.cniVersion;
       return result;
     });
-  } finally {
-    for (const h of opened.reverse()) h.close();
-  }
+  });
 }
 
 function isDefault(dst: string): boolean {
   return dst === '0.0.0.0/0' || dst === '::/0';
-}
-
-function gatewayFor(ips: readonly IPConfig[], dst: string): string | undefined {
-  const v6 = dst.includes(':');
-  return ips.find((ip) => ip.address.includes(':') === v6 && ip.gateway)?.gateway;
 }
 
 async function del(ctx: Ctx): Promise<void> {
@@ -271,7 +239,7 @@ async function del(ctx: Ctx): Promise<void> {
 
 async function check(ctx: Ctx): Promise<void> {
   const conf = ctx.config;
-  const prev = requirePrevResult(ctx);
+  requirePrevResult(ctx); // code 7 before anything is read
   const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
   withHandle(undefined, (host) => {
     const br = host.linkByName(conf.bridge);
@@ -280,9 +248,8 @@ async function check(ctx: Ctx): Promise<void> {
     if (!hv) throw fail(`host veth of ${ctx.ifname} is missing`);
     if (hv.masterIndex !== br.index) throw fail(`${hv.name} is not attached to ${conf.bridge}`);
   });
-  withHandle(ctx.netns, (cont) => verifyContainerInterface(cont, { ifname: ctx.ifname, netns: ctx.netns, kind: 'veth' }, prev));
   if (!networkRulesPresent(realNft(), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
-  if (ipam.hasIpam(ctx)) await ipam.ipamCheck(ctx);
+  await checkContainerAttachment(ctx, ipam, { kind: 'veth' });
 }
 
 async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {

@@ -8,19 +8,9 @@
  * sections are short; the kernel drops the lock when its holder dies, so a
  * killed plugin or agent never wedges the network.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LOCK_EX, native } from '../../shared/netlink/native';
+import { withFileLock } from '../../shared/sys/flock';
 
 export function withNetworkLock<T>(stateDir: string, vni: number, fn: () => T): T {
-  const dir = path.join(stateDir, 'locks');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const fd = fs.openSync(path.join(dir, `ov-${vni}.lock`), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-  try {
-    native().flock(fd, LOCK_EX);
-    return fn();
-  } finally {
-    // closing the only descriptor releases the lock
-    fs.closeSync(fd);
-  }
+  return withFileLock(path.join(stateDir, 'locks', `ov-${vni}.lock`), fn);
 }

@@ -27,14 +27,12 @@
  *   110  a requested host port is published by another container
  *   111  CHECK: the container's mappings are not (all) installed
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { requirePrevResult, type CniContext, type Plugin } from '../../shared/cni/skel';
 import type { Attachment, Result } from '../../shared/cni/types';
 import { AF_INET } from '../../shared/netlink/consts';
 import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
-import { LOCK_EX, native } from '../../shared/netlink/native';
+import { withFileLock } from '../../shared/sys/flock';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
 import type { Listing, Nft } from '../../shared/nft/nft-interface';
@@ -255,18 +253,6 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
 /** Root-only, like the native binding's cache directory beside it. */
 export const LOCK_FILE = '/run/cni-ts/portmap.lock';
 
-function withLockFile<T>(file: string, fn: () => T): T {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | 0o2000000 /* O_CLOEXEC */, 0o600);
-  try {
-    // Released by close, also when the process dies holding it.
-    native().flock(fd, LOCK_EX);
-    return fn();
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /**
  * Never turned off again: other software on the host (the reference
  * portmap, kube-proxy) may rely on it, and nothing records who turned it on.
@@ -308,7 +294,7 @@ function prefixContains(net: Buffer, len: number, ip: Buffer): boolean {
 
 export const realDeps: PortmapDeps = {
   nft: () => realNft(),
-  lock: (fn) => withLockFile(LOCK_FILE, fn),
+  lock: (fn) => withFileLock(LOCK_FILE, fn),
   enableLocalnet,
   listMaps: () => listMaps(),
   skeletonInPlace: () => nftGetChain(T.family, T.table, SKELETON_MARKER) !== undefined,

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { assetCacheDir } from '../netlink/native';
+import { assetCacheDir } from '../sys/native';
 
 export type Etcd3 = typeof import('etcd3');
 

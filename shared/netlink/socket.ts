@@ -6,7 +6,7 @@
  * The socket is created inside its namespace (native socketAt) and stays
  * bound to it, so using it never requires the thread to switch namespaces.
  */
-import { native } from './native';
+import { native } from '../sys/native';
 import {
   NETLINK_CAP_ACK,
   NETLINK_EXT_ACK,

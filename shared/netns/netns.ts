@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, MNT_DETACH, native } from '../netlink/native';
+import { CLONE_NEWNET, MNT_DETACH, netnsCreate, nsType, setns, umount } from '../sys';
 
 /** An open network namespace file (a /var/run/netns/X bind mount or /proc/PID/ns/net). */
 export class NetNs {
@@ -63,7 +63,7 @@ export class NotANetnsError extends Error {
  */
 function isNsfs(fd: number): boolean {
   try {
-    return native().nsType(fd) === CLONE_NEWNET;
+    return nsType(fd) === CLONE_NEWNET;
   } catch {
     return false;
   }
@@ -121,16 +121,15 @@ export function isHostNetns(nsPath: string): boolean {
 }
 
 function withNetnsFd<T>(fd: number, fn: () => T): T {
-  const binding = native();
   const home = fs.openSync('/proc/thread-self/ns/net', fs.constants.O_RDONLY);
   try {
-    binding.setns(fd, CLONE_NEWNET);
+    setns(fd, CLONE_NEWNET);
     try {
       const out = fn();
       if (out instanceof Promise) throw new Error('withNetns: the function must be synchronous');
       return out;
     } finally {
-      binding.setns(home, CLONE_NEWNET);
+      setns(home, CLONE_NEWNET);
     }
   } finally {
     fs.closeSync(home);
@@ -176,7 +175,7 @@ export function createNetns(file: string): boolean {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
   fs.closeSync(fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o444));
   try {
-    native().netnsCreate(file);
+    netnsCreate(file);
   } catch (e) {
     fs.rmSync(file, { force: true });
     throw e;
@@ -191,6 +190,6 @@ export function createNetns(file: string): boolean {
  */
 export function deleteNetns(file: string): void {
   if (!fs.existsSync(file)) return;
-  if (isNetnsPath(file)) native().umount(file, MNT_DETACH);
+  if (isNetnsPath(file)) umount(file, MNT_DETACH);
   fs.rmSync(file, { force: true });
 }

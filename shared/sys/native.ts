@@ -1,8 +1,14 @@
 /**
- * The one file that loads netlink-ts's native binding.
+ * The one file that loads the native binding (its C source and node-gyp
+ * build live in shared/netlink/native/, since most of what it does is
+ * netlink sockets).
  *
  * The binding is deliberately tiny (socket, bind, send, recv, close, setns,
- * flock, and the peer of a unix socket); everything else is TypeScript. Two ways to find it:
+ * flock, and the peer of a unix socket); everything else is TypeScript.
+ * Netlink code calls its socket verbs through shared/netlink/socket.ts; the
+ * other system calls have small typed wrappers beside this file
+ * (flock.ts, setns.ts, mount.ts, peer.ts), so code that only wants a file
+ * lock never imports netlink. Two ways to find it:
  *  - from a source checkout (tests, `node dist/...`): the node-gyp output;
  *  - inside the packaged single executable: the .node file travels as a SEA
  *    asset, is written once to a content-addressed path and dlopen'ed from
@@ -69,18 +75,6 @@ export interface NativeError extends Error {
   syscall: string;
 }
 
-export const LOCK_SH = 1;
-export const LOCK_EX = 2;
-export const LOCK_NB = 4;
-export const LOCK_UN = 8;
-export const CLONE_NEWNET = 0x40000000;
-export const MNT_DETACH = 2;
-export const PIDFD_NS_MNT = 3;
-export const PIDFD_NS_NET = 4;
-export const PIDFD_NS_USER = 9;
-export const POLLHUP = 0x10;
-export const POLLERR = 0x8;
-
 /** Name of the asset inside the packaged executable (see build.sh). */
 export const NATIVE_ASSET = 'netlink_native.node';
 
@@ -96,7 +90,7 @@ function load(): NativeBinding {
   if (fromSea) return fromSea;
   const candidates = [
     process.env.NETLINK_TS_NATIVE,
-    path.join(__dirname, 'native/build/Release/netlink_native.node'),
+    path.join(__dirname, '../netlink/native/build/Release/netlink_native.node'),
     // dist/*.js bundles sit two levels below the repo root's shared/
     path.join(__dirname, '../shared/netlink/native/build/Release/netlink_native.node'),
     path.join(__dirname, 'netlink_native.node'),

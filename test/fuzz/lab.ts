@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NetlinkHandle } from '../../shared/netlink';
-import { CLONE_NEWNET, native } from '../../shared/netlink/native';
+import { CLONE_NEWNET, setns } from '../../shared/sys/setns';
 
 export const UPLINK = 'fzdummy0';
 
@@ -88,7 +88,7 @@ export class FuzzLab {
     this.home = fs.openSync('/proc/thread-self/ns/net', 'r');
     const fd = fs.openSync(this.hostPath, 'r');
     try {
-      native().setns(fd, CLONE_NEWNET);
+      setns(fd, CLONE_NEWNET);
     } finally {
       fs.closeSync(fd);
     }
@@ -96,7 +96,7 @@ export class FuzzLab {
 
   leave(): void {
     if (this.home === undefined) return;
-    native().setns(this.home, CLONE_NEWNET);
+    setns(this.home, CLONE_NEWNET);
     fs.closeSync(this.home);
     this.home = undefined;
   }

@@ -18,7 +18,8 @@
  * Bundled by lab.ts with esbuild, etcd3 left external (NODE_PATH).
  */
 import * as fs from 'node:fs';
-import { CLONE_NEWNET, native } from '../../shared/netlink/native';
+import { CLONE_NEWNET } from '../../shared/sys/setns';
+import { native } from '../../shared/sys/native';
 import { plugin } from '../../plugins/overlay/main';
 import { pluginMain } from '../../shared/cni/skel';
 import { agentMain } from '../../plugins/overlay/agent';

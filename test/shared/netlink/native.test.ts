@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, NativeError, native } from '../../../shared/netlink/native';
+import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN } from '../../../shared/sys/flock';
+import { type NativeError, native } from '../../../shared/sys/native';
 
 const EWOULDBLOCK = os.constants.errno.EWOULDBLOCK;
 const ADDON = path.resolve(__dirname, '../../../shared/netlink/native/build/Release/netlink_native.node');

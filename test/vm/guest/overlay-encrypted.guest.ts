@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { afterAll, test } from '../../../testkit/vm/guest-api';
 import { XfrmHandle } from '../../../shared/netlink/xfrm';
-import { native } from '../../../shared/netlink/native';
+import { native } from '../../../shared/sys/native';
 import { IPSEC_REQID, parseRing } from '../../../shared/ipsec';
 import { Lab, eventually, sleep } from '../../../testkit/overlay/lab';
 
