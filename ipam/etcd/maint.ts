@@ -34,6 +34,7 @@
  */
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { type FlagSpecs, parseFlags, UsageError } from '../../shared/flags';
 import { loadIpamConfig, type IpamConfig } from '../config';
 import { loadEtcdConfig, type EtcdStoreConfig } from './config';
 import {
@@ -425,6 +426,13 @@ before its first CNI call.
 
 Exit codes: 0 done, 1 failed, refused or incomplete (run again), 2 usage.`;
 
+/** The command's flags (shared/flags.ts). */
+const FLAGS = {
+  config: { type: 'string' },
+  'dry-run': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies FlagSpecs;
+
 /** The command; returns the exit code. */
 export async function maintMain(
   args: string[],
@@ -434,31 +442,32 @@ export async function maintMain(
   },
 ): Promise<number> {
   const usage = USAGE.split('\n').slice(0, 2).join('\n');
-  let file: string | undefined;
-  let dryRun = false;
+  let parsed;
+  try {
+    parsed = parseFlags(args, FLAGS, { positionals: true });
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    io.err(`ipam-maint: ${e.message}\n${usage}`);
+    return 2;
+  }
+  const { values: flags, positionals } = parsed;
+  if (flags.help) {
+    io.out(USAGE);
+    return 0;
+  }
   let decommission: string | undefined;
-  const rest = [...args];
-  if (rest[0] === 'decommission') {
-    rest.shift();
-    decommission = rest.shift();
-    if (decommission === undefined || decommission.startsWith('-') || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(decommission)) {
+  if (positionals[0] === 'decommission') {
+    decommission = positionals[1];
+    if (decommission === undefined || positionals.length > 2 || !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(decommission)) {
       io.err(`ipam-maint: decommission needs a node name\n${usage}`);
       return 2;
     }
+  } else if (positionals.length > 0) {
+    io.err(`ipam-maint: unknown argument "${positionals[0]}"\n${usage}`);
+    return 2;
   }
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i]!;
-    if (a === '--dry-run') dryRun = true;
-    else if (a === '--config') file = rest[++i];
-    else if (a.startsWith('--config=')) file = a.slice('--config='.length);
-    else if (a === '-h' || a === '--help') {
-      io.out(USAGE);
-      return 0;
-    } else {
-      io.err(`ipam-maint: unknown argument "${a}"\n${usage}`);
-      return 2;
-    }
-  }
+  const file = flags.config;
+  const dryRun = flags['dry-run'];
   if (!file) {
     io.err(`ipam-maint: --config is required\n${usage}`);
     return 2;

@@ -34,6 +34,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CniError } from '../../shared/cni/errors';
 import { checkConnection, readPasswordFile } from '../../shared/etcd/connection';
+import { type FlagSpecs, parseFlags, UsageError } from '../../shared/flags';
 import { DEFAULT_HOST_ID_FILE, hostId as readHostId } from '../../shared/host-id';
 import { withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
@@ -94,82 +95,76 @@ export interface Agent {
 }
 
 const USAGE = `usage: cni-ts overlay-agent [leave|forget] --node NAME --vtep ADDRESS [--etcd host:port,...]
-       [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10] [--resync-ms 5000] [--timeout-ms 3000]
-       [--rotate-every 12h] [--leader-ttl 15] [--host-id-file ${DEFAULT_HOST_ID_FILE}] [--liveness-dir ${DEFAULT_LIVENESS_DIR}]
+       [--prefix ${DEFAULT_PREFIX}] [--state-dir ${DEFAULT_STATE_DIR}] [--ttl 10s] [--resync-ms 5s] [--timeout-ms 3s]
+       [--rotate-every 12h] [--leader-ttl 15s] [--host-id-file ${DEFAULT_HOST_ID_FILE}] [--liveness-dir ${DEFAULT_LIVENESS_DIR}]
        [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]] [--etcd-user NAME --etcd-password-file FILE] [--etcd-insecure]
   leave:  this host leaves the overlay now (its lease revoked, its node name released)
-  forget: removes NODE's identity and host record, whichever machine held them (a machine gone for good)`;
+  forget: removes NODE's identity and host record, whichever machine held them (a machine gone for good)
+  durations: 500ms, 2s, 30m, 12h; a bare number is seconds (milliseconds for --resync-ms and --timeout-ms)`;
 
-/** "500ms", "2s", "30m", "12h" (a bare number is ms) to milliseconds. */
-export function parseDuration(text: string): number {
-  const m = /^(\d+)(ms|s|m|h)?$/.exec(text.trim());
-  if (!m) throw new Error(`"${text}" is not a duration (e.g. 2s, 30m, 12h)`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 'ms']!;
-  return Number(m[1]) * unit;
-}
+/** The agent's flags (shared/flags.ts: durations like 2s, 30m, 12h; a bare number is seconds, in milliseconds for the -ms flags). */
+const FLAGS = {
+  node: { type: 'string' },
+  vtep: { type: 'string', default: '' },
+  etcd: { type: 'string', default: '127.0.0.1:2379' },
+  prefix: { type: 'string', default: DEFAULT_PREFIX },
+  'state-dir': { type: 'string', default: DEFAULT_STATE_DIR },
+  ttl: { type: 'duration', default: 10_000, min: 2000, wholeSeconds: true },
+  'resync-ms': { type: 'duration', bare: 'ms', default: 5000, min: 100 },
+  'timeout-ms': { type: 'duration', bare: 'ms', default: 3000, min: 100 },
+  'rotate-every': { type: 'duration', default: DEFAULT_ROTATE_EVERY_MS, min: 1000 },
+  'leader-ttl': { type: 'duration', default: 15_000, min: 2000, wholeSeconds: true },
+  'etcd-ca': { type: 'string' },
+  'etcd-cert': { type: 'string' },
+  'etcd-key': { type: 'string' },
+  'etcd-user': { type: 'string' },
+  'etcd-password-file': { type: 'string' },
+  'etcd-insecure': { type: 'boolean' },
+  'host-id-file': { type: 'string', default: DEFAULT_HOST_ID_FILE },
+  'liveness-dir': { type: 'string', default: DEFAULT_LIVENESS_DIR },
+} as const satisfies FlagSpecs;
 
+/** Throws UsageError for a bad command line (agentMain: exit 2), other errors for unreadable files. */
 export function parseArgs(args: readonly string[]): { leave: boolean; forget: boolean; livenessDir: string; opts: AgentOptions } {
-  const rest = [...args];
-  const leave = rest[0] === 'leave';
-  const forget = rest[0] === 'forget';
-  if (leave || forget) rest.shift();
-  const flags = new Map<string, string>();
-  while (rest.length) {
-    const a = rest.shift()!;
-    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
-    if (!m) throw new Error(`unexpected argument "${a}"`);
-    if (m[1] === 'etcd-insecure' && m[2] === undefined) {
-      flags.set(m[1], 'true'); // a switch, no value
-      continue;
-    }
-    const v = m[2] ?? rest.shift();
-    if (v === undefined) throw new Error(`--${m[1]} needs a value`);
-    flags.set(m[1], v);
-  }
-  const known = ['node', 'vtep', 'etcd', 'prefix', 'state-dir', 'ttl', 'resync-ms', 'timeout-ms', 'rotate-every', 'leader-ttl', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file', 'etcd-insecure', 'host-id-file', 'liveness-dir'];
-  for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
-  const num = (k: string, d: number, min: number) => {
-    const v = flags.has(k) ? Number(flags.get(k)) : d;
-    if (!Number.isInteger(v) || v < min) throw new Error(`--${k} must be an integer >= ${min}`);
-    return v;
-  };
-  const rotateEveryMs = parseDuration(flags.get('rotate-every') ?? `${DEFAULT_ROTATE_EVERY_MS}`);
-  if (rotateEveryMs < 1000) throw new Error('--rotate-every must be at least 1s');
-  const readPem = (k: string): Buffer | undefined => (flags.has(k) ? fs.readFileSync(flags.get(k)!) : undefined);
-  const ca = readPem('etcd-ca');
-  if ((flags.has('etcd-cert') || flags.has('etcd-key')) && !ca) throw new Error('--etcd-cert and --etcd-key need --etcd-ca');
-  if (flags.has('etcd-cert') !== flags.has('etcd-key')) throw new Error('--etcd-cert and --etcd-key go together');
-  if (flags.has('etcd-user') !== flags.has('etcd-password-file')) throw new Error('--etcd-user and --etcd-password-file go together');
-  const tls = ca ? { ca, cert: readPem('etcd-cert'), key: readPem('etcd-key') } : undefined;
+  const { values: flags, positionals } = parseFlags(args, FLAGS, { positionals: true });
+  const leave = positionals[0] === 'leave';
+  const forget = positionals[0] === 'forget';
+  if (positionals.length > (leave || forget ? 1 : 0)) throw new UsageError(`unexpected argument "${positionals[leave || forget ? 1 : 0]}"`);
+  const readPem = (file: string | undefined): Buffer | undefined => (file === undefined ? undefined : fs.readFileSync(file));
+  const ca = readPem(flags['etcd-ca']);
+  const has = (k: 'etcd-cert' | 'etcd-key' | 'etcd-user' | 'etcd-password-file' | 'node') => flags[k] !== undefined;
+  if ((has('etcd-cert') || has('etcd-key')) && !ca) throw new UsageError('--etcd-cert and --etcd-key need --etcd-ca');
+  if (has('etcd-cert') !== has('etcd-key')) throw new UsageError('--etcd-cert and --etcd-key go together');
+  if (has('etcd-user') !== has('etcd-password-file')) throw new UsageError('--etcd-user and --etcd-password-file go together');
+  const tls = ca ? { ca, cert: readPem(flags['etcd-cert']), key: readPem(flags['etcd-key']) } : undefined;
   // the same rules as a plugin's passwordFile: root's, 0600
-  const auth = flags.has('etcd-user')
-    ? { username: flags.get('etcd-user')!, password: readPasswordFile(flags.get('etcd-password-file')!, '--etcd-password-file') }
+  const auth = flags['etcd-user'] !== undefined
+    ? { username: flags['etcd-user'], password: readPasswordFile(flags['etcd-password-file']!, '--etcd-password-file') }
     : undefined;
-  const insecure = flags.has('etcd-insecure') ? flags.get('etcd-insecure') !== 'false' : undefined;
-  const endpoints = (flags.get('etcd') ?? '127.0.0.1:2379').split(',').filter(Boolean);
+  const insecure = flags['etcd-insecure'] || undefined;
+  const endpoints = flags.etcd.split(',').filter(Boolean);
   // https:// without --etcd-ca, or a password in clear without --etcd-insecure: refused here, with the flag to fix
   checkConnection({ endpoints, ...(tls && { tls }), ...(auth && { auth }), ...(insecure && { insecure }) }, '--etcd');
-  const vtep = flags.get('vtep') ?? '';
-  if (!leave && !forget && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new Error('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
-  if (forget && !flags.has('node')) throw new Error('forget needs --node NAME (the machine gone for good)');
-  const hostIdFile = flags.get('host-id-file') ?? DEFAULT_HOST_ID_FILE;
+  const vtep = flags.vtep;
+  if (!leave && !forget && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new UsageError('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
+  if (forget && !has('node')) throw new UsageError('forget needs --node NAME (the machine gone for good)');
   return {
     leave,
     forget,
-    livenessDir: flags.get('liveness-dir') ?? DEFAULT_LIVENESS_DIR,
+    livenessDir: flags['liveness-dir'],
     opts: {
-      node: flags.get('node') ?? os.hostname(),
+      node: flags.node ?? os.hostname(),
       // forget names another machine's node: this one's ID is not needed (nor created)
-      hostId: forget ? '' : readHostId(hostIdFile),
+      hostId: forget ? '' : readHostId(flags['host-id-file']),
       vtep,
       endpoints,
-      prefix: flags.get('prefix') ?? DEFAULT_PREFIX,
-      stateDir: flags.get('state-dir') ?? DEFAULT_STATE_DIR,
-      ttlSeconds: num('ttl', 10, 2),
-      resyncMs: num('resync-ms', 5000, 100),
-      requestTimeoutMs: num('timeout-ms', 3000, 100),
-      rotateEveryMs,
-      leaderTtlSeconds: num('leader-ttl', 15, 2),
+      prefix: flags.prefix,
+      stateDir: flags['state-dir'],
+      ttlSeconds: flags.ttl / 1000,
+      resyncMs: flags['resync-ms'],
+      requestTimeoutMs: flags['timeout-ms'],
+      rotateEveryMs: flags['rotate-every'],
+      leaderTtlSeconds: flags['leader-ttl'] / 1000,
       tls,
       auth,
       ...(insecure && { insecure }),
