@@ -44,12 +44,13 @@ import { DEFAULT_LIVENESS_DIR, startLivenessKeeper, type KeeperStatus } from '..
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { type FlagSpecs, type FlagValues, parseFlags, UsageError } from '../shared/flags';
+import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
 import { type Outcome, Pool, type WorkerLike, laneOf } from './daemon-pool';
 import { findPlugin } from './plugins';
 
-export const DEFAULT_SOCKET = '/run/cni-ts/daemon.sock';
+export const DEFAULT_SOCKET = DAEMON_SOCKET;
 
 const MAGIC = 'CNT1';
 const ANSWERED = 0;

@@ -28,9 +28,10 @@
 import { z } from 'zod';
 import { NAME_PATTERN } from '../shared/cni/env';
 import { CniError, ErrorCode } from '../shared/cni/errors';
+import { LOCAL_IPAM_DATA_DIR } from '../shared/paths';
 import { formatCIDR, formatIP, lastAddress, parseCIDR, parseIP, subnetContains, type IP, type Subnet } from './ip';
 
-export const DEFAULT_DATA_DIR = '/var/lib/cni/networks';
+export const DEFAULT_DATA_DIR = LOCAL_IPAM_DATA_DIR;
 
 const rangeSchema = z.object({
   subnet: z.string(),

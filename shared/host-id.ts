@@ -18,8 +18,9 @@
 import { randomBytes } from 'node:crypto';
 import { linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { HOST_ID_FILE } from './paths';
 
-export const DEFAULT_HOST_ID_FILE = '/var/lib/cni-ts/host-id';
+export const DEFAULT_HOST_ID_FILE = HOST_ID_FILE;
 
 const HOST_ID = /^[0-9a-f]{32}$/;
 

@@ -31,6 +31,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { CniError, ErrorCode } from './cni/errors';
+import { vlanStateDir } from './paths';
 import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
 import { LOCK_EX, LOCK_UN, flock as sysFlock } from './sys/flock';
 import { isNetnsPath } from './netns/netns';
@@ -47,7 +48,8 @@ export interface ParentLinks {
   routeList(family?: number): Route[];
 }
 
-export const DEFAULT_STATE_DIR = '/var/lib/cni/cni-ts';
+/** records under <dir>/vlan/: STATE_ROOT, or the pre-upgrade directory where it holds records (shared/paths.ts) */
+export const DEFAULT_STATE_DIR = vlanStateDir();
 export const MIN_VLAN_ID = 1;
 export const MAX_VLAN_ID = 4094;
 const IFNAMSIZ = 15;

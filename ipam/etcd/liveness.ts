@@ -32,10 +32,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
+import { LIVENESS_DIR } from '../../shared/paths';
 import { aliveKey, aliveValueSchema, goneKey, hostKey, hostValueSchema, readRecord, type AliveValue } from './keys';
 import { EtcdKV } from './kv';
 
-export const DEFAULT_LIVENESS_DIR = '/var/lib/cni-ts/ipam-etcd';
+export const DEFAULT_LIVENESS_DIR = LIVENESS_DIR;
 
 // taken out: a record never holds a password
 const { password: _password, ...recordedFields } = fieldsSchema;

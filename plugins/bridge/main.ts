@@ -23,6 +23,7 @@ import {
   EEXIST,
 } from '../../shared/netlink';
 import { withFileLock } from '../../shared/sys/flock';
+import { LOCK_DIR } from '../../shared/paths';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
@@ -76,7 +77,6 @@ function gatewayEnabled(conf: Conf): boolean {
   return !conf.internal && (conf.isGateway || conf.isDefaultGateway);
 }
 
-const LOCK_DIR = '/run/cni-ts';
 
 /**
  * Runs fn holding the network's lock: flock(2) on /run/cni-ts/bridge-BR.lock.

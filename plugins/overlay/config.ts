@@ -31,10 +31,11 @@ import { isIPv4 } from '../../shared/cni/ip';
 import { formatCIDR, parseCIDR } from '../../ipam/ip';
 import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../shared/etcd/connection';
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
+import { OVERLAY_STATE_DIR } from '../../shared/paths';
 import { DEFAULT_PREFIX } from './controlplane';
 import type { EtcdConnection } from './kv';
 
-export const DEFAULT_STATE_DIR = '/run/cni-ts/overlay';
+export const DEFAULT_STATE_DIR = OVERLAY_STATE_DIR;
 
 const ifname = z.string().min(1).max(15).regex(/^[A-Za-z0-9_.-]+$/);
 

@@ -33,6 +33,7 @@ import type { Attachment, Result } from '../../shared/cni/types';
 import { AF_INET } from '../../shared/netlink/consts';
 import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
 import { withFileLock } from '../../shared/sys/flock';
+import { PORTMAP_LOCK_FILE } from '../../shared/paths';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
 import type { Listing, Nft } from '../../shared/nft/nft-interface';
@@ -251,7 +252,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
 /* ------------------------------------------------------------------ */
 
 /** Root-only, like the native binding's cache directory beside it. */
-export const LOCK_FILE = '/run/cni-ts/portmap.lock';
+export const LOCK_FILE = PORTMAP_LOCK_FILE;
 
 /**
  * Never turned off again: other software on the host (the reference

@@ -30,6 +30,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ASSET_DIR } from '../paths';
 
 export interface NativeBinding {
   /** socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, protocol) in the thread's current netns */
@@ -135,7 +136,7 @@ function loadFromSea(): NativeBinding | undefined {
  * else's, or writable by group or others.
  */
 export function assetCacheDir(): string {
-  const dir = process.env.NETLINK_TS_CACHE_DIR || '/run/cni-ts';
+  const dir = process.env.NETLINK_TS_CACHE_DIR || ASSET_DIR;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = fs.lstatSync(dir);
   const uid = process.geteuid?.() ?? 0;
