@@ -22,9 +22,9 @@
  * The kernel is reached through ParentLinks, which NetlinkHandle satisfies,
  * so the counting is tested with a fake on a kernel without 802.1q.
  *
- * Below ParentManager: what macvlan and ipvlan do alike once their child
- * link exists (config fields, the temporary name, DEL, CHECK, GC), so the
- * two plugins keep only what differs: the link they create and its routes.
+ * Below ParentManager: the parent's side of a child link (config fields,
+ * the temporary name, counting out at DEL and GC); the child-link plugin
+ * itself (ADD, CHECK) is shared/childlink.ts.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -35,8 +35,6 @@ import { vlanStateDir } from './paths';
 import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
 import { LOCK_EX, LOCK_UN, flock as sysFlock } from './sys/flock';
 import { isNetnsPath } from './netns/netns';
-import type { Result } from './cni/types';
-import { checkFailed, verifyContainerInterface } from './verify';
 
 /** The few kernel verbs parent handling needs; NetlinkHandle has them all. */
 export interface ParentLinks {
@@ -324,9 +322,7 @@ export function childTempName(): string {
 }
 
 // ---------------------------------------------------------------------------
-// DEL, CHECK and GC of one child link (macvlan or ipvlan) of a parent: the
-// two plugins differ only in the link they create, so what follows ADD is
-// written once, here.
+// DEL and GC of one child link (macvlan or ipvlan), on the parent's side.
 
 /** The part of a macvlan or ipvlan network config that concerns its parent. */
 export interface ParentNetConf extends ParentConfig {
@@ -371,62 +367,6 @@ export function delChild(att: ChildAttachment): void {
   // Count out only after our link is gone: the VLAN link may go with us.
   const vlan = managedVlanName(att.config);
   if (vlan) withHandle(undefined, (host) => new ParentManager(host, att.config.stateDir).release(vlan, vlanUser(att)));
-}
-
-/**
- * CHECK, host side: the parent resolves as it did at ADD, a managed VLAN
- * still counts this attachment, and the parent link exists. Returns it, for
- * comparing with the child's parent index. Failures are code 999.
- */
-function checkParent(att: ChildAttachment): Link {
-  return withHandle(undefined, (host) => {
-    const parents = new ParentManager(host, att.config.stateDir);
-    const parent = parents.resolve(att.config);
-    if (parent.vlan && !parents.holds(parent.name, vlanUser(att))) throw checkFailed(`${att.ifname} is not counted as a user of VLAN link ${parent.name}`);
-    const l = host.linkByName(parent.name);
-    if (!l) throw checkFailed(`master ${parent.name} is missing`);
-    return l;
-  });
-}
-
-/** What CHECK expects of the child link, beyond the container-side basics (shared/verify.ts). */
-export interface ChildExpectation {
-  kind: 'macvlan' | 'ipvlan';
-  /** the config's mode, and where the link reports its own */
-  mode: string;
-  modeOf: (link: Link) => string | undefined;
-  /** the config's MTU, when it must match */
-  mtu?: number;
-  /** false for ipvlan: its MAC is the parent's, not the plugin's to keep */
-  checkMac?: boolean;
-}
-
-/**
- * CHECK of one attachment, IPAM aside: the parent (checkParent), then the
- * child link in the container: kind, mode, parent, MTU, MAC, the addresses
- * and routes of prevResult. Failures are code 999.
- */
-export function checkChild(att: ChildAttachment, prev: Result, want: ChildExpectation): void {
-  const parentLink = checkParent(att);
-  const { ifname, netns } = att;
-  withHandle(netns, (cont) =>
-    verifyContainerInterface(
-      cont,
-      {
-        ifname,
-        netns,
-        kind: want.kind,
-        checkMac: want.checkMac,
-        extra: (link) => {
-          const mode = want.modeOf(link);
-          if (mode !== want.mode) throw checkFailed(`${ifname} is in ${want.kind} mode ${mode}, expected ${want.mode}`);
-          if (link.parentIndex !== parentLink.index) throw checkFailed(`${ifname} is not a${want.kind === 'ipvlan' ? 'n' : ''} ${want.kind} of ${parentLink.name}`);
-          if (want.mtu !== undefined && link.mtu !== want.mtu) throw checkFailed(`${ifname} has MTU ${link.mtu}, expected ${want.mtu}`);
-        },
-      },
-      prev,
-    ),
-  );
 }
 
 /**

@@ -18,7 +18,6 @@ import {
   isNetlinkError,
   networkOf,
   parseCidr,
-  parseIp,
   withHandle,
   EEXIST,
 } from '../../shared/netlink';

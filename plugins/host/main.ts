@@ -78,6 +78,5 @@ export const plugin: Plugin<Conf> = {
   add,
   del,
   check,
-  gc: async () => {},
-  status: async () => {},
+  // no gc, no status: nothing is kept, and the host's stack is always ready
 };

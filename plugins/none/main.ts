@@ -58,7 +58,5 @@ export const plugin: Plugin<Conf> = {
   add,
   del,
   check,
-  // Stateless: nothing outlives the namespace, so there is nothing to collect.
-  gc: async () => {},
-  status: async () => {},
+  // no gc, no status: nothing outlives the namespace, so there is nothing to collect
 };

@@ -33,24 +33,26 @@ import * as path from 'node:path';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Attachment, Result } from '../../shared/cni/types';
-import { NetlinkHandle, formatCidr, networkOf, parseCidr, parseIp, withHandle } from '../../shared/netlink';
+import { NetlinkHandle, formatCidr, networkOf, parseCidr, withHandle } from '../../shared/netlink';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import type { Nft } from '../../shared/nft/nft-interface';
 import { UndoStack } from '../../shared/undo';
+import { applyToInterface, macFromIPv4, withHandles } from '../../shared/container-iface';
+import { verifyLink } from '../../shared/verify';
 import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
 import { encryptedMtu } from '../../shared/ipsec/mtu';
 import * as ipam from '../../ipam/client';
 import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnet, schema } from './config';
 import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
-import { EtcdKV, type EtcdConnection, type KV } from './kv';
+import { EtcdKV, type EtcdKVOptions, type KV } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
 import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent } from './gateway';
 
 type Ctx = CniContext<Conf>;
 
 /** The seams: a test swaps these for FakeKV / FakeNft. */
-export const deps: { kv: (c: EtcdConnection) => KV; nft: () => Nft } = {
+export const deps: { kv: (c: EtcdKVOptions) => KV; nft: () => Nft } = {
   kv: (c) => new EtcdKV(c),
   nft: () => realNft(),
 };
@@ -68,11 +70,6 @@ export function gatewayVethName(containerId: string, ifname: string): string {
 function hash(containerId: string, ifname: string): string {
   // 2 + 13 = 15 characters, IFNAMSIZ
   return createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 13);
-}
-
-/** Docker's container MAC: 02:42 and the IPv4 address's four bytes. */
-export function macFromIPv4(ip: string): string {
-  return ['02', '42', ...[...parseIp(ip).bytes].map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
 
 function netnsDir(conf: Conf): string {
@@ -134,11 +131,7 @@ async function add(ctx: Ctx): Promise<Result> {
   const me = nodeName(conf);
   const myId = hostIdOf(conf);
   const subnet = canonicalSubnet(overlaySubnet(conf));
-  // Opened inside the try: in the long-lived daemon, a handle left open when
-  // a later one fails to open (CNI_NETNS gone meanwhile) is a leaked fd per call.
-  const opened: Array<{ close(): void }> = [];
-  const keep = <T extends { close(): void }>(h: T): T => (opened.push(h), h);
-  try {
+  return withHandles(async (keep) => {
     const { cp, kv } = openControlPlane(conf);
     keep(kv);
     const host = keep(NetlinkHandle.open());
@@ -179,13 +172,9 @@ async function add(ctx: Ctx): Promise<Result> {
         throw new CniError(ErrorCode.InvalidNetworkConfig, `the IPAM gave ${v4.address}, outside overlay subnet ${subnet}`, 'the IPAM cannot serve this subnet');
       }
       const mac = (conf.runtimeConfig?.mac ?? macFromIPv4(ip)).toLowerCase();
-      cont.linkSetMac(ctx.ifname, mac);
-      cont.addrAdd(ctx.ifname, `${ip}/${parseCidr(subnet).prefixLen}`);
-      cont.linkSetUp(ctx.ifname);
-      const contLink = cont.link(ctx.ifname);
       // The overlay carries only its subnet; the default route is the gateway bridge's.
       const routes = (result.routes ?? []).filter((r) => r.dst !== '0.0.0.0/0' && !r.dst.includes(':'));
-      for (const r of routes) cont.routeAdd({ dst: r.dst, gw: r.gw, oifIndex: contLink.index });
+      applyToInterface(cont, ctx.ifname, { mac, ips: [{ address: `${ip}/${parseCidr(subnet).prefixLen}` }], routes });
 
       // 5. the endpoint, and what this host already knows of the others
       await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me, hostId: myId }, joined.createRevision);
@@ -225,9 +214,7 @@ async function add(ctx: Ctx): Promise<Result> {
 
       return { cniVersion: ctx.cniVersion, interfaces, ips, routes, dns: result.dns };
     });
-  } finally {
-    for (const h of opened.reverse()) h.close();
-  }
+  });
 }
 
 /**
@@ -317,8 +304,7 @@ async function check(ctx: Ctx): Promise<void> {
       if (!port || port.masterIndex !== br.index) throw fail(`the container's port on ${names.bridge} is missing`);
     });
     withHandle(ctx.netns, (c) => {
-      const link = c.linkByName(ctx.ifname);
-      if (!link || link.kind !== 'veth') throw fail(`${ctx.ifname} is missing in ${ctx.netns}`);
+      const link = verifyLink(c, ctx.ifname, ctx.netns, 'veth');
       if (link.mac !== ep.mac) throw fail(`${ctx.ifname} has MAC ${link.mac}, registered ${ep.mac}`);
       if (conf.gateway.enabled && !c.linkByName(conf.gateway.ifname)) throw fail(`${conf.gateway.ifname} (gateway bridge) is missing`);
       const have = new Set(c.addrList().map((a) => a.cidr));

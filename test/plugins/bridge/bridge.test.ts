@@ -9,7 +9,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { hostVethName, macFromIPv4 } from '../../../plugins/bridge/main';
+import { hostVethName } from '../../../plugins/bridge/main';
+import { macFromIPv4 } from '../../../shared/container-iface';
 import { BRIDGE_BIN, type Container, type Network, type Outcome, Lab, ROOT, VERSIONS, eventually, sleep } from './lab';
 
 let lab: Lab;

@@ -14,7 +14,8 @@ import { etcdConnection, nodeName, overlaySubnet, schema } from '../../../plugin
 import { ControlPlane } from '../../../plugins/overlay/controlplane';
 import { FakeKV } from '../../../plugins/overlay/fake-kv';
 import { GatewayPool, applyGatewayRules, gatewayPlan, gatewayRulesPresent } from '../../../plugins/overlay/gateway';
-import { gatewayVethName, macFromIPv4, overlayVethName } from '../../../plugins/overlay/main';
+import { gatewayVethName, overlayVethName } from '../../../plugins/overlay/main';
+import { macFromIPv4 } from '../../../shared/container-iface';
 
 /** The agent's xfrm and nftables seams, so no test here touches the machine's kernel. */
 const fakeIpsec = () => ({ xfrm: new FakeXfrm(), nft: new FakeNft() });
