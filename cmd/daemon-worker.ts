@@ -10,8 +10,10 @@
  * daemon. Everything else a call could touch that is shared by the process
  * (the environment, stdout, stderr) is the call's own here: the plugin reads
  * its environment from the skel's context (a copy of the caller's), and
- * whatever it writes to process.stdout or process.stderr during the call is
- * captured for its caller, never written to the daemon's own streams.
+ * logs through the call's logger (ctx.log), which collects its lines for
+ * the caller, never the daemon's own streams. Nothing here patches
+ * process.stdout or process.stderr: a module that writes there directly
+ * is a bug (only shared/log.ts may), and its text lands in the daemon's log.
  *
  * After each call the worker checks it is back in its own network namespace
  * (plugins leave the namespaces they enter; this makes sure). If it cannot
@@ -21,8 +23,10 @@
  */
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
-import { defaultInterfaceExists, keepStdoutForJson, runPlugin, type SkelIO } from '../shared/cni/skel';
+import { runPlugin, type SkelIO } from '../shared/cni/skel';
+import { textLogger } from '../shared/log';
 import { CLONE_NEWNET, setns } from '../shared/sys/setns';
+import { interfaceExists, keepStdoutForJson, netnsStatus } from './plugin-io';
 import { type PluginModule, findPlugin, plugins } from './plugins';
 
 /** main thread -> worker */
@@ -60,26 +64,17 @@ export async function serveCall(msg: CallMessage, netns: ThreadNetns, find: (nam
   const stdout: string[] = [];
   const stderr: string[] = [];
   const stdin = Buffer.from(msg.stdin);
+  const log = textLogger((s) => stderr.push(s));
   const io: SkelIO = {
     // A plugin this call execs (an IPAM found in CNI_PATH) that is itself
     // a shim must not wait for this daemon, busy with this very call.
     env: { ...msg.env, CNI_TS_NO_DAEMON: '1' },
     readStdin: () => stdin,
     writeStdout: (s) => stdout.push(s),
-    writeStderr: (s) => stderr.push(s),
-    interfaceExists: defaultInterfaceExists,
+    log,
+    interfaceExists,
+    netnsStatus,
   };
-  // Diagnostics written straight to process.stderr (or, by mistake, stdout)
-  // during the call belong to this call's caller, as they would if the
-  // plugin ran as its own process; this thread runs nothing else meanwhile.
-  const capture = (chunk: string | Uint8Array) => {
-    stderr.push(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
-    return true;
-  };
-  const realErr = process.stderr.write;
-  const realOut = process.stdout.write;
-  process.stderr.write = capture as typeof process.stderr.write;
-  process.stdout.write = capture as typeof process.stdout.write;
   let code = 1;
   let fatal: string | undefined;
   try {
@@ -88,10 +83,8 @@ export async function serveCall(msg: CallMessage, netns: ThreadNetns, find: (nam
     code = await runPlugin(load().plugin, io);
   } catch (e) {
     // runPlugin never rejects; a plugin module that fails to load does
-    stderr.push(`cni-ts daemon: ${(e as Error).message}\n`);
+    log(`cni-ts daemon: ${(e as Error).message}`);
   } finally {
-    process.stderr.write = realErr;
-    process.stdout.write = realOut;
     fatal = backHome(netns);
   }
   return { type: 'answer', id: msg.id, code, stdout: stdout.join(''), stderr: stderr.join(''), ...(fatal ? { fatal } : {}) };

@@ -13,13 +13,14 @@
 import * as path from 'node:path';
 import { isMainThread, workerData } from 'node:worker_threads';
 
-import { pluginMain } from '../shared/cni/skel';
+import { pluginMain } from './plugin-io';
 import { findPlugin, plugins } from './plugins';
 
 /* eslint-disable @typescript-eslint/no-require-imports */
 const tools: ReadonlyMap<string, (args: string[]) => void> = new Map<string, (args: string[]) => void>([
   ['overlay-agent', (args) => { require('../plugins/overlay/agent').agentMain(args).then((c: number) => { process.exitCode = c; }); }],
   ['daemon', (args) => { require('./daemon').daemonMain(args).then((c: number) => process.exit(c)); }],
+  ['dns', (args) => { require('./dns').dnsMain(args).then((c: number) => process.exit(c)); }],
   ['ipam-maint', (args) => { require('../ipam/etcd/maint').maintMain(args).then((c: number) => { process.exitCode = c; }); }],
   ['version', () => {
     process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${[...plugins.keys()].join(' ')}\n`);

@@ -10,8 +10,11 @@
  * agent, the liveness keeper, ipam-maint) takes one as an option and
  * defaults to `stderrLog`.
  *
- * This is the only file that writes to process.stderr.
+ * This is the only file that writes to stderr. It writes synchronously
+ * (shared/sys/stdio.ts): a plugin exits right after its answer, and a line
+ * still queued in a stream would be lost.
  */
+import { writeAllSync } from './sys/stdio';
 
 /** One diagnostic line, without its newline. */
 export type Logger = (line: string) => void;
@@ -19,7 +22,7 @@ export type Logger = (line: string) => void;
 /** Writes each line to this process's stderr. */
 export const stderrLog: Logger = (line) => {
   try {
-    process.stderr.write(`${line}\n`);
+    writeAllSync(2, `${line}\n`);
   } catch {
     // stderr closed: nowhere left to complain to
   }

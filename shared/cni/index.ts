@@ -8,5 +8,5 @@ export { netConfBase, parseConfig, validateConfig, decodeJsonObject } from './co
 export type { NetConf } from './config';
 export { readEnv, parseCniArgs, splitCniArgs, validateContainerId, validateIfname, ENV_RULES, NAME_PATTERN } from './env';
 export type { CniEnv, Command, EnvRules } from './env';
-export { runPlugin, pluginMain, requirePrevResult } from './skel';
+export { runPlugin, requirePrevResult } from './skel';
 export type { CniContext, Plugin, PluginCommand, SkelIO, NetnsStatus } from './skel';

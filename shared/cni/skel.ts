@@ -21,9 +21,15 @@
  *  10. the verb itself: CniErrors pass through, anything else is 999
  *
  * Whatever goes wrong, stdout carries the spec's error JSON and the exit
- * code is 1; a stack trace goes to stderr, and only when CNI_DEBUG is set.
+ * code is 1; a stack trace goes to the log (stderr), and only when
+ * CNI_DEBUG is set.
+ *
+ * The core touches nothing outside itself: the process's streams, the
+ * kernel's view of CNI_NETNS and CNI_IFNAME, and the log all come through
+ * SkelIO, which the plugin process (cmd/plugin-io.ts), the daemon's workers
+ * and the tests each build their own way. So this protocol layer sits above
+ * no kernel code and its checks run in tests without namespaces.
  */
-import * as fs from 'node:fs';
 import type { z } from 'zod';
 import { decodeJsonObject, validateConfig } from './config';
 import { ENV_RULES, NAME_PATTERN, readEnv } from './env';
@@ -31,7 +37,7 @@ import { CniError, ErrorCode, toCniError } from './errors';
 import { formatResult, parsePrevResult } from './result';
 import type { Attachment, Result } from './types';
 import { LATEST, SUPPORTED_VERSIONS, compareVersions, requireSupported } from './version';
-import { isNetnsPath, netnsInode } from '../netns/netns';
+import { silentLog, type Logger } from '../log';
 
 export type PluginCommand = 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS';
 
@@ -55,6 +61,8 @@ export interface CniContext<C> {
   stdinData: Buffer;
   /** the environment the plugin was called with: delegated plugins must get the same one */
   env: NodeJS.ProcessEnv;
+  /** this call's diagnostics: stderr of the process, or of the daemon's caller */
+  log: Logger;
 }
 
 export interface Plugin<C> {
@@ -93,11 +101,12 @@ export interface SkelIO {
   env: NodeJS.ProcessEnv;
   readStdin(): Buffer;
   writeStdout(s: string): void;
+  /** Does ifname exist inside the namespace at netnsPath? (the real one asks netlink) */
   interfaceExists(netnsPath: string, ifname: string): boolean;
-  /** defaults to dropping the text */
-  writeStderr?(s: string): void;
-  /** defaults to looking at the path (nsfs file? same namespace as ours?) */
-  netnsStatus?(netnsPath: string): NetnsStatus;
+  /** Is netnsPath a network namespace, and is it the plugin's own? (the real one asks the kernel: NS_GET_NSTYPE, inodes) */
+  netnsStatus(netnsPath: string): NetnsStatus;
+  /** the call's diagnostics (ctx.log); defaults to dropping them */
+  log?: Logger;
 }
 
 /** Minimum cniVersion of the configuration per command (reference skel). */
@@ -108,10 +117,11 @@ export async function runPlugin<C>(plugin: Plugin<C>, io: SkelIO): Promise<numbe
   const supported = plugin.supportedVersions ?? SUPPORTED_VERSIONS;
   // The version errors are reported in: the config's, once we know it is one we speak.
   let outVersion = highest(supported);
+  const log = io.log ?? silentLog;
   try {
     if ((io.env.CNI_COMMAND ?? '') === '' && plugin.about) {
       // Like the reference: a human ran the binary; tell them what it is.
-      io.writeStderr?.(`${plugin.about}\nCNI protocol versions supported: ${supported.join(', ')}\n`);
+      log(`${plugin.about}\nCNI protocol versions supported: ${supported.join(', ')}`);
       return 0;
     }
     const env = readEnv(ENV_RULES, io.env);
@@ -146,7 +156,7 @@ export async function runPlugin<C>(plugin: Plugin<C>, io: SkelIO): Promise<numbe
         // DEL is best effort (SPEC.md): a runtime that cached a broken
         // result must still be able to tear the attachment down.
         if (command !== 'DEL') throw e;
-        io.writeStderr?.(`ignoring unreadable prevResult on DEL: ${toCniError(e).message}\n`);
+        log(`ignoring unreadable prevResult on DEL: ${toCniError(e).message}`);
       }
     }
 
@@ -163,6 +173,7 @@ export async function runPlugin<C>(plugin: Plugin<C>, io: SkelIO): Promise<numbe
       prevResult,
       stdinData,
       env: io.env,
+      log,
     };
 
     switch (command) {
@@ -193,7 +204,7 @@ export async function runPlugin<C>(plugin: Plugin<C>, io: SkelIO): Promise<numbe
     }
   } catch (e) {
     const err = toCniError(e);
-    if (io.env.CNI_DEBUG && e instanceof Error && e.stack) io.writeStderr?.(`${e.stack}\n`);
+    if (io.env.CNI_DEBUG && e instanceof Error && e.stack) log(e.stack);
     try {
       io.writeStdout(`${JSON.stringify(err.toJSON(outVersion), null, 4)}\n`);
     } catch {
@@ -263,7 +274,7 @@ function checkVersion(command: PluginCommand, v: unknown, supported: readonly st
 
 function checkNetns(command: PluginCommand, netns: string, override: boolean, io: SkelIO): void {
   if (netns === '') return; // only DEL gets here without one, and DEL may
-  const status = (io.netnsStatus ?? defaultNetnsStatus)(netns);
+  const status = io.netnsStatus(netns);
   if (status === 'not-netns') {
     // DEL must succeed after the namespace is gone; the plugin copes.
     if (command === 'DEL') return;
@@ -279,15 +290,6 @@ function checkNetns(command: PluginCommand, netns: string, override: boolean, io
   }
 }
 
-/**
- * Is CNI_NETNS a network namespace, and is it ours? shared/netns asks the
- * kernel (NS_GET_NSTYPE), so a UTS or mount namespace file is refused too.
- */
-function defaultNetnsStatus(netnsPath: string): NetnsStatus {
-  if (!isNetnsPath(netnsPath)) return 'not-netns';
-  return netnsInode(netnsPath) === netnsInode('/proc/thread-self/ns/net') ? 'own' : 'netns';
-}
-
 function readValidAttachments(v: unknown): Attachment[] {
   if (v === undefined || v === null) return [];
   const bad = (why: string) => new CniError(ErrorCode.InvalidNetworkConfig, `cni.dev/valid-attachments: ${why}`);
@@ -298,101 +300,4 @@ function readValidAttachments(v: unknown): Attachment[] {
     }
     return { containerID: a.containerID, ifname: a.ifname };
   });
-}
-
-/* ------------------------------------------------------------------ */
-/* The real process: stdin, stdout, stderr, exit code.                */
-/* ------------------------------------------------------------------ */
-
-/**
- * A plugin executable's whole main: `pluginMain(plugin)`.
- * Exits right after the synchronous writes of the answer.
- */
-export function pluginMain<C>(plugin: Plugin<C>): void {
-  keepStdoutForJson();
-  const io: SkelIO = {
-    env: process.env,
-    readStdin: readStdinSync,
-    writeStdout: (s) => writeAllSync(1, s),
-    writeStderr: (s) => {
-      try {
-        writeAllSync(2, s);
-      } catch {
-        // nowhere left to complain to
-      }
-    },
-    interfaceExists: defaultInterfaceExists,
-  };
-  // Exit as soon as the answer is written. Everything we print is written
-  // synchronously by then, and a plugin holds nothing worth an orderly
-  // teardown: letting Node free its whole heap and environment first costs
-  // about 10 ms per call, and an idle etcd connection would otherwise keep
-  // the process alive until it times out.
-  runPlugin(plugin, io).then(
-    (code) => process.exit(code),
-    () => process.exit(1),
-  );
-}
-
-/**
- * stdout belongs to the result JSON alone; a stray console.log in a plugin
- * or a library would make the runtime fail to parse it, so console output
- * goes to stderr.
- */
-export function keepStdoutForJson(): void {
-  const toStderr = (...args: unknown[]) => console.error(...args);
-  console.log = toStderr;
-  console.info = toStderr;
-  console.debug = toStderr;
-  console.dir = (obj: unknown) => console.error(obj);
-}
-
-export function defaultInterfaceExists(netnsPath: string, ifname: string): boolean {
-  // Loaded on demand: only ADD of an interface-creating plugin needs netlink.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const netlink = require('../netlink') as { linkExistsInNetns(netnsPath: string, ifname: string): boolean };
-  return netlink.linkExistsInNetns(netnsPath, ifname);
-}
-
-function readStdinSync(): Buffer {
-  // A terminal (someone typing `CNI_COMMAND=VERSION ./bridge`) would block
-  // until ^D; a character device never carries a runtime's config anyway.
-  if (fs.fstatSync(0).isCharacterDevice()) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
-  const buf = Buffer.allocUnsafe(64 * 1024);
-  for (;;) {
-    let n: number;
-    try {
-      n = fs.readSync(0, buf, 0, buf.length, null);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
-        pause();
-        continue;
-      }
-      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
-      throw e;
-    }
-    if (n === 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
-  }
-  return Buffer.concat(chunks);
-}
-
-function writeAllSync(fd: number, s: string): void {
-  const data = Buffer.from(s, 'utf8');
-  let off = 0;
-  while (off < data.length) {
-    try {
-      off += fs.writeSync(fd, data, off, data.length - off);
-    } catch (e) {
-      // stdio inherited in non-blocking mode: wait for room rather than lose output
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-      pause();
-    }
-  }
-}
-
-/** Sleep 1 ms without spinning (only for EAGAIN on non-blocking stdio). */
-function pause(): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
 }

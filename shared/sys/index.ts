@@ -21,5 +21,6 @@ export {
   pidfdNsInode,
   pollEvents,
 } from './peer';
+export { readAllSync, writeAllSync } from './stdio';
 export { assetCacheDir } from './native';
 export type { NativeError } from './native';

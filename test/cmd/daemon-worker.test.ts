@@ -19,16 +19,16 @@ import { type CallMessage, type ThreadNetns, serveCall } from '../../cmd/daemon-
 import type { PluginModule } from '../../cmd/plugins';
 import type { Plugin } from '../../shared/cni/skel';
 
-/** A plugin whose GC writes to process.stderr and to its stdout, the way careless code might. */
+/** A plugin whose GC logs two diagnostics through the call's logger. */
 const noisy: Plugin<unknown> = {
   about: 'noisy',
   schema: z.any(),
   add: async () => ({ cniVersion: '1.1.0' }) as never,
   del: async () => undefined,
   check: async () => undefined,
-  gc: async () => {
-    process.stderr.write('straight to stderr\n');
-    process.stdout.write('straight to stdout\n');
+  gc: async (ctx) => {
+    ctx.log('first diagnostic');
+    ctx.log('second diagnostic');
   },
 };
 const find = (name: string) => (name === 'noisy' ? (): PluginModule => ({ plugin: noisy }) : undefined);
@@ -64,7 +64,7 @@ describe('a worker after a call', () => {
     expect(a.fatal).toMatch(/cannot return to its network namespace: setns: Operation not permitted/);
   });
 
-  it("captures what the call writes to process.stderr and process.stdout for the call's caller", async () => {
+  it("sends what the call logs to the call's caller, never to the daemon's stderr or the call's stdout", async () => {
     const realWrite = process.stderr.write;
     const seen: string[] = [];
     process.stderr.write = ((c: string) => {
@@ -77,9 +77,18 @@ describe('a worker after a call', () => {
     } finally {
       process.stderr.write = realWrite;
     }
-    expect(a.stderr).toBe('straight to stderr\nstraight to stdout\n');
+    expect(a.stderr).toBe('first diagnostic\nsecond diagnostic\n');
     expect(a.stdout).toBe('');
-    expect(seen.join('')).not.toContain('straight to');
+    expect(seen.join('')).not.toContain('diagnostic');
+  });
+
+  it('leaves process.stdout and process.stderr as they were: the daemon patches neither', async () => {
+    const before = [process.stdout.write, process.stderr.write];
+    let during: unknown[] = [];
+    const peek: Plugin<unknown> = { ...noisy, gc: async () => void (during = [process.stdout.write, process.stderr.write]) };
+    await serveCall(gcCall, strandedNetns(true), () => (): PluginModule => ({ plugin: peek }));
+    expect(during).toEqual(before);
+    expect([process.stdout.write, process.stderr.write]).toEqual(before);
   });
 });
 

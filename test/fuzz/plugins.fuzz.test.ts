@@ -23,7 +23,8 @@
 import Module from 'node:module';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultInterfaceExists, runPlugin, type Plugin, type SkelIO } from '../../shared/cni/skel';
+import { runPlugin, type Plugin, type SkelIO } from '../../shared/cni/skel';
+import { interfaceExists, netnsStatus } from '../../cmd/plugin-io';
 import { plugin as none } from '../../plugins/none/main';
 import { plugin as host } from '../../plugins/host/main';
 import { plugin as bridge } from '../../plugins/bridge/main';
@@ -115,10 +116,11 @@ async function invoke(plugin: PluginName, env: Record<string, string>, stdin: Bu
     writeStdout: (s) => {
       stdout += s;
     },
-    writeStderr: (s) => {
-      stderr += s;
+    log: (line) => {
+      stderr += `${line}\n`;
     },
-    interfaceExists: defaultInterfaceExists,
+    interfaceExists,
+    netnsStatus,
   };
   const status = await runPlugin(instrumented(PLUGIN[plugin]), io);
   return { status, stdout, stderr };

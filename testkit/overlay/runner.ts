@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import { CLONE_NEWNET } from '../../shared/sys/setns';
 import { native } from '../../shared/sys/native';
 import { plugin } from '../../plugins/overlay/main';
-import { pluginMain } from '../../shared/cni/skel';
+import { pluginMain } from '../../cmd/plugin-io';
 import { agentMain } from '../../plugins/overlay/agent';
 import { ControlPlane } from '../../plugins/overlay/controlplane';
 import { EtcdKV } from '../../plugins/overlay/kv';

@@ -41,7 +41,7 @@ const relayed = new Set<net.Socket>();
 
 beforeAll(async () => {
   esbuild.buildSync({
-    stdin: { contents: `require(${JSON.stringify(path.join(ROOT, 'shared/cni/skel.ts'))}).pluginMain(require(${JSON.stringify(path.join(ROOT, 'plugins/macvlan/main.ts'))}).plugin);`, resolveDir: ROOT, loader: 'js' },
+    stdin: { contents: `require(${JSON.stringify(path.join(ROOT, 'cmd/plugin-io.ts'))}).pluginMain(require(${JSON.stringify(path.join(ROOT, 'plugins/macvlan/main.ts'))}).plugin);`, resolveDir: ROOT, loader: 'js' },
     bundle: true,
     platform: 'node',
     format: 'cjs',

@@ -21,7 +21,7 @@ const netnsPath = `/var/run/netns/${netnsName}`;
 let utsMount: string | undefined;
 
 const fixture = `
-import { pluginMain } from ${JSON.stringify(path.join(repo, 'shared/cni/skel'))};
+import { pluginMain } from ${JSON.stringify(path.join(repo, 'cmd/plugin-io'))};
 import { netConfBase } from ${JSON.stringify(path.join(repo, 'shared/cni/config'))};
 import { CniError } from ${JSON.stringify(path.join(repo, 'shared/cni/errors'))};
 

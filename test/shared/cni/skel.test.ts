@@ -102,7 +102,7 @@ async function run(
       if (opts.stdoutThrows) throw Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
       out.push(s);
     },
-    writeStderr: (s) => err.push(s),
+    log: (line) => err.push(`${line}\n`),
     interfaceExists: (netns, ifname) => {
       ifChecks.push([netns, ifname]);
       return opts.ifExists ?? false;

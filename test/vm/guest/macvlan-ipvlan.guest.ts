@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { afterAll, test } from '../../../testkit/vm/guest-api';
 import { startDaemon } from '../../../testkit/daemon';
 import { runPlugin, type Plugin, type SkelIO } from '../../../shared/cni/skel';
+import { netnsStatus } from '../../../cmd/plugin-io';
 import { linkExistsInNetns } from '../../../shared/netlink';
 import { CLONE_NEWNET } from '../../../shared/sys/setns';
 import { native } from '../../../shared/sys/native';
@@ -79,6 +80,7 @@ async function call<C>(plugin: Plugin<C>, host: string, command: string, contain
       stdout += s;
     },
     interfaceExists: linkExistsInNetns,
+    netnsStatus,
   };
   const home = fs.openSync('/proc/thread-self/ns/net', 'r');
   const target = NetNs.open(nsPath(host));
