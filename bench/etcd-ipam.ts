@@ -66,7 +66,7 @@ async function hostWorker(endpoint: string, prefix: string, node: string, count:
   const { allocate, release } = await import('../ipam/allocator');
   const { EtcdKV } = await import('../ipam/etcd/kv');
   const { EtcdStore } = await import('../ipam/etcd/store');
-  const { formatIP } = await import('../ipam/ip');
+  const { formatIP } = await import('../shared/ip');
   const conf = loadIpamConfig({
     cniVersion: '1.1.0',
     name: 'bench',

@@ -19,7 +19,7 @@
 import { CniError } from '../shared/cni/errors';
 import { allocatable, describeRangeSet, rangeContains, type IpamRange, type RangeSet } from './config';
 import { addressUnavailable, IpamErrorCode, noFreeAddress } from './errors';
-import { formatIP, ipEqual, type IP } from './ip';
+import { formatIP, ipEqual, type IP } from '../shared/ip';
 
 /** Who holds an address: CNI's attachment key. */
 export interface Owner {

@@ -29,7 +29,7 @@ import { z } from 'zod';
 import { NAME_PATTERN } from '../shared/cni/env';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { LOCAL_IPAM_DATA_DIR } from '../shared/paths';
-import { formatCIDR, formatIP, lastAddress, parseCIDR, parseIP, subnetContains, type IP, type Subnet } from './ip';
+import { formatCIDR, formatIP, lastAddress, parseCIDR, parseIP, subnetContains, type IP, type Subnet } from '../shared/ip';
 
 export const DEFAULT_DATA_DIR = LOCAL_IPAM_DATA_DIR;
 

@@ -13,7 +13,7 @@ import type { Attachment, DNS, Result } from '../shared/cni/types';
 import { allocate, collectGarbage, rangeFor, release, verify, withLock, type Allocation, type AllocationStore } from './allocator';
 import { allocatableCount, describeRangeSet, loadIpamConfig, type IpamConfig } from './config';
 import { IpamErrorCode } from './errors';
-import { formatIP, parseCIDR } from './ip';
+import { formatIP, parseCIDR } from '../shared/ip';
 import { openEtcdStore } from './etcd/open';
 import { LocalStore } from './local/store';
 

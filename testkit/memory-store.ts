@@ -5,7 +5,7 @@
  * for one and not the other shows up as a failing pair.
  */
 import type { Allocation, AllocationStore, Owner } from '../ipam/allocator';
-import { formatIP, parseIP, type IP } from '../ipam/ip';
+import { formatIP, parseIP, type IP } from '../shared/ip';
 
 export class MemoryStore implements AllocationStore {
   /** address text -> owner */

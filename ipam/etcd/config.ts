@@ -32,7 +32,7 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../shared/etcd/connection';
 import type { RangeSet } from '../config';
-import { formatCIDR } from '../ip';
+import { formatCIDR } from '../../shared/ip';
 
 export const DEFAULT_KEY_PREFIX = '/cni-ts/ipam';
 export const DEFAULT_REQUEST_TIMEOUT_MS = 5000;

@@ -16,7 +16,7 @@
  *   N/leaks/<node>/<ip>            {seq, createRevision, firstSeen}: GC's first sighting
  */
 import { z } from 'zod';
-import { parseIP } from '../ip';
+import { parseIP } from '../../shared/ip';
 import type { Compare, KeyValue, Op } from './kv';
 
 /**

@@ -9,7 +9,7 @@
  */
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import type { IpamConfig } from '../config';
-import type { IP } from '../ip';
+import type { IP } from '../../shared/ip';
 import type { EtcdStore } from './store';
 
 export function openEtcdStore(conf: IpamConfig): AllocationStore {

@@ -67,7 +67,7 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import { allocatable, describeRangeSet, rangeContains, type IpamConfig, type IpamRange, type RangeSet } from '../config';
 import { noFreeAddress } from '../errors';
-import { formatIP, mask, parseIP, type Family, type IP } from '../ip';
+import { formatIP, mask, parseIP, type Family, type IP } from '../../shared/ip';
 import { loadEtcdConfig, previousMachineId, type EtcdStoreConfig } from './config';
 import {
   addressValueSchema,

@@ -34,7 +34,7 @@ import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { LOCK_EX, LOCK_UN, flock } from '../../shared/sys/flock';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
-import { formatIP, parseIP, type IP } from '../ip';
+import { formatIP, parseIP, type IP } from '../../shared/ip';
 
 const LOCK_FILE = 'lock';
 const LAST_RESERVED_PREFIX = 'last_reserved_ip.';

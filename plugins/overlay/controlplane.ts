@@ -43,7 +43,7 @@
  */
 import { z } from 'zod';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { isCidr, isIPv4 } from '../../shared/cni/ip';
+import { isCidr, isIPv4 } from '../../shared/ip';
 import type { RemoteEndpoint } from '../../shared/vxlan';
 import { VNI_MAX, VNI_MIN } from '../../shared/vxlan';
 import type { Compare, KV, KeyValue, Op } from './kv';

@@ -13,7 +13,7 @@
  * but a strict reader of an older spec may not expect them).
  */
 import { CniError, ErrorCode } from './errors';
-import { ipFamilyOfCidr, isCidr, isIP } from './ip';
+import { ipFamilyOfCidr, isCidr, isIP } from '../ip';
 import type { DNS, IPConfig, Interface, Result, Route } from './types';
 import { SUPPORTED_VERSIONS, requireSupported } from './version';
 

@@ -6,7 +6,7 @@ import { CniError } from '../../shared/cni/errors';
 import { allocate, candidates, collectGarbage, release, verify, type AllocationStore } from '../../ipam/allocator';
 import { loadIpamConfig, type RangeSet } from '../../ipam/config';
 import { IpamErrorCode } from '../../ipam/errors';
-import { formatIP, parseIP } from '../../ipam/ip';
+import { formatIP, parseIP } from '../../shared/ip';
 import { LocalStore } from '../../ipam/local/store';
 import { MemoryStore } from './memory-store';
 

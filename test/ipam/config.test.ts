@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { DEFAULT_DATA_DIR, loadIpamConfig } from '../../ipam/config';
-import { formatCIDR, formatIP } from '../../ipam/ip';
+import { formatCIDR, formatIP } from '../../shared/ip';
 
 const net = (ipam: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
   cniVersion: '1.0.0',

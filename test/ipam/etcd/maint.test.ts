@@ -8,7 +8,7 @@ import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { startLivenessKeeper } from '../../../ipam/etcd/liveness';
 import { maintMain, runMaint, type MaintReport } from '../../../ipam/etcd/maint';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
-import { formatIP } from '../../../ipam/ip';
+import { formatIP } from '../../../shared/ip';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;

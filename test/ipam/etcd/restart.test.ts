@@ -4,7 +4,7 @@ import { allocate, release } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
 import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { EtcdStore } from '../../../ipam/etcd/store';
-import { formatIP } from '../../../ipam/ip';
+import { formatIP } from '../../../shared/ip';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const TIMEOUT_MS = 1500;

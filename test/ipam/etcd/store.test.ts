@@ -7,7 +7,7 @@ import { allocate, collectGarbage, release, withLock, type AllocationStore } fro
 import { loadIpamConfig } from '../../../ipam/config';
 import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
-import { formatIP, parseCIDR } from '../../../ipam/ip';
+import { formatIP, parseCIDR } from '../../../shared/ip';
 import { ipamAdd, ipamDel } from '../../../ipam/plugin';
 import { freePort, startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 

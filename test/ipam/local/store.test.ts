@@ -8,7 +8,7 @@ import { LOCK_EX, LOCK_NB, LOCK_UN } from '../../../shared/sys/flock';
 import { native } from '../../../shared/sys/native';
 import { allocate, collectGarbage, release } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
-import { formatIP, parseIP } from '../../../ipam/ip';
+import { formatIP, parseIP } from '../../../shared/ip';
 import { LocalStore } from '../../../ipam/local/store';
 
 const REPO = path.resolve(__dirname, '../../..');
