@@ -36,6 +36,7 @@ import { CniError } from '../../shared/cni/errors';
 import { checkConnection, readPasswordFile } from '../../shared/etcd/connection';
 import { type FlagSpecs, parseFlags, UsageError } from '../../shared/flags';
 import { DEFAULT_HOST_ID_FILE, hostId as readHostId } from '../../shared/host-id';
+import { prefixed, stderrLog } from '../../shared/log';
 import { withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
 import { XfrmHandle } from '../../shared/netlink/xfrm';
@@ -46,8 +47,8 @@ import { isNetnsPath } from '../../shared/netns/netns';
 import { converge, overlayNames } from '../../shared/vxlan';
 import { ControlPlane, DEFAULT_PREFIX, IdentityConflictError, remoteEndpoints, type NetworkRecord, type Snapshot } from './controlplane';
 import { DEFAULT_STATE_DIR } from './config';
-import { DEFAULT_ROTATE_EVERY_MS, HostEncryption, acksOver, ringCacheDir, ringKvOver } from './encryption';
-import { EtcdKV, type KV, type Unwatch } from './kv';
+import { DEFAULT_ROTATE_EVERY_MS, HostEncryption, acksOver, ringCacheDir } from './encryption';
+import { EtcdKV, type KV, type LeaseId, type Watch } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
 
 export interface AgentOptions {
@@ -226,9 +227,9 @@ export function convergeHost(
 
 export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<Agent> {
   const cp = new ControlPlane(deps.kv, { prefix: opts.prefix, timeoutMs: opts.requestTimeoutMs, log: deps.log });
-  let lease: string | undefined;
+  let lease: LeaseId | undefined;
   let stopped = false;
-  let watch: Unwatch | undefined;
+  let watch: Watch | undefined;
   let running: Promise<boolean> | undefined;
   let again = false;
   let debounce: NodeJS.Timeout | undefined;
@@ -244,9 +245,10 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       cacheDir: ringCacheDir(opts.stateDir),
       rotateEveryMs: opts.rotateEveryMs ?? DEFAULT_ROTATE_EVERY_MS,
       leaderTtlSeconds: opts.leaderTtlSeconds ?? 15,
+      requestTimeoutMs: opts.requestTimeoutMs,
     },
     {
-      ringKv: ringKvOver(deps.kv, opts.requestTimeoutMs, clock),
+      ringKv: deps.kv,
       acks: acksOver(deps.kv, opts.prefix, opts.requestTimeoutMs, clock),
       // opened on first use: a host with only unencrypted networks never needs xfrm
       xfrm: deps.ipsec?.xfrm ?? lazyXfrm(() => (xfrmHandle ??= XfrmHandle.open())),
@@ -262,7 +264,7 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
   const deadline = () => Date.now() + opts.requestTimeoutMs;
 
   async function register(): Promise<void> {
-    if (lease !== undefined && (await deps.kv.leaseKeepAlive(lease, deadline()))) return;
+    if (lease !== undefined && (await deps.kv.leaseKeepAlive(lease, deadline())) > 0) return;
     if (lease !== undefined) log(`lease ${lease} is gone; registering again`);
     // the node name must be this machine's before its VTEP is written under it
     const identity = await cp.claimIdentity(opts.node, opts.hostId);
@@ -360,8 +362,8 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
     setInterval(() => {
       if (lease === undefined) return;
       deps.kv.leaseKeepAlive(lease, deadline()).then(
-        (alive) => {
-          if (!alive) schedule();
+        (ttl) => {
+          if (ttl === 0) schedule();
         },
         () => undefined,
       );
@@ -406,12 +408,12 @@ function lazyXfrm(get: () => XfrmOps): XfrmOps {
 
 /** `cni-ts overlay-agent ...`: runs until SIGTERM/SIGINT; resolves to the exit code. */
 export async function agentMain(args: string[]): Promise<number> {
-  const log = (line: string) => process.stderr.write(`overlay-agent: ${line}\n`);
+  const log = prefixed(stderrLog, 'overlay-agent: ');
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs(args);
   } catch (e) {
-    process.stderr.write(`overlay-agent: ${(e as Error).message}\n${USAGE}\n`);
+    log(`${(e as Error).message}\n${USAGE}`);
     return 2;
   }
   const { opts } = parsed;

@@ -32,7 +32,7 @@ import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../sh
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { OVERLAY_STATE_DIR } from '../../shared/paths';
 import { DEFAULT_PREFIX } from './controlplane';
-import type { EtcdConnection } from './kv';
+import type { EtcdKVOptions } from '../../shared/etcd/kv';
 
 export const DEFAULT_STATE_DIR = OVERLAY_STATE_DIR;
 
@@ -126,7 +126,7 @@ export const DEFAULT_GC_GRACE_PERIOD_MS = 15 * 60 * 1000;
  * 127.0.0.1:2379, under shared/etcd/connection.ts's rules (code 7 when
  * broken: https:// without a CA, credentials in clear, an inline password).
  */
-export function etcdConnection(conf: Conf): EtcdConnection & { keyPrefix: string; gcGracePeriodMs: number } {
+export function etcdConnection(conf: Conf): EtcdKVOptions & { keyPrefix: string; gcGracePeriodMs: number } {
   const own = conf.etcd;
   const fromIpam = ipamEtcd(conf);
   const where = own?.endpoints ? 'etcd' : 'ipam.etcd';

@@ -46,7 +46,8 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { isCidr, isIPv4 } from '../../shared/ip';
 import type { RemoteEndpoint } from '../../shared/vxlan';
 import { VNI_MAX, VNI_MIN } from '../../shared/vxlan';
-import type { Compare, KV, KeyValue, Op } from './kv';
+import { prefixed, stderrLog, type Logger } from '../../shared/log';
+import type { Compare, KV, KeyValue, LeaseId, Op } from '../../shared/etcd/kv';
 
 export const DEFAULT_PREFIX = '/cni-ts/overlay';
 /** Docker's first automatic VNI. */
@@ -145,7 +146,7 @@ export class ControlPlane {
   readonly prefix: string;
   private readonly timeoutMs: number;
   private readonly now: () => number;
-  private readonly log: (line: string) => void;
+  private readonly log: Logger;
 
   constructor(
     private readonly kv: KV,
@@ -154,7 +155,7 @@ export class ControlPlane {
     this.prefix = opts.prefix ?? DEFAULT_PREFIX;
     this.timeoutMs = opts.timeoutMs ?? 5000;
     this.now = opts.now ?? Date.now;
-    this.log = opts.log ?? ((line) => process.stderr.write(`overlay: ${line}\n`));
+    this.log = opts.log ?? prefixed(stderrLog, 'overlay: ');
   }
 
   /**
@@ -404,7 +405,7 @@ export class ControlPlane {
    * identity record still holds `identity` (claimIdentity's value).
    * IdentityConflictError when it does not.
    */
-  async registerHost(host: HostRecord, lease: string, identity?: string): Promise<void> {
+  async registerHost(host: HostRecord, lease: LeaseId, identity?: string): Promise<void> {
     const put: Op = { put: this.hostKey(host.name), value: JSON.stringify(host), lease };
     if (identity === undefined) {
       await this.kv.txn({ success: [put] }, this.deadline());

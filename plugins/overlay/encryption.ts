@@ -19,7 +19,7 @@
  *
  * Keys: the ring is one etcd key under the overlay prefix
  * (`<prefix>/ipsec/ring`, so the agent's watch of the prefix sees every
- * rotation), read over the agent's own etcd connection (ringKvOver), with
+ * rotation), read over the agent's own etcd connection, with
  * a 0600 local copy for restarts while etcd is down (RingStore). Every
  * agent campaigns (`<prefix>/ipsec/leader`) while any encrypted network
  * exists; the leader ticks the KeyRotator, which writes rotations by
@@ -52,14 +52,12 @@ import {
   type HostSyncResult,
   type KeyRing,
   type KeyMaterialSource,
-  type RingKV,
   type TickResult,
-  type Versioned,
   type XfrmOps,
 } from '../../shared/ipsec';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
 import type { Snapshot } from './controlplane';
-import type { KV } from './kv';
+import type { KV } from '../../shared/etcd/kv';
 
 export const DEFAULT_ROTATE_EVERY_MS = 12 * 60 * 60 * 1000;
 
@@ -119,30 +117,6 @@ export function sourcesOf(snap: Pick<Snapshot, 'networks' | 'hosts' | 'endpoints
   };
 }
 
-/** RingKV over the overlay's etcd connection (one connection per agent, not two). */
-export function ringKvOver(kv: KV, timeoutMs: number, now: Clock = Date.now): RingKV {
-  const deadline = () => now() + timeoutMs;
-  return {
-    async get(key: string): Promise<Versioned | undefined> {
-      const { results } = await kv.txn({ success: [{ get: key }] }, deadline());
-      const v = results[0]?.[0];
-      return v ? { value: v.value, modRevision: v.modRevision } : undefined;
-    },
-    async putIf(key: string, value: string, expected: bigint, lease?: string): Promise<boolean> {
-      // an absent key's mod revision compares as 0 in etcd, so 0n means "only if absent"
-      const res = await kv.txn(
-        { compare: [{ key, target: 'mod', value: expected }], success: [{ put: key, value, ...(lease !== undefined && { lease }) }] },
-        deadline(),
-      );
-      return res.succeeded;
-    },
-    grantLease: (ttl) => kv.leaseGrant(ttl, deadline()),
-    keepAlive: (lease) => kv.leaseKeepAlive(lease, deadline()),
-    revokeLease: (lease) => kv.leaseRevoke(lease, deadline()),
-    close: () => undefined, // the connection is the agent's
-  };
-}
-
 /** Which ring generation each host has installed. */
 export interface RingAcks {
   put(node: string, generation: number): Promise<void>;
@@ -189,10 +163,13 @@ export interface EncryptionOptions {
   /** leader lease TTL, seconds; default 15 */
   readonly leaderTtlSeconds?: number;
   readonly aesBytes?: 16 | 32;
+  /** how long one etcd call may take; default 5000 ms */
+  readonly requestTimeoutMs?: number;
 }
 
 export interface EncryptionDeps {
-  readonly ringKv: RingKV;
+  /** the agent's etcd connection: the ring and the election share it (one connection per agent, not two) */
+  readonly ringKv: KV;
   readonly acks: RingAcks;
   readonly xfrm: XfrmOps;
   readonly nft: Nft;
@@ -226,8 +203,9 @@ export class HostEncryption {
     private readonly deps: EncryptionDeps,
   ) {
     const prefix = ipsecPrefix(opts.prefix);
-    this.store = new RingStore(deps.ringKv, { prefix, ...(opts.cacheDir !== undefined && { cacheDir: opts.cacheDir }) });
-    this.election = new LeaderElection(deps.ringKv, { prefix, candidate: opts.node, ttlSeconds: opts.leaderTtlSeconds ?? 15 });
+    const timeoutMs = opts.requestTimeoutMs;
+    this.store = new RingStore(deps.ringKv, { prefix, ...(opts.cacheDir !== undefined && { cacheDir: opts.cacheDir }), ...(timeoutMs !== undefined && { timeoutMs }) });
+    this.election = new LeaderElection(deps.ringKv, { prefix, candidate: opts.node, ttlSeconds: opts.leaderTtlSeconds ?? 15, ...(timeoutMs !== undefined && { timeoutMs }) });
     this.rotator = new KeyRotator({
       store: this.store,
       election: this.election,

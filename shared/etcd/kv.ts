@@ -183,3 +183,19 @@ export class EtcdKV implements KV {
     this.client.close();
   }
 }
+
+/** The key as etcd holds it now; undefined when absent. */
+export async function get(kv: KV, key: string, deadline: number): Promise<KeyValue | undefined> {
+  const { results } = await kv.txn({ success: [{ get: key }] }, deadline);
+  return results[0]?.[0];
+}
+
+/**
+ * Puts `value` only if the key's mod revision is still `expected`: a
+ * compare-and-set on what the caller read. etcd compares a missing key's mod
+ * revision as 0, so 0n means "only if absent". False when someone wrote first.
+ */
+export async function putIf(kv: KV, key: string, value: string, expected: bigint, deadline: number, lease?: LeaseId): Promise<boolean> {
+  const res = await kv.txn({ compare: [{ key, target: 'mod', value: expected }], success: [{ put: key, value, ...(lease !== undefined && { lease }) }] }, deadline);
+  return res.succeeded;
+}

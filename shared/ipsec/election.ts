@@ -8,7 +8,7 @@
  * written by compare-and-set, so a former leader that has not yet noticed
  * its loss (a long GC pause) cannot undo or repeat a rotation.
  */
-import type { RingKV } from './kv';
+import { get, putIf, type KV, type LeaseId } from '../etcd/kv';
 
 export interface ElectionOptions {
   /** etcd key prefix shared with the ring, e.g. "/cni-ts/ipsec" */
@@ -17,17 +17,23 @@ export interface ElectionOptions {
   candidate: string;
   /** default 15 s: how long a dead leader holds the office */
   ttlSeconds?: number;
+  /** how long one etcd call may take; default 5000 ms */
+  timeoutMs?: number;
 }
 
 export class LeaderElection {
   readonly leaderKey: string;
-  private lease: string | undefined;
+  private lease: LeaseId | undefined;
 
   constructor(
-    private readonly kv: RingKV,
+    private readonly kv: KV,
     private readonly opts: ElectionOptions,
   ) {
     this.leaderKey = `${opts.prefix.replace(/\/+$/, '')}/leader`;
+  }
+
+  private deadline(): number {
+    return Date.now() + (this.opts.timeoutMs ?? 5000);
   }
 
   /**
@@ -36,17 +42,17 @@ export class LeaderElection {
    * Throws CniError 11 when etcd cannot answer (we then assume we are not).
    */
   async campaign(): Promise<boolean> {
-    if (this.lease !== undefined && !(await this.kv.keepAlive(this.lease))) this.lease = undefined;
-    this.lease ??= await this.kv.grantLease(this.opts.ttlSeconds ?? 15);
-    const cur = await this.kv.get(this.leaderKey);
+    if (this.lease !== undefined && (await this.kv.leaseKeepAlive(this.lease, this.deadline())) === 0) this.lease = undefined;
+    this.lease ??= await this.kv.leaseGrant(this.opts.ttlSeconds ?? 15, this.deadline());
+    const cur = await get(this.kv, this.leaderKey, this.deadline());
     if (cur) return cur.value === this.opts.candidate && this.holdsKey();
-    const won = await this.kv.putIf(this.leaderKey, this.opts.candidate, 0n, this.lease);
+    const won = await putIf(this.kv, this.leaderKey, this.opts.candidate, 0n, this.deadline(), this.lease);
     this.heldWith = won ? this.lease : undefined;
     return won;
   }
 
   /** The lease our key was written with; a key of the same name from an earlier lease of ours is not ours now. */
-  private heldWith: string | undefined;
+  private heldWith: LeaseId | undefined;
 
   private holdsKey(): boolean {
     return this.heldWith !== undefined && this.heldWith === this.lease;
@@ -54,7 +60,7 @@ export class LeaderElection {
 
   /** Who leads now, undefined when nobody. */
   async leader(): Promise<string | undefined> {
-    return (await this.kv.get(this.leaderKey))?.value;
+    return (await get(this.kv, this.leaderKey, this.deadline()))?.value;
   }
 
   /** Give the office up now (on shutdown), instead of after the TTL. */
@@ -62,6 +68,6 @@ export class LeaderElection {
     const l = this.lease;
     this.lease = undefined;
     this.heldWith = undefined;
-    if (l !== undefined) await this.kv.revokeLease(l);
+    if (l !== undefined) await this.kv.leaseRevoke(l, this.deadline());
   }
 }

@@ -8,7 +8,7 @@
  *   desired.ts    the SAs/policies a host should hold
  *   converge.ts   makes the kernel hold them (xfrm-ops.ts seam; its fake is testkit/fake-xfrm.ts)
  *   firewall.ts   the nftables cleartext-VXLAN drop (and optional mark)
- *   kv.ts, ring-store.ts, election.ts, rotator.ts   etcd, the leader's loop
+ *   ring-store.ts, election.ts, rotator.ts   the ring and the leader in etcd (shared/etcd/kv.ts), the leader's loop
  *   host.ts       one host's sync in one call
  */
 export * from './spi';
@@ -19,7 +19,6 @@ export * from './desired';
 export * from './converge';
 export type { XfrmOps } from './xfrm-ops';
 export * from './firewall';
-export * from './kv';
 export * from './ring-store';
 export * from './election';
 export * from './rotator';

@@ -25,7 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../cni/errors';
 import { KeyRing, RingCorruptError, parseRing, serializeRing, type RingKey } from './keyring';
-import type { RingKV } from './kv';
+import { get, putIf, type KV } from '../etcd/kv';
 
 export type LoadResult =
   | { state: 'missing' }
@@ -37,6 +37,8 @@ export interface RingStoreOptions {
   prefix: string;
   /** where the local copy lives, e.g. "/var/lib/cni-ts/ipsec"; omitted: no local copy */
   cacheDir?: string;
+  /** how long one etcd call may take; default 5000 ms */
+  timeoutMs?: number;
 }
 
 export const CACHE_FILE = 'ring.json';
@@ -65,15 +67,19 @@ export class RingStore {
   private highest: KeyRing | undefined;
 
   constructor(
-    private readonly kv: RingKV,
+    private readonly kv: KV,
     private readonly opts: RingStoreOptions,
   ) {
     this.ringKey = `${opts.prefix.replace(/\/+$/, '')}/ring`;
   }
 
+  private deadline(): number {
+    return Date.now() + (this.opts.timeoutMs ?? 5000);
+  }
+
   /** The ring in etcd, as found. Throws CniError 11 when etcd cannot answer. */
   async load(): Promise<LoadResult> {
-    const v = await this.kv.get(this.ringKey);
+    const v = await get(this.kv, this.ringKey, this.deadline());
     if (!v) return { state: 'missing' };
     try {
       return { state: 'ok', ring: parseRing(v.value), revision: v.modRevision };
@@ -85,7 +91,7 @@ export class RingStore {
 
   /** Writes `ring` if etcd still holds revision `expected` (0n: no ring yet). False when someone wrote first. */
   async compareAndSet(ring: KeyRing, expected: bigint): Promise<boolean> {
-    return this.kv.putIf(this.ringKey, serializeRing(ring), expected);
+    return putIf(this.kv, this.ringKey, serializeRing(ring), expected, this.deadline());
   }
 
   /**

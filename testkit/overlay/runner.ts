@@ -24,7 +24,7 @@ import { plugin } from '../../plugins/overlay/main';
 import { pluginMain } from '../../cmd/plugin-io';
 import { agentMain } from '../../plugins/overlay/agent';
 import { ControlPlane } from '../../plugins/overlay/controlplane';
-import { EtcdKV } from '../../plugins/overlay/kv';
+import { EtcdKV } from '../../shared/etcd/kv';
 
 const [nsPath, mode, ...rest] = process.argv.slice(2);
 const fd = fs.openSync(nsPath!, 'r');

@@ -2,8 +2,8 @@
  * The agent's decisions for encrypted networks on THIS host, without a
  * kernel or etcd: which peers get tunnels (encryptedNetworksOf), what the
  * xfrm tables and the nftables table hold after each pass (HostEncryption
- * on FakeXfrm, FakeNft, MemoryKV), the leader's ring creation and rotation,
- * the ring over the overlay's own etcd connection (ringKvOver on FakeKV),
+ * on FakeXfrm, FakeNft, FakeKV), the leader's ring creation and rotation,
+ * the ring over the overlay's own etcd connection (get/putIf over FakeKV),
  * the agent's flags, the encrypted MTU, and the control plane refusing to
  * mix encrypted and clear configs of one network. The data path itself
  * (ESP on the wire, lossless rotation) is test/vm/guest/overlay-encrypted.guest.ts.
@@ -17,7 +17,6 @@ import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { IPSEC_REQID } from '../../../shared/ipsec/desired';
 import { IPSEC_TABLE } from '../../../shared/ipsec/firewall';
 import { parseRing, serializeRing } from '../../../shared/ipsec/keyring';
-import { MemoryKV } from '../../../shared/ipsec/kv';
 import { CACHE_FILE } from '../../../shared/ipsec/ring-store';
 import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
 import type { Transaction } from '../../../shared/nft/transaction';
@@ -25,8 +24,9 @@ import { parseArgs, startAgent, type Agent } from '../../../plugins/overlay/agen
 import { parseDuration } from '../../../shared/flags';
 import { schema } from '../../../plugins/overlay/config';
 import { ControlPlane, type Snapshot } from '../../../plugins/overlay/controlplane';
-import { HostEncryption, MemoryAcks, acksOver, encryptedNetworksOf, ipsecPrefix, ringKvOver } from '../../../plugins/overlay/encryption';
-import { FakeKV } from '../../../plugins/overlay/fake-kv';
+import { HostEncryption, MemoryAcks, acksOver, encryptedNetworksOf, ipsecPrefix } from '../../../plugins/overlay/encryption';
+import { get, putIf } from '../../../shared/etcd/kv';
+import { FakeKV } from '../../../testkit/fake-kv';
 import { networkMtu } from '../../../plugins/overlay/main';
 
 const H = 60 * 60 * 1000;
@@ -118,7 +118,7 @@ describe('one host, encrypted networks and the key ring', () => {
     acks = new MemoryAcks();
   });
 
-  function host(node: string, vtep: string, kv: MemoryKV, clock: ReturnType<typeof manualClock>) {
+  function host(node: string, vtep: string, kv: FakeKV, clock: ReturnType<typeof manualClock>) {
     const xfrm = new FakeXfrm();
     const nft = new ScriptNft();
     const lines: string[] = [];
@@ -132,7 +132,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('installs nothing and keys no peer while there is no ring, then keys the peer once the leader made one', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2)]);
     await a.enc.sync(s);
@@ -154,7 +154,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('removes the SAs, policies and nftables table when the pair no longer shares an encrypted network', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const both = snap([ep('secret', 'a', 1), ep('secret', 'b', 2), ep('plain', 'b', 3), ep('plain', 'a', 4)]);
     await a.enc.tick(both);
@@ -174,7 +174,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('keeps tunnels only with the peers that still share a network when one of two leaves', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const three = snap([ep('secret', 'a', 1), ep('secret', 'b', 2), ep('secret', 'c', 3)]);
     await a.enc.tick(three);
@@ -188,7 +188,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('rotates only on the leader, when the period is due, and every host then receives with the new key before sending with it', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const b = host('b', B, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2)]);
@@ -201,7 +201,7 @@ describe('one host, encrypted networks and the key ring', () => {
     clock.advance(2000);
     expect((await b.enc.tick(s))?.action).toBe('follower');
     expect((await a.enc.tick(s))?.action).toBe('rotated');
-    const ring = parseRing((await kv.get(`${ipsecPrefix('/ov')}/ring`))!.value);
+    const ring = parseRing((await get(kv, `${ipsecPrefix('/ov')}/ring`, Date.now() + 1000))!.value);
     expect(ring.keys.map((k) => k.id)).toEqual([1, 2, 3]);
     expect(ring.primaryId).toBe(2);
     await a.enc.sync(s);
@@ -215,7 +215,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('does not rotate while a host with an encrypted endpoint has not applied the ring, unless a whole period overdue', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const b = host('b', B, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2), ep('plain', 'c', 3)]);
@@ -238,7 +238,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('keeps the SAs it has and the local copy (0600, no key in any log line) while etcd is unreachable', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = host('a', A, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2)]);
     await a.enc.tick(s);
@@ -263,7 +263,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('does not key a new peer from etcd-less start, but does from the local copy of an earlier run', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const first = host('a', A, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2)]);
     await first.enc.tick(s);
@@ -283,7 +283,7 @@ describe('one host, encrypted networks and the key ring', () => {
 
   it('removes leftovers of an earlier run on its first pass, and never campaigns while no network is encrypted', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const old = host('a', A, kv, clock);
     const s = snap([ep('secret', 'a', 1), ep('secret', 'b', 2)]);
     await old.enc.tick(s);
@@ -306,24 +306,26 @@ describe('one host, encrypted networks and the key ring', () => {
 
 describe('the ring over the overlay etcd connection', () => {
   it('writes only if absent at revision 0, then only at the revision read', async () => {
-    const kv = ringKvOver(new FakeKV(), 1000);
-    expect(await kv.putIf('/ov/ipsec/ring', 'one', 0n)).toBe(true);
-    expect(await kv.putIf('/ov/ipsec/ring', 'two', 0n)).toBe(false);
-    const v = (await kv.get('/ov/ipsec/ring'))!;
+    const kv = new FakeKV();
+    const dl = () => Date.now() + 1000;
+    expect(await putIf(kv, '/ov/ipsec/ring', 'one', 0n, dl())).toBe(true);
+    expect(await putIf(kv, '/ov/ipsec/ring', 'two', 0n, dl())).toBe(false);
+    const v = (await get(kv, '/ov/ipsec/ring', dl()))!;
     expect(v.value).toBe('one');
-    expect(await kv.putIf('/ov/ipsec/ring', 'three', v.modRevision)).toBe(true);
-    expect(await kv.putIf('/ov/ipsec/ring', 'four', v.modRevision)).toBe(false);
-    expect((await kv.get('/ov/ipsec/ring'))!.value).toBe('three');
+    expect(await putIf(kv, '/ov/ipsec/ring', 'three', v.modRevision, dl())).toBe(true);
+    expect(await putIf(kv, '/ov/ipsec/ring', 'four', v.modRevision, dl())).toBe(false);
+    expect((await get(kv, '/ov/ipsec/ring', dl()))!.value).toBe('three');
   });
 
   it('puts a leader key on a lease that revoking removes', async () => {
-    const kv = ringKvOver(new FakeKV(), 1000);
-    const lease = await kv.grantLease(5);
-    expect(await kv.putIf('/ov/ipsec/leader', 'a', 0n, lease)).toBe(true);
-    expect(await kv.keepAlive(lease)).toBe(true);
-    await kv.revokeLease(lease);
-    expect(await kv.get('/ov/ipsec/leader')).toBeUndefined();
-    expect(await kv.keepAlive(lease)).toBe(false);
+    const kv = new FakeKV();
+    const dl = () => Date.now() + 1000;
+    const lease = await kv.leaseGrant(5, dl());
+    expect(await putIf(kv, '/ov/ipsec/leader', 'a', 0n, dl(), lease)).toBe(true);
+    expect(await kv.leaseKeepAlive(lease, dl())).toBeGreaterThan(0);
+    await kv.leaseRevoke(lease, dl());
+    expect(await get(kv, '/ov/ipsec/leader', dl())).toBeUndefined();
+    expect(await kv.leaseKeepAlive(lease, dl())).toBe(0);
   });
 });
 

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgs } from '../../../plugins/overlay/agent';
-import { EtcdKV } from '../../../plugins/overlay/kv';
+import { EtcdKV } from '../../../shared/etcd/kv';
 import { loadEtcd3 } from '../../../shared/etcd/load';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 

@@ -1,7 +1,7 @@
 /**
  * The ring store, the election and the rotator against a real etcd (the
  * Debian etcd-server binary on 127.0.0.1, testkit/etcd-server.ts),
- * through EtcdRingKV: compare-and-set, leases that really expire, and an
+ * through the one EtcdKV (shared/etcd/kv.ts): compare-and-set, leases that really expire, and an
  * unreachable etcd surfacing as CniError 11.
  */
 import * as fs from 'node:fs';
@@ -9,15 +9,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdKV, get } from '../../../shared/etcd/kv';
 import { LeaderElection } from '../../../shared/ipsec/election';
 import { newRing } from '../../../shared/ipsec/keyring';
-import { EtcdRingKV } from '../../../shared/ipsec/kv';
 import { RingStore } from '../../../shared/ipsec/ring-store';
 import { KeyRotator } from '../../../shared/ipsec/rotator';
 import { freePort, startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
-const clients: EtcdRingKV[] = [];
+const clients: EtcdKV[] = [];
 let dir: string;
 
 beforeAll(async () => {
@@ -31,8 +31,8 @@ afterAll(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-function client(endpoint = etcd.endpoint, timeoutMs = 3000): EtcdRingKV {
-  const c = new EtcdRingKV({ endpoints: [endpoint], timeoutMs });
+function client(endpoint = etcd.endpoint, timeoutMs = 3000): EtcdKV {
+  const c = new EtcdKV({ endpoints: [endpoint], requestTimeoutMs: timeoutMs });
   clients.push(c);
   return c;
 }
@@ -98,8 +98,8 @@ describe('ipsec keys on a real etcd', () => {
     await good.compareAndSet(newRing(Date.now()), 0n);
     await good.fetch();
     const dead = client(`http://127.0.0.1:${await freePort()}`, 1000);
-    await expect(dead.get('/x')).rejects.toMatchObject({ code: 11 });
-    const f = await new RingStore(dead, { prefix: p, cacheDir }).fetch();
+    await expect(get(dead, '/x', Date.now() + 1000)).rejects.toMatchObject({ code: 11 });
+    const f = await new RingStore(dead, { prefix: p, cacheDir, timeoutMs: 1000 }).fetch();
     expect(f.source).toBe('cache');
     expect(f.ring?.keys.map((k) => k.id)).toEqual([1, 2]);
   });

@@ -1,5 +1,5 @@
 /**
- * The key ring in etcd (on MemoryKV, which has etcd's revision and lease
+ * The key ring in etcd (on FakeKV, which has etcd's revision and lease
  * semantics and fails like an unreachable etcd when `down`), the leader
  * election, the rotator's ticks and their faults, and one host's sync.
  * The same store and election against a real etcd: etcd.test.ts.
@@ -14,7 +14,7 @@ import { FakeXfrm } from '../../../testkit/fake-xfrm';
 import { syncHost } from '../../../shared/ipsec/host';
 import { IPSEC_REQID } from '../../../shared/ipsec/desired';
 import { KeyRing, newRing, parseRing, rotate, serializeRing } from '../../../shared/ipsec/keyring';
-import { MemoryKV } from '../../../shared/ipsec/kv';
+import { FakeKV } from '../../../testkit/fake-kv';
 import { CACHE_FILE, RingStore } from '../../../shared/ipsec/ring-store';
 import { KeyRotator } from '../../../shared/ipsec/rotator';
 import type { Nft } from '../../../shared/nft/nft-interface';
@@ -48,7 +48,7 @@ const ids = (r: KeyRing | undefined) => r?.keys.map((k) => k.id);
 
 describe('RingStore', () => {
   it('writes the ring with compare-and-set: a second writer holding an old revision loses', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX });
     const r1 = newRing(T0, source());
     expect(await store.compareAndSet(r1, 0n)).toBe(true);
@@ -63,7 +63,7 @@ describe('RingStore', () => {
   });
 
   it('keeps a local copy, 0600 in a 0700 directory, replaced atomically, and a host reads it when etcd is down', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const cacheDir = path.join(dir, 'ipsec');
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir });
     await store.compareAndSet(newRing(T0, source()), 0n);
@@ -80,7 +80,7 @@ describe('RingStore', () => {
   });
 
   it('follows etcd when its ring changes, refreshing the local copy', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
     const src = source();
     const r = newRing(T0, src);
@@ -93,7 +93,7 @@ describe('RingStore', () => {
   });
 
   it('a host with neither etcd nor a local copy gets no ring and says why', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     kv.down = true;
     const f = await new RingStore(kv, { prefix: PREFIX, cacheDir: dir }).fetch();
     expect([f.ring, f.source]).toEqual([undefined, 'none']);
@@ -101,7 +101,7 @@ describe('RingStore', () => {
   });
 
   it('a corrupt ring in etcd is reported and the local copy used; a corrupt local copy is replaced from etcd', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
     await store.compareAndSet(newRing(T0, source()), 0n);
     await store.fetch();
@@ -109,7 +109,7 @@ describe('RingStore', () => {
     const f = await store.fetch();
     expect([f.source, ids(f.ring), f.problem?.name]).toEqual(['cache', [1, 2], 'RingCorruptError']);
     // And the other way round.
-    const kv2 = new MemoryKV(manualClock());
+    const kv2 = new FakeKV(manualClock());
     const store2 = new RingStore(kv2, { prefix: PREFIX, cacheDir: dir });
     fs.writeFileSync(path.join(dir, CACHE_FILE), 'garbage');
     await store2.compareAndSet(newRing(T0, source()), 0n);
@@ -121,7 +121,7 @@ describe('RingStore', () => {
 describe('LeaderElection', () => {
   it('elects one candidate; the other takes over once the leader\'s lease runs out', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = new LeaderElection(kv, { prefix: PREFIX, candidate: 'host-a', ttlSeconds: 10 });
     const b = new LeaderElection(kv, { prefix: PREFIX, candidate: 'host-b', ttlSeconds: 10 });
     expect(await a.campaign()).toBe(true);
@@ -139,7 +139,7 @@ describe('LeaderElection', () => {
   });
 
   it('resigning hands the office over at once', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const a = new LeaderElection(kv, { prefix: PREFIX, candidate: 'host-a' });
     const b = new LeaderElection(kv, { prefix: PREFIX, candidate: 'host-b' });
     expect(await a.campaign()).toBe(true);
@@ -149,13 +149,13 @@ describe('LeaderElection', () => {
   });
 
   it('fails with CniError 11 when etcd is unreachable', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     kv.down = true;
     await expect(new LeaderElection(kv, { prefix: PREFIX, candidate: 'a' }).campaign()).rejects.toMatchObject({ code: 11 });
   });
 });
 
-function leaderSetup(clock = manualClock(), kv = new MemoryKV(clock), candidate = 'host-a', cacheDir?: string) {
+function leaderSetup(clock = manualClock(), kv = new FakeKV(clock), candidate = 'host-a', cacheDir?: string) {
   const store = new RingStore(kv, { prefix: PREFIX, ...(cacheDir && { cacheDir }) });
   const election = new LeaderElection(kv, { prefix: PREFIX, candidate, ttlSeconds: 10 });
   const rotator = new KeyRotator({ store, election, clock, keySource: source() });
@@ -177,7 +177,7 @@ describe('KeyRotator', () => {
 
   it('does nothing as a follower', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = leaderSetup(clock, kv, 'host-a');
     const b = leaderSetup(clock, kv, 'host-b');
     await a.rotator.tick();
@@ -202,20 +202,20 @@ describe('KeyRotator', () => {
 
   it('a leader that dies mid-rotation leaves either the old ring or the new one, and the next leader finishes', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = leaderSetup(clock, kv, 'host-a');
     const b = leaderSetup(clock, kv, 'host-b');
     await a.rotator.tick();
     clock.advance(12 * H);
     // a dies between reading the ring and writing the rotated one: the
     // write never reaches etcd (etcd "goes down" for a exactly then).
-    const realPut = kv.putIf.bind(kv);
-    kv.putIf = async (key, value, expected, lease) => {
-      if (key.endsWith('/ring')) throw new CniError(11, 'etcd unavailable: host-a died');
-      return realPut(key, value, expected, lease);
+    const realTxn = kv.txn.bind(kv);
+    kv.txn = async (req, deadline) => {
+      if ((req.success ?? []).some((o) => 'put' in o && o.put.endsWith('/ring'))) throw new CniError(11, 'etcd unavailable: host-a died');
+      return realTxn(req, deadline);
     };
     await expect(a.rotator.tick()).rejects.toMatchObject({ code: 11 });
-    kv.putIf = realPut;
+    kv.txn = realTxn;
     let loaded = await a.store.load();
     expect(loaded.state === 'ok' && [ids(loaded.ring), loaded.ring.generation]).toEqual([[1, 2], 1]);
     // a never campaigns again; once its lease expires b leads and rotates.
@@ -228,7 +228,7 @@ describe('KeyRotator', () => {
 
   it('two leaders racing (a stale one that missed its lease expiry) cannot both rotate', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const { store } = leaderSetup(clock, kv);
     await store.compareAndSet(newRing(T0, source()), 0n);
     clock.advance(12 * H);
@@ -243,7 +243,7 @@ describe('KeyRotator', () => {
 
   it('a new leader whose clock is behind the ring\'s stamp waits instead of rotating', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = leaderSetup(clock, kv, 'host-a');
     await a.rotator.tick(); // ring stamped T0 by a
     await a.election.resign();
@@ -299,7 +299,7 @@ class RecordingNft implements Nft {
 
 describe('syncHost', () => {
   it('fetches the ring, installs SAs and policies, then the cleartext drop; with nothing encrypted left it removes all', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
     await store.compareAndSet(newRing(T0, source()), 0n);
     const xfrm = new FakeXfrm();
@@ -316,7 +316,7 @@ describe('syncHost', () => {
   });
 
   it('without any ring leaves what is installed in place and reports the problem', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
     const xfrm = new FakeXfrm();
     const nft = new RecordingNft();
@@ -331,7 +331,7 @@ describe('syncHost', () => {
   });
 
   it('never writes key material into what it returns', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX });
     const ring = newRing(T0, source());
     await store.compareAndSet(ring, 0n);
@@ -351,7 +351,7 @@ describe('key-ring rollbacks and clocks far ahead', () => {
 
   it('a host refuses an older ring written to etcd and keeps the SAs of the newest it applied', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const store = new RingStore(kv, { prefix: PREFIX, cacheDir: dir });
     const src = source();
     const g1 = newRing(T0, src);
@@ -372,7 +372,7 @@ describe('key-ring rollbacks and clocks far ahead', () => {
   });
 
   it('refuses the same generation with other keys, also with no local copy', async () => {
-    const kv = new MemoryKV(manualClock());
+    const kv = new FakeKV(manualClock());
     const store = new RingStore(kv, { prefix: PREFIX });
     const ring = newRing(T0, source());
     await store.compareAndSet(ring, 0n);
@@ -400,7 +400,7 @@ describe('key-ring rollbacks and clocks far ahead', () => {
 
   it('clamps a rotatedAt stamped by a clock far ahead, so rotation goes on a period after, not when that clock is reached', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const ahead = leaderSetup(clock, kv, 'host-ahead');
     clock.set(T0 + 30 * 24 * H); // a leader whose clock is a month ahead creates the ring
     await ahead.rotator.tick();
@@ -418,7 +418,7 @@ describe('key-ring rollbacks and clocks far ahead', () => {
 
   it('leaves a stamp less than a period ahead alone (the leader waits, as with ordinary skew)', async () => {
     const clock = manualClock();
-    const kv = new MemoryKV(clock);
+    const kv = new FakeKV(clock);
     const a = leaderSetup(clock, kv, 'host-a');
     clock.set(T0 + 11 * H);
     await a.rotator.tick();
