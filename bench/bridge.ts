@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Mode, Row, Side, alive, callIn, interleave, standalone, startDaemon, summarize, sweepStale } from './lib';
+import { LOCK_DIR } from '../shared/paths';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -33,7 +34,6 @@ interface BridgeSide extends Side {
 }
 
 /** our plugin's lock files (plugins/bridge/main.ts) */
-const LOCK_DIR = '/run/cni-ts';
 
 /** Names carry our pid, so a run that was killed (no finally) is recognised and swept by the next one. */
 const PREFIX = 'bench-bridge-';

@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { Mode, Row, Sample, assertOk, runOnce, standalone, startDaemon, summarize } from './lib';
+import { RUN_ROOT } from '../shared/paths';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
 // bench/run.sh runs from the repository root
@@ -35,7 +36,7 @@ function main(): void {
     // build wrote into it (no Node start), against the Go reference
     const version: Row = { what: 'none VERSION (the shim alone, no daemon)', ours: [], reference: [] };
     const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench-none', type: 'none' });
-    const noDaemon = { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: `/run/cni-ts/bench-none-absent-${process.pid}.sock` };
+    const noDaemon = { CNI_COMMAND: 'VERSION', CNI_TS_DAEMON_SOCKET: path.join(RUN_ROOT, `bench-none-absent-${process.pid}.sock`) };
     for (let i = -1; i < ROUNDS; i++) {
       const o = runOnce({ binary: ours, env: noDaemon, stdin: conf });
       const r = runOnce({ binary: reference, env: { CNI_COMMAND: 'VERSION' }, stdin: conf });
@@ -46,7 +47,7 @@ function main(): void {
     }
     rows.shimVersion = version;
     // this process's own namespace is the host here: so is the daemon's
-    modes.push(standalone, startDaemon(root, undefined, `/run/cni-ts/bench-none-${process.pid}.sock`));
+    modes.push(standalone, startDaemon(root, undefined, path.join(RUN_ROOT, `bench-none-${process.pid}.sock`)));
     for (const mode of modes) {
       for (const what of ['VERSION', 'ADD', 'DEL']) rows[mode.label + what] = { what: `none ${what} (${mode.label})`, ours: [], reference: [] };
       // warm the page cache and the native binding's extracted copy

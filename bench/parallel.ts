@@ -15,6 +15,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type Mode, median, standalone, startDaemon, sweepStale } from './lib';
+import { LOCK_DIR } from '../shared/paths';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30) >= 10 ? 3 : 1;
 const N = 50;
@@ -99,7 +100,7 @@ async function main(): Promise<void> {
     for (const m of modes) m.stop();
     for (const ns of made.reverse()) execFileSync('ip', ['netns', 'del', ns]);
     fs.rmSync(dir, { recursive: true, force: true });
-    for (const b of ['bpo', 'bpd']) fs.rmSync(`/run/cni-ts/bridge-${`${b}${process.pid}`.slice(0, 15)}.lock`, { force: true });
+    for (const b of ['bpo', 'bpd']) fs.rmSync(path.join(LOCK_DIR, `bridge-${`${b}${process.pid}`.slice(0, 15)}.lock`), { force: true });
   }
   const ref = results.reference;
   console.log(`${N} parallel ADDs, then ${N} parallel DELs, on one bridge network (ipMasq), wall time, median of ${ROUNDS} bursts:`);
