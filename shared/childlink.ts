@@ -18,7 +18,7 @@ import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from './cni/skel';
 import { CniError, ErrorCode } from './cni/errors';
 import type { Attachment, Result } from './cni/types';
-import { NetlinkHandle, withHandle, type Link, type IpvlanMode, type MacvlanMode, type IpvlanFlag } from './netlink';
+import { EBUSY, EINVAL, NetlinkHandle, isNetlinkError, withHandle, type Link, type IpvlanMode, type MacvlanMode, type IpvlanFlag } from './netlink';
 import { NetNs } from './netns/netns';
 import { UndoStack } from './undo';
 import { applyToInterface, ipamAddressesFor, withHandles, type IpamClient } from './container-iface';
@@ -45,8 +45,8 @@ export interface ChildLinkKind<C extends ChildLinkConf> {
   ipam: IpamClient;
   /** the link to create on `parent` (the parent link as it is now) */
   link(conf: C, parent: Link): ChildLinkAttrs;
-  /** the kernel's terse refusal of the link (EINVAL, EBUSY), said in the config's terms; anything else as it is */
-  explainRefusal(e: unknown, conf: C, parentName: string): unknown;
+  /** why the kernel said EINVAL to the new link, in the config's terms (the parent's other links decide) */
+  invalidBecause(conf: C, parentName: string): string;
   /** the IPAM's result made the kind's, before it is applied: the routes it takes and the gateways it reports */
   shapeResult?(conf: C, result: Result): void;
   /** CHECK: where the link reports its mode */
@@ -95,7 +95,7 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
         try {
           host.linkAdd({ ...k.link(conf, lower), name: tmp, parentIndex: lower.index, netnsFd: ns.fd });
         } catch (e) {
-          throw k.explainRefusal(e, conf, parent.name);
+          throw explainRefusal(k, e, conf, parent.name);
         }
         undo.push(k.kind, () => cont.linkDelIfExists(tmp));
         cont.linkRename(tmp, ctx.ifname);
@@ -146,6 +146,20 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
       if (k.ipam.hasIpam(ctx)) await k.ipam.ipamStatus(ctx);
     },
   };
+}
+
+/**
+ * The kernel's terse EINVAL/EBUSY on RTM_NEWLINK, said in the config's terms
+ * (code 7): EBUSY, the parent carries the other kind of child (a parent has
+ * macvlans or ipvlans, never both); EINVAL, the kind says why.
+ */
+function explainRefusal<C extends ChildLinkConf>(k: ChildLinkKind<C>, e: unknown, conf: C, parent: string): unknown {
+  if (isNetlinkError(e, EBUSY)) {
+    const other = k.kind === 'macvlan' ? 'ipvlan' : 'macvlan';
+    return new CniError(ErrorCode.InvalidNetworkConfig, `master ${parent} is in use by another kind of link (${other}?)`, e.message);
+  }
+  if (isNetlinkError(e, EINVAL)) return new CniError(ErrorCode.InvalidNetworkConfig, k.invalidBecause(conf, parent), e.message);
+  return e;
 }
 
 /**

@@ -20,10 +20,8 @@
  * a new link in another mode switches every link of that parent.
  */
 import { z } from 'zod';
-import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase } from '../../shared/cni/config';
 import type { IPConfig, Route } from '../../shared/cni/types';
-import { EBUSY, EINVAL, isNetlinkError } from '../../shared/netlink';
 import { childLinkPlugin, kindEnum } from '../../shared/childlink';
 import { gatewayFor } from '../../shared/container-iface';
 import { parentConfFields } from '../../shared/vlan';
@@ -63,20 +61,13 @@ function dropUndefinedGw(r: Route): Route {
   return r;
 }
 
-/** The kernel's terse EINVAL/EBUSY on RTM_NEWLINK, said in the config's terms (code 7). */
-function explainRefusal(e: unknown, conf: Conf, parent: string): unknown {
-  if (isNetlinkError(e, EBUSY)) return new CniError(ErrorCode.InvalidNetworkConfig, `master ${parent} is in use by another kind of link (macvlan?)`, e.message);
-  if (isNetlinkError(e, EINVAL)) return new CniError(ErrorCode.InvalidNetworkConfig, `master ${parent} cannot carry an ipvlan in mode ${conf.mode}`, e.message);
-  return e;
-}
-
 export const plugin = childLinkPlugin<Conf>({
   kind: 'ipvlan',
   about: 'ipvlan: Docker ipvlan networks (l2, l3, l3s), with 802.1q VLAN parents (cni-ts)',
   schema,
   ipam,
   link: (conf, parent) => ({ kind: 'ipvlan', mode: conf.mode, flag: conf.flag, mtu: conf.mtu ?? parent.mtu }),
-  explainRefusal,
+  invalidBecause: (conf, parent) => `master ${parent} cannot carry an ipvlan in mode ${conf.mode}`,
   shapeResult: (conf, result) => {
     const ips = result.ips ?? [];
     result.routes = containerRoutes(conf.mode, ips, result.routes ?? []);

@@ -18,9 +18,7 @@
  * same parent are reachable in bridge mode.
  */
 import { z } from 'zod';
-import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { netConfBase, unicastMac } from '../../shared/cni/config';
-import { EBUSY, EINVAL, isNetlinkError } from '../../shared/netlink';
 import { childLinkPlugin, kindEnum } from '../../shared/childlink';
 import { parentConfFields } from '../../shared/vlan';
 import * as ipam from '../../ipam/client';
@@ -41,28 +39,17 @@ const schema = netConfBase.extend({
 });
 type Conf = z.infer<typeof schema>;
 
-/** The kernel's terse EINVAL/EBUSY on RTM_NEWLINK, said in the config's terms (code 7). */
-function explainRefusal(e: unknown, conf: Conf, parent: string): unknown {
-  if (isNetlinkError(e, EINVAL)) {
-    const why =
-      conf.mode === 'passthru'
-        ? `macvlan mode passthru needs master ${parent} to itself, and it already has a macvlan (one passthru container per parent)`
-        : `master ${parent} refused another macvlan: it is held by a passthru macvlan`;
-    return new CniError(ErrorCode.InvalidNetworkConfig, why, e.message);
-  }
-  if (isNetlinkError(e, EBUSY)) {
-    return new CniError(ErrorCode.InvalidNetworkConfig, `master ${parent} is in use by another kind of link (ipvlan?)`, e.message);
-  }
-  return e;
-}
-
 export const plugin = childLinkPlugin<Conf>({
   kind: 'macvlan',
   about: 'macvlan: Docker macvlan networks, with 802.1q VLAN parents (cni-ts)',
   schema,
   ipam,
   link: (conf) => ({ kind: 'macvlan', mode: conf.mode, mtu: conf.mtu, mac: conf.runtimeConfig?.mac }),
-  explainRefusal,
+  // EINVAL: passthru takes a parent to itself
+  invalidBecause: (conf, parent) =>
+    conf.mode === 'passthru'
+      ? `macvlan mode passthru needs master ${parent} to itself, and it already has a macvlan (one passthru container per parent)`
+      : `master ${parent} refused another macvlan: it is held by a passthru macvlan`,
   modeOf: (l) => l.macvlanMode,
   checkMac: true,
   checkMtu: true,
