@@ -1,0 +1,142 @@
+/**
+ * Name resolution for the plugins: the few calls a plugin makes, each one
+ * line in its ADD, DEL, CHECK or GC. Everything else (records on disk, the
+ * resolver process, the wire format) is loaded only when a network has
+ * `dns.enabled`, so other calls pay nothing for it.
+ *
+ *   ADD    registerName(ctx, result, {internal})  records + resolver + result.dns
+ *   DEL    removeName(ctx)                        idempotent
+ *   CHECK  checkName(ctx)                         the name answers with the recorded addresses
+ *   GC     gcNames(ctx, valid)                    drops records of unlisted attachments
+ *
+ * Names: the container's (K8S_POD_NAME in CNI_ARGS, as podman and kubelet
+ * send it), its aliases (the `aliases` capability: runtimeConfig.aliases,
+ * either a list or, as podman sends it, a map of network name to list) and
+ * the container ID's first 12 characters. A name that is not a DNS name is
+ * left out (the short ID still answers).
+ */
+import type { CniContext } from '../cni/skel';
+import type { Attachment, DNS, Result } from '../cni/types';
+import { CniError, ErrorCode } from '../cni/errors';
+import { DEFAULT_DATA_DIR, DEFAULT_DOMAIN, type DnsConf, isDnsName } from './config';
+import type * as Records from './records';
+import type * as Launch from './launch';
+import type * as Client from './client';
+
+export { dnsConf, type DnsConf } from './config';
+
+interface DnsNetConf {
+  name: string;
+  dns?: DnsConf;
+  runtimeConfig?: { aliases?: unknown } & Record<string, unknown>;
+}
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+const records = (): typeof Records => require('./records');
+const launch = (): typeof Launch => require('./launch');
+const client = (): typeof Client => require('./client');
+/* eslint-enable @typescript-eslint/no-require-imports */
+
+export function dnsEnabled(conf: { dns?: { enabled?: boolean } }): boolean {
+  return conf.dns?.enabled === true;
+}
+
+function dataDir(conf: DnsNetConf): string {
+  return conf.dns?.dataDir ?? DEFAULT_DATA_DIR;
+}
+
+/** The names an ADD registers (without the short ID, which the resolver derives). */
+export function namesOf(ctx: { args: Record<string, string>; config: DnsNetConf }): string[] {
+  const out: string[] = [];
+  const pod = ctx.args.K8S_POD_NAME;
+  if (pod) out.push(pod);
+  const a = ctx.config.runtimeConfig?.aliases;
+  const list = Array.isArray(a) ? a : a && typeof a === 'object' ? (a as Record<string, unknown>)[ctx.config.name] : undefined;
+  if (Array.isArray(list)) for (const x of list) if (typeof x === 'string') out.push(x);
+  return [...new Set(out.filter(isDnsName).map((n) => n.toLowerCase()))].slice(0, 64);
+}
+
+/**
+ * ADD: records the attachment's names and addresses, makes sure the
+ * resolver runs (and has been told), and fills result.dns so the runtime
+ * writes resolv.conf: the gateways as nameservers, the domain to search.
+ * Listen addresses are the gateways of result.ips, which the plugin has put
+ * on the host (a DNS-enabled network needs one per family it resolves).
+ */
+export function registerName<C extends DnsNetConf>(ctx: CniContext<C>, result: Result, opts: { internal: boolean }): void {
+  const conf = ctx.config;
+  if (!dnsEnabled(conf)) return;
+  const ips = result.ips ?? [];
+  const listen = [...new Set(ips.map((ip) => ip.gateway).filter((g): g is string => !!g))];
+  if (!listen.length) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, 'dns.enabled needs a gateway address on the network (the IPAM gave none)');
+  }
+  const r = records();
+  const { formatCidr, networkOf, parseCidr } = require('../netlink/ipaddr') as typeof import('../netlink/ipaddr'); // eslint-disable-line @typescript-eslint/no-require-imports
+  const domain = conf.dns?.domain ?? DEFAULT_DOMAIN;
+  r.putEntry(
+    dataDir(conf),
+    {
+      name: conf.name,
+      domain,
+      internal: opts.internal,
+      listen,
+      subnets: [...new Set(ips.map((ip) => formatCidr(networkOf(parseCidr(ip.address)))))],
+      ...(conf.dns?.upstream ? { upstream: conf.dns.upstream } : {}),
+    },
+    {
+      containerId: ctx.containerId,
+      ifname: ctx.ifname,
+      names: namesOf(ctx),
+      v4: ips.filter((ip) => !ip.address.includes(':')).map((ip) => ip.address.split('/')[0]),
+      v6: ips.filter((ip) => ip.address.includes(':')).map((ip) => ip.address.split('/')[0]),
+    },
+    () => launch().ensureResolver(dataDir(conf), { exitWhenEmpty: true }),
+  );
+  const dns: DNS = {
+    nameservers: [...listen.filter((a) => !a.includes(':')), ...listen.filter((a) => a.includes(':'))],
+    search: [domain, ...(conf.dns?.search ?? []).filter((s) => s !== domain)],
+  };
+  if (conf.dns?.options?.length) dns.options = conf.dns.options;
+  result.dns = dns;
+}
+
+/** DEL: the attachment's names go (idempotent); the resolver is told. */
+export function removeName<C extends DnsNetConf>(ctx: CniContext<C>): void {
+  if (!dnsEnabled(ctx.config)) return;
+  if (records().removeEntry(dataDir(ctx.config), ctx.config.name, ctx.containerId, ctx.ifname)) launch().signalResolver(dataDir(ctx.config));
+}
+
+/** GC: names of attachments the runtime no longer lists go. */
+export function gcNames<C extends DnsNetConf>(ctx: CniContext<C>, valid: Attachment[]): void {
+  if (!dnsEnabled(ctx.config)) return;
+  if (records().gcEntries(dataDir(ctx.config), ctx.config.name, valid)) launch().signalResolver(dataDir(ctx.config));
+}
+
+/**
+ * CHECK: the attachment is recorded, and the resolver answers its short ID
+ * with exactly the recorded addresses (asked from a gateway address, which
+ * is inside the network).
+ */
+export async function checkName<C extends DnsNetConf>(ctx: CniContext<C>): Promise<void> {
+  const conf = ctx.config;
+  if (!dnsEnabled(conf)) return;
+  const fail = (msg: string) => new CniError(ErrorCode.Internal, msg);
+  const dir = dataDir(conf);
+  const entry = records().getEntry(dir, conf.name, ctx.containerId, ctx.ifname);
+  if (!entry) throw fail(`no DNS record for ${ctx.containerId}/${ctx.ifname} on network ${conf.name}`);
+  const net = records().loadAll(dir).find((n) => n.name === conf.name);
+  const c = client();
+  const name = `${ctx.containerId.slice(0, 12)}.${net?.domain ?? DEFAULT_DOMAIN}`;
+  for (const server of net?.listen ?? []) {
+    const want = server.includes(':') ? entry.v6 : entry.v4;
+    let got: string[] = [];
+    for (let attempt = 0; attempt < 3; attempt++) {
+      got = c.addressesOf(await c.query(name, server.includes(':') ? 'AAAA' : 'A', { server, from: server, timeoutMs: 1000 }));
+      if (got.join() === [...want].sort().join()) break;
+    }
+    if (got.join() !== [...want].sort().join()) {
+      throw fail(`the resolver on ${server} answers ${name} with [${got.join(', ')}], expected [${want.join(', ')}]`);
+    }
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * The resolver's records on disk: one directory per network under the data
+ * directory (default /run/cni-ts/dns), holding the network's description
+ * (network.json: where the resolver listens, the subnets it answers, the
+ * domain, upstream, internal) and one file per attachment (its names and
+ * addresses). Plugins write, the resolver (server.ts) reads.
+ *
+ * Crash safety: every file is written to a temporary name and renamed
+ * (atomic on one filesystem), and writers hold the directory's lock
+ * (withFileLock), so a killed plugin leaves either the old file or the new
+ * one, never half of one, and two plugins never interleave a
+ * read-modify-write of the same network. The resolver reads without the
+ * lock: it only ever sees whole files. Records read back are validated
+ * (zod): a corrupt or foreign file is skipped, never trusted.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { isIp } from '../netlink/ipaddr';
+import { withFileLock } from '../sys';
+import { isDnsName } from './config';
+
+const ip = z.string().refine(isIp, 'not an IP address');
+const cidr = z.string().regex(/^[0-9a-fA-F:.]+\/\d{1,3}$/);
+
+export const networkSchema = z.object({
+  name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/).max(128),
+  domain: z.string().refine(isDnsName),
+  internal: z.boolean(),
+  /** where the resolver answers for this network: its gateway addresses */
+  listen: z.array(ip).max(16),
+  /** only sources inside these are answered */
+  subnets: z.array(cidr).min(1).max(16),
+  /** overrides /etc/resolv.conf for forwarded names */
+  upstream: z.array(z.string()).max(8).optional(),
+});
+export type DnsNetwork = z.infer<typeof networkSchema>;
+
+export const entrySchema = z.object({
+  containerId: z.string().min(1).max(256),
+  ifname: z.string().min(1).max(16),
+  /** the container's name and aliases (the short ID is derived from containerId) */
+  names: z.array(z.string().refine(isDnsName)).max(64),
+  v4: z.array(ip).max(16),
+  v6: z.array(ip).max(16),
+});
+export type DnsEntry = z.infer<typeof entrySchema>;
+
+export interface LoadedNetwork extends DnsNetwork {
+  entries: DnsEntry[];
+}
+
+const NETWORK_FILE = 'network.json';
+
+function netDir(dir: string, network: string): string {
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(network)) throw new Error(`bad network name ${JSON.stringify(network)}`);
+  return path.join(dir, 'networks', network);
+}
+
+/** One attachment's file name: its container ID and interface, hashed (fixed length, no path characters). */
+export function entryFile(containerId: string, ifname: string): string {
+  return `${createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 24)}.json`;
+}
+
+function writeAtomic(file: string, data: string): void {
+  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+/** The records directory's lock (writers hold it; the resolver only to decide it may exit). */
+export function withLock<T>(dir: string, fn: () => T): T {
+  return withFileLock(path.join(dir, 'lock'), fn);
+}
+
+/**
+ * ADD: (re)writes the network's description and the attachment's record.
+ * `then` runs still holding the lock (starting or signalling the resolver:
+ * a resolver deciding to exit because it has nothing to serve takes the
+ * same lock, so it cannot exit between our write and our signal).
+ */
+export function putEntry(dir: string, network: DnsNetwork, entry: DnsEntry, then: () => void = () => {}): void {
+  const net = networkSchema.parse(network);
+  const e = entrySchema.parse(entry);
+  withLock(dir, () => {
+    const d = netDir(dir, net.name);
+    fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    writeAtomic(path.join(d, NETWORK_FILE), JSON.stringify(net));
+    writeAtomic(path.join(d, entryFile(e.containerId, e.ifname)), JSON.stringify(e));
+    then();
+  });
+}
+
+/**
+ * DEL: removes the attachment's record (absent is fine: DEL is idempotent);
+ * the network's directory goes with its last record, so the resolver stops
+ * listening there. Returns whether anything changed.
+ */
+export function removeEntry(dir: string, network: string, containerId: string, ifname: string): boolean {
+  return withLock(dir, () => removeWhere(dir, network, (f) => f === entryFile(containerId, ifname)));
+}
+
+/** GC: removes every record of the network whose attachment is not in valid. */
+export function gcEntries(dir: string, network: string, valid: ReadonlyArray<{ containerID: string; ifname: string }>): boolean {
+  const keep = new Set(valid.map((a) => entryFile(a.containerID, a.ifname)));
+  return withLock(dir, () => removeWhere(dir, network, (f) => !keep.has(f)));
+}
+
+function removeWhere(dir: string, network: string, drop: (file: string) => boolean): boolean {
+  const d = netDir(dir, network);
+  let files: string[];
+  try {
+    files = fs.readdirSync(d);
+  } catch {
+    return false;
+  }
+  let changed = false;
+  for (const f of files) {
+    if (f === NETWORK_FILE || !f.endsWith('.json')) continue;
+    if (drop(f)) {
+      fs.rmSync(path.join(d, f), { force: true });
+      changed = true;
+    }
+  }
+  if (!fs.readdirSync(d).some((f) => f !== NETWORK_FILE && f.endsWith('.json'))) {
+    fs.rmSync(d, { recursive: true, force: true });
+    changed = true;
+  }
+  return changed;
+}
+
+/** The records of one attachment, or undefined. */
+export function getEntry(dir: string, network: string, containerId: string, ifname: string): DnsEntry | undefined {
+  return readJson(path.join(netDir(dir, network), entryFile(containerId, ifname)), entrySchema);
+}
+
+function readJson<T>(file: string, schema: z.ZodType<T, z.ZodTypeDef, unknown>): T | undefined {
+  try {
+    const parsed = schema.safeParse(JSON.parse(fs.readFileSync(file, 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Every network with its records, as the resolver serves them; unreadable files are skipped. */
+export function loadAll(dir: string, warn: (msg: string) => void = () => {}): LoadedNetwork[] {
+  const root = path.join(dir, 'networks');
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const out: LoadedNetwork[] = [];
+  for (const name of names) {
+    const d = path.join(root, name);
+    const net = readJson(path.join(d, NETWORK_FILE), networkSchema);
+    if (!net || net.name !== name) {
+      warn(`dns: skipping network directory ${name}: no valid ${NETWORK_FILE}`);
+      continue;
+    }
+    const entries: DnsEntry[] = [];
+    let files: string[] = [];
+    try {
+      files = fs.readdirSync(d);
+    } catch {
+      continue;
+    }
+    for (const f of files) {
+      if (f === NETWORK_FILE || !/^[0-9a-f]{24}\.json$/.test(f)) continue;
+      const e = readJson(path.join(d, f), entrySchema);
+      if (e) entries.push(e);
+      else warn(`dns: skipping invalid record ${name}/${f}`);
+    }
+    out.push({ ...net, entries });
+  }
+  return out;
+}

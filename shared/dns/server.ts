@@ -1,0 +1,259 @@
+/**
+ * The resolver: UDP and TCP listeners on each DNS-enabled network's gateway
+ * addresses, answering from that network's records (zone.ts) and
+ * forwarding the rest (upstream.ts). `cni-ts dns` (cmd/dns.ts) runs one
+ * per host; reload() re-reads the records directory (SIGHUP).
+ *
+ * What it trusts, and what it does not (it runs as root next to containers
+ * nobody trusts):
+ * - It listens only on addresses a network's description names AND that lie
+ *   inside that network's subnets, never on a wildcard address: a host
+ *   address that is not a network's gateway is never listened on, even if
+ *   a records file says so.
+ * - A query is answered only from networks whose listen address it was sent
+ *   to AND whose subnet holds its source. A container of network X asking
+ *   network Y's gateway, or anything on the host's other interfaces, gets
+ *   no answer at all (and nothing is forwarded for it: no open resolver).
+ * - Memory per client is bounded: at most MAX_TCP connections in all and
+ *   MAX_TCP_PER_CLIENT per source address, each closed after TCP_IDLE_MS
+ *   without a complete query; at most TCP_PIPELINE queries queued per
+ *   connection; a TCP message is at most 65535 bytes by its length prefix;
+ *   forwarded queries in flight are bounded by the Forwarder.
+ */
+import * as dgram from 'node:dgram';
+import * as net from 'node:net';
+import { type Cidr, parseCidr, parseIp } from '../netlink/ipaddr';
+import { type LoadedNetwork, loadAll } from './records';
+import { Forwarder, ResolvConf, upstreamServers } from './upstream';
+import { type NetZone, RCODE, answer, buildZone, errorReply } from './zone';
+
+export const MAX_TCP = 256;
+export const MAX_TCP_PER_CLIENT = 16;
+export const TCP_IDLE_MS = 10_000;
+export const TCP_PIPELINE = 16;
+
+export interface ResolverOptions {
+  /** the records directory (records.ts) */
+  dir: string;
+  /** 53 unless a test says otherwise */
+  port?: number;
+  resolvConf?: string;
+  log?: (msg: string) => void;
+  tcpIdleMs?: number;
+}
+
+interface Served {
+  net: LoadedNetwork;
+  zone: NetZone;
+  subnets: Cidr[];
+}
+
+interface Listener {
+  address: string;
+  udp: dgram.Socket;
+  tcp: net.Server;
+}
+
+export function cidrContains(c: Cidr, ip: string): boolean {
+  let a;
+  try {
+    a = parseIp(ip);
+  } catch {
+    return false;
+  }
+  if (a.family !== c.family) return false;
+  let bits = c.prefixLen;
+  for (let i = 0; i < a.bytes.length && bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((a.bytes[i] & mask) !== (c.bytes[i] & mask)) return false;
+  }
+  return true;
+}
+
+function isUnspecified(ip: string): boolean {
+  return parseIp(ip).bytes.every((b) => b === 0);
+}
+
+export class Resolver {
+  private served: Served[] = [];
+  private readonly listeners = new Map<string, Listener>();
+  private readonly forwarder = new Forwarder();
+  private readonly resolv: ResolvConf;
+  private readonly port: number;
+  private readonly log: (msg: string) => void;
+  private readonly tcpIdleMs: number;
+  private readonly tcpPerClient = new Map<string, number>();
+  /** counters, for tests and the log */
+  readonly stats = { answered: 0, forwarded: 0, dropped: 0, refusedClients: 0, tcpRejected: 0 };
+
+  constructor(private readonly opts: ResolverOptions) {
+    this.port = opts.port ?? 53;
+    this.log = opts.log ?? (() => {});
+    this.resolv = new ResolvConf(opts.resolvConf);
+    this.tcpIdleMs = opts.tcpIdleMs ?? TCP_IDLE_MS;
+  }
+
+  /** Re-reads the records and opens/closes listeners to match; resolves once every new listener is bound or failed. */
+  async reload(): Promise<void> {
+    const nets = loadAll(this.opts.dir, this.log);
+    this.served = nets.map((n) => ({ net: n, zone: buildZone(n), subnets: n.subnets.map(parseCidr) }));
+    const want = new Set<string>();
+    for (const s of this.served) {
+      for (const a of s.net.listen) {
+        if (isUnspecified(a) || !s.subnets.some((c) => cidrContains(c, a))) {
+          this.log(`dns: network ${s.net.name}: not listening on ${a}: not a gateway address inside the network's subnets`);
+          continue;
+        }
+        want.add(a);
+      }
+    }
+    for (const [a, l] of this.listeners) {
+      if (!want.has(a)) {
+        this.closeListener(l);
+        this.listeners.delete(a);
+      }
+    }
+    const opened: Promise<void>[] = [];
+    for (const a of want) if (!this.listeners.has(a)) opened.push(this.open(a));
+    await Promise.all(opened);
+  }
+
+  /** Addresses with a bound UDP and TCP listener. */
+  listening(): string[] {
+    return [...this.listeners.keys()];
+  }
+
+  networks(): string[] {
+    return this.served.map((s) => s.net.name);
+  }
+
+  async close(): Promise<void> {
+    for (const l of this.listeners.values()) this.closeListener(l);
+    this.listeners.clear();
+  }
+
+  /** The zones a query from source to local may be answered from (empty: answer nothing). */
+  zonesFor(local: string, source: string): NetZone[] {
+    return this.served.filter((s) => s.net.listen.includes(local) && s.subnets.some((c) => cidrContains(c, source))).map((s) => s.zone);
+  }
+
+  private closeListener(l: Listener): void {
+    try {
+      l.udp.close();
+    } catch {
+      /* already closed */
+    }
+    l.tcp.close();
+  }
+
+  private open(address: string): Promise<void> {
+    const v6 = address.includes(':');
+    const udp = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6 });
+    const tcp = net.createServer();
+    tcp.maxConnections = MAX_TCP;
+    const l: Listener = { address, udp, tcp };
+    this.listeners.set(address, l);
+    const failed = (what: string, e: Error) => {
+      this.log(`dns: cannot listen on ${what} ${address}:${this.port}: ${e.message}`);
+      if (this.listeners.get(address) === l) {
+        this.listeners.delete(address);
+        this.closeListener(l);
+      }
+    };
+    udp.on('message', (msg, rinfo) => this.onUdp(l, msg, rinfo));
+    tcp.on('connection', (sock) => this.onTcp(l, sock));
+    tcp.on('drop', () => this.stats.tcpRejected++);
+    const u = new Promise<void>((resolve) => {
+      udp.once('error', (e) => (failed('udp', e), resolve()));
+      udp.bind({ address, port: this.port, exclusive: true }, () => resolve());
+    });
+    const t = new Promise<void>((resolve) => {
+      tcp.once('error', (e) => (failed('tcp', e), resolve()));
+      tcp.listen({ host: address, port: this.port, ipv6Only: v6, exclusive: true }, () => resolve());
+    });
+    return Promise.all([u, t]).then(() => {
+      if (this.listeners.get(address) === l) this.log(`dns: listening on ${address}:${this.port}`);
+    });
+  }
+
+  private onUdp(l: Listener, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const zones = this.zonesFor(l.address, rinfo.address);
+    if (!zones.length) {
+      this.stats.refusedClients++;
+      return;
+    }
+    void this.handle(msg, zones, 'udp', rinfo.address).then((reply) => {
+      if (reply && this.listeners.get(l.address) === l) l.udp.send(reply, rinfo.port, rinfo.address, () => {});
+    });
+  }
+
+  private onTcp(l: Listener, sock: net.Socket): void {
+    const client = sock.remoteAddress ?? '';
+    const zones = this.zonesFor(l.address, client);
+    const mine = this.tcpPerClient.get(client) ?? 0;
+    if (!zones.length || mine >= MAX_TCP_PER_CLIENT) {
+      if (!zones.length) this.stats.refusedClients++;
+      else this.stats.tcpRejected++;
+      sock.destroy();
+      return;
+    }
+    this.tcpPerClient.set(client, mine + 1);
+    sock.once('close', () => {
+      const n = (this.tcpPerClient.get(client) ?? 1) - 1;
+      if (n <= 0) this.tcpPerClient.delete(client);
+      else this.tcpPerClient.set(client, n);
+    });
+    sock.on('error', () => sock.destroy());
+    // idle: no complete query for a while (a slowloris holding a slot)
+    sock.setTimeout(this.tcpIdleMs, () => sock.destroy());
+    let buf: Buffer = Buffer.alloc(0);
+    let queued = 0;
+    let chain = Promise.resolve();
+    sock.on('data', (chunk: Buffer) => {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      while (buf.length >= 2) {
+        const len = buf.readUInt16BE(0);
+        if (buf.length < 2 + len) break;
+        const query = buf.subarray(2, 2 + len);
+        buf = buf.subarray(2 + len);
+        if (++queued > TCP_PIPELINE) {
+          sock.destroy();
+          return;
+        }
+        chain = chain.then(async () => {
+          const reply = await this.handle(Buffer.from(query), zones, 'tcp', client);
+          queued--;
+          if (!reply || sock.destroyed) return;
+          const framed = Buffer.alloc(2 + reply.length);
+          framed.writeUInt16BE(reply.length, 0);
+          reply.copy(framed, 2);
+          sock.write(framed);
+        });
+      }
+    });
+  }
+
+  /** The reply to one query from a client of zones, or undefined for none. */
+  async handle(query: Buffer, zones: NetZone[], transport: 'udp' | 'tcp', client: string): Promise<Buffer | undefined> {
+    let d;
+    try {
+      d = answer(query, zones, transport);
+    } catch (e) {
+      // never a crash on a packet: whatever slipped through is a SERVFAIL
+      this.log(`dns: answering failed: ${(e as Error).message}`);
+      return query.length >= 12 ? errorReply(query, RCODE.SERVFAIL) : undefined;
+    }
+    if (d.kind === 'drop') {
+      this.stats.dropped++;
+      return undefined;
+    }
+    if (d.kind === 'reply') {
+      this.stats.answered++;
+      return d.packet;
+    }
+    const servers = upstreamServers(zones[0].upstream, this.resolv);
+    this.stats.forwarded++;
+    const r = await this.forwarder.forward(query, client, servers, new Set(this.listeners.keys()));
+    return r ?? errorReply(query, RCODE.SERVFAIL);
+  }
+}
