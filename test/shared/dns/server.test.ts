@@ -195,7 +195,7 @@ async function tcpAsk(server: string, from: string, name: string): Promise<dnsPa
       buf = Buffer.concat([buf, c]);
       if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
         s.destroy();
-        res(dnsPacket.streamDecode(buf));
+        res(dnsPacket.streamDecode(buf) as dnsPacket.DecodedPacket);
       }
     });
     s.once('close', () => rej(new Error('connection closed without an answer')));

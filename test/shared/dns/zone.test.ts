@@ -9,7 +9,7 @@ import * as dnsPacket from 'dns-packet';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { LoadedNetwork } from '../../../shared/dns/records';
-import { RCODE, answer, buildZone, reverseName } from '../../../shared/dns/zone';
+import { answer, buildZone, reverseName } from '../../../shared/dns/zone';
 
 const web: LoadedNetwork = {
   name: 'front',
