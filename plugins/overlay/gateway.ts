@@ -22,6 +22,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { EEXIST, isNetlinkError, parseCidr, type NetlinkHandle } from '../../shared/netlink';
+import { formatIP, parsePrefixed, subnetOf } from '../../shared/ip';
 import type { Nft } from '../../shared/nft/nft-interface';
 import { Transaction } from '../../shared/nft/transaction';
 import { syncChain } from '../../shared/nft/owned';
@@ -36,11 +37,8 @@ export interface GatewayConfig {
   readonly mtu?: number;
 }
 
-function v4ToInt(ip: string): number {
-  return ip.split('.').reduce((a, o) => a * 256 + Number(o), 0);
-}
 function intToV4(n: number): string {
-  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.');
+  return formatIP({ family: 4, value: BigInt(n) });
 }
 
 /** Network, gateway (first host) and prefix of an IPv4 subnet. */
@@ -49,7 +47,8 @@ export function gatewayPlan(subnet: string): { network: number; gateway: string;
   if (c.family !== 2) throw new CniError(ErrorCode.InvalidNetworkConfig, `gateway.subnet ${subnet} must be IPv4`);
   if (c.prefixLen > 30) throw new CniError(ErrorCode.InvalidNetworkConfig, `gateway.subnet ${subnet} is too small`);
   const size = 2 ** (32 - c.prefixLen);
-  const network = Math.floor(v4ToInt(subnet.split('/')[0]) / size) * size;
+  const p = parsePrefixed(subnet)!; // parseCidr above has thrown for anything else
+  const network = Number(subnetOf(p.ip, p.prefix).network.value);
   return { network, gateway: intToV4(network + 1), prefix: c.prefixLen, size };
 }
 

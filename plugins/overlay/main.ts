@@ -42,6 +42,7 @@ import { applyToInterface, macFromIPv4, withHandles } from '../../shared/contain
 import { verifyLink } from '../../shared/verify';
 import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
 import { encryptedMtu } from '../../shared/ipsec/mtu';
+import { cidrContains } from '../../shared/ip';
 import * as ipam from '../../ipam/client';
 import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnet, schema } from './config';
 import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
@@ -107,12 +108,6 @@ function canonicalSubnet(s: string): string {
   }
 }
 
-function inSubnet(ip: string, subnet: string): boolean {
-  const s = parseCidr(subnet);
-  const a = parseCidr(`${ip}/${s.prefixLen}`);
-  return a.family === s.family && formatCidr(networkOf(a)) === formatCidr(networkOf(s));
-}
-
 /** The underlay device holding `vtep` in the host namespace: its index and MTU. */
 function underlayOf(host: NetlinkHandle, vtep: string): { index: number; mtu: number } {
   const addr = host.addrList().find((a) => a.address === vtep);
@@ -168,7 +163,7 @@ async function add(ctx: Ctx): Promise<Result> {
       const v4 = (result.ips ?? []).find((ip) => !ip.address.includes(':'));
       if (!v4) throw new CniError(ErrorCode.InvalidNetworkConfig, 'the IPAM gave no IPv4 address', 'overlay networks are IPv4');
       const ip = v4.address.split('/')[0];
-      if (!inSubnet(ip, subnet)) {
+      if (!cidrContains(subnet, ip)) {
         throw new CniError(ErrorCode.InvalidNetworkConfig, `the IPAM gave ${v4.address}, outside overlay subnet ${subnet}`, 'the IPAM cannot serve this subnet');
       }
       const mac = (conf.runtimeConfig?.mac ?? macFromIPv4(ip)).toLowerCase();

@@ -31,7 +31,7 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { requirePrevResult, type CniContext, type Plugin } from '../../shared/cni/skel';
 import type { Attachment, Result } from '../../shared/cni/types';
 import { AF_INET } from '../../shared/netlink/consts';
-import { parseCidr, parseIp } from '../../shared/netlink/ipaddr';
+import { cidrContains, parsePrefixed } from '../../shared/ip';
 import { withFileLock } from '../../shared/sys/flock';
 import { PORTMAP_LOCK_FILE } from '../../shared/paths';
 import { sysctlSet } from '../../shared/netns/netns';
@@ -270,27 +270,19 @@ function enableLocalnet(ipv4: string): void {
   // netlink only loads on this path: most plugin runs never need it
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const netlink = require('../../shared/netlink') as typeof import('../../shared/netlink');
-  const target = parseIp(ipv4).bytes;
   const ifname = netlink.withHandle(undefined, (h) => {
     let best: { len: number; oif: number } | undefined;
     for (const r of h.routeList(AF_INET)) {
       if (r.oifIndex === undefined) continue;
-      const len = r.dst === 'default' ? 0 : parseCidr(r.dst).prefixLen;
-      if (r.dst !== 'default' && !prefixContains(parseCidr(r.dst).bytes, len, target)) continue;
+      const dst = r.dst === 'default' ? { prefix: 0 } : parsePrefixed(r.dst);
+      if (!dst || (r.dst !== 'default' && !cidrContains(r.dst, ipv4))) continue;
+      const len = dst.prefix;
       if (!best || len > best.len) best = { len, oif: r.oifIndex };
     }
     return best ? h.linkByIndex(best.oif)?.name : undefined;
   });
   // The slash form: interface names may contain dots.
   sysctlSet(`net/ipv4/conf/${ifname ?? 'all'}/route_localnet`, '1');
-}
-
-function prefixContains(net: Buffer, len: number, ip: Buffer): boolean {
-  for (let bit = 0; bit < len; bit++) {
-    const mask = 0x80 >> (bit & 7);
-    if ((net[bit >> 3] & mask) !== (ip[bit >> 3] & mask)) return false;
-  }
-  return true;
 }
 
 export const realDeps: PortmapDeps = {
