@@ -5,6 +5,8 @@
  *   socket.ts   request/ack/dump over one socket bound to one namespace
  *   link/addr/route/neigh.ts  rtnetlink message codecs, pure
  *   handle.ts   typed verbs (linkAdd, addrAdd, routeAdd, neighSet, fdbAdd, ...)
+ *   xfrm/       xfrm state and policy codecs and XfrmHandle, laid out the same way
+ *   ipaddr.ts   addresses as the kernel's bytes; the text is shared/ip.ts's
  */
 export * from './consts';
 export { NetlinkError, isNetlinkError, isNotFound, errnoName, EEXIST, ENODEV, ENOENT, EBUSY, EINVAL, EOPNOTSUPP } from './errors';

@@ -86,7 +86,7 @@ describe('xfrm struct layout', () => {
     expect(c['sizeof xfrm_user_tmpl']).toBe(X.SIZEOF_XFRM_USER_TMPL);
     expect(c['sizeof xfrm_userpolicy_info']).toBe(X.SIZEOF_XFRM_USERPOLICY_INFO);
     expect(c['sizeof xfrm_userpolicy_id']).toBe(X.SIZEOF_XFRM_USERPOLICY_ID);
-    // The offsets the encoders write at (quoted in shared/netlink/xfrm.ts).
+    // The offsets the encoders write at (quoted in shared/netlink/xfrm/*.ts).
     expect([
       c['xfrm_selector.daddr'], c['xfrm_selector.saddr'], c['xfrm_selector.dport'], c['xfrm_selector.dport_mask'],
       c['xfrm_selector.sport'], c['xfrm_selector.sport_mask'], c['xfrm_selector.family'], c['xfrm_selector.prefixlen_d'],
