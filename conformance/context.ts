@@ -3,6 +3,7 @@
  * the namespaces, fresh attachments, snapshots of the host.
  */
 import { isIP } from 'node:net';
+import { sleepMs } from './clock';
 import type { SuiteConfig } from './config';
 import {
   createNetns,
@@ -190,10 +191,6 @@ export class RuleContext {
       sleepMs(50);
     }
   }
-}
-
-export function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Canonical text of an IP address, so "fd00:0::1" and "fd00::1" compare equal. */

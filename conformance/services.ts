@@ -29,7 +29,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { sleepMs } from './context';
+import { sleepMs } from './clock';
 import { inNs, type Ns } from './kernel';
 import { ConfigError } from './libcni';
 

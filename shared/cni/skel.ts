@@ -37,7 +37,7 @@ import { CniError, ErrorCode, toCniError } from './errors';
 import { formatResult, parsePrevResult } from './result';
 import type { Attachment, Result } from './types';
 import { LATEST, SUPPORTED_VERSIONS, compareVersions, requireSupported } from './version';
-import { silentLog, type Logger } from '../log';
+import type { Logger } from '../log';
 
 export type PluginCommand = 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS';
 
@@ -117,7 +117,7 @@ export async function runPlugin<C>(plugin: Plugin<C>, io: SkelIO): Promise<numbe
   const supported = plugin.supportedVersions ?? SUPPORTED_VERSIONS;
   // The version errors are reported in: the config's, once we know it is one we speak.
   let outVersion = highest(supported);
-  const log = io.log ?? silentLog;
+  const log = io.log ?? (() => {});
   try {
     if ((io.env.CNI_COMMAND ?? '') === '' && plugin.about) {
       // Like the reference: a human ran the binary; tell them what it is.
