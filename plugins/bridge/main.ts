@@ -29,6 +29,7 @@ import { UndoStack } from '../../shared/undo';
 import { applyToInterface, gatewayFor, ipamAddressesFor, macFromIPv4, withHandles } from '../../shared/container-iface';
 import { checkContainerAttachment } from '../../shared/verify';
 import * as ipam from '../../ipam/client';
+import { checkName, dnsConf, dnsEnabled, gcNames, registerName, removeName } from '../../shared/dns';
 import { ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
 const schema = netConfBase.extend({
@@ -53,6 +54,8 @@ const schema = netConfBase.extend({
   mtu: z.number().int().min(68).max(65535).optional(),
   hairpinMode: z.boolean().default(false),
   promiscMode: z.boolean().default(false),
+  /** name resolution on the network (shared/dns): off unless dns.enabled */
+  dns: dnsConf.optional(),
   runtimeConfig: z
     .object({
       mac: unicastMac.optional(),
@@ -73,7 +76,8 @@ export function hostVethName(containerId: string, ifname: string): string {
 }
 
 function gatewayEnabled(conf: Conf): boolean {
-  return !conf.internal && (conf.isGateway || conf.isDefaultGateway);
+  // a DNS-enabled network (internal too) needs the gateway address: the resolver answers there
+  return (!conf.internal && (conf.isGateway || conf.isDefaultGateway)) || dnsEnabled(conf);
 }
 
 
@@ -203,6 +207,10 @@ async function add(ctx: Ctx): Promise<Result> {
         ensureNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
       );
 
+      // 7. the container's names on the network's resolver; result.dns for resolv.conf
+      registerName(ctx, result, { internal: conf.internal });
+      undo.push('dns', () => removeName(ctx));
+
       const br = host.link(conf.bridge);
       const hv = host.link(hostVeth);
       result.interfaces = [
@@ -223,6 +231,7 @@ function isDefault(dst: string): boolean {
 
 async function del(ctx: Ctx): Promise<void> {
   const conf = ctx.config;
+  removeName(ctx);
   if (ipam.hasIpam(ctx)) await ipam.ipamDel(ctx);
   // DEL is idempotent: the namespace, the veth and the bridge may all be
   // gone already (the runtime tore the sandbox down first, or an earlier DEL
@@ -249,10 +258,12 @@ async function check(ctx: Ctx): Promise<void> {
   });
   if (!networkRulesPresent(realNft(), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
   await checkContainerAttachment(ctx, ipam, { kind: 'veth' });
+  await checkName(ctx);
 }
 
 async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
   if (ipam.hasIpam(ctx)) await ipam.ipamGc(ctx, valid);
+  gcNames(ctx, valid);
   // Host veths of attachments that are not valid any more (their container
   // is gone but its namespace was leaked): recognisable by name.
   const keep = new Set(valid.map((a) => hostVethName(a.containerID, a.ifname)));
