@@ -10,7 +10,8 @@
  */
 import type { CniContext } from './cni/skel';
 import type { Attachment, IPConfig, Result, Route } from './cni/types';
-import { parseIp, type Link, type RouteSpec } from './netlink';
+import { parseIP, toBytes } from './ip';
+import type { Link, RouteSpec } from './netlink';
 import type { UndoStack } from './undo';
 
 /** The IPAM calls a main plugin makes; `import * as ipam from '../../ipam/client'` is one. */
@@ -43,7 +44,9 @@ export function gatewayFor(ips: ReadonlyArray<Pick<IPConfig, 'address' | 'gatewa
 
 /** Docker's container MAC: 02:42 followed by the IPv4 address's four bytes. */
 export function macFromIPv4(ip: string): string {
-  return ['02', '42', ...[...parseIp(ip).bytes].map((x) => x.toString(16).padStart(2, '0'))].join(':');
+  const v4 = parseIP(ip);
+  if (v4?.family !== 4) throw new TypeError(`${ip} is not an IPv4 address`);
+  return ['02', '42', ...[...toBytes(v4)].map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
 
 /** The kernel verbs applying a result needs inside the container; a NetlinkHandle on its namespace has them. */
