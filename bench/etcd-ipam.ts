@@ -64,7 +64,7 @@ interface LatencyRow {
 async function hostWorker(endpoint: string, prefix: string, node: string, count: number, subnet: string, blockSize: number): Promise<void> {
   const { loadIpamConfig } = await import('../ipam/config');
   const { allocate, release } = await import('../ipam/allocator');
-  const { EtcdKV } = await import('../ipam/etcd/kv');
+  const { EtcdKV } = await import('../shared/etcd/kv');
   const { EtcdStore } = await import('../ipam/etcd/store');
   const { formatIP } = await import('../shared/ip');
   const conf = loadIpamConfig({
@@ -132,7 +132,7 @@ async function hostWorker(endpoint: string, prefix: string, node: string, count:
 async function latencyWorker(endpoint: string, prefix: string, rounds: number, dataDir: string): Promise<void> {
   const { loadIpamConfig } = await import('../ipam/config');
   const { allocate, release } = await import('../ipam/allocator');
-  const { EtcdKV } = await import('../ipam/etcd/kv');
+  const { EtcdKV } = await import('../shared/etcd/kv');
   const { EtcdStore } = await import('../ipam/etcd/store');
   const { LocalStore } = await import('../ipam/local/store');
   const etcdConf = (node: string) =>
@@ -216,25 +216,33 @@ async function latencyWorker(endpoint: string, prefix: string, rounds: number, d
   process.disconnect();
 }
 
-interface CountingKV {
+type KV = import('../shared/etcd/kv').KV;
+
+interface CountingKV extends KV {
   trips: number;
-  txn: import('../ipam/etcd/kv').KV['txn'];
-  grantLease: import('../ipam/etcd/kv').KV['grantLease'];
-  close(): void;
 }
 
 /** The KV with every round trip counted; close() is left to the owner of the connection. */
-function counting(inner: import('../ipam/etcd/kv').KV): CountingKV {
+function counting(inner: KV): CountingKV {
   const kv: CountingKV = {
     trips: 0,
     txn: (req, deadline) => {
       kv.trips++;
       return inner.txn(req, deadline);
     },
-    grantLease: (ttl, deadline) => {
+    leaseGrant: (ttl, deadline) => {
       kv.trips++;
-      return inner.grantLease(ttl, deadline);
+      return inner.leaseGrant(ttl, deadline);
     },
+    leaseKeepAlive: (id, deadline) => {
+      kv.trips++;
+      return inner.leaseKeepAlive(id, deadline);
+    },
+    leaseRevoke: (id, deadline) => {
+      kv.trips++;
+      return inner.leaseRevoke(id, deadline);
+    },
+    watchPrefix: (prefix, onChange) => inner.watchPrefix(prefix, onChange),
     close: () => {},
   };
   return kv;

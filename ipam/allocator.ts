@@ -13,8 +13,8 @@
  *    crash-looping container does not get the same address back until the
  *    whole set has been used. Network, IPv4 broadcast and gateway addresses
  *    are skipped.
- * Every step runs under the store's lock, so concurrent ADDs on one host never
- * see each other's half-done state.
+ * Every step runs inside one store operation (withinOperation), so concurrent
+ * ADDs never see each other's half-done state.
  */
 import { CniError } from '../shared/cni/errors';
 import { allocatable, describeRangeSet, rangeContains, type IpamRange, type RangeSet } from './config';
@@ -32,14 +32,20 @@ export interface Allocation extends Owner {
 }
 
 /**
- * Where allocations live. Every method but lock/unlock/close is called with
- * the lock held, so implementations need no further synchronisation between
- * callers on the same store.
+ * Where allocations live. The allocator makes every change inside
+ * withinOperation(), so implementations need no further synchronisation
+ * between callers on the same store.
  */
 export interface AllocationStore {
-  /** Exclusive across processes (and, for etcd, across whatever the store's scope is). */
-  lock(): Promise<void>;
-  unlock(): Promise<void>;
+  /**
+   * Runs fn as one operation: its calls see no other operation's half-done
+   * state, on this host or any other the store spans. Each store does this
+   * its own way: the local store holds its file lock for the scope; the etcd
+   * store holds nothing (its transactions compare-and-swap) and gives the
+   * scope one time budget and one read of this host's blocks. Operations do
+   * not nest.
+   */
+  withinOperation<T>(fn: () => Promise<T>): Promise<T>;
   /** Records ip for the owner if nobody holds it; false if it is taken.
    *  On success the address is also the set's last reserved one. */
   reserve(containerId: string, ifname: string, ip: IP, rangeSetId: string): Promise<boolean>;
@@ -65,16 +71,6 @@ export interface IpAssignment {
   readonly rangeSet: number;
 }
 
-/** Runs fn with the store locked; the lock is released even if fn throws. */
-export async function withLock<T>(store: AllocationStore, fn: () => Promise<T>): Promise<T> {
-  await store.lock();
-  try {
-    return await fn();
-  } finally {
-    await store.unlock();
-  }
-}
-
 export function rangeFor(set: RangeSet, ip: IP): IpamRange | undefined {
   return set.find((r) => rangeContains(r, ip));
 }
@@ -91,7 +87,7 @@ export async function allocate(
   owner: Owner,
   requested: readonly IP[] = [],
 ): Promise<IpAssignment[]> {
-  return withLock(store, async () => {
+  return store.withinOperation(async () => {
     const { containerId, ifname } = owner;
     const held = await store.getByOwner(containerId, ifname);
     // Each requested address must fall into some range set, one per set.
@@ -201,17 +197,17 @@ export function* candidates(set: RangeSet, last?: IP): Generator<{ ip: IP; range
 
 /** DEL: frees everything the owner holds. Idempotent. */
 export async function release(store: AllocationStore, owner: Owner): Promise<IP[]> {
-  return withLock(store, () => store.releaseByOwner(owner.containerId, owner.ifname));
+  return store.withinOperation(() => store.releaseByOwner(owner.containerId, owner.ifname));
 }
 
 /** GC: frees every allocation whose owner is not among the valid attachments. */
 export async function collectGarbage(store: AllocationStore, valid: readonly Owner[]): Promise<Allocation[]> {
-  return withLock(store, () => store.gc(valid));
+  return store.withinOperation(() => store.gc(valid));
 }
 
 /** CHECK: the owner holds an address in every range set; returns what it holds. */
 export async function verify(store: AllocationStore, rangeSets: readonly RangeSet[], owner: Owner): Promise<IP[]> {
-  const held = await withLock(store, () => store.getByOwner(owner.containerId, owner.ifname));
+  const held = await store.withinOperation(() => store.getByOwner(owner.containerId, owner.ifname));
   rangeSets.forEach((set, i) => {
     const inSet = held.filter((ip) => rangeFor(set, ip) !== undefined);
     if (inSet.length === 0) {

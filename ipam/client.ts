@@ -25,7 +25,7 @@ function own(ctx: Ctx) {
 }
 
 function delegate(ctx: Ctx, command: 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS'): Result | undefined {
-  return execDelegate({ command, type: ipamType(ctx), stdin: ctx.stdinData, env: ctx.env, cniVersion: ctx.cniVersion });
+  return execDelegate({ command, type: ipamType(ctx), stdin: ctx.stdinData, env: ctx.env, cniVersion: ctx.cniVersion, log: ctx.log });
 }
 
 export function hasIpam(ctx: Ctx): boolean {

@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import type { Attachment, DNS, Result } from '../shared/cni/types';
-import { allocate, collectGarbage, rangeFor, release, verify, withLock, type Allocation, type AllocationStore } from './allocator';
+import { allocate, collectGarbage, rangeFor, release, verify, type Allocation, type AllocationStore } from './allocator';
 import { allocatableCount, describeRangeSet, loadIpamConfig, type IpamConfig } from './config';
 import { IpamErrorCode } from './errors';
 import { formatIP, parseCIDR } from '../shared/ip';
@@ -116,7 +116,7 @@ export async function ipamGc(
 }
 
 /**
- * STATUS: ready when the store opens and locks, and every range set still
+ * STATUS: ready when the store opens and serves an operation, and every range set still
  * has a free address (an ADD needs one from each). Otherwise code 50, the
  * spec's "cannot service ADD requests".
  */
@@ -124,7 +124,7 @@ export async function ipamStatus(ctx: Pick<IpamContext, 'config'>, deps: IpamDep
   const conf = loadIpamConfig(ctx.config);
   let all: Allocation[];
   try {
-    all = await withStore(conf, deps, (store) => withLock(store, () => store.listAll()));
+    all = await withStore(conf, deps, (store) => store.withinOperation(() => store.listAll()));
   } catch (err) {
     throw new CniError(ErrorCode.PluginNotAvailable, 'IPAM store unavailable', (err as Error).message);
   }

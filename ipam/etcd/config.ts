@@ -180,7 +180,7 @@ function thisHostId(file: string): string {
 /**
  * What identified this host before host IDs: /etc/machine-id. Read only to
  * move a registration made by an older version over to the host ID
- * (store.ts checkHost); undefined when there is none.
+ * (hosts.ts register); undefined when there is none.
  */
 export function previousMachineId(): string | undefined {
   for (const file of MACHINE_ID_FILES) {

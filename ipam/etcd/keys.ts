@@ -17,7 +17,7 @@
  */
 import { z } from 'zod';
 import { parseIP } from '../../shared/ip';
-import type { Compare, KeyValue, Op } from './kv';
+import type { Compare, KeyValue, Op } from '../../shared/etcd/kv';
 
 /**
  * Every value is written from one of these types and read back through its
@@ -135,8 +135,8 @@ export type BlockRef =
 
 /**
  * The one transaction that frees `batch` (at most FREE_BATCH addresses of
- * one block, held by `node`), shared by GC (store.ts) and decommission
- * (maint.ts): each address key compared at the revision it was read, the
+ * one block, held by `node`), shared by GC (gc.ts) and decommission
+ * (decommission.ts): each address key compared at the revision it was read, the
  * block's state at its revision with the addresses dropped from it (or,
  * when the state is malformed, `null`: compared as it is and left alone;
  * when it is gone, `undefined`: compared absent). Returns the block's new

@@ -2,7 +2,7 @@
  * The host's liveness in the etcd IPAM, kept by a long-running process.
  *
  * A host's liveness key (P/alive/<node>, ./keys.ts) lives on an etcd lease.
- * CNI calls create it (./store.ts), but a host whose containers never
+ * CNI calls create it (./hosts.ts), but a host whose containers never
  * change makes no call for hours, and a runtime on cniVersion 1.0.0 never
  * calls STATUS or GC: the key would expire although the host is alive. So
  * the key is kept by whichever long-running process the host has: the
@@ -24,7 +24,7 @@
  *
  * Stopping the keeper does not revoke the lease: a daemon restart must not
  * make the host look gone. And liveness only ever informs: `ipam-maint`
- * frees nothing on its absence (see ./maint.ts), so a keeper that is not
+ * frees nothing on its absence (see ./decommission.ts), so a keeper that is not
  * running costs a "suspect" line in the maintenance report, not addresses.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -34,7 +34,7 @@ import { z } from 'zod';
 import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
 import { LIVENESS_DIR } from '../../shared/paths';
 import { aliveKey, aliveValueSchema, goneKey, hostKey, hostValueSchema, readRecord, type AliveValue } from './keys';
-import { EtcdKV } from './kv';
+import { EtcdKV } from '../../shared/etcd/kv';
 
 export const DEFAULT_LIVENESS_DIR = LIVENESS_DIR;
 
@@ -224,12 +224,12 @@ async function tick(kv: EtcdKV, record: StoreRecord): Promise<{ waitMs: number; 
   const alive = results[1]![0];
   const value = alive && readRecord(aliveValueSchema, alive, quiet);
   if (alive && value?.hostId === record.hostId && alive.lease !== '0') {
-    const ttl = await kv.keepAliveOnce(BigInt(alive.lease), deadline);
+    const ttl = await kv.leaseKeepAlive(alive.lease, deadline);
     if (ttl > 0) return { waitMs: Math.floor((ttl * 1000) / 3) };
   }
   // Missing, not ours, or its lease ran out: a new lease with the key on it.
   const ttlSeconds = Math.ceil(ttlMs / 1000);
-  const lease = await kv.grantLease(ttlSeconds, deadline);
+  const lease = await kv.leaseGrant(ttlSeconds, deadline);
   const next: AliveValue = { hostId: record.hostId, renewAfter: Date.now() + Math.floor(ttlMs / 2) };
   const r = await kv.txn(
     {

@@ -27,11 +27,8 @@ class LazyEtcdStore implements AllocationStore {
     return this.store;
   }
 
-  async lock(): Promise<void> {
-    return (await this.get()).lock();
-  }
-  async unlock(): Promise<void> {
-    return (await this.get()).unlock();
+  async withinOperation<T>(fn: () => Promise<T>): Promise<T> {
+    return (await this.get()).withinOperation(fn);
   }
   async reserve(containerId: string, ifname: string, ip: IP, rangeSetId: string): Promise<boolean> {
     return (await this.get()).reserve(containerId, ifname, ip, rangeSetId);

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allocate } from '../../ipam/allocator';
 import { loadIpamConfig } from '../../ipam/config';
 import { aliveKey } from '../../ipam/etcd/keys';
-import { EtcdKV, type KeyValue } from '../../ipam/etcd/kv';
+import { EtcdKV, type KeyValue } from '../../shared/etcd/kv';
 import { EtcdStore } from '../../ipam/etcd/store';
 import { startEtcd, type EtcdServer } from '../../testkit/etcd-server';
 import { processGone, startDaemon } from '../../testkit/daemon';

@@ -8,7 +8,7 @@ import { loadIpamConfig, type RangeSet } from '../../ipam/config';
 import { IpamErrorCode } from '../../ipam/errors';
 import { formatIP, parseIP } from '../../shared/ip';
 import { LocalStore } from '../../ipam/local/store';
-import { MemoryStore } from './memory-store';
+import { MemoryStore } from '../../testkit/memory-store';
 
 const tmpDirs: string[] = [];
 afterEach(() => {

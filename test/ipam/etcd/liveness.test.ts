@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allocate } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
-import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
+import { EtcdKV, type KeyValue } from '../../../shared/etcd/kv';
 import { recordStore, startLivenessKeeper, type StoreRecord } from '../../../ipam/etcd/liveness';
 import { EtcdStore } from '../../../ipam/etcd/store';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdKV } from '../../../ipam/etcd/kv';
+import { EtcdKV } from '../../../shared/etcd/kv';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 const REPO = path.resolve(__dirname, '../../..');

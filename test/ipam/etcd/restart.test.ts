@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
 import { allocate, release } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
-import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
+import { EtcdKV, type KeyValue } from '../../../shared/etcd/kv';
 import { EtcdStore } from '../../../ipam/etcd/store';
 import { formatIP } from '../../../shared/ip';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';

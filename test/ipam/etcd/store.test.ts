@@ -3,9 +3,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
-import { allocate, collectGarbage, release, withLock, type AllocationStore } from '../../../ipam/allocator';
+import { allocate, collectGarbage, release, type AllocationStore } from '../../../ipam/allocator';
 import { loadIpamConfig } from '../../../ipam/config';
-import { EtcdKV, type KeyValue } from '../../../ipam/etcd/kv';
+import { EtcdKV, type KeyValue } from '../../../shared/etcd/kv';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
 import { formatIP, parseCIDR } from '../../../shared/ip';
 import { ipamAdd, ipamDel } from '../../../ipam/plugin';
@@ -470,7 +470,7 @@ describe('etcd store: cluster correctness', () => {
     for (const ip of got) expect(inCidr(ip, '10.62.0.0/26')).toBe(true);
     // then: no free address (100), not an internal error
     await expect(add(a, 'one-more')).rejects.toMatchObject({ code: 100 });
-    expect((await withLock(a, () => a.listAll())).length).toBe(62);
+    expect((await a.withinOperation(() => a.listAll())).length).toBe(62);
     await collectGarbage(a, []);
     now += 1;
     expect(await collectGarbage(a, [])).toHaveLength(62);

@@ -23,7 +23,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as esbuild from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdKV } from '../../../ipam/etcd/kv';
+import { EtcdKV } from '../../../shared/etcd/kv';
 import { withNetns } from '../../../shared/netns/netns';
 import { ROOT, ipJson } from '../../../testkit/exec';
 import { ip, namespaceFactory } from './fixtures';
