@@ -44,6 +44,7 @@ import { DEFAULT_LIVENESS_DIR, startLivenessKeeper, type KeeperStatus } from '..
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { type FlagSpecs, type FlagValues, parseFlags, UsageError } from '../shared/flags';
+import { prefixed, stderrLog } from '../shared/log';
 import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
@@ -389,7 +390,8 @@ function spawnBundleWorker(): WorkerLike {
   } else {
     worker = new Worker(process.argv[1], { workerData, ...streams });
   }
-  const relay = (stream: NodeJS.ReadableStream) => stream.on('data', (c: Buffer) => process.stderr.write(`cni-ts daemon: worker ${worker.threadId}: ${c}`));
+  const log = prefixed(stderrLog, 'cni-ts daemon: ');
+  const relay = (stream: NodeJS.ReadableStream) => stream.on('data', (c: Buffer) => log(`worker ${worker.threadId}: ${String(c).replace(/\n$/, '')}`));
   relay(worker.stdout);
   relay(worker.stderr);
   return worker;
@@ -478,7 +480,7 @@ const FLAGS = {
 } as const satisfies FlagSpecs;
 
 export async function daemonMain(args: string[]): Promise<number> {
-  const log = (line: string) => process.stderr.write(`cni-ts daemon: ${line}\n`);
+  const log = prefixed(stderrLog, 'cni-ts daemon: ');
   let flags: FlagValues<typeof FLAGS>;
   try {
     flags = parseFlags(args, FLAGS).values;

@@ -13,6 +13,7 @@
 import * as path from 'node:path';
 import { isMainThread, workerData } from 'node:worker_threads';
 
+import { stderrLog } from '../shared/log';
 import { pluginMain } from './plugin-io';
 import { findPlugin, plugins } from './plugins';
 
@@ -52,7 +53,7 @@ function run(): void {
   if (plugin) return pluginMain(plugin().plugin);
   const tool = first === undefined ? undefined : tools.get(first);
   if (tool) return tool(rest);
-  process.stderr.write(`usage: cni-ts <${[...plugins.keys(), ...tools.keys()].join('|')}> (or run it under a plugin's name)\n`);
+  stderrLog(`usage: cni-ts <${[...plugins.keys(), ...tools.keys()].join('|')}> (or run it under a plugin's name)`);
   process.exitCode = 2;
 }
 

@@ -3,6 +3,7 @@
  * Bundled by build.sh into dist/conformance.js; `npm run conformance -- ...`.
  */
 import * as fs from 'node:fs';
+import { stderrLog } from '../shared/log';
 import { expandConfigPaths } from './config';
 import { ConfigError } from './libcni';
 import { formatLine, formatSummary, formatTable } from './report';
@@ -37,7 +38,7 @@ interface Args {
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`cni-conformance: ${msg}\nusage: cni-conformance --plugins DIR --config FILE [--config FILE...] [--expect FILE] [--rules PREFIX,...] [--json FILE]\n`);
+  stderrLog(`cni-conformance: ${msg}\nusage: cni-conformance --plugins DIR --config FILE [--config FILE...] [--expect FILE] [--rules PREFIX,...] [--json FILE]`);
   process.exit(2);
 }
 

@@ -111,7 +111,7 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
         for (const ip of ips) ip.interface = 0;
         result.cniVersion = ctx.cniVersion;
         return result;
-      });
+      }, ctx.log);
     });
 
   return {

@@ -221,7 +221,7 @@ async function add(ctx: Ctx): Promise<Result> {
       for (const ip of ips) ip.interface = 2;
       result.cniVersion = ctx.cniVersion;
       return result;
-    });
+    }, ctx.log);
   });
 }
 

@@ -208,7 +208,7 @@ async function add(ctx: Ctx): Promise<Result> {
       }
 
       return { cniVersion: ctx.cniVersion, interfaces, ips, routes, dns: result.dns };
-    });
+    }, ctx.log);
   });
 }
 

@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { CniError, ErrorCode } from './errors';
 import { parsePrevResult } from './result';
 import type { Result } from './types';
+import { stderrLog, type Logger } from '../log';
 
 export const OWN_IPAM = 'cluster-ipam';
 
@@ -24,6 +25,8 @@ export interface DelegateCall {
   stdin: Buffer | string;
   env: NodeJS.ProcessEnv;
   cniVersion: string;
+  /** where the plugin's stderr goes (the call's logger, ctx.log); default this process's stderr */
+  log?: Logger;
 }
 
 export function findPlugin(type: string, cniPath: readonly string[]): string {
@@ -53,7 +56,7 @@ export function execDelegate(call: DelegateCall): Result | undefined {
     maxBuffer: 16 << 20,
   });
   if (r.error) throw new CniError(ErrorCode.IOFailure, `failed to run ${binary}`, r.error.message);
-  if (r.stderr) process.stderr.write(r.stderr);
+  if (r.stderr) (call.log ?? stderrLog)(r.stderr.replace(/\n$/, ''));
   const out = (r.stdout ?? '').trim();
   if (r.status !== 0) {
     let parsed: { code?: unknown; msg?: unknown; details?: unknown } = {};
