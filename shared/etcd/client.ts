@@ -1,7 +1,6 @@
 /**
- * One way to open an etcd client for every part of the project that talks to
- * etcd (the IPAM etcd store, the overlay's control plane, the IPsec key
- * ring): endpoints, TLS, auth and a dial timeout, with fast reconnects so a
+ * How EtcdKV (./kv.ts, the project's one way to etcd) opens its etcd3
+ * client: endpoints, TLS, auth and a dial timeout, with fast reconnects so a
  * restarted etcd is found again within a second.
  */
 import { checkConnection } from './connection';
@@ -33,13 +32,12 @@ const PASS_THROUGH = {
 /**
  * Throws CniError 7 (before loading anything) when `conn` breaks the rules of connection.ts.
  *
- * No retries and no circuit breaker inside etcd3 (unless `extra` says
- * otherwise): callers bound and retry their own calls, and etcd3's breaker,
+ * No retries and no circuit breaker inside etcd3: callers bound and retry their own calls, and etcd3's breaker,
  * once open, fails every call for 5 s without trying etcd at all, which
  * under load turned one slow answer into a run of failures (an overlay
  * agent that could not register for minutes on a loaded host).
  */
-export function connectEtcd(conn: EtcdConnection, extra: Record<string, unknown> = {}): EtcdClient {
+export function connectEtcd(conn: EtcdConnection): EtcdClient {
   checkConnection(conn, 'etcd');
   const etcd = loadEtcd3();
   const client = new etcd.Etcd3({
@@ -50,7 +48,6 @@ export function connectEtcd(conn: EtcdConnection, extra: Record<string, unknown>
     grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
     // etcd3's own policy types are not exported in a usable form; the shape is what it calls
     ...({ faultHandling: { host: () => PASS_THROUGH, global: PASS_THROUGH } } as Record<string, unknown>),
-    ...extra,
   });
   return { etcd, client };
 }

@@ -15,11 +15,11 @@
  * only when constructed, never at module load, so plugins that never talk to
  * etcd never pay for them. Import this module for types freely.
  */
+import type { IRequestOp, Etcd3 as Etcd3Client } from 'etcd3';
+import { CniError, ErrorCode } from '../cni/errors';
 import type { SecureConnection } from './connection';
 import { connectEtcd } from './client';
-import { EtcdCalls, tryAgainLater } from './txn';
-
-export { tryAgainLater } from './txn';
+import type { Etcd3 } from './load';
 
 /**
  * A lease's ID as etcd3 gives it: the decimal string of etcd's int64 ('0'
@@ -95,6 +95,121 @@ export interface KV {
    */
   watchPrefix(prefix: string, onChange: () => void): Promise<Watch>;
   close(): void;
+}
+
+/** CniError 11: etcd could not answer now; the caller (or the runtime) may try again. */
+export function tryAgainLater(msg: string, details?: string): CniError {
+  return new CniError(ErrorCode.TryAgainLater, msg, details);
+}
+
+/** gRPC/etcd3 error names after which trying again later can succeed. */
+const TRANSIENT = ['Unavailable', 'DeadlineExceeded', 'Cancelled', 'ResourceExhausted', 'Aborted', 'Internal', 'ClientClosed', 'BrokenCircuit'];
+const REFUSED = ['Unauthenticated', 'PermissionDenied', 'AuthenticationFailed', 'InvalidAuthToken'];
+
+/**
+ * Bounds calls to one etcd and maps their failures to CniErrors; turns
+ * transactions written as plain data into etcd3's requests and back.
+ */
+class EtcdCalls {
+  constructor(
+    private readonly endpoints: readonly string[],
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** One gRPC call, failing with 11 at `deadline` (epoch ms) even if gRPC's own deadline does not fire. */
+  async bounded<T>(deadline: number, call: () => Promise<T>): Promise<T> {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) throw this.timeout();
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      // The gRPC deadline should fire first; this is the bound if it does not
+      // (a call stuck waiting for a channel that never becomes ready).
+      timer = setTimeout(() => reject(this.timeout()), remaining + 50);
+    });
+    try {
+      return await Promise.race([call(), expired]);
+    } catch (err) {
+      throw this.mapError(err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  timeout(): CniError {
+    return tryAgainLater(`etcd did not answer within ${this.timeoutMs} ms`, `endpoints: ${this.endpoints.join(', ')}`);
+  }
+
+  mapError(err: unknown): CniError {
+    if (err instanceof CniError) return err;
+    const name = (err as Error | undefined)?.constructor?.name ?? '';
+    const message = (err as Error | undefined)?.message ?? String(err);
+    const where = `endpoints: ${this.endpoints.join(', ')}`;
+    if (REFUSED.some((n) => name.includes(n))) return new CniError(ErrorCode.InvalidNetworkConfig, `etcd refused the credentials: ${message}`, where);
+    if (TRANSIENT.some((n) => name.includes(n)) || /deadline|unavailable|connect|timed? ?out|closed/i.test(message)) {
+      return tryAgainLater(`etcd unavailable: ${message}`, where);
+    }
+    return new CniError(ErrorCode.Internal, `etcd request failed: ${message}`, where, { cause: err });
+  }
+
+  /** One transaction, bounded by `deadline`. */
+  async txn(etcd: Etcd3, client: Etcd3Client, req: TxnRequest, deadline: number): Promise<TxnResult> {
+    const { CompareResult, CompareTarget } = etcd;
+    const compare = (req.compare ?? []).map((c) => {
+      const key = Buffer.from(c.key);
+      const base = { key, ...(c.prefix && { range_end: prefixEnd(key) }), result: c.op === '!=' ? CompareResult.NotEqual : CompareResult.Equal };
+      switch (c.target) {
+        case 'version':
+          return { ...base, target: CompareTarget.Version, version: c.value.toString() };
+        case 'create':
+          return { ...base, target: CompareTarget.Create, create_revision: c.value.toString() };
+        case 'mod':
+          return { ...base, target: CompareTarget.Mod, mod_revision: c.value.toString() };
+        case 'value':
+          return { ...base, target: CompareTarget.Value, value: Buffer.from(c.value) };
+      }
+    });
+    const res = await this.bounded(deadline, () =>
+      client.kv.txn({ compare, success: (req.success ?? []).map(requestOp), failure: (req.failure ?? []).map(requestOp) }, { deadline: new Date(deadline) }),
+    );
+    return {
+      succeeded: res.succeeded,
+      revision: BigInt(res.header.revision),
+      results: res.responses.map((r) =>
+        (r.response_range?.kvs ?? []).map((kv) => ({
+          key: kv.key.toString(),
+          value: kv.value.toString(),
+          createRevision: BigInt(kv.create_revision),
+          modRevision: BigInt(kv.mod_revision),
+          version: BigInt(kv.version),
+          lease: String(kv.lease ?? '0'),
+        })),
+      ),
+    };
+  }
+}
+
+function requestOp(o: Op): IRequestOp {
+  if ('get' in o) {
+    const key = Buffer.from(o.get);
+    return { request_range: o.prefix ? { key, range_end: prefixEnd(key) } : { key } };
+  }
+  if ('put' in o) {
+    return { request_put: { key: Buffer.from(o.put), value: Buffer.from(o.value), ...(o.lease !== undefined ? { lease: o.lease.toString() } : {}) } };
+  }
+  const key = Buffer.from(o.delete);
+  return { request_delete_range: o.prefix ? { key, range_end: prefixEnd(key) } : { key } };
+}
+
+/** The range end that selects every key starting with `key`. */
+function prefixEnd(key: Buffer): Buffer {
+  const end = Buffer.from(key);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
 }
 
 export interface EtcdKVOptions extends SecureConnection {

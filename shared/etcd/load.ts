@@ -1,7 +1,7 @@
 /**
  * Loads the etcd3 client (and its gRPC stack) on demand. It is never part
- * of a plugin's start-up: only the etcd IPAM store and the overlay's control
- * plane call this, and only when a configuration asks for etcd.
+ * of a plugin's start-up: only EtcdKV (./kv.ts) calls this, when constructed,
+ * and only when a configuration asks for etcd.
  *
  * From a source checkout it is the npm package. Inside the packaged
  * executable there is no node_modules: build.sh bundles etcd3 into one file
