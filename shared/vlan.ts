@@ -33,7 +33,7 @@ import { z } from 'zod';
 import { CniError, ErrorCode } from './cni/errors';
 import { vlanStateDir } from './paths';
 import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
-import { LOCK_EX, LOCK_UN, flock as sysFlock } from './sys/flock';
+import { withFileLock } from './sys/flock';
 import { isNetnsPath } from './netns/netns';
 
 /** The few kernel verbs parent handling needs; NetlinkHandle has them all. */
@@ -137,7 +137,6 @@ export class ParentManager {
   constructor(
     private readonly links: ParentLinks,
     stateDir: string = DEFAULT_STATE_DIR,
-    private readonly flock: (fd: number, op: number) => void = sysFlock,
   ) {
     this.root = path.join(stateDir, 'vlan');
   }
@@ -283,18 +282,7 @@ export class ParentManager {
   }
 
   private locked<T>(parentName: string, fn: (dir: string) => T): T {
-    fs.mkdirSync(this.root, { recursive: true });
-    const fd = fs.openSync(path.join(this.root, `${parentName}.lock`), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-    try {
-      this.flock(fd, LOCK_EX);
-      try {
-        return fn(path.join(this.root, parentName));
-      } finally {
-        this.flock(fd, LOCK_UN);
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
+    return withFileLock(path.join(this.root, `${parentName}.lock`), () => fn(path.join(this.root, parentName)), { dirMode: 0o755 });
   }
 }
 

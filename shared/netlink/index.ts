@@ -1,6 +1,6 @@
 /**
  * netlink-ts: the project's netlink package. Layers, bottom up:
- *   native.ts   the only file that loads the native binding (socket/setns/flock)
+ *   ../sys/native.ts  loads the native binding (its C source is ./native/); netlink uses only its socket verbs
  *   codec.ts    netlink wire format, pure
  *   socket.ts   request/ack/dump over one socket bound to one namespace
  *   link/addr/route/neigh.ts  rtnetlink message codecs, pure

@@ -32,9 +32,10 @@ export interface FileLockOptions {
  * directory, when missing), and releases it however fn ends.
  *
  * fn must be synchronous: a promise would let the lock go before the work
- * it guards is done, so one is refused. The descriptor is close-on-exec,
- * so a program fn spawns (nft, an IPAM plugin) never inherits the lock and
- * keeps it past our release.
+ * it guards is done, so one is refused. The descriptor is close-on-exec
+ * (libuv opens so anyway; said here because it matters): a program fn
+ * spawns (nft, an IPAM plugin) must never inherit the lock and keep it
+ * past our release.
  */
 export function withFileLock<T>(file: string, fn: () => T, options: FileLockOptions = {}): T {
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: options.dirMode ?? 0o700 });
