@@ -11,8 +11,8 @@
  * (the environment, stdout, stderr) is the call's own here: the plugin reads
  * its environment from the skel's context (a copy of the caller's), and
  * logs through the call's logger (ctx.log), which collects its lines for
- * the caller, never the daemon's own streams. Nothing here patches
- * process.stdout or process.stderr: a module that writes there directly
+ * the caller, never the daemon's own streams. Nothing here patches the
+ * process's stdout or stderr streams: a module that writes there directly
  * is a bug (only shared/log.ts may), and its text lands in the daemon's log.
  *
  * After each call the worker checks it is back in its own network namespace

@@ -33,6 +33,7 @@ import * as path from 'node:path';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Attachment, Result } from '../../shared/cni/types';
+import type { Logger } from '../../shared/log';
 import { NetlinkHandle, formatCidr, networkOf, parseCidr, withHandle } from '../../shared/netlink';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
@@ -91,12 +92,12 @@ async function ownHost(cp: ControlPlane, me: string, id: string) {
 }
 
 /** Frees the network's record and VNI if its last endpoint in the cluster is gone; never fails the caller. */
-async function reclaimIfUnused(cp: ControlPlane, name: string): Promise<void> {
+async function reclaimIfUnused(cp: ControlPlane, name: string, log: Logger): Promise<void> {
   try {
     await cp.reclaimNetwork(name);
   } catch (e) {
     // etcd unreachable now: the next DEL or GC of the network tries again
-    process.stderr.write(`overlay: could not reclaim network ${name}: ${(e as Error).message}\n`);
+    log(`overlay: could not reclaim network ${name}: ${(e as Error).message}`);
   }
 }
 
@@ -139,7 +140,7 @@ async function add(ctx: Ctx): Promise<Result> {
       const joined = await cp.joinNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
       const network: NetworkRecord = joined.network;
       // a network this ADD created (or joined) and that ends up with no endpoint goes again
-      undo.push('network record', () => reclaimIfUnused(cp, conf.name));
+      undo.push('network record', () => reclaimIfUnused(cp, conf.name, ctx.log));
       const mtu = networkMtu(network, conf.mtu, underlay.mtu);
       const names = overlayNames(network.vni, netnsDir(conf));
 
@@ -252,7 +253,7 @@ async function del(ctx: Ctx): Promise<void> {
     await ipam.ipamDel(ctx);
     const network = await cp.getNetwork(conf.name);
     await cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname);
-    await reclaimIfUnused(cp, conf.name);
+    await reclaimIfUnused(cp, conf.name, ctx.log);
     // DEL is idempotent: the namespace and links may already be gone.
     if (ctx.netns && isNetnsPath(ctx.netns)) {
       withHandle(ctx.netns, (c) => {
@@ -331,7 +332,7 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
     const network = await cp.getNetwork(conf.name);
     // IPAM GC's grace: an endpoint goes once seen unkept in two GCs this far apart
     const gone = await cp.gcEndpoints(conf.name, me, myId, keep, gcGracePeriodMs);
-    if (gone.length > 0) await reclaimIfUnused(cp, conf.name);
+    if (gone.length > 0) await reclaimIfUnused(cp, conf.name, ctx.log);
     if (conf.gateway.enabled) {
       // This host's side of an unlisted attachment (its gateway veth and address) goes at once,
       // as its overlay port does below: it is local, and the runtime says the container is gone.

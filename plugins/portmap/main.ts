@@ -190,7 +190,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       try {
         deps.forgetUdpFlows?.(udpPorts, plan.claims.map((c) => c.containerIP));
       } catch (e) {
-        process.stderr.write(`portmap: could not delete stale UDP conntrack entries for ports ${udpPorts.join(', ')}: ${(e as Error).message}\n`);
+        ctx.log(`portmap: could not delete stale UDP conntrack entries for ports ${udpPorts.join(', ')}: ${(e as Error).message}`);
       }
     }
     return result;
