@@ -21,7 +21,7 @@ function rawConfig(ctx: Ctx): unknown {
 }
 
 function own(ctx: Ctx) {
-  return { containerId: ctx.containerId, ifname: ctx.ifname, args: ctx.args, config: rawConfig(ctx), prevResult: ctx.prevResult };
+  return { containerId: ctx.containerId, ifname: ctx.ifname, args: ctx.args, config: rawConfig(ctx), prevResult: ctx.prevResult, log: ctx.log };
 }
 
 function delegate(ctx: Ctx, command: 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS'): Result | undefined {

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../shared/cni/errors';
+import type { Logger } from '../shared/log';
 import type { Attachment, DNS, Result } from '../shared/cni/types';
 import { allocate, collectGarbage, rangeFor, release, verify, type Allocation, type AllocationStore } from './allocator';
 import { allocatableCount, describeRangeSet, loadIpamConfig, type IpamConfig } from './config';
@@ -27,10 +28,12 @@ export interface IpamContext {
   readonly config: unknown;
   /** CHECK: the result the runtime cached for the attachment */
   readonly prevResult?: Result;
+  /** the call's diagnostics (the skel's ctx.log): in the daemon they reach the caller's stderr */
+  readonly log?: Logger;
 }
 
 export interface IpamDeps {
-  openStore(conf: IpamConfig): AllocationStore;
+  openStore(conf: IpamConfig, log?: Logger): AllocationStore;
 }
 
 export const defaultDeps: IpamDeps = { openStore };
@@ -39,19 +42,19 @@ export const defaultDeps: IpamDeps = { openStore };
  * The store the configuration selects. The etcd store is required lazily,
  * so a local-store call never loads etcd3 and its gRPC stack.
  */
-export function openStore(conf: IpamConfig): AllocationStore {
+export function openStore(conf: IpamConfig, log?: Logger): AllocationStore {
   switch (conf.store) {
     case 'local':
       return LocalStore.open(conf.dataDir, conf.name);
     case 'etcd':
       // openEtcdStore loads the store (and etcd3 with its gRPC stack, about
       // 240 ms) on the store's first call only: a local-store call never pays.
-      return openEtcdStore(conf);
+      return openEtcdStore(conf, log);
   }
 }
 
-async function withStore<T>(conf: IpamConfig, deps: IpamDeps, fn: (store: AllocationStore) => Promise<T>): Promise<T> {
-  const store = deps.openStore(conf);
+async function withStore<T>(conf: IpamConfig, deps: IpamDeps, log: Logger | undefined, fn: (store: AllocationStore) => Promise<T>): Promise<T> {
+  const store = deps.openStore(conf, log);
   try {
     return await fn(store);
   } finally {
@@ -64,7 +67,7 @@ export async function ipamAdd(ctx: IpamContext, deps: IpamDeps = defaultDeps): P
   const conf = loadIpamConfig(ctx.config, ctx.args);
   // Read before allocating: a bad resolvConf must not leave an allocation behind.
   const dns = conf.resolvConf !== undefined ? parseResolvConf(conf.resolvConf) : undefined;
-  const assigned = await withStore(conf, deps, (store) =>
+  const assigned = await withStore(conf, deps, ctx.log, (store) =>
     allocate(store, conf.rangeSets, { containerId: ctx.containerId, ifname: ctx.ifname }, conf.requestedIPs),
   );
   const result: Result = {
@@ -79,7 +82,7 @@ export async function ipamAdd(ctx: IpamContext, deps: IpamDeps = defaultDeps): P
 /** DEL: frees every address of container+ifname. Nothing held is success. */
 export async function ipamDel(ctx: IpamContext, deps: IpamDeps = defaultDeps): Promise<void> {
   const conf = loadIpamConfig(ctx.config, ctx.args);
-  await withStore(conf, deps, (store) => release(store, { containerId: ctx.containerId, ifname: ctx.ifname }));
+  await withStore(conf, deps, ctx.log, (store) => release(store, { containerId: ctx.containerId, ifname: ctx.ifname }));
 }
 
 /**
@@ -89,7 +92,7 @@ export async function ipamDel(ctx: IpamContext, deps: IpamDeps = defaultDeps): P
 export async function ipamCheck(ctx: IpamContext, deps: IpamDeps = defaultDeps): Promise<void> {
   const conf = loadIpamConfig(ctx.config, ctx.args);
   const owner = { containerId: ctx.containerId, ifname: ctx.ifname };
-  const held = await withStore(conf, deps, (store) => verify(store, conf.rangeSets, owner));
+  const held = await withStore(conf, deps, ctx.log, (store) => verify(store, conf.rangeSets, owner));
   const heldText = new Set(held.map(formatIP));
   for (const entry of ctx.prevResult?.ips ?? []) {
     const ip = parseCIDR(entry.address)?.ip;
@@ -106,13 +109,13 @@ export async function ipamCheck(ctx: IpamContext, deps: IpamDeps = defaultDeps):
 
 /** GC: frees every allocation whose attachment is not in cni.dev/valid-attachments. */
 export async function ipamGc(
-  ctx: Pick<IpamContext, 'config'>,
+  ctx: Pick<IpamContext, 'config' | 'log'>,
   validAttachments: readonly Attachment[],
   deps: IpamDeps = defaultDeps,
 ): Promise<Allocation[]> {
   const conf = loadIpamConfig(ctx.config);
   const keep = validAttachments.map((a) => ({ containerId: a.containerID, ifname: a.ifname }));
-  return withStore(conf, deps, (store) => collectGarbage(store, keep));
+  return withStore(conf, deps, ctx.log, (store) => collectGarbage(store, keep));
 }
 
 /**
@@ -120,11 +123,11 @@ export async function ipamGc(
  * has a free address (an ADD needs one from each). Otherwise code 50, the
  * spec's "cannot service ADD requests".
  */
-export async function ipamStatus(ctx: Pick<IpamContext, 'config'>, deps: IpamDeps = defaultDeps): Promise<void> {
+export async function ipamStatus(ctx: Pick<IpamContext, 'config' | 'log'>, deps: IpamDeps = defaultDeps): Promise<void> {
   const conf = loadIpamConfig(ctx.config);
   let all: Allocation[];
   try {
-    all = await withStore(conf, deps, (store) => store.withinOperation(() => store.listAll()));
+    all = await withStore(conf, deps, ctx.log, (store) => store.withinOperation(() => store.listAll()));
   } catch (err) {
     throw new CniError(ErrorCode.PluginNotAvailable, 'IPAM store unavailable', (err as Error).message);
   }

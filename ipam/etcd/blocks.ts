@@ -9,6 +9,7 @@ import { allocatable, rangeContains, type IpamRange, type RangeSet } from '../co
 import { formatIP, mask, parseIP, type Family, type IP } from '../../shared/ip';
 import { blockDataSchema, lastElement, readRecord, type BlockData } from './keys';
 import type { KeyValue } from '../../shared/etcd/kv';
+import type { Logger } from '../../shared/log';
 
 /** One aligned block: its ID (`<network>_<prefix>`, as keys name it) and extent. */
 export interface Block {
@@ -41,7 +42,7 @@ export function blockOf(ip: IP, prefix: number): Block {
  * malformed or its cidr is not the block its key names: a state that lies
  * about its block would let an address be marked used in the wrong bitmap.
  */
-export function parseBlockState(kv: KeyValue, log: (line: string) => void): BlockState | undefined {
+export function parseBlockState(kv: KeyValue, log: Logger): BlockState | undefined {
   const data = readRecord(blockDataSchema, kv, log);
   if (!data) return undefined;
   const id = lastElement(kv.key);
@@ -56,7 +57,7 @@ export function parseBlockState(kv: KeyValue, log: (line: string) => void): Bloc
 }
 
 /** The sound block states among `kvs`, by block ID (malformed ones logged and left out). */
-export function blocksFrom(kvs: readonly KeyValue[], log: (line: string) => void): Map<string, BlockState> {
+export function blocksFrom(kvs: readonly KeyValue[], log: Logger): Map<string, BlockState> {
   const out = new Map<string, BlockState>();
   for (const kv of kvs) {
     const st = parseBlockState(kv, log);

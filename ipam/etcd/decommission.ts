@@ -25,6 +25,7 @@
  * Every record read back is checked against the schema it was written
  * with (./keys.ts): a malformed one is skipped and named on the log.
  */
+import { stderrLog, type Logger } from '../../shared/log';
 import type { IpamConfig } from '../config';
 import { loadEtcdConfig, type EtcdStoreConfig } from './config';
 import {
@@ -54,10 +55,8 @@ export interface MaintOptions {
 export interface MaintDeps {
   /** default: etcd3 over the configured endpoints */
   readonly kv?: KV;
-  /** one line of the report; default stdout */
-  readonly out?: (line: string) => void;
   /** skipped malformed records; default stderr */
-  readonly log?: (line: string) => void;
+  readonly log?: Logger;
 }
 
 export type HostAction =
@@ -118,7 +117,7 @@ interface Snapshot {
 export async function runMaint(ipam: IpamConfig, options: MaintOptions, deps: MaintDeps = {}): Promise<MaintReport> {
   const conf = loadEtcdConfig(maintSection(ipam.etcd), ipam.rangeSets);
   const kv = deps.kv ?? new EtcdKV(conf);
-  const log = deps.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = deps.log ?? stderrLog;
   try {
     return await new Maintenance(conf, ipam.name, kv, options, log).run();
   } finally {
@@ -142,7 +141,7 @@ class Maintenance {
     private readonly network: string,
     private readonly kv: KV,
     private readonly options: MaintOptions,
-    private readonly log: (line: string) => void,
+    private readonly log: Logger,
   ) {
     this.prefix = conf.keyPrefix;
     this.net = networkKey(conf.keyPrefix, network);

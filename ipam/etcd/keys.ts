@@ -16,6 +16,7 @@
  *   N/leaks/<node>/<ip>            {seq, createRevision, firstSeen}: GC's first sighting
  */
 import { z } from 'zod';
+import type { Logger } from '../../shared/log';
 import { parseIP } from '../../shared/ip';
 import type { Compare, KeyValue, Op } from '../../shared/etcd/kv';
 
@@ -87,7 +88,7 @@ export const claimValueSchema = nodeName;
  * The record's value through its schema; undefined (and one line on `log`
  * naming the key) when it is not JSON or not of that shape.
  */
-export function readRecord<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, kv: { key: string; value: string }, log: (line: string) => void): T | undefined {
+export function readRecord<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, kv: { key: string; value: string }, log: Logger): T | undefined {
   let json: unknown = kv.value;
   if (!(schema instanceof z.ZodString)) {
     try {

@@ -32,6 +32,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
+import { stderrLog, type Logger } from '../../shared/log';
 import { LIVENESS_DIR } from '../../shared/paths';
 import { aliveKey, aliveValueSchema, goneKey, hostKey, hostValueSchema, readRecord, type AliveValue } from './keys';
 import { EtcdKV } from '../../shared/etcd/kv';
@@ -89,7 +90,7 @@ export interface LivenessKeeperOptions {
   /** aborting it stops the keeper (the leases are left to run out, not revoked) */
   readonly signal: AbortSignal;
   /** one line per event worth an operator's eye; default stderr */
-  readonly log?: (line: string) => void;
+  readonly log?: Logger;
   /** how often the directory is read again for new or changed records; default 10 s */
   readonly rescanMs?: number;
   /** filled in as the keeper goes: the records whose host it is keeping alive right now */
@@ -112,7 +113,7 @@ export interface KeeperStatus {
  */
 export async function startLivenessKeeper(options: LivenessKeeperOptions): Promise<void> {
   const dir = options.dir ?? DEFAULT_LIVENESS_DIR;
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = options.log ?? stderrLog;
   const rescanMs = options.rescanMs ?? 10_000;
   const running = new Map<string, { text: string; stop: AbortController; done: Promise<void> }>();
   while (!options.signal.aborted) {
@@ -136,7 +137,7 @@ export async function startLivenessKeeper(options: LivenessKeeperOptions): Promi
   await Promise.all([...running.values()].map((r) => r.done));
 }
 
-function readRecords(dir: string, log: (line: string) => void): Map<string, { text: string; record: StoreRecord }> {
+function readRecords(dir: string, log: Logger): Map<string, { text: string; record: StoreRecord }> {
   const out = new Map<string, { text: string; record: StoreRecord }>();
   let names: string[];
   try {
@@ -165,7 +166,7 @@ function readRecords(dir: string, log: (line: string) => void): Map<string, { te
  * record is removed, and the host's next CNI call, which registers it again,
  * writes it again.
  */
-async function keep(file: string, text: string, record: StoreRecord, signal: AbortSignal, log: (line: string) => void, status?: KeeperStatus): Promise<void> {
+async function keep(file: string, text: string, record: StoreRecord, signal: AbortSignal, log: Logger, status?: KeeperStatus): Promise<void> {
   const ttlMs = record.livenessTtlMs;
   // etcd unreachable: retry from 1 s, doubling, up to a sixth of the TTL (at most a minute)
   const maxRetryMs = Math.max(1000, Math.min(60_000, Math.floor(ttlMs / 6)));

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { type FlagSpecs, parseFlags, UsageError } from '../../shared/flags';
+import { stderrLog } from '../../shared/log';
 import { loadIpamConfig, type IpamConfig } from '../config';
 import { runMaint, type MaintReport } from './decommission';
 import type { KV } from '../../shared/etcd/kv';
@@ -123,7 +124,7 @@ export async function maintMain(
   args: string[],
   io: { out: (line: string) => void; err: (line: string) => void; kv?: KV } = {
     out: (l) => process.stdout.write(`${l}\n`),
-    err: (l) => process.stderr.write(`${l}\n`),
+    err: stderrLog,
   },
 ): Promise<number> {
   const usage = USAGE.split('\n').slice(0, 2).join('\n');

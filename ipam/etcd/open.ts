@@ -7,23 +7,27 @@
  * A dynamic import rather than require(): esbuild bundles it as a lazy
  * module all the same, and vitest can resolve it to TypeScript source.
  */
+import type { Logger } from '../../shared/log';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import type { IpamConfig } from '../config';
 import type { IP } from '../../shared/ip';
 import type { EtcdStore } from './store';
 
-export function openEtcdStore(conf: IpamConfig): AllocationStore {
-  return new LazyEtcdStore(conf);
+export function openEtcdStore(conf: IpamConfig, log?: Logger): AllocationStore {
+  return new LazyEtcdStore(conf, log);
 }
 
 class LazyEtcdStore implements AllocationStore {
   private store?: Promise<EtcdStore>;
 
-  constructor(private readonly conf: IpamConfig) {}
+  constructor(
+    private readonly conf: IpamConfig,
+    private readonly log: Logger | undefined,
+  ) {}
 
   /** The real store; config errors (code 7) surface on this first call. */
   get(): Promise<EtcdStore> {
-    this.store ??= import('./store').then((m) => m.EtcdStore.open(this.conf));
+    this.store ??= import('./store').then((m) => m.EtcdStore.open(this.conf, { log: this.log }));
     return this.store;
   }
 

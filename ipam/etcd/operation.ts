@@ -10,6 +10,7 @@
  * withinOperation() is an operation of its own.
  */
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import type { Logger } from '../../shared/log';
 import type { RangeSet } from '../config';
 import type { IP } from '../../shared/ip';
 import type { BlockState } from './blocks';
@@ -32,7 +33,7 @@ export interface StoreContext {
   readonly rangeSets: readonly RangeSet[];
   readonly kv: KV;
   /** one line per event worth an operator's eye (borrows, skipped records) */
-  readonly log: (line: string) => void;
+  readonly log: Logger;
   /** epoch ms for GC's grace period and the liveness renewal (deadlines always use the real clock) */
   readonly clock: () => number;
   /** [0, 1): spreads block choices and retry delays */

@@ -23,6 +23,7 @@
  * transaction.
  */
 import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { stderrLog, type Logger } from '../../shared/log';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import { describeRangeSet, type IpamConfig, type RangeSet } from '../config';
 import { noFreeAddress } from '../errors';
@@ -46,8 +47,8 @@ export interface EtcdStoreOptions {
   kv?: KV;
   /** epoch milliseconds for GC's grace period (request deadlines always use the real clock) */
   clock?: () => number;
-  /** one line per event worth an operator's eye (borrows); default stderr */
-  log?: (line: string) => void;
+  /** one line per event worth an operator's eye (borrows, skipped records): the call's logger; default stderr */
+  log?: Logger;
   /** [0, 1); spreads block choices and retry delays */
   random?: () => number;
   /** this host's ID file (shared/host-id.ts); default /var/lib/cni-ts/host-id. Ignored when the config sets hostId. */
@@ -80,7 +81,7 @@ export class EtcdStore implements AllocationStore {
       net: networkKey(conf.keyPrefix, network),
       rangeSets,
       kv,
-      log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
+      log: options.log ?? stderrLog,
       clock: options.clock ?? Date.now,
       random: options.random ?? Math.random,
       stats: this.stats,

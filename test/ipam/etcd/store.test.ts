@@ -293,6 +293,16 @@ describe('etcd store', () => {
     await expect(ipamAdd({ containerId: 'ctr2', ifname: 'eth0', config })).rejects.toMatchObject({ code: 7 });
     expect((await keys(p)).some((k) => k.key.includes('/ips/'))).toBe(false);
   });
+
+  it('writes its lines to the calling plugin’s logger, not to the process’s stderr', async () => {
+    const p = prefix();
+    await raw.txn({ success: [{ put: `${p}/ranges/other`, value: '{not json' }] }, Date.now() + 5000);
+    const lines: string[] = [];
+    const config = netConf(p, '10.22.0.0/24', { nodeName: 'node-a', hostId: 'id-a' });
+    const deps = { openStore: (c: ReturnType<typeof loadIpamConfig>, log?: (line: string) => void) => EtcdStore.open(c, { log, livenessDir: null }) };
+    await ipamAdd({ containerId: 'c1', ifname: 'eth0', config, log: (l) => lines.push(l) }, deps);
+    expect(lines.join('\n')).toContain(`skipping malformed etcd record ${p}/ranges/other`);
+  });
 });
 
 describe('etcd store: networks under one key prefix', () => {
