@@ -87,9 +87,8 @@ function parseV6(s: string): bigint | undefined {
   if (!head || !tail) return undefined;
   if (halves.length === 1 ? head.length !== 8 : head.length + tail.length > 7) return undefined; // "::" is at least one zero group
   const groups = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
-  let v = 0n;
-  for (const g of groups) v = (v << 16n) | BigInt(g);
-  return v;
+  // one BigInt of 32 hex digits: several times cheaper than eight shifts
+  return BigInt(`0x${groups.map((g) => g.toString(16).padStart(4, '0')).join('')}`);
 }
 
 /**
@@ -187,8 +186,13 @@ export function ipFamilyOfCidr(cidr: string): '4' | '6' {
 export function formatIP(ip: IP): string {
   if (ip.family === 4) return formatV4(ip.value);
   if (isV4Mapped(ip)) return `::ffff:${formatV4(ip.value & 0xffffffffn)}`;
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((ip.value >> BigInt(i * 16)) & 0xffffn));
+  const groups = new Array<number>(8);
+  for (let i = 0; i < 4; i++) {
+    // four 32-bit words as Numbers: cheaper than eight 16-bit BigInt shifts
+    const w = Number(BigInt.asUintN(32, ip.value >> BigInt(96 - 32 * i)));
+    groups[2 * i] = w >>> 16;
+    groups[2 * i + 1] = w & 0xffff;
+  }
   // the longest run of at least two zero groups, the first one on a tie
   let bestStart = -1;
   let bestLen = 1;
@@ -229,21 +233,14 @@ export function formatCIDR(subnet: Subnet): string {
 
 /** 4 bytes for IPv4, 16 for IPv6, most significant first. */
 export function toBytes(ip: IP): Buffer {
-  const n = bits(ip.family) / 8;
-  const b = Buffer.alloc(n);
-  let v = ip.value;
-  for (let i = n - 1; i >= 0; i--) {
-    b[i] = Number(v & 0xffn);
-    v >>= 8n;
-  }
-  return b;
+  return Buffer.from(ip.value.toString(16).padStart(bits(ip.family) / 4, '0'), 'hex');
 }
 
 /** The address in the first 4 (IPv4) or 16 (IPv6) bytes of b. */
 export function fromBytes(family: Family, b: Buffer): IP {
-  let v = 0n;
-  for (let i = 0; i < bits(family) / 8; i++) v = (v << 8n) | BigInt(b[i]);
-  return { family, value: v };
+  const n = bits(family) / 8;
+  if (b.length < n) throw new RangeError(`${b.length} bytes hold no IPv${family} address`);
+  return { family, value: family === 4 ? BigInt(b.readUInt32BE(0)) : BigInt(`0x${b.toString('hex', 0, n)}`) };
 }
 
 // ---- CIDR arithmetic ----------------------------------------------------------------------
