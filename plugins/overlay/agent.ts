@@ -36,7 +36,7 @@ import { CniError } from '../../shared/cni/errors';
 import { checkConnection, readPasswordFile } from '../../shared/etcd/connection';
 import { type FlagSpecs, parseFlags, UsageError } from '../../shared/flags';
 import { DEFAULT_HOST_ID_FILE, hostId as readHostId } from '../../shared/host-id';
-import { prefixed, stderrLog } from '../../shared/log';
+import { prefixed, stderrLog, type Logger } from '../../shared/log';
 import { withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
 import { XfrmHandle } from '../../shared/netlink/xfrm';
@@ -406,9 +406,9 @@ function lazyXfrm(get: () => XfrmOps): XfrmOps {
   };
 }
 
-/** `cni-ts overlay-agent ...`: runs until SIGTERM/SIGINT; resolves to the exit code. */
-export async function agentMain(args: string[]): Promise<number> {
-  const log = prefixed(stderrLog, 'overlay-agent: ');
+/** `cni-ts overlay-agent ...`: runs until SIGTERM/SIGINT; resolves to the exit code. Diagnostics go to `sink` (stderr). */
+export async function agentMain(args: string[], sink: Logger = stderrLog): Promise<number> {
+  const log = prefixed(sink, 'overlay-agent: ');
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs(args);
