@@ -16,10 +16,8 @@
 import type { Owner } from '../allocator';
 import { allocatable, rangeContains, type RangeSet } from '../config';
 import { formatIP, type IP } from '../../shared/ip';
-import type { BlockState } from './blocks';
-import { parseBlockState } from './blocks';
-import { addressValueSchema, ownerPrefixKey, readRecord, type AddressValue, type BlockData } from './keys';
-import type { Compare, Op } from '../../shared/etcd/kv';
+import { parseBlockState, type BlockState } from './blocks';
+import { addressValueSchema, freeTxn, ownerPrefixKey, readRecord, type AddressValue, type BlockData, type BlockRef } from './keys';
 import type { Operation, StoreContext } from './operation';
 
 /**
@@ -91,43 +89,24 @@ export async function tryAllocate(
 
 /**
  * Frees one address held by owner, updating its block in the same
- * transaction. With `expectRev`, only if the address key is still exactly
- * that version (GC's guard). Returns whether something was freed.
+ * transaction (keys.ts freeTxn, as GC's batches). With `expectRev`, only if
+ * the address key is still exactly that version (GC's guard). Returns
+ * whether something was freed.
  */
 export async function free(ctx: StoreContext, op: Operation, ip: IP, owner: Owner, expectRev?: bigint): Promise<boolean> {
   const { kv } = ctx;
   const ipText = formatIP(ip);
   const ipKey = `${ctx.net}/ips/${ipText}`;
-  const ownerKey = ownerPrefixKey(ctx.net, owner.containerId, owner.ifname) + ipText;
-  const leakKey = `${ctx.net}/leaks/${ctx.conf.nodeName}/${ipText}`;
   for (let attempt = 0; ; attempt++) {
     const read = await kv.txn({ success: [{ get: ipKey }] }, op.deadline);
     const ipKv = read.results[0]![0];
     const v = ipKv && readRecord(addressValueSchema, ipKv, ctx.log);
     if (!ipKv || !v || v.containerId !== owner.containerId.trim() || v.ifname !== owner.ifname || (expectRev !== undefined && ipKv.modRevision !== expectRev)) {
       // Not (or no longer) this owner's: only the stale index entry goes.
-      if (expectRev === undefined) await kv.txn({ success: [{ delete: ownerKey }] }, op.deadline);
+      if (expectRev === undefined) await kv.txn({ success: [{ delete: ownerPrefixKey(ctx.net, owner.containerId, owner.ifname) + ipText }] }, op.deadline);
       return false;
     }
-    const blockRead = await kv.txn({ success: [{ get: v.blockKey }] }, op.deadline);
-    const blockKv = blockRead.results[0]![0];
-    const st = blockKv && parseBlockState(blockKv, ctx.log);
-    const ops: Op[] = [{ delete: ipKey }, { delete: ownerKey }, { delete: leakKey }];
-    const compare: Compare[] = [{ key: ipKey, target: 'mod', value: ipKv.modRevision }];
-    let data: BlockData | undefined;
-    if (st) {
-      const offset = (ip.value - st.network).toString();
-      const used = { ...st.data.used };
-      delete used[offset];
-      data = { ...st.data, seq: st.data.seq + 1, used };
-      ops.push({ put: st.key, value: JSON.stringify(data) });
-      compare.push({ key: st.key, target: 'mod', value: st.rev });
-    } else if (blockKv) {
-      // The block's state is malformed (logged): the address still goes, the block is left as it is.
-      compare.push({ key: v.blockKey, target: 'mod', value: blockKv.modRevision });
-    } else {
-      compare.push({ key: v.blockKey, target: 'version', value: 0n });
-    }
+    const { compare, ops, data } = freeTxn(ctx.net, ctx.conf.nodeName, [{ kv: ipKv, v, ip: ipText }], await readBlockRef(ctx, op, v.blockKey));
     const r = await kv.txn({ compare, success: ops }, op.deadline);
     if (r.succeeded) {
       // Keep this operation's view of our own block current (an ADD that
@@ -138,4 +117,15 @@ export async function free(ctx: StoreContext, op: Operation, ip: IP, owner: Owne
     ctx.stats.conflicts++;
     await op.backoff(attempt);
   }
+}
+
+/**
+ * The block's state as freeTxn takes it, read now: data null when the
+ * record is malformed (logged; its addresses still go, the block is left as
+ * it is), undefined when there is none.
+ */
+export async function readBlockRef(ctx: StoreContext, op: Operation, key: string): Promise<BlockRef> {
+  const { results } = await ctx.kv.txn({ success: [{ get: key }] }, op.deadline);
+  const kv = results[0]![0];
+  return kv ? { key, rev: kv.modRevision, data: parseBlockState(kv, ctx.log)?.data ?? null } : { key, data: undefined };
 }

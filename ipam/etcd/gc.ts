@@ -11,8 +11,7 @@
  */
 import type { Allocation, Owner } from '../allocator';
 import { parseIP } from '../../shared/ip';
-import { parseBlockState } from './blocks';
-import { free } from './addresses';
+import { free, readBlockRef } from './addresses';
 import {
   addressValueSchema,
   batches,
@@ -22,7 +21,6 @@ import {
   leakValueSchema,
   readRecord,
   TXN_BATCH_OPS,
-  type BlockRef,
   type HeldAddress,
   type LeakValue,
 } from './keys';
@@ -97,13 +95,8 @@ async function freeSeen(ctx: StoreContext, op: Operation, due: readonly HeldAddr
     if (!byBlock.has(a.v.blockKey)) byBlock.set(a.v.blockKey, []);
     byBlock.get(a.v.blockKey)!.push(a);
   }
-  const refOf = async (key: string): Promise<BlockRef> => {
-    const { results } = await ctx.kv.txn({ success: [{ get: key }] }, op.deadline);
-    const kv = results[0]![0];
-    return kv ? { key, rev: kv.modRevision, data: parseBlockState(kv, ctx.log)?.data ?? null } : { key, data: undefined };
-  };
   for (const [blockKey, list] of byBlock) {
-    let ref = await refOf(blockKey);
+    let ref = await readBlockRef(ctx, op, blockKey);
     for (const batch of batches(list, FREE_BATCH)) {
       const { compare, ops, data } = freeTxn(ctx.net, ctx.conf.nodeName, batch, ref);
       const r = await ctx.kv.txn({ compare, success: ops }, op.deadline);
@@ -119,7 +112,7 @@ async function freeSeen(ctx: StoreContext, op: Operation, due: readonly HeldAddr
       for (const a of batch) {
         if (await free(ctx, op, parseIP(a.ip)!, { containerId: a.v.containerId, ifname: a.v.ifname }, a.kv.modRevision)) freed.push(a);
       }
-      ref = await refOf(blockKey);
+      ref = await readBlockRef(ctx, op, blockKey);
     }
   }
   return freed;
