@@ -1,6 +1,6 @@
 /**
- * Test helpers: run a packaged plugin the way a runtime does, and make
- * throwaway network namespaces.
+ * Test helpers: run a packaged plugin the way a runtime does, look at the
+ * host's kernel state; throwaway network namespaces come from ./netns.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -34,15 +34,8 @@ export function uniqueName(prefix: string): string {
   return `${prefix}${randomBytes(3).toString('hex')}`;
 }
 
-/** ip netns add NAME; returns its path */
-export function addNetns(name: string): string {
-  execFileSync('ip', ['netns', 'add', name]);
-  return `/var/run/netns/${name}`;
-}
-
-export function delNetns(name: string): void {
-  spawnSync('ip', ['netns', 'del', name]);
-}
+// one home for throwaway namespaces: netns.ts (this file's callers import them from here too)
+export { addNetns, delNetns } from './netns';
 
 /** `ip -j ...` parsed (looking only) */
 export function ipJson(args: string[]): any[] {
