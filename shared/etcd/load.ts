@@ -24,6 +24,8 @@ export const ETCD_DIGEST_ASSET = 'etcd/sha256';
 let loaded: Etcd3 | undefined;
 
 export function loadEtcd3(): Etcd3 {
+  // a require at call time, not an import: loading etcd3 is what this file defers
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   if (!loaded) loaded = fromSea() ?? (require('etcd3') as Etcd3);
   return loaded;
 }
@@ -53,6 +55,8 @@ function intact(dir: string, digest: string): boolean {
 function fromSea(): Etcd3 | undefined {
   let sea: Sea;
   try {
+    // node:sea exists only on Node 20+ and inside the packaged executable: probed, not imported
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     sea = require('node:sea') as Sea;
   } catch {
     return undefined;
