@@ -220,8 +220,8 @@ export interface EtcdKVOptions extends SecureConnection {
 /** KV on a real etcd through etcd3. */
 export class EtcdKV implements KV {
   // etcd3's types only: the module itself is loaded in the constructor (see the header)
-  private readonly client: import('etcd3').Etcd3;
-  private readonly etcd: typeof import('etcd3');
+  private readonly client: Etcd3Client;
+  private readonly etcd: Etcd3;
   private readonly calls: EtcdCalls;
 
   /** Throws CniError 7, before loading etcd3, when `conf` breaks the rules of ./connection.ts. */
