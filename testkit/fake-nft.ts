@@ -23,8 +23,10 @@
  * syntax (keys compare as text, so use the canonical forms nft prints:
  * numeric ports, compressed IPv6, quoted ifnames), interval overlap, timeouts.
  */
-import { NftError, formatNftStderr, type NftErrorKind } from './errors';
-import type { ChainType, Family, Hook, ListedElement, Listing, Nft, Policy, SetFlag } from './nft-interface';
+import { OwnedTable } from '../shared/nft/table';
+import type { TableRef } from '../shared/nft/types';
+import { NftError, formatNftStderr, type NftErrorKind } from '../shared/nft/errors';
+import type { ChainType, Family, Hook, ListedElement, Listing, Nft, Policy, SetFlag } from '../shared/nft/nft-interface';
 import {
   FAMILIES,
   STD_PRIORITIES,
@@ -38,7 +40,7 @@ import {
   type NftSet,
   type Rule,
   type Transaction,
-} from './transaction';
+} from '../shared/nft/transaction';
 
 interface FRule {
   handle: number;
@@ -195,6 +197,12 @@ export class FakeNft implements Nft {
       })),
     };
     return listing;
+  }
+
+  /** A chain's comment, as shared/netlink's nftGetChain reads it from the kernel (for an OwnedTable's markers). */
+  chainInfo(family: Family, table: string, chain: string): { comment?: string } | undefined {
+    const c = this.state.tables.get(`${family} ${table}`)?.chains.get(chain);
+    return c && (c.comment !== undefined ? { comment: c.comment } : {});
   }
 
   /** The ruleset as `nft list ruleset` prints it, or one table (`nft list table`). */
@@ -493,4 +501,17 @@ function dumpTable(t: FTable): string {
   const head = [`table ${t.family} ${t.name} {`];
   if (t.comment !== undefined) head.push(`\tcomment "${t.comment}"`);
   return [head.join('\n'), ...(blocks.length ? [blocks.join('\n\n')] : []), '}'].join('\n') + '\n';
+}
+
+/**
+ * An owned table on a FakeNft, as realTable is on the host: markers read
+ * from the fake's model (as netlink reads the kernel's), the lock a plain
+ * call unless the test passes one.
+ */
+export function fakeTable(ref: TableRef, nft: FakeNft, lock?: <T>(fn: () => T) => T): OwnedTable {
+  return new OwnedTable(ref, {
+    nft,
+    chain: (r, name) => nft.chainInfo(r.family, r.table, name),
+    lock: lock ?? ((fn) => fn()),
+  });
 }

@@ -24,13 +24,13 @@ import {
 import { withFileLock } from '../../shared/sys/flock';
 import { LOCK_DIR } from '../../shared/paths';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
-import { realNft } from '../../shared/nft/real';
+import { realTable } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
 import { applyToInterface, gatewayFor, ipamAddressesFor, macFromIPv4, withHandles } from '../../shared/container-iface';
 import { checkContainerAttachment } from '../../shared/verify';
 import * as ipam from '../../ipam/client';
 import { checkName, dnsConf, dnsEnabled, gcNames, registerName, removeName } from '../../shared/dns';
-import { ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
+import { BRIDGE_TABLE, ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
 
 const schema = netConfBase.extend({
   // Narrower than what Linux accepts: the name is also part of the
@@ -124,7 +124,7 @@ function ensureBridge(host: NetlinkHandle, conf: Conf): boolean {
 /** The network is gone from this host once its bridge has no ports: drop its nft chains. */
 function removeRulesIfUnused(host: NetlinkHandle, bridge: string): void {
   withNetworkLock(bridge, () => {
-    if (bridgePorts(host, bridge) === 0) removeNetworkRules(realNft(), bridge);
+    if (bridgePorts(host, bridge) === 0) removeNetworkRules(realTable(BRIDGE_TABLE), bridge);
   });
 }
 
@@ -204,7 +204,7 @@ async function add(ctx: Ctx): Promise<Result> {
       // 6. the network's firewall and NAT: one atomic nft transaction, only
       //    when the kernel does not already hold exactly these rules
       withNetworkLock(conf.bridge, () =>
-        ensureNetworkRules(realNft(), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
+        ensureNetworkRules(realTable(BRIDGE_TABLE), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
       );
 
       // 7. the container's names on the network's resolver; result.dns for resolv.conf
@@ -256,7 +256,7 @@ async function check(ctx: Ctx): Promise<void> {
     if (!hv) throw fail(`host veth of ${ctx.ifname} is missing`);
     if (hv.masterIndex !== br.index) throw fail(`${hv.name} is not attached to ${conf.bridge}`);
   });
-  if (!networkRulesPresent(realNft(), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
+  if (!networkRulesPresent(realTable(BRIDGE_TABLE), conf.bridge)) throw fail(`nftables rules of network ${conf.bridge} are missing`);
   await checkContainerAttachment(ctx, ipam, { kind: 'veth' });
   await checkName(ctx);
 }

@@ -12,7 +12,8 @@
  * nftables, one atomic transaction per operation, table inet cni_ts_overlay:
  *   chain forward      gwbridge -> gwbridge: drop; into the bridge: replies only
  *   chain postrouting  from the gateway subnet, leaving by another device: masquerade
- * Written whole on every ADD (flush + add, reconcile), so it converges.
+ * Written whole (flush + add, reconcile), so it converges, by any ADD that
+ * does not find the table's marker naming this configuration.
  *
  * Addresses on the bridge come from a host-local pool: one file per address
  * under <stateDir>/gw, created with O_EXCL (as host-local does), holding the
@@ -23,12 +24,17 @@ import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { EEXIST, isNetlinkError, parseCidr, type NetlinkHandle } from '../../shared/netlink';
 import { formatIP, parsePrefixed, subnetOf } from '../../shared/ip';
+import { createHash } from 'node:crypto';
 import type { Nft } from '../../shared/nft/nft-interface';
-import { Transaction } from '../../shared/nft/transaction';
-import { syncChain } from '../../shared/nft/owned';
+import { OwnedTable, TableTx, projectTable, type Skeleton } from '../../shared/nft/table';
 
-export const TABLE = 'cni_ts_overlay';
-const T = { family: 'inet' as const, table: TABLE };
+export const GATEWAY_TABLE = projectTable('inet', 'overlay');
+export const TABLE = GATEWAY_TABLE.table;
+
+/** The gateway table on `nft`; `chain` reads markers without nft (absent: the rules are written on every ADD). */
+export function gatewayTable(nft: Nft, chain?: (name: string) => { comment?: string } | undefined): OwnedTable {
+  return new OwnedTable(GATEWAY_TABLE, { nft, ...(chain && { chain: (_ref, name) => chain(name) }) });
+}
 
 export interface GatewayConfig {
   readonly bridge: string;
@@ -77,30 +83,46 @@ export function ensureGatewayBridge(host: NetlinkHandle, gw: GatewayConfig): voi
   host.linkSetUp(gw.bridge);
 }
 
-/** The gateway's rules as one transaction (see the header). */
-export function gatewayRules(gw: GatewayConfig): Transaction {
-  const tx = new Transaction();
+/**
+ * The whole table is the gateway's skeleton: its marker's comment is a
+ * digest of the configuration, so a changed bridge or subnet rewrites it.
+ */
+export function gatewaySkeleton(gw: GatewayConfig): Skeleton {
   const br = JSON.stringify(gw.bridge);
-  const net = `${intToV4(gatewayPlan(gw.subnet).network)}/${gatewayPlan(gw.subnet).prefix}`;
-  tx.add({ kind: 'table', ...T, comment: 'cni-ts overlay gateway bridge' });
-  syncChain(tx, T, { name: 'forward', type: 'filter', hook: 'forward', priority: 'filter', policy: 'accept' }, [
-    `iifname ${br} oifname ${br} drop`,
-    `oifname ${br} ct state established,related accept`,
-    `oifname ${br} drop`,
-  ]);
-  syncChain(tx, T, { name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' }, [
-    `ip saddr ${net} oifname != ${br} masquerade`,
-  ]);
-  return tx;
+  const plan = gatewayPlan(gw.subnet);
+  const net = `${intToV4(plan.network)}/${plan.prefix}`;
+  const digest = createHash('sha256').update(JSON.stringify({ v: 1, bridge: gw.bridge, net })).digest('hex').slice(0, 16);
+  return {
+    marker: { chain: 'skeleton', comment: `cni-ts gateway ${digest}` },
+    queue: (tx) => {
+      tx.add({ kind: 'table', comment: 'cni-ts overlay gateway bridge' });
+      tx.syncChain({ name: 'forward', type: 'filter', hook: 'forward', priority: 'filter', policy: 'accept' }, [
+        `iifname ${br} oifname ${br} drop`,
+        `oifname ${br} ct state established,related accept`,
+        `oifname ${br} drop`,
+      ]);
+      tx.syncChain({ name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' }, [`ip saddr ${net} oifname != ${br} masquerade`]);
+    },
+  };
 }
 
-export function applyGatewayRules(nft: Nft, gw: GatewayConfig): void {
-  nft.run(gatewayRules(gw));
+/** The gateway's rules as one transaction (see the header), whether or not they are current. */
+export function gatewayRules(gw: GatewayConfig): TableTx {
+  const tx = new TableTx(GATEWAY_TABLE);
+  const skeleton = gatewaySkeleton(gw);
+  skeleton.queue(tx);
+  return tx.marker(skeleton.marker);
+}
+
+/** ADD: write the gateway's rules unless the table's marker says they are current. */
+export function applyGatewayRules(table: OwnedTable, gw: GatewayConfig): void {
+  const tx = table.tx();
+  if (table.ensureSkeleton(tx, gatewaySkeleton(gw))) table.run(tx);
 }
 
 /** Are the gateway rules there? (CHECK) */
-export function gatewayRulesPresent(nft: Nft): boolean {
-  const listing = nft.list('inet', TABLE);
+export function gatewayRulesPresent(table: OwnedTable): boolean {
+  const listing = table.list();
   if (!listing) return false;
   const names = new Set(listing.chains.map((c) => c.name));
   return names.has('forward') && names.has('postrouting');

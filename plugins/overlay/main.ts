@@ -49,7 +49,7 @@ import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnet, schema } 
 import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
 import { EtcdKV, type EtcdKVOptions, type KV } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
-import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent } from './gateway';
+import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent, gatewayTable } from './gateway';
 
 type Ctx = CniContext<Conf>;
 
@@ -192,7 +192,7 @@ async function add(ctx: Ctx): Promise<Result> {
         const pool = new GatewayPool(path.join(conf.stateDir, 'gw'), gw.subnet);
         ensureGatewayBridge(host, { bridge: gw.bridge, subnet: gw.subnet });
         sysctlSet('net.ipv4.ip_forward', '1');
-        applyGatewayRules(deps.nft(), { bridge: gw.bridge, subnet: gw.subnet });
+        applyGatewayRules(gatewayTable(deps.nft()), { bridge: gw.bridge, subnet: gw.subnet });
         const lease = pool.allocate(ctx.containerId, ctx.ifname);
         undo.push('gateway address', () => pool.release(ctx.containerId, ctx.ifname));
         host.linkAdd({ kind: 'veth', name: gwVeth, peerName: gw.ifname, peerNetnsFd: ns.fd });
@@ -313,7 +313,7 @@ async function check(ctx: Ctx): Promise<void> {
         const br = h.linkByName(conf.gateway.bridge);
         if (!p || !br || p.masterIndex !== br.index) throw fail(`the container's port on ${conf.gateway.bridge} is missing`);
       });
-      if (!gatewayRulesPresent(deps.nft())) throw fail('the gateway bridge NAT rules are missing');
+      if (!gatewayRulesPresent(gatewayTable(deps.nft()))) throw fail('the gateway bridge NAT rules are missing');
     }
     await ipam.ipamCheck(ctx);
   } finally {

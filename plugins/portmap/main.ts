@@ -32,20 +32,15 @@ import { requirePrevResult, type CniContext, type Plugin } from '../../shared/cn
 import type { Attachment, Result } from '../../shared/cni/types';
 import { AF_INET } from '../../shared/netlink/consts';
 import { cidrContains, parsePrefixed } from '../../shared/ip';
-import { withFileLock } from '../../shared/sys/flock';
 import { PORTMAP_LOCK_FILE } from '../../shared/paths';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
-import type { Listing, Nft } from '../../shared/nft/nft-interface';
-import { ownerTag, type Owner } from '../../shared/nft/owned';
-import { realNft } from '../../shared/nft/real';
-import { listMaps } from './maps';
-import { nftGetChain } from '../../shared/netlink/nftables';
+import { ownerTag, type OwnedTable, type Owner } from '../../shared/nft/table';
+import { realTable } from '../../shared/nft/real';
 import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
 import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
-  SKELETON_MARKER,
-  T,
+  PORTMAP_TABLE,
   addTransaction,
   delTransaction,
   findConflicts,
@@ -70,18 +65,13 @@ export const PortmapErrorCode = {
 
 /** What portmap touches outside itself, so logic tests run on fakes. */
 export interface PortmapDeps {
-  nft(): Nft;
-  /** Run fn holding the host-wide portmap lock (fn is synchronous: the lock must not outlive it). */
-  lock<T>(fn: () => T): T;
+  /**
+   * The portmap table (rules.ts): written with nft, read over netlink on a
+   * real host, its own lock serialising ADD and GC host-wide.
+   */
+  table(): OwnedTable;
   /** Let packets from 127.0.0.0/8 be routed to `ipv4` (route_localnet on the interface that reaches it). */
   enableLocalnet(ipv4: string): void;
-  /**
-   * The registry maps' elements for ADD, read without starting nft (maps.ts);
-   * absent: ADD lists the table through nft.
-   */
-  listMaps?(): Listing | undefined;
-  /** Is this version's skeleton in place (rules.ts SKELETON_MARKER)? absent: ADD always writes it. */
-  skeletonInPlace?(): boolean;
   /**
    * Forget the UDP flows to `hostPorts` that are not already answered by one
    * of `containerIPs` (conntrack), so their next datagram meets the new DNAT.
@@ -134,9 +124,9 @@ function collisionConflict(claims: readonly Claim[]): CniError {
  * Remove one owner's chains and elements: one transaction when `keys` are
  * all it holds, else (or when the keys are not all ours) by listing once.
  */
-function removeState(nft: Nft, owner: Required<Owner>, keys: readonly Key[]): void {
+function removeState(table: OwnedTable, owner: Required<Owner>, keys: readonly Key[]): void {
   try {
-    nft.run(delTransaction(owner, keys));
+    table.run(delTransaction(owner, keys));
     return;
   } catch (err) {
     // DEL is idempotent: no table means nothing of ours is left.
@@ -145,7 +135,7 @@ function removeState(nft: Nft, owner: Required<Owner>, keys: readonly Key[]): vo
     // jumping to our chains: fall back to reading the table once.
     if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
   }
-  removeOwners(nft, () => [ownerChains(owner)]);
+  removeOwners(table, () => [ownerChains(owner)]);
 }
 
 export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
@@ -156,13 +146,13 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     const result: Result = { ...prev, cniVersion: ctx.cniVersion };
     const plan = planOf(ctx, prev);
     if (plan.claims.length === 0) return result;
-    const nft = deps.nft();
-    deps.lock(() => {
-      const listing = deps.listMaps ? deps.listMaps() : nft.list(T.family, T.table);
+    const table = deps.table();
+    table.withLock(() => {
+      const listing = table.list();
       const conflicts = findConflicts(listing, plan.owner, plan.claims);
       if (conflicts.length) throw portConflict(conflicts);
       try {
-        nft.run(addTransaction(plan, listing, { skeleton: !(listing && deps.skeletonInPlace?.()) }));
+        table.run(addTransaction(plan, listing, table));
       } catch (err) {
         // Only a writer that ignores the lock can get here: the kernel
         // refused an element another owner added since our listing.
@@ -177,7 +167,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         try {
           deps.enableLocalnet(v4.containerIP);
         } catch (err) {
-          removeState(nft, plan.owner, keysOf(plan.claims, ctx.config.snat));
+          removeState(table, plan.owner, keysOf(plan.claims, ctx.config.snat));
           throw err;
         }
       }
@@ -200,7 +190,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     // No rejectUnsupported here: an ADD that refused the config applied
     // nothing, and the runtime's cleanup DEL must still succeed.
     const owner = ownerOf(ctx);
-    const nft = deps.nft();
+    const table = deps.table();
     // The keys an ADD with this prevResult and these mappings registered;
     // anything unreadable just means we do not know them.
     let keys: Key[] = [];
@@ -210,7 +200,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     } catch {
       keys = [];
     }
-    removeState(nft, owner, keys);
+    removeState(table, owner, keys);
   }
 
   async function check(ctx: Ctx): Promise<void> {
@@ -218,7 +208,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     const prev = requirePrevResult(ctx);
     const plan = planOf(ctx, prev);
     if (plan.claims.length === 0) return;
-    const problems = missingState(deps.nft().list(T.family, T.table), plan);
+    const problems = missingState(deps.table().list(), plan);
     if (problems.length) {
       throw new CniError(PortmapErrorCode.MappingsMissing, `port mappings of container ${ctx.containerId} are not installed`, problems.join('; '));
     }
@@ -233,8 +223,8 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         // an ID that cannot be part of a tag never owned anything of ours
       }
     }
-    const nft = deps.nft();
-    deps.lock(() => removeOwners(nft, (listing) => staleOwners(listing, ctx.config.name, keep)));
+    const table = deps.table();
+    table.withLock(() => removeOwners(table, (listing) => staleOwners(listing, ctx.config.name, keep)));
   }
 
   return {
@@ -286,11 +276,8 @@ function enableLocalnet(ipv4: string): void {
 }
 
 export const realDeps: PortmapDeps = {
-  nft: () => realNft(),
-  lock: (fn) => withFileLock(LOCK_FILE, fn),
+  table: () => realTable(PORTMAP_TABLE, { lockFile: LOCK_FILE }),
   enableLocalnet,
-  listMaps: () => listMaps(),
-  skeletonInPlace: () => nftGetChain(T.family, T.table, SKELETON_MARKER) !== undefined,
   forgetUdpFlows: (ports, containerIPs) => {
     conntrackDeleteByDstPorts(IPPROTO.udp, ports, containerIPs);
   },

@@ -60,13 +60,13 @@
  */
 import { createHash } from 'node:crypto';
 import { NftError } from '../../shared/nft/errors';
-import type { Listing, Nft } from '../../shared/nft/nft-interface';
-import { TABLE_PREFIX, networkTag, ownerTag, tagMatches, type Owner } from '../../shared/nft/owned';
-import { Transaction, type NftMap } from '../../shared/nft/transaction';
+import type { Listing } from '../../shared/nft/nft-interface';
+import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
 import { bucketClaims, overlapping, type Claim, type ContainerAddr, type IpFamily } from './config';
 
-export const TABLE = `${TABLE_PREFIX}portmap`;
-export const T = { family: 'inet' as const, table: TABLE };
+export const PORTMAP_TABLE = projectTable('inet', 'portmap');
+export const TABLE = PORTMAP_TABLE.table;
+export const T = PORTMAP_TABLE;
 
 export const MAPS = {
   wildcard: 'wildcard_ports',
@@ -153,16 +153,17 @@ export function masqRules(addrs: readonly ContainerAddr[], families: ReadonlySet
   return rules;
 }
 
-/** The shared skeleton, rewritten exactly by every ADD (reconcile by flush; identical content every time). */
 /**
- * Marks a table whose skeleton (maps, base chains and their lookups) is
- * this version's: an empty chain, found over netlink without nft. A
- * changed skeleton gets a new name, so an old table is rewritten once.
+ * The marker of this version's skeleton (maps, base chains and their
+ * lookups), in the owned tables' convention (shared/nft/table.ts): read
+ * over netlink, so an ADD that finds it queues only its own rules. A
+ * changed skeleton gets a new comment, so an old table is rewritten once,
+ * in place, keeping every container's chains and elements.
  */
-export const SKELETON_MARKER = 'skeleton-v2';
+export const SKELETON_MARKER = { chain: 'skeleton', comment: 'cni-ts portmap skeleton v3' } as const;
 
-/** Markers of earlier skeletons: removed when this version's is written. */
-const OLD_SKELETON_MARKERS = ['skeleton-v1'];
+/** Markers of earlier skeletons (a chain each, by name): removed when this version's is written. */
+const OLD_SKELETON_MARKERS = ['skeleton-v1', 'skeleton-v2'];
 
 /** Loopback destinations are dispatched in the output path only (see the header). */
 export const LOOPBACK_PREROUTING_RULE = 'ip daddr 127.0.0.0/8 return';
@@ -180,18 +181,15 @@ export const GUARD_COMMENTS = {
   input: '127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)',
 } as const;
 
-function queueSkeleton(tx: Transaction): void {
-  tx.add({ kind: 'table', ...T, comment: 'cni-ts portmap: published container ports' });
-  for (const name of ALL_MAPS) {
-    const map: NftMap = { kind: 'map', ...T, name, type: MAP_TYPES[name], valueType: 'verdict' };
-    tx.add(map);
-  }
-  tx.add({ kind: 'chain', ...T, name: 'dispatch' });
-  tx.add({ kind: 'chain', ...T, name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' });
+function queueSkeleton(tx: TableTx): void {
+  tx.add({ kind: 'table', comment: 'cni-ts portmap: published container ports' });
+  for (const name of ALL_MAPS) tx.add({ kind: 'map', name, type: MAP_TYPES[name], valueType: 'verdict' });
+  tx.add({ kind: 'chain', name: 'dispatch' });
+  tx.add({ kind: 'chain', name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' });
   // nft 1.0.6 names "dstnat" only on prerouting; -100 is the same priority.
-  tx.add({ kind: 'chain', ...T, name: 'output', type: 'nat', hook: 'output', priority: -100, policy: 'accept' });
-  tx.add({ kind: 'chain', ...T, name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' });
-  tx.add({ kind: 'chain', ...T, name: 'input', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' });
+  tx.add({ kind: 'chain', name: 'output', type: 'nat', hook: 'output', priority: -100, policy: 'accept' });
+  tx.add({ kind: 'chain', name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' });
+  tx.add({ kind: 'chain', name: 'input', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' });
   const rules: Record<string, Array<{ rule: string; comment?: string }>> = {
     dispatch: [
       { rule: `ip daddr . meta l4proto . th dport vmap @${MAPS.hostip4}` },
@@ -213,16 +211,18 @@ function queueSkeleton(tx: Transaction): void {
     input: [{ rule: MARTIAN_RULES[0] }, { rule: MARTIAN_RULES[1], comment: GUARD_COMMENTS.input }],
   };
   for (const [chain, list] of Object.entries(rules)) {
-    tx.flush({ kind: 'chain', ...T, name: chain });
-    for (const r of list) tx.add({ kind: 'rule', ...T, chain, ...r });
+    tx.flush({ kind: 'chain', name: chain });
+    for (const r of list) tx.add({ kind: 'rule', chain, ...r });
   }
-  tx.add({ kind: 'chain', ...T, name: SKELETON_MARKER });
   // add-then-delete: removes an older marker whether or not it is there
   for (const name of OLD_SKELETON_MARKERS) {
-    tx.add({ kind: 'chain', ...T, name });
-    tx.delete({ kind: 'chain', ...T, name });
+    tx.add({ kind: 'chain', name });
+    tx.delete({ kind: 'chain', name });
   }
 }
+
+/** The skeleton in the owned tables' form (shared/nft/table.ts). */
+export const PORTMAP_SKELETON: Skeleton = { marker: SKELETON_MARKER, queue: queueSkeleton };
 
 const jumpTo = (chain: string): string => `jump ${chain}`;
 
@@ -255,14 +255,18 @@ export interface AddPlan {
  * for our address held by another owner are stale (the address is ours now,
  * IPAM says so) and are taken over.
  */
-export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts: { skeleton?: boolean } = {}): Transaction {
-  const tx = new Transaction();
+export function addTransaction(plan: AddPlan, listing: Listing | undefined, table?: OwnedTable): TableTx {
+  const tx = new TableTx(PORTMAP_TABLE);
   const chains = ownerChains(plan.owner);
   const tag = ownerTag(plan.owner);
   // Rewriting the base chains deletes their rules, which makes the kernel
-  // wait for a grace period (about 10 ms): only when the skeleton is not
-  // known to be in place.
-  if (opts.skeleton !== false) queueSkeleton(tx);
+  // wait for a grace period (about 10 ms): only when the table's marker
+  // does not say the skeleton is in place (no table: always).
+  if (table && listing) table.ensureSkeleton(tx, PORTMAP_SKELETON);
+  else {
+    PORTMAP_SKELETON.queue(tx);
+    tx.marker(PORTMAP_SKELETON.marker);
+  }
   const families = new Set(plan.claims.map((c) => c.family));
   const dnat = plan.claims.map((c) => ({ rule: dnatRule(c), comment: tag }));
   const masq = masqRules(plan.addrs, families, plan.masq).map((rule) => ({ rule, comment: tag }));
@@ -270,9 +274,9 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts
     [chains.dnat, dnat],
     [chains.masq, masq],
   ] as const) {
-    tx.add({ kind: 'chain', ...T, name });
-    tx.flush({ kind: 'chain', ...T, name });
-    for (const r of rules) tx.add({ kind: 'rule', ...T, chain: name, ...r });
+    tx.add({ kind: 'chain', name });
+    tx.flush({ kind: 'chain', name });
+    for (const r of rules) tx.add({ kind: 'rule', chain: name, ...r });
   }
 
   const wanted = uniqueKeys<Key & { value: string }>([
@@ -282,16 +286,16 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, opts
   const wantedText = new Set(wanted.map(keyText));
   if (listing) {
     for (const k of elementsJumpingTo(listing, [chains.dnat, chains.masq])) {
-      if (!wantedText.has(keyText(k))) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+      if (!wantedText.has(keyText(k))) tx.delete({ kind: 'element', set: k.map, key: k.key });
     }
     const index = elementIndex(listing);
     for (const k of wanted) {
       if (k.map !== MAPS.masq4 && k.map !== MAPS.masq6) continue;
       const held = index.get(keyText(k));
-      if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+      if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', set: k.map, key: k.key });
     }
   }
-  for (const k of wanted) tx.add({ kind: 'element', ...T, set: k.map, key: k.key, value: jumpTo(k.value) });
+  for (const k of wanted) tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(k.value) });
   return tx;
 }
 
@@ -379,20 +383,20 @@ export function isClaimCollision(err: unknown): boolean {
  * may be empty: the chains alone are then destroyed, which fails (EBUSY)
  * if elements still jump to them.
  */
-export function delTransaction(owner: Required<Owner>, keys: readonly Key[]): Transaction {
-  const tx = new Transaction();
+export function delTransaction(owner: Required<Owner>, keys: readonly Key[]): TableTx {
+  const tx = new TableTx(PORTMAP_TABLE);
   const chains = ownerChains(owner);
   // First line: fails with ENOENT only when the table is gone.
-  tx.add({ kind: 'chain', ...T, name: chains.dnat });
-  tx.add({ kind: 'chain', ...T, name: chains.masq });
+  tx.add({ kind: 'chain', name: chains.dnat });
+  tx.add({ kind: 'chain', name: chains.masq });
   for (const k of uniqueKeys(keys)) {
     const target = k.map === MAPS.masq4 || k.map === MAPS.masq6 ? chains.masq : chains.dnat;
-    tx.add({ kind: 'element', ...T, set: k.map, key: k.key, value: jumpTo(target) });
-    tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
+    tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(target) });
+    tx.delete({ kind: 'element', set: k.map, key: k.key });
   }
   for (const name of [chains.dnat, chains.masq]) {
-    tx.flush({ kind: 'chain', ...T, name });
-    tx.delete({ kind: 'chain', ...T, name });
+    tx.flush({ kind: 'chain', name });
+    tx.delete({ kind: 'chain', name });
   }
   return tx;
 }
@@ -408,41 +412,12 @@ export function isTableGone(err: unknown): boolean {
 }
 
 /**
- * Remove everything of the given owners' chains found in `listing`: the
- * elements that jump to them, then the chains. Returns undefined when there
- * is nothing to remove.
+ * Remove the owners' chains and every element that jumps to them, reading
+ * the table once (OwnedTable.releaseOwner: one transaction, a fresh
+ * listing after a conflict with a concurrent writer).
  */
-export function removalTransaction(listing: Listing, owners: ReadonlyArray<OwnerChains>): Transaction | undefined {
-  const names = owners.flatMap((o) => [o.dnat, o.masq]);
-  const present = new Set(listing.chains.map((c) => c.name));
-  const tx = new Transaction();
-  for (const k of elementsJumpingTo(listing, names)) tx.delete({ kind: 'element', ...T, set: k.map, key: k.key });
-  for (const name of names) {
-    if (!present.has(name)) continue;
-    tx.flush({ kind: 'chain', ...T, name });
-    tx.delete({ kind: 'chain', ...T, name });
-  }
-  return tx.size ? tx : undefined;
-}
-
-/**
- * List once, remove the owners' state in one transaction; retry with a
- * fresh listing when a concurrent writer made the batch conflict.
- */
-export function removeOwners(nft: Nft, pick: (listing: Listing) => OwnerChains[], retries = 3): void {
-  for (let attempt = 0; ; attempt++) {
-    const listing = nft.list(T.family, T.table);
-    if (!listing) return;
-    const tx = removalTransaction(listing, pick(listing));
-    if (!tx) return;
-    try {
-      nft.run(tx);
-      return;
-    } catch (err) {
-      const conflict = err instanceof NftError && (err.kind === 'busy' || err.kind === 'not-found' || err.kind === 'exists');
-      if (!conflict || attempt >= retries) throw err;
-    }
-  }
+export function removeOwners(table: OwnedTable, pick: (listing: Listing) => OwnerChains[]): void {
+  table.releaseOwner(undefined, { chains: (listing) => pick(listing).flatMap((o) => [o.dnat, o.masq]) });
 }
 
 /**

@@ -21,9 +21,8 @@
  *
  * No encrypted network left: the table is deleted.
  */
-import { Transaction } from '../nft/transaction';
-import type { TableRef } from '../nft/nft-interface';
-import { ensureTable, networkTag, projectTable, syncChain, type ChainSpec, type RuleSpec } from '../nft/owned';
+import { TableTx, networkTag, projectTable, type ChainSpec, type RuleSpec } from '../nft/table';
+import type { TableRef } from '../nft/types';
 import { AF_INET } from '../netlink/consts';
 import { canonicalIp, parseIp } from '../netlink/ipaddr';
 import type { XfrmMark } from '../netlink/xfrm';
@@ -54,12 +53,12 @@ function checkVni(vni: number): void {
 }
 
 /** The transaction that makes the ipsec table match `networks` (the encrypted ones with their peers). */
-export function ipsecFirewall(networks: readonly EncryptedNetwork[], opts: FirewallOptions = {}): Transaction {
-  const tx = new Transaction();
+export function ipsecFirewall(networks: readonly EncryptedNetwork[], opts: FirewallOptions = {}): TableTx {
+  const tx = new TableTx(IPSEC_TABLE);
   const port = opts.port ?? VXLAN_PORT;
   const withPeers = networks.filter((n) => n.peers.length > 0);
   if (withPeers.length === 0) {
-    tx.destroy({ kind: 'table', ...IPSEC_TABLE });
+    tx.destroy({ kind: 'table' });
     return tx;
   }
   const drop: RuleSpec[] = [];
@@ -74,9 +73,11 @@ export function ipsecFirewall(networks: readonly EncryptedNetwork[], opts: Firew
       }
     }
   }
-  ensureTable(tx, IPSEC_TABLE, [], [], 'cni-ts encrypted overlays');
-  syncChain(tx, IPSEC_TABLE, CLEARTEXT_CHAIN, drop);
-  if (opts.mark) syncChain(tx, IPSEC_TABLE, MARK_CHAIN, mark);
-  else tx.destroy({ kind: 'chain', ...IPSEC_TABLE, name: MARK_CHAIN.name });
+  // The whole table is desired state, written every time (nothing to skip
+  // with a marker): the skeleton is the table and its base chains.
+  tx.add({ kind: 'table', comment: 'cni-ts encrypted overlays' });
+  tx.syncChain(CLEARTEXT_CHAIN, drop);
+  if (opts.mark) tx.syncChain(MARK_CHAIN, mark);
+  else tx.destroy({ kind: 'chain', name: MARK_CHAIN.name });
   return tx;
 }

@@ -1,11 +1,10 @@
 /**
- * nftables layer: build a Transaction, run it on an Nft (realNft or
- * FakeNft) as one atomic `nft -f -`; owned.ts has the project's table and
- * tag conventions and the ADD/DEL helpers built on them.
+ * nftables layer: build a Transaction, run it on an Nft (realNft, or the
+ * test kit's FakeNft) as one atomic `nft -f -`; table.ts binds all of it to
+ * one owned table (tags, markers, DEL by owner, the table's lock).
  */
 export * from './nft-interface';
 export * from './errors';
 export * from './transaction';
-export { realNft, type RealNftOptions } from './real';
-export { FakeNft } from './fake';
-export * from './owned';
+export { realNft, realTable, type RealNftOptions, type RealTableOptions } from './real';
+export * from './table';

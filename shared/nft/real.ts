@@ -34,6 +34,9 @@ import type {
   SetFlag,
 } from './nft-interface';
 import { FAMILIES, nameProblem, type Transaction } from './transaction';
+import { OwnedTable } from './table';
+import type { TableRef } from './types';
+import { nftGetChain, nftListTable } from '../netlink/nftables';
 
 export interface RealNftOptions {
   /** Run nft inside this network namespace (a /var/run/netns/X or /proc/PID/ns/net path). */
@@ -204,4 +207,25 @@ export function parseListing(stdout: string, family: Family, table: string): Lis
     }
   }
   return listing;
+}
+
+// ---- an owned table on this host --------------------------------------------------
+
+export interface RealTableOptions extends RealNftOptions {
+  /** The table's lock file; default /run/cni-ts/<table>.lock. */
+  lockFile?: string;
+}
+
+/**
+ * The owned table `ref` on this host (or in opts.netnsPath): written with
+ * nft, read over netlink (a listing and a marker each cost a few netlink
+ * requests instead of an nft process).
+ */
+export function realTable(ref: TableRef, opts: RealTableOptions = {}): OwnedTable {
+  return new OwnedTable(ref, {
+    nft: realNft(opts),
+    list: (r) => nftListTable(r.family, r.table, opts.netnsPath),
+    chain: (r, name) => nftGetChain(r.family, r.table, name, opts.netnsPath),
+    ...(opts.lockFile !== undefined && { lockFile: opts.lockFile }),
+  });
 }

@@ -6,10 +6,15 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeNft } from '../../../shared/nft/fake';
+import { FakeNft } from '../../../testkit/fake-nft';
 import { realNft } from '../../../shared/nft/real';
 import { Transaction } from '../../../shared/nft/transaction';
-import { TABLE, addNetworkRules, chainNames, ensureNetworkRules, networkSignature, networkAddTx, networkRemoveTx, networkRulesPresent, removeNetworkRules } from '../../../plugins/bridge/firewall';
+import type { Nft } from '../../../shared/nft/nft-interface';
+import { OwnedTable } from '../../../shared/nft/table';
+import { BRIDGE_TABLE, TABLE, addNetworkRules, chainNames, ensureNetworkRules, networkSignature, networkAddTx, networkRemoveTx, networkRulesPresent, removeNetworkRules } from '../../../plugins/bridge/firewall';
+
+/** The bridge table on any Nft (the fake or the kernel's), locked by nothing: these tests run one call at a time. */
+const tab = (nft: Nft): OwnedTable => new OwnedTable(BRIDGE_TABLE, { nft, lock: (fn) => fn() });
 
 const masqA = { bridge: 'br-a', subnets: ['10.1.0.0/24', 'fd00:1::/64'], masquerade: true, internal: false };
 const plainA = { ...masqA, subnets: ['10.1.0.0/24'], masquerade: false };
@@ -163,32 +168,32 @@ ${cfgChain(internalI)}
 describe('networkAddTx', () => {
   it('installs isolation and one masquerade rule per subnet for an ipMasq dual-stack network', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
+    addNetworkRules(tab(nft), masqA);
     expect(nft.dump()).toBe(MASQ_DUAL_STACK);
   });
 
   it('installs isolation and an empty masquerade chain without ipMasq', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, plainA);
+    addNetworkRules(tab(nft), plainA);
     expect(nft.dump()).toBe(NO_MASQ);
   });
 
   it('drops everything routed in or out of an internal network', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, internalI);
+    addNetworkRules(tab(nft), internalI);
     expect(nft.dump()).toBe(INTERNAL);
   });
 
   it('never masquerades an internal network, even when asked to', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, { ...internalI, masquerade: true });
+    addNetworkRules(tab(nft), { ...internalI, masquerade: true });
     expect(nft.dump()).toBe(INTERNAL);
   });
 
   it('is one nft run per ADD, the same state when repeated', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    addNetworkRules(nft, masqA);
+    addNetworkRules(tab(nft), masqA);
+    addNetworkRules(tab(nft), masqA);
     expect(nft.applied).toHaveLength(2);
     expect(nft.execs).toBe(2);
     expect(nft.dump()).toBe(MASQ_DUAL_STACK);
@@ -196,15 +201,15 @@ describe('networkAddTx', () => {
 
   it('converges to the new configuration when a network changes (reconcile, not add-if-missing)', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    addNetworkRules(nft, plainA);
+    addNetworkRules(tab(nft), masqA);
+    addNetworkRules(tab(nft), plainA);
     expect(nft.dump()).toBe(NO_MASQ);
   });
 
   it('keeps two networks side by side, each isolated from the other through the shared bridges set', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, plainA);
-    addNetworkRules(nft, internalI);
+    addNetworkRules(tab(nft), plainA);
+    addNetworkRules(tab(nft), internalI);
     const dump = nft.dump();
     expect(dump).toContain('elements = { "br-a", "br-i" }');
     expect(dump).toContain('elements = { "br-a" : jump net-br-a-in, "br-i" : jump net-br-i-in }');
@@ -224,18 +229,18 @@ describe('networkAddTx', () => {
 describe('removeNetworkRules', () => {
   it('removes one network\'s elements and chains and leaves the other network whole', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    addNetworkRules(nft, internalI);
-    removeNetworkRules(nft, 'br-a');
+    addNetworkRules(tab(nft), masqA);
+    addNetworkRules(tab(nft), internalI);
+    removeNetworkRules(tab(nft), 'br-a');
     expect(nft.dump()).toBe(INTERNAL);
   });
 
   it('takes one nft run and no listing for a network whose rules are all in place', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    addNetworkRules(nft, internalI);
+    addNetworkRules(tab(nft), masqA);
+    addNetworkRules(tab(nft), internalI);
     const execs = nft.execs;
-    removeNetworkRules(nft, 'br-a');
+    removeNetworkRules(tab(nft), 'br-a');
     expect(nft.execs - execs).toBe(1);
     expect(nft.applied.at(-1)).toBe(networkRemoveTx('br-a').render());
     expect(nft.dump()).toBe(INTERNAL);
@@ -243,18 +248,18 @@ describe('removeNetworkRules', () => {
 
   it('reads the table and removes what is left when part of the network is already gone', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    addNetworkRules(nft, internalI);
+    addNetworkRules(tab(nft), masqA);
+    addNetworkRules(tab(nft), internalI);
     const t = { family: 'inet' as const, table: TABLE };
     nft.run(new Transaction().delete({ kind: 'element', ...t, set: 'masq', key: '"br-a"' }).delete({ kind: 'chain', ...t, name: chainNames('br-a').masq }));
-    removeNetworkRules(nft, 'br-a');
+    removeNetworkRules(tab(nft), 'br-a');
     expect(nft.dump()).toBe(INTERNAL);
   });
 
   it('leaves the shared base objects, empty, when the last network goes', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    removeNetworkRules(nft, 'br-a');
+    addNetworkRules(tab(nft), masqA);
+    removeNetworkRules(tab(nft), 'br-a');
     const dump = nft.dump();
     expect(dump).not.toContain('br-a');
     expect(dump).toContain(BASE_CHAINS);
@@ -264,34 +269,34 @@ describe('removeNetworkRules', () => {
   it('also removes a set member written without quotes (a hand-made element)', () => {
     // what a hand-written or older table may hold: the key as bare text
     const nft = new FakeNft();
-    addNetworkRules(nft, plainA);
+    addNetworkRules(tab(nft), plainA);
     nft.run(new Transaction().add({ kind: 'element', family: 'inet', table: TABLE, set: 'bridges', key: 'br-x' }));
-    removeNetworkRules(nft, 'br-x');
+    removeNetworkRules(tab(nft), 'br-x');
     expect(nft.dump()).toBe(NO_MASQ);
   });
 
   it('does nothing, and runs no transaction, for a network that has no rules', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, plainA);
+    addNetworkRules(tab(nft), plainA);
     const before = nft.dump();
-    removeNetworkRules(nft, 'br-none');
+    removeNetworkRules(tab(nft), 'br-none');
     expect(nft.dump()).toBe(before);
     expect(nft.applied).toHaveLength(1);
   });
 
   it('does nothing when the table does not exist (DEL after everything is gone)', () => {
     const nft = new FakeNft();
-    removeNetworkRules(nft, 'br-a');
+    removeNetworkRules(tab(nft), 'br-a');
     expect(nft.dump()).toBe('');
     expect(nft.applied).toHaveLength(0);
   });
 
   it('is idempotent: a second removal finds nothing to do', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, masqA);
-    removeNetworkRules(nft, 'br-a');
+    addNetworkRules(tab(nft), masqA);
+    removeNetworkRules(tab(nft), 'br-a');
     const after = nft.dump();
-    removeNetworkRules(nft, 'br-a');
+    removeNetworkRules(tab(nft), 'br-a');
     expect(nft.dump()).toBe(after);
     expect(nft.applied).toHaveLength(2);
   });
@@ -300,21 +305,21 @@ describe('removeNetworkRules', () => {
 describe('networkRulesPresent', () => {
   it('is true once a network is installed and false after it is removed or never was', () => {
     const nft = new FakeNft();
-    expect(networkRulesPresent(nft, 'br-a')).toBe(false);
-    addNetworkRules(nft, plainA);
-    expect(networkRulesPresent(nft, 'br-a')).toBe(true);
-    expect(networkRulesPresent(nft, 'br-i')).toBe(false);
-    removeNetworkRules(nft, 'br-a');
-    expect(networkRulesPresent(nft, 'br-a')).toBe(false);
+    expect(networkRulesPresent(tab(nft), 'br-a')).toBe(false);
+    addNetworkRules(tab(nft), plainA);
+    expect(networkRulesPresent(tab(nft), 'br-a')).toBe(true);
+    expect(networkRulesPresent(tab(nft), 'br-i')).toBe(false);
+    removeNetworkRules(tab(nft), 'br-a');
+    expect(networkRulesPresent(tab(nft), 'br-a')).toBe(false);
   });
 
   it('is false when one of the three chains is missing', () => {
     const nft = new FakeNft();
-    addNetworkRules(nft, plainA);
+    addNetworkRules(tab(nft), plainA);
     const c = chainNames('br-a');
     const t = { family: 'inet' as const, table: TABLE };
     nft.run(new Transaction().delete({ kind: 'element', ...t, set: 'masq', key: '"br-a"' }).delete({ kind: 'chain', ...t, name: c.masq }));
-    expect(networkRulesPresent(nft, 'br-a')).toBe(false);
+    expect(networkRulesPresent(tab(nft), 'br-a')).toBe(false);
   });
 });
 
@@ -341,20 +346,20 @@ describe('the same transactions on the kernel', () => {
     const real = realNft({ netnsPath: nsPath });
     const fake = new FakeNft();
     for (const nft of [real, fake]) {
-      addNetworkRules(nft, masqA);
-      addNetworkRules(nft, internalI);
-      addNetworkRules(nft, masqA);
+      addNetworkRules(tab(nft), masqA);
+      addNetworkRules(tab(nft), internalI);
+      addNetworkRules(tab(nft), masqA);
     }
     const listed = execFileSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'inet', TABLE], { encoding: 'utf8' });
     expect(unwrapElements(listed)).toBe(fake.dump());
-    expect(networkRulesPresent(real, 'br-a')).toBe(true);
+    expect(networkRulesPresent(tab(real), 'br-a')).toBe(true);
 
-    removeNetworkRules(real, 'br-a');
-    removeNetworkRules(fake, 'br-a');
+    removeNetworkRules(tab(real), 'br-a');
+    removeNetworkRules(tab(fake), 'br-a');
     const after = execFileSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'inet', TABLE], { encoding: 'utf8' });
     expect(after).toBe(INTERNAL);
-    expect(networkRulesPresent(real, 'br-a')).toBe(false);
-    expect(networkRulesPresent(real, 'br-i')).toBe(true);
+    expect(networkRulesPresent(tab(real), 'br-a')).toBe(false);
+    expect(networkRulesPresent(tab(real), 'br-i')).toBe(true);
   });
 });
 
@@ -363,13 +368,13 @@ describe('ensureNetworkRules', () => {
     const nft = new FakeNft();
     let marker: string | undefined;
     const query = () => (marker === undefined ? undefined : { comment: marker });
-    expect(ensureNetworkRules(nft, masqA, query)).toBe(true);
+    expect(ensureNetworkRules(new OwnedTable(BRIDGE_TABLE, { nft, chain: () => query() }), masqA)).toBe(true);
     expect(nft.execs).toBe(1);
     marker = networkSignature(masqA);
-    expect(ensureNetworkRules(nft, masqA, query)).toBe(false);
+    expect(ensureNetworkRules(new OwnedTable(BRIDGE_TABLE, { nft, chain: () => query() }), masqA)).toBe(false);
     expect(nft.execs).toBe(1);
     // a changed configuration (ipMasq off) is written again
-    expect(ensureNetworkRules(nft, plainA, query)).toBe(true);
+    expect(ensureNetworkRules(new OwnedTable(BRIDGE_TABLE, { nft, chain: () => query() }), plainA)).toBe(true);
     expect(nft.execs).toBe(2);
     expect(nft.dump()).toBe(NO_MASQ);
   });

@@ -5,26 +5,40 @@
  * route_localnet by a recorder. Not a test file itself.
  */
 import { runPlugin } from '../../../shared/cni/skel';
-import type { Nft } from '../../../shared/nft/nft-interface';
+import type { Listing, Nft } from '../../../shared/nft/nft-interface';
+import { OwnedTable } from '../../../shared/nft/table';
+import { FakeNft } from '../../../testkit/fake-nft';
 import { makePlugin, type PortmapDeps } from '../../../plugins/portmap/main';
+import { PORTMAP_TABLE } from '../../../plugins/portmap/rules';
 
 export interface FakeHost {
   deps: PortmapDeps;
   /** IPv4 addresses route_localnet was enabled for */
   localnet: string[];
   locks: number;
+  /** How the table's markers are read without nft (realTable: netlink); absent: the skeleton is always written. */
+  markers?: (chain: string) => { comment?: string } | undefined;
+  /** How the table is read (realTable: netlink); absent: through nft. */
+  list?: () => Listing | undefined;
 }
 
 export function fakeHost(nft: Nft): FakeHost {
   const host: FakeHost = {
     localnet: [],
     locks: 0,
+    // a FakeNft's markers read from its model, as realTable reads the kernel's over netlink
+    ...(nft instanceof FakeNft && { markers: (name: string) => nft.chainInfo(PORTMAP_TABLE.family, PORTMAP_TABLE.table, name) }),
     deps: {
-      nft: () => nft,
-      lock: (fn) => {
-        host.locks++;
-        return fn();
-      },
+      table: () =>
+        new OwnedTable(PORTMAP_TABLE, {
+          nft,
+          lock: (fn) => {
+            host.locks++;
+            return fn();
+          },
+          ...(host.markers && { chain: (_ref, name) => host.markers!(name) }),
+          ...(host.list && { list: () => host.list!() }),
+        }),
       enableLocalnet: (ip) => {
         host.localnet.push(ip);
       },

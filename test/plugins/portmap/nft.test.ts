@@ -10,7 +10,7 @@ import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
 import { realNft } from '../../../shared/nft/real';
 import type { Transaction } from '../../../shared/nft/transaction';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
-import { listMaps } from '../../../plugins/portmap/maps';
+import { nftGetChain, nftListTable } from '../../../shared/netlink/nftables';
 import { MAX_PORT_MAPPINGS } from '../../../plugins/portmap/config';
 import { randomId, sh, trySh } from './kernel';
 
@@ -36,6 +36,8 @@ afterAll(() => {
 beforeEach(() => {
   spawnSync('ip', ['netns', 'exec', ns, 'nft', 'flush', 'ruleset']);
   host = fakeHost(nft);
+  // markers read over netlink, as realTable does
+  host.markers = (name) => nftGetChain('inet', 'cni_ts_portmap', name, nsPath);
 });
 
 const conf = (o: Parameters<typeof portmapConf>[0]) => portmapConf(o);
@@ -80,7 +82,8 @@ add element inet cni_ts_portmap hostip4_ports { 127.0.0.1 . tcp . 7000 : jump ol
     expect((await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web] }) })).code).toBe(0);
     const out = ruleset();
     expect(out).not.toContain('skeleton-v1');
-    expect(out).toContain('chain skeleton-v2 {');
+    expect(out).not.toContain('skeleton-v2');
+    expect(out).toContain('chain skeleton {\n\t\tcomment "cni-ts portmap skeleton v3"\n\t}');
     expect(out).toMatch(/chain prerouting \{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr 127\.0\.0\.0\/8 return/);
     expect(out).toContain('iifname != "lo" ip daddr 127.0.0.0/8 drop');
     expect(out).toContain('127.0.0.1 . tcp . 7000 : jump old-owner');
@@ -151,7 +154,7 @@ describe('portmap at the portMappings bound, on the real nft', () => {
     const mappings = many(MAX_PORT_MAPPINGS);
     const ips = ['10.1.0.5/24'];
     expect((await call(host, { command: 'ADD', conf: conf({ ips, mappings }) })).code).toBe(0);
-    const claims = listMaps(nsPath)?.sets.find((m) => m.name === 'wildcard_ports')?.elements ?? [];
+    const claims = nftListTable('inet', 'cni_ts_portmap', nsPath)?.sets.find((m) => m.name === 'wildcard_ports')?.elements ?? [];
     expect(claims).toHaveLength(MAX_PORT_MAPPINGS);
     expect((await call(host, { command: 'CHECK', conf: conf({ ips, mappings }) })).code).toBe(0);
     const before = ruleset();
@@ -163,24 +166,37 @@ describe('portmap at the portMappings bound, on the real nft', () => {
   });
 });
 
-describe('the registry maps read over netlink (maps.ts)', () => {
+describe('the table read over netlink (nftListTable)', () => {
   const elementsOf = (l: Listing | undefined) =>
     (l?.sets ?? [])
       .map((s) => ({ name: s.name, elements: s.elements.map((e) => `${e.key} : ${e.value}`).sort() }))
       .sort((a, b) => a.name.localeCompare(b.name));
 
   it('are exactly what nft -j lists, for every map and key type', async () => {
-    expect(listMaps(nsPath)).toBeUndefined();
+    expect(nftListTable('inet', 'cni_ts_portmap', nsPath)).toBeUndefined();
     await call(host, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
     await call(host, { command: 'ADD', containerId: 'c2', conf: conf({ ips: ['10.1.0.6/24'], mappings: [{ ...web, hostPort: 8081, protocol: 'udp' }] }) });
-    const viaNetlink = elementsOf(listMaps(nsPath));
+    const viaNetlink = elementsOf(nftListTable('inet', 'cni_ts_portmap', nsPath));
     expect(viaNetlink).toEqual(elementsOf(nft.list('inet', 'cni_ts_portmap')));
     expect(viaNetlink.flatMap((s) => s.elements).length).toBeGreaterThan(5);
   });
 
+  it('name the container that holds a port when another asks for it (code 110), as the plugin reads the table on a host', async () => {
+    // the listing a real host's ADD reads: netlink, chains and rule comments included
+    const netlinkHost = fakeHost(nft);
+    netlinkHost.list = () => nftListTable('inet', 'cni_ts_portmap', nsPath);
+    const holder = 'container-a-0123456789';
+    expect((await call(netlinkHost, { command: 'ADD', containerId: holder, conf: conf({ ips: ['10.1.0.5/24'], mappings: [web] }) })).code).toBe(0);
+    const before = ruleset();
+    const r = await call(netlinkHost, { command: 'ADD', containerId: 'container-b', conf: conf({ ips: ['10.1.0.6/24'], mappings: [web] }) });
+    expect(r.out).toMatchObject({ code: 110, msg: expect.stringContaining(`container ${holder} (network`) });
+    expect(JSON.stringify(r.out)).not.toContain('another container');
+    expect(ruleset()).toBe(before);
+  });
+
   it('give ADD the same conflict answers (code 110, nothing applied)', async () => {
     const netlinkHost = fakeHost(nft);
-    netlinkHost.deps.listMaps = () => listMaps(nsPath);
+    netlinkHost.list = () => nftListTable('inet', 'cni_ts_portmap', nsPath);
     await call(netlinkHost, { command: 'ADD', conf: conf({ ips: dual, mappings: [web, dns, v6only] }) });
     const before = ruleset();
     for (const mappings of [[web], [{ ...dns, hostIP: undefined }], [{ ...v6only, hostIP: 'FD00:0::1' }], [{ ...web, hostIP: '10.0.0.1' }]]) {

@@ -3,7 +3,7 @@
  * text for what ADD installs, and what DEL, CHECK and GC do to it.
  */
 import { beforeEach, describe, expect, it } from 'vitest';
-import { FakeNft } from '../../../shared/nft/fake';
+import { FakeNft } from '../../../testkit/fake-nft';
 import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
 import type { Transaction } from '../../../shared/nft/transaction';
 import { ownerChains } from '../../../plugins/portmap/rules';
@@ -47,7 +47,8 @@ const SKELETON_CHAINS = `	chain dispatch {
 		iifname != "lo" ip daddr 127.0.0.0/8 drop comment "127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)"
 	}
 
-	chain skeleton-v2 {
+	chain skeleton {
+		comment "cni-ts portmap skeleton v3"
 	}`;
 
 /** The table with no container in it: what every DEL leaves behind. */
@@ -371,7 +372,7 @@ describe('portmap GC', () => {
 
 describe('portmap ADD with the skeleton in place (netlink says so)', () => {
   it('does not rewrite the base chains, and ends in the same state', async () => {
-    host.deps.skeletonInPlace = () => nft.dump().includes('chain skeleton-v2 {');
+    host.markers = (name) => nft.chainInfo('inet', TABLE, name);
     await add({ ips: dual, mappings: [web, dns] });
     const runs = nft.applied.length;
     await add({ ips: ['10.1.0.6/24'], mappings: [{ ...web, hostPort: 8081 }] }, 'c2');

@@ -272,7 +272,7 @@ describe.each<Flavour>(['ours', 'reference'])('portmap after %s bridge', (flavou
 
   it('DEL removes every container rule and element, and is idempotent', () => {
     runtime.del(list, rt1());
-    expect(summary(n.host)).toEqual({ chains: ['dispatch', 'input', 'output', 'postrouting', 'prerouting', 'skeleton-v2'], elements: 0 });
+    expect(summary(n.host)).toEqual({ chains: ['dispatch', 'input', 'output', 'postrouting', 'prerouting', 'skeleton'], elements: 0 });
     expect(ask(tools, n.outside, 'tcp', v4(2, 1), 18080)).toBe('ERR:ECONNREFUSED');
     // again, with the cache entry gone (no prevResult)
     runtime.del(list, rt1());

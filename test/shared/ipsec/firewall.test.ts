@@ -7,7 +7,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FakeNft } from '../../../shared/nft/fake';
+import { FakeNft } from '../../../testkit/fake-nft';
 import { realNft } from '../../../shared/nft/real';
 import { DOCKER_ENCRYPTION_MARK, type EncryptedNetwork } from '../../../shared/ipsec/desired';
 import { IPSEC_TABLE, ipsecFirewall } from '../../../shared/ipsec/firewall';

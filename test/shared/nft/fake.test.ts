@@ -1,5 +1,5 @@
 import { beforeEach, describe, expect, it } from 'vitest';
-import { FakeNft, priorityText } from '../../../shared/nft/fake';
+import { FakeNft, priorityText } from '../../../testkit/fake-nft';
 import { NftError, type NftErrorKind } from '../../../shared/nft/errors';
 import type { TableRef } from '../../../shared/nft/nft-interface';
 import { Transaction } from '../../../shared/nft/transaction';

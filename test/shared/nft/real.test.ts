@@ -8,10 +8,11 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NftError } from '../../../shared/nft/errors';
-import { FakeNft } from '../../../shared/nft/fake';
+import { FakeNft } from '../../../testkit/fake-nft';
 import type { Listing, Nft, TableRef } from '../../../shared/nft/nft-interface';
-import { ensureTable, networkTag, ownerTag, releaseOwner } from '../../../shared/nft/owned';
-import { realNft } from '../../../shared/nft/real';
+import { OwnedTable, TableTx, ownerTag, type Skeleton } from '../../../shared/nft/table';
+import { realNft, realTable } from '../../../shared/nft/real';
+import { nftListTable } from '../../../shared/netlink/nftables';
 import { Transaction } from '../../../shared/nft/transaction';
 
 const suffix = randomBytes(4).toString('hex');
@@ -329,63 +330,145 @@ describe('FakeNft succeeds where nft succeeds', () => {
   }
 });
 
-describe('ownership helpers on the kernel', () => {
-  it("removes one owner's share by handle, then the network's, then the table", () => {
+/** What the parity test builds: every kind of object our tables hold, with comments on rules and elements. */
+function parityTable(t: TableRef): Transaction {
+  const tx = new TableTx(t);
+  tx.add({ kind: 'table', comment: 'cni-ts parity' });
+  tx.add({ kind: 'set', name: 'bridges', type: 'ifname', comment: 'every bridge' });
+  tx.add({ kind: 'set', name: 'members', type: 'ipv4_addr' });
+  tx.add({ kind: 'set', name: 'marks', type: 'mark' });
+  tx.add({ kind: 'map', name: 'ports', type: ['ipv4_addr', 'inet_proto', 'inet_service'], valueType: 'verdict' });
+  tx.add({ kind: 'map', name: 'wild', type: ['nf_proto', 'inet_proto', 'inet_service'], valueType: 'verdict' });
+  tx.add({ kind: 'map', name: 'to6', type: ['ipv6_addr', 'inet_service'], valueType: ['ipv4_addr', 'inet_service'] });
+  tx.add({ kind: 'chain', name: 'owner-a' });
+  tx.add({ kind: 'chain', name: 'owner-b' });
+  tx.add({ kind: 'chain', name: 'forward', type: 'filter', hook: 'forward', priority: 'filter', policy: 'drop' });
+  tx.add({ kind: 'chain', name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' });
+  tx.add({ kind: 'chain', name: 'marker', comment: 'cni-ts skeleton v9' });
+  tx.add({ kind: 'rule', chain: 'owner-a', rule: 'ip daddr 10.0.0.1 tcp dport 80 dnat ip to 10.1.0.5:8080', comment: 'cni-ts:n1:a:eth0' });
+  tx.add({ kind: 'rule', chain: 'owner-b', rule: 'ip saddr 10.1.0.6 accept', comment: 'cni-ts:n1:b' });
+  tx.add({ kind: 'rule', chain: 'owner-b', rule: 'counter' });
+  tx.add({ kind: 'rule', chain: 'forward', rule: 'iifname @bridges jump owner-b', comment: 'cni-ts:n1' });
+  tx.add({ kind: 'rule', chain: 'forward', rule: 'ip saddr @members accept' });
+  tx.add({ kind: 'rule', chain: 'prerouting', rule: 'ip daddr . meta l4proto . th dport vmap @ports' });
+  tx.add({ kind: 'rule', chain: 'prerouting', rule: 'meta nfproto . meta l4proto . th dport vmap @wild', comment: 'wildcard ports' });
+  tx.add({ kind: 'element', set: 'bridges', key: '"br-a"' });
+  tx.add({ kind: 'element', set: 'bridges', key: '"br-b"', comment: 'cni-ts:n2' });
+  tx.add({ kind: 'element', set: 'members', key: '10.1.0.5', comment: 'cni-ts:n1:a' });
+  tx.add({ kind: 'element', set: 'members', key: '10.1.0.6' });
+  tx.add({ kind: 'element', set: 'marks', key: '123' });
+  tx.add({ kind: 'element', set: 'ports', key: ['127.0.0.1', 'tcp', '8080'], value: 'jump owner-a' });
+  tx.add({ kind: 'element', set: 'ports', key: ['10.0.0.1', 'udp', '53'], value: 'jump owner-a', comment: 'cni-ts:n1:a:eth0' });
+  tx.add({ kind: 'element', set: 'wild', key: ['ipv6', 'sctp', '9000'], value: 'goto owner-b' });
+  tx.add({ kind: 'element', set: 'to6', key: ['fd00::1', '80'], value: ['10.1.0.5', '8080'] });
+  return tx;
+}
+
+describe('one listing three ways', () => {
+  it('the kernel over netlink, nft -j and FakeNft list the same table identically: chains, rules and their comments, sets, maps and elements', () => {
     const t = fresh();
-    const add = (containerID: string, ip: string): void => {
-      const tx = new Transaction();
-      ensureTable(tx, t, [{ name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat' }], [{ kind: 'set', name: 'members', type: 'ipv4_addr' }]);
-      tx.add({ kind: 'rule', ...t, chain: 'postrouting', rule: `ip saddr ${ip} masquerade`, comment: ownerTag({ network: 'n1', containerID }) });
-      tx.add({ kind: 'element', ...t, set: 'members', key: ip, comment: ownerTag({ network: 'n1', containerID }) });
-      real.run(tx);
-    };
-    add('c1', '10.5.0.2');
-    add('c2', '10.5.0.3');
-    real.run(new Transaction().add({ kind: 'rule', ...t, chain: 'postrouting', rule: 'ip saddr @members counter', comment: networkTag('n1') }));
-    const first = releaseOwner(real, t, { network: 'n1', containerID: 'c1' }, { dropEmptyTable: true })!;
-    expect(first.lastOfNetwork).toBe(false);
-    const l = real.list(t.family, t.table)!;
-    expect(l.chains[0].rules.map((r) => r.comment)).toEqual(['cni-ts:n1:c2', 'cni-ts:n1']);
-    expect(l.sets.find((x) => x.name === 'members')?.elements).toEqual([{ key: '10.5.0.3', comment: 'cni-ts:n1:c2' }]);
-    const last = releaseOwner(real, t, { network: 'n1', containerID: 'c2' }, { dropEmptyTable: true })!;
-    expect(last.lastOfNetwork).toBe(true);
-    expect(last.table).toBe(true);
-    expect(real.list(t.family, t.table)).toBeUndefined();
-    expect(releaseOwner(real, t, { network: 'n1', containerID: 'c2' })).toBeUndefined();
+    const fake = new FakeNft();
+    real.run(parityTable(t));
+    fake.run(parityTable(t));
+    const viaNetlink = sortedElements(nftListTable(t.family, t.table, nsPath));
+    const viaNft = sortedElements(real.list(t.family, t.table));
+    const viaFake = sortedElements(fake.list(t.family, t.table));
+    expect(viaNetlink).toEqual(viaNft);
+    // handles are the kernel's to give; everything else must match the fake
+    const noHandles = (l: Listing | undefined) =>
+      l && { ...l, chains: l.chains.map((c) => ({ ...c, handle: 0, rules: c.rules.map((r) => ({ ...r, handle: 0 })) })), sets: l.sets.map((x) => ({ ...x, handle: 0 })) };
+    expect(noHandles(viaNetlink)).toEqual(noHandles(viaFake));
+    expect(viaNetlink!.chains.find((c) => c.name === 'owner-a')!.rules[0].comment).toBe('cni-ts:n1:a:eth0');
+    expect(nftListTable(t.family, `${t.table}_none`, nsPath)).toBeUndefined();
+    real.run(new Transaction().delete({ kind: 'table', ...t }));
   });
 
-  it('has the kernel refuse a removal planned before a concurrent ADD, and retries without losing that ADD', () => {
+  it('netlink lists the canonical ruleset (interval sets, prefixes, ranges, anonymous sets) as nft -j does', () => {
     const t = fresh();
-    const tx = new Transaction();
-    ensureTable(tx, t, [{ name: 'net_n2' }]);
-    tx.add({ kind: 'rule', ...t, chain: 'net_n2', rule: 'ip saddr 10.6.0.2 accept', comment: 'cni-ts:n2:c1' });
-    real.run(tx);
+    real.run(canonical(t));
+    expect(sortedElements(nftListTable(t.family, t.table, nsPath))).toEqual(sortedElements(real.list(t.family, t.table)));
+    real.run(new Transaction().delete({ kind: 'table', ...t }));
+  });
+});
+
+describe('an owned table on the kernel', () => {
+  const skeleton = (version: string): Skeleton => ({
+    marker: { chain: 'skeleton', comment: `cni-ts test skeleton ${version}` },
+    queue: (tx) => {
+      tx.add({ kind: 'table' });
+      tx.add({ kind: 'map', name: 'claims', type: 'inet_service', valueType: 'verdict' });
+      tx.syncChain({ name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' }, [
+        { rule: 'tcp dport vmap @claims', comment: `lookup ${version}` },
+      ]);
+    },
+  });
+  const addOwner = (table: OwnedTable, id: string, port: number, skel: Skeleton): boolean => {
+    const tx = table.tx();
+    const wrote = table.ensureSkeleton(tx, skel);
+    tx.add({ kind: 'chain', name: `own-${id}` });
+    tx.add({ kind: 'rule', chain: `own-${id}`, rule: `dnat ip to 10.1.0.${port % 250}`, comment: ownerTag({ network: 'n', containerID: id }) });
+    tx.add({ kind: 'element', set: 'claims', key: String(port), value: `jump own-${id}` });
+    table.run(tx);
+    return wrote;
+  };
+
+  it('writes its skeleton once, upgrades it in place on a new version, and releases one owner by its tag and chains', () => {
+    const t = fresh();
+    const table = realTable(t, { netnsPath: nsPath, lockFile: `/run/cni-ts/test-${t.table}.lock` });
+    expect(addOwner(table, 'a', 80, skeleton('v1'))).toBe(true);
+    expect(addOwner(table, 'b', 81, skeleton('v1'))).toBe(false);
+    expect(addOwner(table, 'c', 82, skeleton('v2'))).toBe(true);
+    const l = table.list()!;
+    expect(l.chains.find((c) => c.name === 'prerouting')!.rules.map((r) => r.comment)).toEqual(['lookup v2']);
+    expect(l.chains.map((c) => c.name).filter((n) => n.startsWith('own-'))).toEqual(['own-a', 'own-b', 'own-c']);
+    expect(nsNft('list', 'chain', t.family, t.table, 'skeleton')).toContain('comment "cni-ts test skeleton v2"');
+
+    const res = table.withLock(() => table.releaseOwner(ownerTag({ network: 'n', containerID: 'b' }), { chains: ['own-b'] }))!;
+    expect(res).toEqual({ rules: 1, elements: 1, chains: ['own-b'] });
+    const after = table.list()!;
+    expect(after.chains.map((c) => c.name)).not.toContain('own-b');
+    expect(after.sets[0].elements.map((e) => e.value).sort()).toEqual(['jump own-a', 'jump own-c']);
+    expect(table.releaseOwner('cni-ts:n:b', { chains: ['own-b'] })).toEqual({ rules: 0, elements: 0, chains: [] });
+    real.run(new Transaction().delete({ kind: 'table', ...t }));
+    expect(table.releaseOwner('cni-ts:n:a')).toBeUndefined();
+  });
+
+  it('retries a release that a concurrent writer made conflict, and keeps what that writer added', () => {
+    const t = fresh();
+    const base = realTable(t, { netnsPath: nsPath });
+    addOwner(base, 'a', 80, skeleton('v1'));
     let raced = false;
     let conflicts = 0;
-    const racing: Nft = {
-      list: (f, n) => real.list(f, n),
-      check: (x) => real.check(x),
-      run: (x) => {
-        if (!raced) {
-          raced = true;
-          const add = new Transaction();
-          ensureTable(add, t, [{ name: 'net_n2' }]);
-          add.add({ kind: 'rule', ...t, chain: 'net_n2', rule: 'ip saddr 10.6.0.3 accept', comment: 'cni-ts:n2:c2' });
-          real.run(add);
-        }
-        try {
-          real.run(x);
-        } catch (err) {
-          if (err instanceof NftError && err.kind === 'not-found') conflicts++;
-          throw err;
-        }
+    const racing = new OwnedTable(t, {
+      nft: {
+        list: (f, n) => real.list(f, n),
+        check: (x) => real.check(x),
+        run: (x) => {
+          if (!raced) {
+            raced = true;
+            // between the listing and the release: another element now jumps to the chain being deleted
+            real.run(new TableTx(t).add({ kind: 'element', set: 'claims', key: '90', value: 'jump own-a' }));
+            addOwner(base, 'z', 91, skeleton('v1'));
+          }
+          try {
+            real.run(x);
+          } catch (err) {
+            if (err instanceof NftError) conflicts++;
+            throw err;
+          }
+        },
       },
-    };
-    const res = releaseOwner(racing, t, { network: 'n2', containerID: 'c1' }, { dropEmptyTable: true })!;
+      list: (r) => nftListTable(r.family, r.table, nsPath),
+      lock: (fn) => fn(),
+    });
+    const res = racing.releaseOwner('cni-ts:n:a', { chains: ['own-a'] })!;
     expect(conflicts).toBe(1);
-    expect(res.table).toBe(false);
-    expect(res.chains).toEqual([]);
-    expect(real.list(t.family, t.table)!.chains[0].rules.map((r) => r.comment)).toEqual(['cni-ts:n2:c2']);
+    expect(res.elements).toBe(2);
+    const l = base.list()!;
+    expect(l.chains.map((c) => c.name)).toEqual(expect.arrayContaining(['own-z']));
+    expect(l.chains.map((c) => c.name)).not.toContain('own-a');
+    expect(l.sets[0].elements.map((e) => e.key)).toEqual(['91']);
+    real.run(new Transaction().delete({ kind: 'table', ...t }));
   });
 });
 

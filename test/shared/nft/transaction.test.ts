@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FakeNft } from '../../../shared/nft/fake';
+import { FakeNft } from '../../../testkit/fake-nft';
 import { NftError } from '../../../shared/nft/errors';
 import type { TableRef } from '../../../shared/nft/nft-interface';
 import { Transaction, nameProblem, priorityValue } from '../../../shared/nft/transaction';
