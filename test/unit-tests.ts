@@ -23,7 +23,6 @@ export const UNIT_TESTS: readonly string[] = [
   'test/plugins/macvlan/vlan.test.ts',
   'test/plugins/overlay/controlplane.test.ts',
   'test/plugins/overlay/encryption.test.ts',
-  'test/plugins/overlay/etcd-auth.test.ts',
   'test/plugins/overlay/logic.test.ts',
   'test/plugins/portmap/config.test.ts',
   'test/plugins/portmap/guards.test.ts',
