@@ -220,20 +220,48 @@ export class FakeNft implements Nft {
     this.applied.length = 0;
   }
 
+  /**
+   * The kernel checks the chain graph (jumps, NAT hooks, loops) at every
+   * rule and verdict element. Doing that per command made a transaction of
+   * N rules cost N whole-graph walks; so the walk runs once, at the end,
+   * and only a transaction that fails it is applied again command by
+   * command to find the line the kernel would have named.
+   */
   private apply(cmds: readonly Command[], script: string): State {
+    const deferred = this.applyAll(cmds, script, true);
+    try {
+      for (const t of deferred.touched) validateGraph(t);
+      return deferred.state;
+    } catch (err) {
+      if (!(err instanceof Failure)) throw err;
+      return this.applyAll(cmds, script, false).state;
+    }
+  }
+
+  private applyAll(cmds: readonly Command[], script: string, deferGraph: boolean): { state: State; touched: Set<FTable> } {
     const next = structuredClone(this.state);
-    cmds.forEach((cmd, i) => {
-      try {
-        applyOne(next, cmd);
-      } catch (err) {
-        if (!(err instanceof Failure)) throw err;
-        const stderr = formatNftStderr(i + 1, cmd.text, err.detail, err.fromKernel);
-        throw new NftError(err.kind, err.detail, stderr, 1, i + 1, script.split('\n')[i]);
-      }
-    });
-    return next;
+    const touched = new Set<FTable>();
+    graphCheck = deferGraph ? (t) => touched.add(t) : validateGraph;
+    try {
+      cmds.forEach((cmd, i) => {
+        try {
+          applyOne(next, cmd);
+        } catch (err) {
+          if (!(err instanceof Failure)) throw err;
+          const stderr = formatNftStderr(i + 1, cmd.text, err.detail, err.fromKernel);
+          throw new NftError(err.kind, err.detail, stderr, 1, i + 1, script.split('\n')[i]);
+        }
+      });
+    } finally {
+      graphCheck = validateGraph;
+    }
+    // a table deleted later in the batch needs no check
+    return { state: next, touched: new Set([...touched].filter((t) => next.tables.get(`${t.family} ${t.name}`) === t)) };
   }
 }
+
+/** Where applyRule/applyElement send a table whose graph changed: validateGraph, or FakeNft.apply's deferral. */
+let graphCheck: (t: FTable) => void = (t) => validateGraph(t);
 
 function tableOf(state: State, obj: { family: Family; table: string }): FTable {
   const t = state.tables.get(`${obj.family} ${obj.table}`);
@@ -367,7 +395,7 @@ function applyRule(t: FTable, verb: Command['verb'], r: Rule): void {
     rule.handle = t.nextHandle++;
     chain.rules.splice(pos, 0, rule);
   }
-  validateGraph(t);
+  graphCheck(t);
 }
 
 /**
@@ -454,7 +482,7 @@ function applyElement(t: FTable, verb: Command['verb'], e: Element): void {
   if (value !== undefined) el.value = value;
   if (e.comment !== undefined) el.comment = e.comment;
   set.elements.set(key, el);
-  if (value !== undefined && jumpTargets(value).length) validateGraph(t);
+  if (value !== undefined && jumpTargets(value).length) graphCheck(t);
 }
 
 // ---- dump ---------------------------------------------------------------------

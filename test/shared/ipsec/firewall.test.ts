@@ -28,7 +28,7 @@ const NETS: EncryptedNetwork[] = [
   { name: 'empty', vni: 7, peers: [] },
 ];
 
-/** The rules of the transaction, without the generation stamp (random). */
+/** The rules of the transaction, one line each. */
 function rules(text: string): string[] {
   return text.split('\n').filter((l) => l.startsWith('add rule'));
 }
