@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_DATA_DIR } from '../shared/dns/config';
 import { LOCK_FILE, PID_FILE } from '../shared/dns/launch';
-import { loadAll, withLock } from '../shared/dns/records';
+import { loadAll, readSerial, withLock, writeLoaded } from '../shared/dns/records';
 import { Resolver } from '../shared/dns/server';
 import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
 
@@ -83,7 +83,11 @@ export async function dnsMain(argv: string[]): Promise<number> {
     try {
       do {
         again = false;
+        // the serial first: records changed after it are picked up by the next reload
+        const serial = readSerial(args.dir);
         await resolver.reload();
+        writeLoaded(args.dir, serial);
+        log(`cni-ts dns: serving records serial ${serial}: networks [${resolver.networks().join(', ')}]`);
         if (args.exitWhenEmpty && resolver.networks().length === 0) {
           // decided under the records lock: an ADD writes and signals under it too
           withLock(args.dir, () => {

@@ -108,7 +108,11 @@ function ensureBridge(host: NetlinkHandle, conf: Conf): boolean {
     if (!existing.up) host.linkSetUp(conf.bridge);
   } else {
     try {
-      host.linkAdd({ kind: 'bridge', name: conf.bridge, mtu: conf.mtu, up: true });
+      // A MAC of its own (locally administered, from the name): a bridge without one takes its
+      // lowest port's, which changes when that port goes, and every container's ARP entry for
+      // the gateway (its resolver, its route out) is stale until it expires.
+      const mac = `02:${createHash('sha256').update(conf.bridge).digest('hex').slice(0, 10).replace(/(..)(?!$)/g, '$1:')}`;
+      host.linkAdd({ kind: 'bridge', name: conf.bridge, mtu: conf.mtu, up: true, mac });
       created = true;
     } catch (e) {
       // created by something outside our lock (an operator, another tool)

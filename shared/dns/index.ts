@@ -74,7 +74,7 @@ export function registerName<C extends DnsNetConf>(ctx: CniContext<C>, result: R
   const r = records();
   const { formatCidr, networkOf, parseCidr } = require('../netlink/ipaddr') as typeof import('../netlink/ipaddr'); // eslint-disable-line @typescript-eslint/no-require-imports
   const domain = conf.dns?.domain ?? DEFAULT_DOMAIN;
-  r.putEntry(
+  const serial = r.putEntry(
     dataDir(conf),
     {
       name: conf.name,
@@ -93,6 +93,7 @@ export function registerName<C extends DnsNetConf>(ctx: CniContext<C>, result: R
     },
     () => launch().ensureResolver(dataDir(conf), { exitWhenEmpty: true }),
   );
+  launch().waitLoaded(dataDir(conf), serial);
   const dns: DNS = {
     nameservers: [...listen.filter((a) => !a.includes(':')), ...listen.filter((a) => a.includes(':'))],
     search: [domain, ...(conf.dns?.search ?? []).filter((s) => s !== domain)],
@@ -104,13 +105,19 @@ export function registerName<C extends DnsNetConf>(ctx: CniContext<C>, result: R
 /** DEL: the attachment's names go (idempotent); the resolver is told. */
 export function removeName<C extends DnsNetConf>(ctx: CniContext<C>): void {
   if (!dnsEnabled(ctx.config)) return;
-  if (records().removeEntry(dataDir(ctx.config), ctx.config.name, ctx.containerId, ctx.ifname)) launch().signalResolver(dataDir(ctx.config));
+  changed(dataDir(ctx.config), records().removeEntry(dataDir(ctx.config), ctx.config.name, ctx.containerId, ctx.ifname));
 }
 
 /** GC: names of attachments the runtime no longer lists go. */
 export function gcNames<C extends DnsNetConf>(ctx: CniContext<C>, valid: Attachment[]): void {
   if (!dnsEnabled(ctx.config)) return;
-  if (records().gcEntries(dataDir(ctx.config), ctx.config.name, valid)) launch().signalResolver(dataDir(ctx.config));
+  changed(dataDir(ctx.config), records().gcEntries(dataDir(ctx.config), ctx.config.name, valid));
+}
+
+/** After a removal: the resolver reloads, and the call returns once it serves the change. */
+function changed(dir: string, serial: number | undefined): void {
+  if (serial === undefined) return;
+  if (launch().signalResolver(dir)) launch().waitLoaded(dir, serial);
 }
 
 /**

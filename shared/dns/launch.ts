@@ -22,6 +22,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_EX, LOCK_NB, flock } from '../sys';
+import { LOADED_FILE, readSerial } from './records';
 
 export const LOCK_FILE = 'resolver.lock';
 export const PID_FILE = 'resolver.pid';
@@ -81,6 +82,43 @@ export function ensureResolver(dir: string, opts: { exitWhenEmpty?: boolean } = 
     return 'started';
   } finally {
     // the child holds the lock through its own copy of the descriptor
+    fs.closeSync(fd);
+  }
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Waits until the resolver serves the records as of serial (it writes the
+ * serial it loaded), so a name answers right after ADD and is gone right
+ * after DEL; gives up after timeoutMs (the records are on disk, the
+ * resolver will catch up) or at once when no resolver runs.
+ */
+export function waitLoaded(dir: string, serial: number, timeoutMs = 3000): boolean {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (readSerial(dir, LOADED_FILE) >= serial) return true;
+    if (Date.now() > end || !resolverRunning(dir)) return false;
+    sleepSync(5);
+  }
+}
+
+/** Whether a resolver holds the directory's lock (a starting one too). */
+export function resolverRunning(dir: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(path.join(dir, LOCK_FILE), fs.constants.O_RDWR);
+  } catch {
+    return false;
+  }
+  try {
+    flock(fd, LOCK_EX | LOCK_NB);
+    return false;
+  } catch {
+    return true;
+  } finally {
     fs.closeSync(fd);
   }
 }

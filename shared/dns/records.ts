@@ -52,6 +52,30 @@ export interface LoadedNetwork extends DnsNetwork {
 }
 
 const NETWORK_FILE = 'network.json';
+/** bumped by every change (under the lock); the resolver writes the serial it has loaded to LOADED_FILE */
+export const SERIAL_FILE = 'serial';
+export const LOADED_FILE = 'loaded';
+
+export function readSerial(dir: string, file = SERIAL_FILE): number {
+  try {
+    const n = Number(fs.readFileSync(path.join(dir, file), 'utf8').trim());
+    return Number.isSafeInteger(n) && n >= 0 ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Called holding the lock: the next serial, written. */
+function bumpSerial(dir: string): number {
+  const n = readSerial(dir) + 1;
+  writeAtomic(path.join(dir, SERIAL_FILE), `${n}\n`);
+  return n;
+}
+
+/** The resolver: records which serial it now serves. */
+export function writeLoaded(dir: string, serial: number): void {
+  writeAtomic(path.join(dir, LOADED_FILE), `${serial}\n`);
+}
 
 function netDir(dir: string, network: string): string {
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(network)) throw new Error(`bad network name ${JSON.stringify(network)}`);
@@ -86,40 +110,42 @@ export function withLock<T>(dir: string, fn: () => T): T {
  * a resolver deciding to exit because it has nothing to serve takes the
  * same lock, so it cannot exit between our write and our signal).
  */
-export function putEntry(dir: string, network: DnsNetwork, entry: DnsEntry, then: () => void = () => {}): void {
+export function putEntry(dir: string, network: DnsNetwork, entry: DnsEntry, then: () => void = () => {}): number {
   const net = networkSchema.parse(network);
   const e = entrySchema.parse(entry);
-  withLock(dir, () => {
+  return withLock(dir, () => {
     const d = netDir(dir, net.name);
     fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     writeAtomic(path.join(d, NETWORK_FILE), JSON.stringify(net));
     writeAtomic(path.join(d, entryFile(e.containerId, e.ifname)), JSON.stringify(e));
+    const serial = bumpSerial(dir);
     then();
+    return serial;
   });
 }
 
 /**
  * DEL: removes the attachment's record (absent is fine: DEL is idempotent);
  * the network's directory goes with its last record, so the resolver stops
- * listening there. Returns whether anything changed.
+ * listening there. Returns the new serial, or undefined when nothing changed.
  */
-export function removeEntry(dir: string, network: string, containerId: string, ifname: string): boolean {
+export function removeEntry(dir: string, network: string, containerId: string, ifname: string): number | undefined {
   return withLock(dir, () => removeWhere(dir, network, (f) => f === entryFile(containerId, ifname)));
 }
 
 /** GC: removes every record of the network whose attachment is not in valid. */
-export function gcEntries(dir: string, network: string, valid: ReadonlyArray<{ containerID: string; ifname: string }>): boolean {
+export function gcEntries(dir: string, network: string, valid: ReadonlyArray<{ containerID: string; ifname: string }>): number | undefined {
   const keep = new Set(valid.map((a) => entryFile(a.containerID, a.ifname)));
   return withLock(dir, () => removeWhere(dir, network, (f) => !keep.has(f)));
 }
 
-function removeWhere(dir: string, network: string, drop: (file: string) => boolean): boolean {
+function removeWhere(dir: string, network: string, drop: (file: string) => boolean): number | undefined {
   const d = netDir(dir, network);
   let files: string[];
   try {
     files = fs.readdirSync(d);
   } catch {
-    return false;
+    return undefined;
   }
   let changed = false;
   for (const f of files) {
@@ -133,7 +159,7 @@ function removeWhere(dir: string, network: string, drop: (file: string) => boole
     fs.rmSync(d, { recursive: true, force: true });
     changed = true;
   }
-  return changed;
+  return changed ? bumpSerial(dir) : undefined;
 }
 
 /** The records of one attachment, or undefined. */
