@@ -17,7 +17,7 @@ import { plugin as bridge } from '../../plugins/bridge/main';
 import { plugin as macvlan } from '../../plugins/macvlan/main';
 import { plugin as ipvlan } from '../../plugins/ipvlan/main';
 import { deps as overlayDeps, plugin as overlay } from '../../plugins/overlay/main';
-import { FakeKV } from '../../plugins/overlay/fake-kv';
+import { FakeKV } from '../../testkit/fake-kv';
 
 const CALLS = 40;
 

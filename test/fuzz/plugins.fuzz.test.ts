@@ -33,7 +33,7 @@ import { plugin as macvlan } from '../../plugins/macvlan/main';
 import { plugin as ipvlan } from '../../plugins/ipvlan/main';
 import { deps as overlayDeps, plugin as overlay } from '../../plugins/overlay/main';
 import { plugin as clusterIpam } from '../../ipam/main';
-import { FakeKV } from '../../plugins/overlay/fake-kv';
+import { FakeKV } from '../../testkit/fake-kv';
 import * as netlinkModule from '../../shared/netlink';
 import { NFT_PLUGINS, PLUGINS, callArb, type Call, type PluginName } from './arbitraries';
 import { FuzzLab, type Snapshot } from './lab';

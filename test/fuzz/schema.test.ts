@@ -14,7 +14,7 @@ import { runPlugin, type Plugin, type SkelIO } from '../../shared/cni/skel';
 import { plugin as macvlan } from '../../plugins/macvlan/main';
 import { plugin as bridge } from '../../plugins/bridge/main';
 import { deps as overlayDeps, plugin as overlay } from '../../plugins/overlay/main';
-import { FakeKV } from '../../plugins/overlay/fake-kv';
+import { FakeKV } from '../../testkit/fake-kv';
 import { loadIpamConfig } from '../../ipam/config';
 import { CniError } from '../../shared/cni/errors';
 
