@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PLUGINS=(none host bridge portmap macvlan ipvlan overlay cluster-ipam)
+PLUGINS=(none host container bridge portmap macvlan ipvlan overlay cluster-ipam)
 
 log() { printf '[build] %s\n' "$*" >&2; }
 

@@ -17,6 +17,7 @@ export interface PluginModule {
 export const plugins: ReadonlyMap<string, () => PluginModule> = new Map<string, () => PluginModule>([
   ['none', () => require('../plugins/none/main')],
   ['host', () => require('../plugins/host/main')],
+  ['container', () => require('../plugins/container/main')],
   ['bridge', () => require('../plugins/bridge/main')],
   ['portmap', () => require('../plugins/portmap/main')],
   ['macvlan', () => require('../plugins/macvlan/main')],

@@ -41,6 +41,18 @@ export class NetNs {
     return fs.fstatSync(this.fd).ino;
   }
 
+  /**
+   * The same namespace as other: st_dev and st_ino of the open nsfs files
+   * (fstat, so neither path can be swapped between the check and its use).
+   * Path strings say nothing: two paths may pin one namespace, and a path
+   * may be re-pointed at another.
+   */
+  sameAs(other: NetNs): boolean {
+    const a = fs.fstatSync(this.fd, { bigint: true });
+    const b = fs.fstatSync(other.fd, { bigint: true });
+    return a.dev === b.dev && a.ino === b.ino;
+  }
+
   /** Run a synchronous function inside this namespace and come back, even on throw. */
   run<T>(fn: () => T): T {
     return withNetnsFd(this.fd, fn);
