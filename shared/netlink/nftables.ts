@@ -1,14 +1,16 @@
 /**
  * Read-only nf_tables queries over NETLINK_NETFILTER. Rules are still
- * written with `nft -f -` (one atomic transaction per operation); these only
- * answer "is this chain there, and what does its comment say?" and "which
- * elements does this map hold?" in microseconds, where `nft -j list` costs
- * a process and about 10 ms.
+ * written with `nft -f -` (one atomic transaction per operation); these
+ * read in microseconds what `nft -j list` reads for a process and about
+ * 10 ms: one chain (existence and comment: the owned tables' markers) and a
+ * whole table in the shape real.ts parses from `nft -j` (nftListTable: the
+ * owned tables' list() on a real host).
  *
  *   struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; };
  *
- * A chain's comment travels in NFTA_CHAIN_USERDATA as libnftnl's TLVs:
- * { u8 type; u8 len; value[len] } with NFTNL_UDATA_CHAIN_COMMENT = 0.
+ * Comments travel in the USERDATA attributes as libnftnl's TLVs:
+ * { u8 type; u8 len; value[len] } (chain and rule comment: type 0, set
+ * comment: 7, element comment: 0).
  */
 import type { ChainType, Family, Hook, ListedChain, ListedElement, ListedRule, ListedSet, Listing } from '../nft/types';
 import { attrString, decodeAttrList, decodeAttrs, readString, type Attr } from './codec';
