@@ -55,6 +55,7 @@ export const UNIT_TESTS: readonly string[] = [
   'test/shared/netlink/xfrm.test.ts',
   'test/shared/nft/errors.test.ts',
   'test/shared/nft/fake.test.ts',
+  'test/shared/nft/table.test.ts',
   'test/shared/nft/transaction.test.ts',
   'test/shared/paths.test.ts',
   'test/shared/verify.test.ts',
