@@ -18,6 +18,7 @@ export const UNIT_TESTS: readonly string[] = [
   'test/ipam/config.test.ts',
   'test/ipam/etcd/liveness.test.ts',
   'test/ipam/etcd/maint.test.ts',
+  'test/ipam/etcd/operation.test.ts',
   'test/ipam/etcd/restart.test.ts',
   'test/ipam/etcd/store.test.ts',
   'test/plugins/macvlan/vlan.test.ts',
