@@ -13,7 +13,8 @@ mkdir -p dist/bench
 # runtime: podman and containerd running containers on ours, netavark and
 # the reference plugins (a few minutes; RUNTIME_ROUNDS, RUNTIME_BURST):
 #   BENCHES=runtime bash bench/run.sh
-for b in ${BENCHES:-none bridge chain parallel macvlan overlay runtime}; do
+# dns: cni-ts dns against aardvark-dns (queries/s, p99, name visible after ADD, RSS)
+for b in ${BENCHES:-none bridge chain parallel macvlan overlay runtime dns}; do
   # esbuild stays external: the VM harness bundles the guest side at run
   # time, and esbuild finds its own native binary from node_modules.
   npx --no-install esbuild "bench/$b.ts" --bundle --platform=node --format=cjs --log-level=warning --external:esbuild --outfile="dist/bench/$b.js"
