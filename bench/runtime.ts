@@ -33,12 +33,12 @@
  *   RUNTIME_ROUNDS (12), RUNTIME_BURST (50), RUNTIME_ONLY=a,b,... (variant keys)
  */
 import { type SpawnSyncReturns, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { alive, median, sweepStale } from './lib';
 import { startDaemon as startTestDaemon } from '../testkit/daemon';
+import { type Containerd, buildImage, importImage, makeBusyboxRootfs, mountNamespace as testMountNamespace, startContainerd as startTestContainerd } from '../testkit/containerd';
 
 const ROUNDS = Number(process.env.RUNTIME_ROUNDS ?? 12);
 const BURST = Number(process.env.RUNTIME_BURST ?? 50);
@@ -172,10 +172,7 @@ function wrapped(dir: string, log: string): string {
 const rootfs = path.join(work, 'rootfs');
 
 function makeRootfs(): void {
-  fs.mkdirSync(path.join(rootfs, 'bin'), { recursive: true });
-  fs.copyFileSync('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  fs.chmodSync(path.join(rootfs, 'bin/busybox'), 0o755);
-  for (const t of ['sh', 'true', 'sleep', 'ip']) fs.symlinkSync('busybox', path.join(rootfs, 'bin', t));
+  makeBusyboxRootfs(rootfs, ['sh', 'true', 'sleep', 'ip']);
 }
 
 interface Variant {
@@ -297,98 +294,18 @@ function podmanDefaultConflist(name: string, bridge: string, subnet: string, dat
 
 const IMAGE = 'cni-ts-bench/busybox:1';
 
-/** An OCI image layout (one layer: busybox-static and a few links), as a tar for `ctr images import`. */
-function buildImage(): string {
-  const layout = path.join(work, 'oci');
-  const blobs = path.join(layout, 'blobs/sha256');
-  fs.mkdirSync(blobs, { recursive: true });
-  const blob = (data: Buffer) => {
-    const digest = createHash('sha256').update(data).digest('hex');
-    fs.writeFileSync(path.join(blobs, digest), data);
-    return { digest: `sha256:${digest}`, size: data.length };
-  };
-  const layerTar = path.join(work, 'layer.tar');
-  run(['tar', '-C', rootfs, '-cf', layerTar, '--owner=0', '--group=0', '--mtime=@0', 'bin']);
-  const layer = blob(fs.readFileSync(layerTar));
-  const config = blob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'], Env: ['PATH=/bin'] }, rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
-  const manifest = blob(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
-      }),
-    ),
-  );
-  fs.writeFileSync(
-    path.join(layout, 'index.json'),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': IMAGE }, platform: { architecture: 'amd64', os: 'linux' } }] }),
-  );
-  fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  const tar = path.join(work, 'image.tar');
-  run(['tar', '-C', layout, '-cf', tar, '.']);
-  return tar;
-}
-
-interface Containerd {
-  socket: string;
-  ctr(...args: string[]): string[];
-}
-
-/** containerd with a temp config, root, state and socket; stopped at the end. */
+/** containerd with a temp config, root, state and socket (testkit/containerd.ts); stopped at the end. */
 function startContainerd(): Containerd {
-  const dir = path.join(work, 'containerd');
-  fs.mkdirSync(dir, { recursive: true });
-  const socket = path.join(dir, 'containerd.sock');
-  const config = path.join(dir, 'config.toml');
-  fs.writeFileSync(
-    config,
-    [
-      'version = 2',
-      `root = "${dir}/root"`,
-      `state = "${dir}/state"`,
-      '[grpc]',
-      `  address = "${socket}"`,
-      '[ttrpc]',
-      `  address = "${socket}.ttrpc"`,
-      '[debug]',
-      '  address = ""',
-      '[metrics]',
-      '  address = ""',
-      // the CRI plugin is not what ctr uses; it would want a CNI config of its own
-      '[plugins."io.containerd.grpc.v1.cri"]',
-      '  disable_cgroup = true',
-      '',
-    ].join('\n'),
-  );
-  const log = fs.openSync(path.join(dir, 'containerd.log'), 'w');
-  const child = spawn('containerd', ['--config', config], { stdio: ['ignore', log, log], detached: true });
-  fs.closeSync(log);
-  child.unref();
-  cleanups.push(() => {
-    if (child.pid && alive(child.pid)) process.kill(child.pid, 'SIGTERM');
-    for (let i = 0; i < 100 && child.pid && alive(child.pid); i++) execFileSync('sleep', ['0.05']);
-  });
-  const ctr = (...args: string[]) => ['ctr', '-a', socket, '-n', tag, ...args];
-  for (let i = 0; ; i++) {
-    if (run(ctr('version'), { allowFail: true }).status === 0) break;
-    if (i > 200) throw new Error(`containerd did not start: ${fs.readFileSync(path.join(dir, 'containerd.log'), 'utf8')}`);
-    execFileSync('sleep', ['0.05']);
-  }
-  return { socket, ctr };
+  const cd = startTestContainerd(path.join(work, 'containerd'), tag);
+  cleanups.push(() => cd.stop());
+  return cd;
 }
 
 /** A private mount namespace, held by a sleeping process, where /etc/cni/net.d and /opt are the side's own. */
 function mountNamespace(netd: string, opt: string): number {
-  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '3600'], { stdio: 'ignore', detached: true });
-  holder.unref();
-  const pid = holder.pid!;
-  cleanups.push(() => alive(pid) && process.kill(pid, 'SIGKILL'));
-  // unshare execs sleep once the namespace is made
-  for (let i = 0; i < 200 && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === fs.readlinkSync('/proc/self/ns/mnt'); i++) execFileSync('sleep', ['0.01']);
-  run(['nsenter', '-t', String(pid), '-m', '--', 'sh', '-c', `mount --bind "$1" /etc/cni/net.d && mount --bind "$2" /opt`, 'sh', netd, opt]);
-  return pid;
+  const holder = testMountNamespace(netd, opt);
+  cleanups.push(() => holder.stop());
+  return holder.pid;
 }
 
 function ctrVariant(key: string, label: string, cd: Containerd, opts: { ours: boolean }, index: number): Variant & { install?: DefaultInstall } {
@@ -538,7 +455,7 @@ async function main(): Promise<void> {
   let ctrOurs: (Variant & { install?: DefaultInstall }) | undefined;
   if (want('e') || want('f')) {
     const cd = startContainerd();
-    run(cd.ctr('images', 'import', '--base-name', 'cni-ts-bench/busybox', buildImage()));
+    importImage(cd, buildImage(work, rootfs, IMAGE), 'cni-ts-bench/busybox');
     if (want('e')) variants.push((ctrOurs = ctrVariant('e', 'containerd, ours (default install)', cd, { ours: true }, 4)));
     if (want('f')) variants.push(ctrVariant('f', 'containerd, reference plugins', cd, { ours: false }, 5));
   }
