@@ -39,6 +39,8 @@ export const ASSET_DIR = RUN_ROOT;
 /** flock(2) files: one per bridge (bridge-<name>.lock) and portmap's. */
 export const LOCK_DIR = RUN_ROOT;
 export const PORTMAP_LOCK_FILE = path.join(LOCK_DIR, 'portmap.lock');
+/** What each owned nftables table was built from, per network namespace (shared/nft/records.ts): `cni-ts firewall-reload` rebuilds from it. */
+export const FIREWALL_STATE_DIR = path.join(RUN_ROOT, 'firewall');
 /** The overlay's network namespaces, locks, gateway pool and key-ring cache. */
 export const OVERLAY_STATE_DIR = path.join(RUN_ROOT, 'overlay');
 

@@ -8,3 +8,4 @@ export * from './errors';
 export * from './transaction';
 export { realNft, realTable, type RealNftOptions, type RealTableOptions } from './real';
 export * from './table';
+export * from './records';

@@ -35,6 +35,7 @@ import type {
 } from './nft-interface';
 import { FAMILIES, nameProblem, type Transaction } from './transaction';
 import { OwnedTable } from './table';
+import { recordsFor } from './records';
 import type { TableRef } from './types';
 import { nftGetChain, nftListTable } from '../netlink/nftables';
 
@@ -214,6 +215,8 @@ export function parseListing(stdout: string, family: Family, table: string): Lis
 export interface RealTableOptions extends RealNftOptions {
   /** The table's lock file; default /run/cni-ts/<table>.lock. */
   lockFile?: string;
+  /** Root of the firewall records (records.ts); default /run/cni-ts/firewall. */
+  recordsRoot?: string;
 }
 
 /**
@@ -227,5 +230,6 @@ export function realTable(ref: TableRef, opts: RealTableOptions = {}): OwnedTabl
     list: (r) => nftListTable(r.family, r.table, opts.netnsPath),
     chain: (r, name) => nftGetChain(r.family, r.table, name, opts.netnsPath),
     ...(opts.lockFile !== undefined && { lockFile: opts.lockFile }),
+    records: recordsFor(ref, { root: opts.recordsRoot, netnsPath: opts.netnsPath }),
   });
 }

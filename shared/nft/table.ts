@@ -16,6 +16,11 @@
  *                   they are current (see "Markers")
  *   releaseOwner    DEL by owner tag, reading the table once
  *   withLock        the table's own lock (flock on a file per table)
+ *   records         what the table was built from, on disk (records.ts), so
+ *                   `cni-ts firewall-reload` rebuilds it after a flush;
+ *                   absent on fakes unless a test gives one
+ *   append(tx)      (TableTx) queue another transaction of the same table,
+ *                   so a reload rebuilds many owners in one batch
  *
  * Markers: the one convention for "is this already installed?". A marker is
  * an empty chain whose comment names what was written (a version, or a
@@ -34,6 +39,7 @@ import { createHash } from 'node:crypto';
 import { withFileLock } from '../sys/flock';
 import { NftError } from './errors';
 import type { Nft } from './nft-interface';
+import type { FirewallRecords } from './records';
 import { Transaction, type Chain, type ChainRef, type Element, type NftObject, type Rule, type RuleRef, type SetRef, type Table } from './transaction';
 import type { Family, Listing, TableRef } from './types';
 
@@ -135,6 +141,24 @@ export class TableTx extends Transaction {
     return super.destroy(this.bind(obj) as Parameters<Transaction['destroy']>[0]);
   }
 
+  /** Queue every command of `other` (a transaction of this same table) after ours. */
+  append(other: TableTx): this {
+    if (other.ref.family !== this.ref.family || other.ref.table !== this.ref.table) {
+      throw new NftError('invalid', `cannot append a transaction of ${other.ref.family} ${other.ref.table} to one of ${this.ref.family} ${this.ref.table}`, '', -1);
+    }
+    for (const c of other.commands) {
+      const obj = c.obj as never;
+      if (c.verb === 'add') Transaction.prototype.add.call(this, obj);
+      else if (c.verb === 'create') Transaction.prototype.create.call(this, obj);
+      else if (c.verb === 'insert') Transaction.prototype.insert.call(this, obj);
+      else if (c.verb === 'replace') Transaction.prototype.replace.call(this, obj);
+      else if (c.verb === 'delete') Transaction.prototype.delete.call(this, obj);
+      else Transaction.prototype.flush.call(this, obj);
+    }
+    if (other.error) throw other.error;
+    return this;
+  }
+
   /** Reconcile by flush: `add chain`, `flush chain`, then every rule, so the chain holds exactly `rules`. */
   syncChain(chain: ChainSpec, rules: readonly RuleSpec[]): this {
     this.add({ kind: 'chain', ...chain });
@@ -179,6 +203,8 @@ export interface OwnedTableDeps {
   lock?: <T>(fn: () => T) => T;
   /** Default /run/cni-ts/<table>.lock (root-only directory). */
   lockFile?: string;
+  /** Where the table's owners record what it was built from (records.ts); absent: nothing is recorded. */
+  records?: FirewallRecords;
 }
 
 export interface ReleaseOptions {
@@ -212,6 +238,11 @@ export class OwnedTable implements TableRef {
 
   get nft(): Nft {
     return this.deps.nft;
+  }
+
+  /** What the table was built from (records.ts), when this table keeps records. */
+  get records(): FirewallRecords | undefined {
+    return this.deps.records;
   }
 
   /** A new transaction bound to this table. */
