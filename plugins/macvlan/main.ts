@@ -22,6 +22,7 @@ import { netConfBase, unicastMac } from '../../shared/cni/config';
 import { childLinkPlugin, kindEnum } from '../../shared/childlink';
 import { parentConfFields } from '../../shared/vlan';
 import * as ipam from '../../ipam/client';
+import { dnsConfNotYet } from '../../shared/dns/config';
 
 const MODES = ['bridge', 'private', 'vepa', 'passthru'] as const;
 
@@ -29,6 +30,7 @@ const schema = netConfBase.extend({
   // master, vlan, stateDir
   ...parentConfFields,
   mode: kindEnum('macvlan', 'mode', MODES).default('bridge'),
+  dns: dnsConfNotYet('macvlan').optional(),
   mtu: z.number().int().min(68).max(65535).optional(),
   runtimeConfig: z
     .object({

@@ -32,6 +32,7 @@ import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../sh
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { OVERLAY_STATE_DIR } from '../../shared/paths';
 import { DEFAULT_PREFIX } from './controlplane';
+import { dnsConfNotYet } from '../../shared/dns/config';
 import type { EtcdKVOptions } from '../../shared/etcd/kv';
 
 export const DEFAULT_STATE_DIR = OVERLAY_STATE_DIR;
@@ -71,6 +72,7 @@ function gatewaySubnetProblem(s: string): string | undefined {
 }
 
 export const schema = netConfBase.extend({
+  dns: dnsConfNotYet('overlay').optional(),
   subnet: z.string().optional(),
   vni: z.number().int().min(1).max(0xffffff).optional(),
   mtu: z.number().int().min(576).max(65535).optional(),
