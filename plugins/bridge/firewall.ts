@@ -8,7 +8,12 @@
  *     map fwd_in    bridge -> jump net-<br>-in    traffic routed out of a network
  *     map fwd_out   bridge -> jump net-<br>-out   traffic routed into a network
  *     map masq      bridge -> jump net-<br>-masq  egress NAT (ipMasq)
- *     chain forward / postrouting: one vmap lookup each, nothing else
+ *     chain forward      jump user first, then the vmap lookups, nothing else
+ *     chain postrouting  one vmap lookup
+ *     chain user         the operator's chain (Docker's DOCKER-USER, the reference
+ *                        firewall plugin's CNI-ADMIN): created when missing, never
+ *                        flushed by ADD, DEL or firewall-reload, evaluated before
+ *                        any rule of ours in the forward path
  *     chain net-<br>-in / -out / -masq: that network's rules
  *
  * ADD rewrites its network's chains (flush + add: reconcile, not "add if
@@ -16,16 +21,23 @@
  * repeated ADD converges to the same state in one atomic `nft -f -`. The
  * last container's DEL removes the network's elements and chains.
  *
+ * Each network's NetworkFirewall is recorded on disk (shared/nft/records.ts)
+ * when its rules are written and forgotten with them, so reloadTx can put
+ * every network back after `nft flush ruleset` in one transaction.
+ *
  * Inter-container traffic on one bridge never reaches these hooks (it is
  * switched, not routed); icc=false is enforced by the bridge itself with
  * port isolation, see main.ts.
  */
 import { createHash } from 'node:crypto';
+import { z } from 'zod';
 import { isNotFound } from '../../shared/nft/errors';
 import { TableTx, projectTable, type Marker, type OwnedTable } from '../../shared/nft/table';
 
 export const BRIDGE_TABLE = projectTable('inet', 'bridge');
 export const TABLE = BRIDGE_TABLE.table;
+/** The operator's chain (see the header). */
+export const USER_CHAIN = 'user';
 
 export interface NetworkFirewall {
   bridge: string;
@@ -69,8 +81,12 @@ function addBase(tx: TableTx): void {
   tx.add({ kind: 'map', name: 'masq', type: 'ifname', valueType: 'verdict' });
   tx.add({ kind: 'chain', name: 'forward', type: 'filter', hook: 'forward', priority: 'filter', policy: 'accept' });
   tx.add({ kind: 'chain', name: 'postrouting', type: 'nat', hook: 'postrouting', priority: 'srcnat', policy: 'accept' });
+  // `add` only: an existing user chain keeps the operator's rules.
+  tx.add({ kind: 'chain', name: USER_CHAIN });
   // Base chains hold only these lookups; rewriting them keeps them exact.
   tx.flush({ kind: 'chain', name: 'forward' });
+  // First, so the operator's verdict comes before any accept of ours.
+  tx.add({ kind: 'rule', chain: 'forward', rule: `jump ${USER_CHAIN}`, comment: 'operator rules first (never flushed by cni-ts)' });
   tx.add({ kind: 'rule', chain: 'forward', rule: 'iifname vmap @fwd_in' });
   tx.add({ kind: 'rule', chain: 'forward', rule: 'oifname vmap @fwd_out' });
   tx.flush({ kind: 'chain', name: 'postrouting' });
@@ -122,9 +138,44 @@ export function networkMarker(n: NetworkFirewall): Marker {
  * when they already were (no nft process started), true when it wrote them.
  */
 export function ensureNetworkRules(table: OwnedTable, n: NetworkFirewall): boolean {
-  if (table.isCurrent(networkMarker(n))) return false;
-  table.run(networkAddTx(n));
-  return true;
+  const wrote = !table.isCurrent(networkMarker(n));
+  if (wrote) table.run(networkAddTx(n));
+  // After the rules: a record never describes a network that is not installed.
+  table.records?.put(n.bridge, n);
+  return wrote;
+}
+
+/** A recorded network read back (records.ts): fields added later pass through to networkAddTx. */
+const recordSchema = z
+  .object({
+    bridge: z.string().regex(/^[A-Za-z0-9_-]{1,15}$/),
+    subnets: z.array(z.string()),
+    masquerade: z.boolean(),
+    internal: z.boolean(),
+  })
+  .passthrough();
+
+/** Every network recorded for this table; records that do not parse are skipped and named. */
+export function recordedNetworks(table: OwnedTable, log: (msg: string) => void = () => {}): NetworkFirewall[] {
+  const out: NetworkFirewall[] = [];
+  for (const r of table.records?.all() ?? []) {
+    const parsed = recordSchema.safeParse(r.value);
+    if (parsed.success && parsed.data.bridge === r.key) out.push(parsed.data as NetworkFirewall);
+    else log(`bridge firewall: record ${JSON.stringify(r.key)} is not a network record; skipped`);
+  }
+  return out;
+}
+
+/**
+ * firewall-reload: every recorded network's rules in one transaction (the
+ * same reconcile as ADD: base chains and network chains flushed and
+ * rewritten, elements added), the user chain created if missing and never
+ * flushed. Empty when nothing is recorded.
+ */
+export function reloadTx(networks: readonly NetworkFirewall[]): TableTx {
+  const tx = new TableTx(BRIDGE_TABLE);
+  for (const n of networks) tx.append(networkAddTx(n));
+  return tx;
 }
 
 export function addNetworkRules(table: OwnedTable, n: NetworkFirewall): void {
@@ -161,10 +212,15 @@ export function networkRemoveTx(bridge: string): TableTx {
 export function removeNetworkRules(table: OwnedTable, bridge: string): void {
   try {
     table.run(networkRemoveTx(bridge));
-    return;
   } catch (e) {
     if (!isNotFound(e)) throw e;
+    removeLeftovers(table, bridge);
   }
+  // After the rules: a reload never finds a network whose rules are still there unrecorded.
+  table.records?.remove(bridge);
+}
+
+function removeLeftovers(table: OwnedTable, bridge: string): void {
   const listing = table.list();
   if (!listing) return;
   const c = chainNames(bridge);

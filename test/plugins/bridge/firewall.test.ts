@@ -26,6 +26,7 @@ const cfgChain = (n: { bridge: string; subnets: string[]; masquerade: boolean; i
 /** The part every network shares: sets/maps of bridges, and base chains holding one lookup each. */
 const BASE_CHAINS = `	chain forward {
 		type filter hook forward priority filter; policy accept;
+		jump user comment "operator rules first (never flushed by cni-ts)"
 		iifname vmap @fwd_in
 		oifname vmap @fwd_out
 	}
@@ -33,6 +34,9 @@ const BASE_CHAINS = `	chain forward {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		iifname vmap @masq
+	}
+
+	chain user {
 	}`;
 
 const MASQ_DUAL_STACK = `table inet cni_ts_bridge {
