@@ -17,6 +17,7 @@ import { DEFAULT_DATA_DIR } from '../shared/dns/config';
 import { LOCK_FILE, PID_FILE } from '../shared/dns/launch';
 import { loadAll, readSerial, withLock, writeLoaded } from '../shared/dns/records';
 import { Resolver } from '../shared/dns/server';
+import { stderrLog } from '../shared/log';
 import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
 
 interface Args {
@@ -46,14 +47,14 @@ function parseArgs(argv: string[]): Args {
   return out;
 }
 
-const log = (msg: string) => process.stderr.write(`${new Date().toISOString()} ${msg}\n`);
+const log = (msg: string) => stderrLog(`${new Date().toISOString()} ${msg}`);
 
 export async function dnsMain(argv: string[]): Promise<number> {
   let args: Args;
   try {
     args = parseArgs(argv);
   } catch (e) {
-    process.stderr.write(`cni-ts dns: ${(e as Error).message}\nusage: cni-ts dns [--dir DIR] [--exit-when-empty] [--resolv-conf FILE]\n`);
+    stderrLog(`cni-ts dns: ${(e as Error).message}\nusage: cni-ts dns [--dir DIR] [--exit-when-empty] [--resolv-conf FILE]`);
     return 2;
   }
   fs.mkdirSync(args.dir, { recursive: true, mode: 0o700 });
