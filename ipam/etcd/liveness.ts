@@ -97,7 +97,7 @@ export interface LivenessKeeperOptions {
   readonly status?: KeeperStatus;
 }
 
-/** The records (files) whose alive key the last renewal kept; a failed renewal takes its record out. */
+/** The records (files) being kept: from the keeper's first attempt on; a failed renewal takes its record out. */
 export interface KeeperStatus {
   readonly kept: Set<string>;
 }
@@ -178,6 +178,10 @@ async function keep(file: string, text: string, record: StoreRecord, signal: Abo
     if (problem !== lastProblem && problem !== '') log(`liveness: ${record.nodeName} under ${record.keyPrefix} (${file}): ${problem}`);
     lastProblem = problem;
   };
+  // Counted as kept from the start: the first renewal (loading etcd3, a slow
+  // etcd) can take seconds, and a daemon asked to idle out must not leave in
+  // that window; a failed attempt takes the record out again.
+  status?.kept.add(file);
   while (!signal.aborted) {
     let waitMs = retryMs;
     try {
