@@ -218,4 +218,24 @@ describe('bridge networks with dns.enabled', () => {
     }
     expect(await waitGone(pid)).toBe(true);
   });
+
+  it('concurrent first ADDs start one resolver, never two', async () => {
+    // every record is gone and the resolver exited (the test before): these ADDs race to start it
+    const net = lab.network({ dns: { enabled: true, dataDir: dnsDir, upstream: ['127.0.0.1:9'] } });
+    const cs = [0, 1, 2, 3].map(() => lab.container());
+    const runs = cs.map((c, i) => lab.start({ command: 'ADD', conf: net.conf(V), container: c, env: { CNI_ARGS: `K8S_POD_NAME=racer${i}` } }).done);
+    const outs = await Promise.all(runs);
+    for (const o of outs) ok(o);
+    const resolvers = lab.processesInHost().filter((p) => {
+      try {
+        const argv = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+        return argv.includes('dns') && argv.includes(dnsDir);
+      } catch {
+        return false;
+      }
+    });
+    expect(resolvers).toEqual([resolverPid()]);
+    for (let i = 0; i < 4; i++) expect(addrs(ask(cs[(i + 1) % 4].ns, net.gateway, `racer${i}`))).toEqual([outs[i].json.ips[0].address.split('/')[0]]);
+    ok(lab.run({ command: 'GC', conf: { ...net.conf('1.1.0'), 'cni.dev/valid-attachments': [] } }));
+  });
 });
