@@ -292,6 +292,14 @@ main()
     process.exitCode = 1;
   })
   .finally(() => {
+    // the resolvers this run started, also when it failed half-way
+    for (const f of [path.join(dnsDir, 'resolver.pid'), path.join(aardDir, 'aardvark.pid')]) {
+      try {
+        process.kill(pidFrom(f), 'SIGTERM');
+      } catch {
+        // never started, or gone
+      }
+    }
     for (const ns of namespaces.reverse()) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     fs.rmSync(work, { recursive: true, force: true });
   });
