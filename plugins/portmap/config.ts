@@ -18,6 +18,13 @@
  * every address of their own family); a hostIP of a family the container
  * lacks is skipped, as the reference does, so a runtime may send one mapping
  * per family for a single-stack container.
+ *
+ * Port ranges (Docker's `-p 8000-8010:80-90`, netavark's `range`): a mapping
+ * may carry `range`, the number of consecutive ports it publishes, from
+ * hostPort to hostPort+range-1, forwarded port by port to containerPort to
+ * containerPort+range-1. One claim stands for the whole range (rules.ts
+ * writes one DNAT rule for it); its ports are registered one map element
+ * each, so conflicts, DEL and CHECK treat a range's ports as any others.
  */
 import { z } from 'zod';
 import { netConfBase } from '../../shared/cni/config';
@@ -43,8 +50,16 @@ const portMappingSchema = z
       .transform((p) => p.toLowerCase())
       .pipe(z.enum(['tcp', 'udp', 'sctp'])),
     hostIP: z.string().optional(),
+    /** netavark's field: how many consecutive ports, from hostPort and containerPort on (1: just those) */
+    range: z.number().int().min(1).max(65535).optional(),
   })
-  .passthrough();
+  .passthrough()
+  .superRefine((m, ctx) => {
+    const n = m.range ?? 1;
+    for (const key of ['hostPort', 'containerPort'] as const) {
+      if (m[key] + n - 1 > 65535) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['range'], message: `${key} ${m[key]} + range ${n} goes past port 65535` });
+    }
+  });
 
 export type PortMapping = z.infer<typeof portMappingSchema>;
 
@@ -55,6 +70,12 @@ export type PortMapping = z.infer<typeof portMappingSchema>;
  * host.
  */
 export const MAX_PORT_MAPPINGS = 4096;
+
+/**
+ * The most host ports one request may publish, ranges counted port by
+ * port (each is a map element): every port of one protocol and family.
+ */
+export const MAX_PUBLISHED_PORTS = 65536;
 
 // The length is checked before any element is parsed, so an oversized list
 // costs one comparison, not a parse of every element.
@@ -135,11 +156,28 @@ export interface Claim {
   hostIP?: string;
   containerIP: string;
   containerPort: number;
+  /** A port range: this many consecutive ports from hostPort (and containerPort) on; absent for one port. */
+  range?: number;
 }
 
-export function describeClaim(c: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): string {
+export function describeClaim(c: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'> & { range?: number }): string {
   const host = c.hostIP ? (c.family === 'ipv6' ? `[${c.hostIP}]` : c.hostIP) : c.family === 'ipv6' ? '[::]' : '0.0.0.0';
-  return `${c.protocol} ${host}:${c.hostPort}`;
+  const ports = c.range && c.range > 1 ? `${c.hostPort}-${c.hostPort + c.range - 1}` : `${c.hostPort}`;
+  return `${c.protocol} ${host}:${ports}`;
+}
+
+/** The single-port claims a claim stands for: itself, or each port of its range. */
+export function claimPorts(c: Claim): Claim[] {
+  if (!c.range || c.range <= 1) return [c];
+  const { range, ...one } = c;
+  const out: Claim[] = [];
+  for (let i = 0; i < range; i++) out.push({ ...one, hostPort: c.hostPort + i, containerPort: c.containerPort + i });
+  return out;
+}
+
+/** Every single-port claim of `claims`. */
+export function allPorts(claims: readonly Claim[]): Claim[] {
+  return claims.flatMap(claimPorts);
 }
 
 /** Whether two claims compete for the same host port: same family, protocol and port, and addresses that overlap. */
@@ -207,6 +245,7 @@ function firstOverlapping<C>(buckets: ReadonlyMap<string, ClaimBucket<C>>, c: Po
 export function claimsFor(mappings: readonly PortMapping[], addrs: readonly ContainerAddr[]): Claim[] {
   const claims: Array<Claim & { index: number }> = [];
   const held = new Map<string, ClaimBucket<Claim & { index: number }>>();
+  let ports = 0;
   mappings.forEach((m, index) => {
     let hostIP: string | undefined;
     let families: IpFamily[] = addrs.map((a) => a.family);
@@ -233,18 +272,27 @@ export function claimsFor(mappings: readonly PortMapping[], addrs: readonly Cont
       const addr = addrs.find((a) => a.family === family) as ContainerAddr;
       const claim: Claim = { family, protocol: m.protocol, hostPort: m.hostPort, containerIP: addr.ip, containerPort: m.containerPort };
       if (hostIP) claim.hostIP = hostIP;
-      const same = firstOverlapping(held, claim);
-      if (same) {
-        if (same.hostIP === claim.hostIP && same.containerPort === claim.containerPort) continue;
+      if (m.range !== undefined && m.range > 1) claim.range = m.range;
+      // Each port of a range on its own: a mapping repeated exactly counts
+      // once, any other overlap (a range over a port or a range) competes.
+      const singles = claimPorts(claim).map((one) => ({ ...one, index }));
+      const same = singles.map((one) => firstOverlapping(held, one));
+      const duplicate = (one: Claim, s: Claim | undefined): boolean => s !== undefined && s.hostIP === one.hostIP && s.containerPort === one.containerPort;
+      if (same.every((s, i) => duplicate(singles[i], s))) continue;
+      const i = same.findIndex((s) => s !== undefined);
+      if (i >= 0) {
         throw new CniError(
           ErrorCode.InvalidNetworkConfig,
-          `runtimeConfig.portMappings[${index}] competes with portMappings[${same.index}] for ${describeClaim(claim)}`,
+          `runtimeConfig.portMappings[${index}] competes with portMappings[${same[i]!.index}] for ${describeClaim(singles[i])}`,
           'each host address and port can be forwarded to one container port only',
         );
       }
-      const indexed = { ...claim, index };
-      claims.push(indexed);
-      addToBuckets(held, indexed);
+      ports += singles.length;
+      if (ports > MAX_PUBLISHED_PORTS) {
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `runtimeConfig.portMappings: more than ${MAX_PUBLISHED_PORTS} host ports requested`, 'ranges count one port each');
+      }
+      claims.push({ ...claim, index });
+      for (const one of singles) addToBuckets(held, one);
     }
   });
   return claims.map(({ index: _index, ...c }) => c);

@@ -22,6 +22,9 @@
  *   GC     list once, remove the chains and elements of this network's
  *          attachments that are not in cni.dev/valid-attachments
  *
+ * ADD records its plan on disk and DEL and GC forget it (rules.ts, shared/nft/
+ * records.ts): `cni-ts firewall-reload` rebuilds the table from those.
+ *
  * Error codes of our own (the spec leaves 100 and up to plugins; cluster-ipam
  * uses 100-102 in the same chain, so portmap starts at 110):
  *   110  a requested host port is published by another container
@@ -35,15 +38,18 @@ import { cidrContains, parsePrefixed } from '../../shared/ip';
 import { PORTMAP_LOCK_FILE } from '../../shared/paths';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
-import { ownerTag, type OwnedTable, type Owner } from '../../shared/nft/table';
+import { ownerTag, tagMatches, type OwnedTable, type Owner } from '../../shared/nft/table';
 import { realTable } from '../../shared/nft/real';
 import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
-import { claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
+import { allPorts, claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   PORTMAP_TABLE,
   addTransaction,
   delTransaction,
   findConflicts,
+  forgetPlan,
+  recordPlan,
+  recordedPlans,
   isClaimCollision,
   isTableGone,
   keysOf,
@@ -159,6 +165,12 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         if (isClaimCollision(err)) throw collisionConflict(plan.claims);
         throw err;
       }
+      try {
+        recordPlan(table, plan);
+      } catch (err) {
+        removeState(table, plan.owner, keysOf(plan.claims, ctx.config.snat));
+        throw err;
+      }
       // route_localnet only once the transaction put the martian guard in
       // place (rules.ts), so it is never on without it, not even when this
       // ADD fails; a failure here takes the ADD's state out again.
@@ -168,6 +180,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
           deps.enableLocalnet(v4.containerIP);
         } catch (err) {
           removeState(table, plan.owner, keysOf(plan.claims, ctx.config.snat));
+          forgetPlan(table, plan.owner);
           throw err;
         }
       }
@@ -175,7 +188,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     // NAT is decided on a flow's first packet: a UDP client that was already
     // sending to the port keeps reaching whatever answered before. As the
     // reference portmap does, after the rules are in: failures only inform.
-    const udpPorts = [...new Set(plan.claims.filter((c) => c.protocol === 'udp').map((c) => c.hostPort))];
+    const udpPorts = [...new Set(allPorts(plan.claims).filter((c) => c.protocol === 'udp').map((c) => c.hostPort))];
     if (udpPorts.length) {
       try {
         deps.forgetUdpFlows?.(udpPorts, plan.claims.map((c) => c.containerIP));
@@ -201,6 +214,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       keys = [];
     }
     removeState(table, owner, keys);
+    forgetPlan(table, owner);
   }
 
   async function check(ctx: Ctx): Promise<void> {
@@ -224,7 +238,13 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       }
     }
     const table = deps.table();
-    table.withLock(() => removeOwners(table, (listing) => staleOwners(listing, ctx.config.name, keep)));
+    table.withLock(() => {
+      removeOwners(table, (listing) => staleOwners(listing, ctx.config.name, keep));
+      for (const p of recordedPlans(table)) {
+        const tag = ownerTag(p.owner);
+        if (p.owner.network === ctx.config.name && ![...keep].some((k) => tagMatches(tag, k))) forgetPlan(table, p.owner);
+      }
+    });
   }
 
   return {

@@ -18,6 +18,16 @@
  * <id> is a hash of network, container ID and ifname, so DEL can name the
  * chains without reading anything.
  *
+ * A port range (config.ts) is one DNAT rule (`tcp dport 8000-8999 dnat ip
+ * to C`, or with an anonymous `tcp dport map` when container ports are
+ * shifted: nft 1.0.6 has no port-offset NAT) and one element per port in
+ * the maps, all in the ADD's one transaction: no rule per port, and every
+ * port is a claim like any other (conflicts, DEL, CHECK, GC).
+ *
+ * Reload: the ADD records its plan (shared/nft/records.ts) and DEL and GC
+ * forget it; reloadTransaction rebuilds the skeleton (martian guard
+ * included) and every recorded owner in one transaction.
+ *
  * The maps are the port registry: an element is a claim and its value names
  * the owner. Adding an element that exists with another value fails in the
  * kernel (EEXIST), so two containers can never hold the same key even when
@@ -62,7 +72,8 @@ import { createHash } from 'node:crypto';
 import { NftError } from '../../shared/nft/errors';
 import type { Listing } from '../../shared/nft/nft-interface';
 import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
-import { bucketClaims, overlapping, type Claim, type ContainerAddr, type IpFamily } from './config';
+import { z } from 'zod';
+import { allPorts, bucketClaims, overlapping, type Claim, type ContainerAddr, type IpFamily } from './config';
 
 export const PORTMAP_TABLE = projectTable('inet', 'portmap');
 export const TABLE = PORTMAP_TABLE.table;
@@ -128,8 +139,15 @@ function uniqueKeys<K extends Key>(keys: readonly K[]): K[] {
 export function dnatRule(c: Claim): string {
   const ip = c.family === 'ipv4' ? 'ip' : 'ip6';
   const match = c.hostIP ? `${ip} daddr ${c.hostIP}` : `meta nfproto ${c.family}`;
-  const to = c.family === 'ipv4' ? `${c.containerIP}:${c.containerPort}` : `[${c.containerIP}]:${c.containerPort}`;
-  return `${match} ${c.protocol} dport ${c.hostPort} dnat ${ip} to ${to}`;
+  const addr = c.family === 'ipv4' ? c.containerIP : `[${c.containerIP}]`;
+  if (c.range && c.range > 1) {
+    const ports = `${c.hostPort}-${c.hostPort + c.range - 1}`;
+    // Same ports on both sides: DNAT keeps the destination port.
+    if (c.containerPort === c.hostPort) return `${match} ${c.protocol} dport ${ports} dnat ${ip} to ${addr}`;
+    const pairs = allPorts([c]).map((p, i) => `${c.hostPort + i} : ${p.containerPort}`);
+    return `${match} ${c.protocol} dport ${ports} dnat ${ip} to ${addr} : ${c.protocol} dport map { ${pairs.join(', ')} }`;
+  }
+  return `${match} ${c.protocol} dport ${c.hostPort} dnat ${ip} to ${addr}:${c.containerPort}`;
 }
 
 export interface MasqOptions {
@@ -257,8 +275,6 @@ export interface AddPlan {
  */
 export function addTransaction(plan: AddPlan, listing: Listing | undefined, table?: OwnedTable): TableTx {
   const tx = new TableTx(PORTMAP_TABLE);
-  const chains = ownerChains(plan.owner);
-  const tag = ownerTag(plan.owner);
   // Rewriting the base chains deletes their rules, which makes the kernel
   // wait for a grace period (about 10 ms): only when the table's marker
   // does not say the skeleton is in place (no table: always).
@@ -267,6 +283,13 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, tabl
     PORTMAP_SKELETON.queue(tx);
     tx.marker(PORTMAP_SKELETON.marker);
   }
+  return queueOwner(tx, plan, listing);
+}
+
+/** One owner's chains rewritten and its elements added (see addTransaction). */
+function queueOwner(tx: TableTx, plan: AddPlan, listing: Listing | undefined): TableTx {
+  const chains = ownerChains(plan.owner);
+  const tag = ownerTag(plan.owner);
   const families = new Set(plan.claims.map((c) => c.family));
   const dnat = plan.claims.map((c) => ({ rule: dnatRule(c), comment: tag }));
   const masq = masqRules(plan.addrs, families, plan.masq).map((rule) => ({ rule, comment: tag }));
@@ -279,9 +302,10 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, tabl
     for (const r of rules) tx.add({ kind: 'rule', chain: name, ...r });
   }
 
+  const ports = allPorts(plan.claims);
   const wanted = uniqueKeys<Key & { value: string }>([
-    ...plan.claims.map((c) => ({ ...claimKey(c), value: chains.dnat })),
-    ...(masq.length ? plan.claims.map((c) => ({ ...masqKey(c), value: chains.masq })) : []),
+    ...ports.map((c) => ({ ...claimKey(c), value: chains.dnat })),
+    ...(masq.length ? ports.map((c) => ({ ...masqKey(c), value: chains.masq })) : []),
   ]);
   const wantedText = new Set(wanted.map(keyText));
   if (listing) {
@@ -346,7 +370,7 @@ function chainOwnerTags(listing: Listing): Map<string, string> {
 export function findConflicts(listing: Listing | undefined, owner: Required<Owner>, claims: readonly Claim[]): Conflict[] {
   if (!listing) return [];
   const mine = jumpTo(ownerChains(owner).dnat);
-  const buckets = bucketClaims(claims);
+  const buckets = bucketClaims(allPorts(claims));
   let tags: Map<string, string> | undefined;
   const out: Conflict[] = [];
   for (const s of listing.sets) {
@@ -403,7 +427,8 @@ export function delTransaction(owner: Required<Owner>, keys: readonly Key[]): Ta
 
 /** The keys an ADD with these claims registered. */
 export function keysOf(claims: readonly Claim[], snat: boolean): Key[] {
-  return [...claims.map(claimKey), ...(snat ? claims.map(masqKey) : [])];
+  const ports = allPorts(claims);
+  return [...ports.map(claimKey), ...(snat ? ports.map(masqKey) : [])];
 }
 
 /** Whether DEL's transaction failed only because the table does not exist (its first line). */
@@ -459,8 +484,9 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
   const masq = chains.get(own.masq);
   if (!masq) problems.push(`chain ${own.masq} (masquerade rules of this container) is missing`);
   else if (masq.rules.length !== masqCount) problems.push(`chain ${own.masq} holds ${masq.rules.length} rules, expected ${masqCount}`);
-  const expect: Array<[Key, string]> = plan.claims.map((c) => [claimKey(c), own.dnat]);
-  if (masqCount) for (const c of plan.claims) expect.push([masqKey(c), own.masq]);
+  const ports = allPorts(plan.claims);
+  const expect: Array<[Key, string]> = ports.map((c) => [claimKey(c), own.dnat]);
+  if (masqCount) for (const c of ports) expect.push([masqKey(c), own.masq]);
   const index = elementIndex(listing);
   for (const [k, chain] of expect) {
     const value = index.get(keyText(k));
@@ -468,4 +494,70 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
     else if (value !== jumpTo(chain)) problems.push(`element ${k.key.join(' . ')} of map ${k.map} is "${value}", expected "${jumpTo(chain)}"`);
   }
   return problems;
+}
+
+// ---- records and reload (shared/nft/records.ts) ---------------------------------
+
+const family = z.enum(['ipv4', 'ipv6']);
+const planRecordSchema = z.object({
+  owner: z.object({ network: z.string().min(1), containerID: z.string().min(1), ifname: z.string().min(1) }),
+  claims: z.array(
+    z.object({
+      family,
+      protocol: z.enum(['tcp', 'udp', 'sctp']),
+      hostPort: z.number().int().min(1).max(65535),
+      hostIP: z.string().optional(),
+      containerIP: z.string(),
+      containerPort: z.number().int().min(1).max(65535),
+      range: z.number().int().min(2).max(65535).optional(),
+    }),
+  ),
+  addrs: z.array(z.object({ family, ip: z.string(), subnet: z.string() })),
+  masq: z.object({ snat: z.boolean(), masqAll: z.boolean() }),
+});
+
+/** The record key of an owner: its tag. */
+export const recordKey = (owner: Required<Owner>): string => ownerTag(owner);
+
+/** Record what ADD installed, so a reload can put it back. */
+export function recordPlan(table: OwnedTable, plan: AddPlan): void {
+  table.records?.put(recordKey(plan.owner), plan);
+}
+
+/** Forget an owner's record (DEL, GC, a failed ADD). */
+export function forgetPlan(table: OwnedTable, owner: Required<Owner>): void {
+  table.records?.remove(recordKey(owner));
+}
+
+/** Every recorded plan; records that do not parse, or whose key is not their owner's, are skipped and named. */
+export function recordedPlans(table: OwnedTable, log: (msg: string) => void = () => {}): AddPlan[] {
+  const out: AddPlan[] = [];
+  for (const r of table.records?.all() ?? []) {
+    const parsed = planRecordSchema.safeParse(r.value);
+    let ok = parsed.success;
+    if (parsed.success) {
+      try {
+        ok = recordKey(parsed.data.owner) === r.key;
+      } catch {
+        ok = false;
+      }
+    }
+    if (ok && parsed.success) out.push(parsed.data as AddPlan);
+    else log(`portmap: record ${JSON.stringify(r.key)} is not a portmap record; skipped`);
+  }
+  return out;
+}
+
+/**
+ * firewall-reload: the skeleton (its martian guard first in line, before
+ * anything relies on route_localnet again) and every recorded owner's
+ * chains and elements, in one transaction. With the table still in place
+ * this converges like a repeated ADD of each owner.
+ */
+export function reloadTransaction(plans: readonly AddPlan[], listing: Listing | undefined): TableTx {
+  const tx = new TableTx(PORTMAP_TABLE);
+  PORTMAP_SKELETON.queue(tx);
+  tx.marker(PORTMAP_SKELETON.marker);
+  for (const plan of plans) queueOwner(tx, plan, listing);
+  return tx;
 }
