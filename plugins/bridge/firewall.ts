@@ -30,12 +30,19 @@
  * port isolation, see main.ts.
  */
 import { createHash } from 'node:crypto';
+import * as path from 'node:path';
 import { z } from 'zod';
+import { LOCK_DIR } from '../../shared/paths';
 import { isNotFound } from '../../shared/nft/errors';
 import { TableTx, projectTable, type Marker, type OwnedTable } from '../../shared/nft/table';
 
 export const BRIDGE_TABLE = projectTable('inet', 'bridge');
 export const TABLE = BRIDGE_TABLE.table;
+/** The network's lock (flock): held by ADD and DEL around its rules, and by firewall-reload. */
+export function networkLockFile(bridge: string): string {
+  return path.join(LOCK_DIR, `bridge-${bridge}.lock`);
+}
+
 /** The operator's chain (see the header). */
 export const USER_CHAIN = 'user';
 
@@ -47,6 +54,25 @@ export interface NetworkFirewall {
   masquerade: boolean;
   /** Docker's internal network: nothing is routed in or out */
   internal: boolean;
+  /**
+   * Docker's gateway_mode_ipv4/ipv6, per family (absent: the reference
+   * plugin's behaviour, `masquerade` alone decides NAT and nothing filters
+   * routed access). See gatewayRules.
+   */
+  gateway?: Partial<Record<GatewayFamily, GatewayMode>>;
+  /** Docker's host_ipv4 / netavark's outbound_addr4/6: snat to this address instead of masquerade */
+  snatTo?: Partial<Record<GatewayFamily, string>>;
+}
+
+export type GatewayFamily = 'ipv4' | 'ipv6';
+export const GATEWAY_MODES = ['nat', 'nat-unprotected', 'routed', 'isolated'] as const;
+export type GatewayMode = (typeof GATEWAY_MODES)[number];
+
+/** Whether traffic of `family` leaving the network is NATed (masquerade or snat). */
+export function natsFamily(n: NetworkFirewall, family: GatewayFamily): boolean {
+  if (n.internal) return false;
+  const mode = n.gateway?.[family];
+  return mode ? mode === 'nat' || mode === 'nat-unprotected' : n.masquerade;
 }
 
 export function chainNames(bridge: string): { in: string; out: string; masq: string; cfg: string } {
@@ -61,7 +87,11 @@ export function chainNames(bridge: string): { in: string; out: string; masq: str
  * (or a changed configuration) pays for a transaction.
  */
 export function networkSignature(n: NetworkFirewall): string {
-  const canonical = JSON.stringify({ v: 1, bridge: n.bridge, subnets: [...n.subnets].sort(), masquerade: n.masquerade && !n.internal, internal: n.internal });
+  const fields: Record<string, unknown> = { v: 1, bridge: n.bridge, subnets: [...n.subnets].sort(), masquerade: n.masquerade && !n.internal, internal: n.internal };
+  // Only when set, so a network configured without them keeps its signature (no rewrite on upgrade).
+  if (n.gateway && Object.keys(n.gateway).length) fields.gateway = { ipv4: n.gateway.ipv4, ipv6: n.gateway.ipv6 };
+  if (n.snatTo && Object.keys(n.snatTo).length) fields.snatTo = { ipv4: n.snatTo.ipv4, ipv6: n.snatTo.ipv6 };
+  const canonical = JSON.stringify(fields);
   return `cni-ts network ${createHash('sha256').update(canonical).digest('hex').slice(0, 16)}`;
 }
 
@@ -112,11 +142,14 @@ export function networkAddTx(n: NetworkFirewall): TableTx {
   tx.add({ kind: 'rule', chain: c.out, rule: `iifname ${br} return` });
   tx.add({ kind: 'rule', chain: c.out, rule: 'iifname @bridges drop', comment: 'isolation between networks' });
   if (n.internal) tx.add({ kind: 'rule', chain: c.out, rule: 'drop', comment: 'internal network: no ingress' });
-  if (n.masquerade && !n.internal) {
-    for (const subnet of n.subnets) {
-      const ipFamily = subnet.includes(':') ? 'ip6' : 'ip';
-      tx.add({ kind: 'rule', chain: c.masq, rule: `${ipFamily} saddr ${subnet} ${ipFamily} daddr != ${subnet} oifname != ${br} masquerade`, comment: 'ipMasq' });
-    }
+  gatewayRules(tx, n);
+  for (const subnet of n.subnets) {
+    const family: GatewayFamily = subnet.includes(':') ? 'ipv6' : 'ipv4';
+    if (!natsFamily(n, family)) continue;
+    const ipFamily = family === 'ipv6' ? 'ip6' : 'ip';
+    const to = n.snatTo?.[family];
+    const action = to ? `snat ${ipFamily} to ${to}` : 'masquerade';
+    tx.add({ kind: 'rule', chain: c.masq, rule: `${ipFamily} saddr ${subnet} ${ipFamily} daddr != ${subnet} oifname != ${br} ${action}`, comment: to ? 'ipMasq to the outbound address' : 'ipMasq' });
   }
 
   tx.add({ kind: 'element', set: 'bridges', key: br });
@@ -126,6 +159,44 @@ export function networkAddTx(n: NetworkFirewall): TableTx {
   // Last, so it only ever describes rules written in the same transaction.
   tx.marker(networkMarker(n));
   return tx;
+}
+
+/**
+ * Docker's gateway modes, per family, in the network's chains (absent: no
+ * rule, the reference plugin's behaviour):
+ *   nat              NAT out (natsFamily); routed access from outside reaches
+ *                    only what is published (portmap's DNAT) and replies
+ *   nat-unprotected  NAT out; nothing filters routed access
+ *   routed           no NAT; from outside only published ports (DNATed
+ *                    connections), replies and ICMP echo get in
+ *   isolated         nothing routed in or out of that family (main.ts also
+ *                    gives the containers no route out and the bridge no
+ *                    gateway address of that family)
+ * "Published" is the conntrack DNAT status: portmap's table owns the port
+ * registry, and a verdict of another table cannot be consulted here. The
+ * host's own connections to its containers are not forwarded, so they are
+ * never filtered.
+ */
+function gatewayRules(tx: TableTx, n: NetworkFirewall): void {
+  if (n.internal) return; // already nothing in or out
+  const c = chainNames(n.bridge);
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    const mode = n.gateway?.[family];
+    if (!mode || mode === 'nat-unprotected') continue;
+    const nf = `meta nfproto ${family}`;
+    if (mode === 'isolated') {
+      tx.add({ kind: 'rule', chain: c.in, rule: `${nf} drop`, comment: `gateway mode isolated (${family}): no egress` });
+      tx.add({ kind: 'rule', chain: c.out, rule: `${nf} drop`, comment: `gateway mode isolated (${family}): no ingress` });
+      continue;
+    }
+    tx.add({ kind: 'rule', chain: c.out, rule: `${nf} ct state established,related return` });
+    tx.add({ kind: 'rule', chain: c.out, rule: `${nf} ct status dnat return`, comment: 'published ports' });
+    if (mode === 'routed') {
+      const echo = family === 'ipv4' ? 'icmp type echo-request' : 'icmpv6 type echo-request';
+      tx.add({ kind: 'rule', chain: c.out, rule: `${nf} ${echo} return` });
+    }
+    tx.add({ kind: 'rule', chain: c.out, rule: `${nf} drop`, comment: `gateway mode ${mode} (${family}): unpublished ports closed` });
+  }
 }
 
 /** The network's marker (the table's marker convention, shared/nft/table.ts): cfg-<bridge>, commented with the signature. */

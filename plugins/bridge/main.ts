@@ -30,7 +30,17 @@ import { applyToInterface, gatewayFor, ipamAddressesFor, macFromIPv4, withHandle
 import { checkContainerAttachment } from '../../shared/verify';
 import * as ipam from '../../ipam/client';
 import { checkName, dnsConf, dnsEnabled, gcNames, registerName, removeName } from '../../shared/dns';
-import { BRIDGE_TABLE, ensureNetworkRules, networkRulesPresent, removeNetworkRules } from './firewall';
+import { isIPv4, isIPv6 } from '../../shared/ip';
+import {
+  BRIDGE_TABLE,
+  GATEWAY_MODES,
+  ensureNetworkRules,
+  natsFamily,
+  networkRulesPresent,
+  removeNetworkRules,
+  type GatewayFamily,
+  type NetworkFirewall,
+} from './firewall';
 
 const schema = netConfBase.extend({
   // Narrower than what Linux accepts: the name is also part of the
@@ -49,6 +59,18 @@ const schema = netConfBase.extend({
   ipMasq: z.boolean().default(false),
   /** Docker's internal network: no gateway, no NAT, no route out */
   internal: z.boolean().default(false),
+  /**
+   * Docker's gateway_mode_ipv4 (firewall.ts gatewayRules): nat, nat-unprotected,
+   * routed or isolated; absent, ipMasq alone decides NAT and nothing filters
+   * routed access (the reference plugin's behaviour)
+   */
+  gatewayMode: z.enum(GATEWAY_MODES).optional(),
+  /** Docker's gateway_mode_ipv6; defaults to gatewayMode */
+  gatewayModeIPv6: z.enum(GATEWAY_MODES).optional(),
+  /** Docker's host_ipv4, netavark's outbound_addr4: NATed IPv4 traffic leaves from this address (snat, not masquerade) */
+  outboundAddr4: z.string().refine(isIPv4, 'outboundAddr4 must be an IPv4 address').optional(),
+  /** Docker's host_ipv6, netavark's outbound_addr6 */
+  outboundAddr6: z.string().refine(isIPv6, 'outboundAddr6 must be an IPv6 address').optional(),
   /** Docker's icc: containers on this bridge may talk to each other */
   icc: z.boolean().default(true),
   mtu: z.number().int().min(68).max(65535).optional(),
@@ -75,9 +97,44 @@ export function hostVethName(containerId: string, ifname: string): string {
   return `veth${createHash('sha256').update(`${containerId}/${ifname}`).digest('hex').slice(0, 11)}`;
 }
 
-function gatewayEnabled(conf: Conf): boolean {
+function familyOf(address: string): GatewayFamily {
+  return address.includes(':') ? 'ipv6' : 'ipv4';
+}
+
+/** The network's firewall as configured, for the subnets of this ADD. */
+function networkFirewall(conf: Conf, ips: readonly IPConfig[]): NetworkFirewall {
+  const n: NetworkFirewall = { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal };
+  const v6 = conf.gatewayModeIPv6 ?? conf.gatewayMode;
+  if (conf.gatewayMode || v6) n.gateway = { ...(conf.gatewayMode && { ipv4: conf.gatewayMode }), ...(v6 && { ipv6: v6 }) };
+  if (conf.outboundAddr4 || conf.outboundAddr6) n.snatTo = { ...(conf.outboundAddr4 && { ipv4: conf.outboundAddr4 }), ...(conf.outboundAddr6 && { ipv6: conf.outboundAddr6 }) };
+  return n;
+}
+
+/** No route out for this family: an internal network, or gateway mode isolated. */
+function noRouteOut(conf: Conf, family: GatewayFamily): boolean {
+  return conf.internal || (family === 'ipv4' ? conf.gatewayMode : (conf.gatewayModeIPv6 ?? conf.gatewayMode)) === 'isolated';
+}
+
+/** Configurations that would mean less than they say: code 7. */
+function validate(conf: Conf): void {
+  if (conf.internal && conf.ipMasq) throw new CniError(ErrorCode.InvalidNetworkConfig, 'an internal network cannot have ipMasq');
+  const fw = networkFirewall(conf, []);
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    const mode = fw.gateway?.[family];
+    if (conf.ipMasq && (mode === 'routed' || mode === 'isolated')) {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `ipMasq contradicts gateway mode ${mode} (${family})`, 'gateway modes routed and isolated never NAT: drop ipMasq, or use nat');
+    }
+  }
+  for (const [key, family] of [['outboundAddr4', 'ipv4'], ['outboundAddr6', 'ipv6']] as const) {
+    if (conf[key] && !natsFamily({ ...fw, masquerade: conf.ipMasq }, family)) {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `${key} is set but ${family} traffic of this network is not NATed`, 'set ipMasq or gateway mode nat');
+    }
+  }
+}
+
+function gatewayEnabled(conf: Conf, family: GatewayFamily): boolean {
   // a DNS-enabled network (internal too) needs the gateway address: the resolver answers there
-  return (!conf.internal && (conf.isGateway || conf.isDefaultGateway)) || dnsEnabled(conf);
+  return (!noRouteOut(conf, family) && (conf.isGateway || conf.isDefaultGateway)) || dnsEnabled(conf);
 }
 
 
@@ -144,7 +201,7 @@ function subnetsOf(ips: readonly IPConfig[]): string[] {
 
 async function add(ctx: Ctx): Promise<Result> {
   const conf = ctx.config;
-  if (conf.internal && conf.ipMasq) throw new CniError(ErrorCode.InvalidNetworkConfig, 'an internal network cannot have ipMasq');
+  validate(conf);
   return withHandles(async (keep) => {
     const host = keep(NetlinkHandle.open());
     const ns = keep(NetNs.open(ctx.netns));
@@ -176,22 +233,21 @@ async function add(ctx: Ctx): Promise<Result> {
       // 4. the container's end: MAC, addresses, up, routes
       const mac = conf.runtimeConfig?.mac ?? (v4 ? macFromIPv4(v4.address.split('/')[0]) : undefined);
       const routes = [...(result.routes ?? [])];
-      if (conf.internal) {
-        // no route out: drop any default the IPAM offered
-        for (let i = routes.length - 1; i >= 0; i--) if (isDefault(routes[i].dst)) routes.splice(i, 1);
-      } else if (conf.isDefaultGateway) {
+      // no route out (internal, or that family isolated): drop any default the IPAM offered
+      for (let i = routes.length - 1; i >= 0; i--) if (isDefault(routes[i].dst) && noRouteOut(conf, familyOf(routes[i].dst))) routes.splice(i, 1);
+      if (conf.isDefaultGateway) {
         for (const ip of ips) {
           const family = ip.address.includes(':') ? '::/0' : '0.0.0.0/0';
-          if (ip.gateway && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
+          if (ip.gateway && !noRouteOut(conf, familyOf(ip.address)) && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
         }
       }
-      // an internal network's routes (its defaults are gone) stay on the link: no gateway
-      applyToInterface(cont, ctx.ifname, { mac, ips, routes, via: (r) => r.gw ?? (conf.internal ? undefined : gatewayFor(ips, r.dst)) });
+      // such a family's routes (its defaults are gone) stay on the link: no gateway
+      applyToInterface(cont, ctx.ifname, { mac, ips, routes, via: (r) => r.gw ?? (noRouteOut(conf, familyOf(r.dst)) ? undefined : gatewayFor(ips, r.dst)) });
       result.routes = routes;
 
       // 5. the gateway on the bridge
-      if (gatewayEnabled(conf)) {
-        for (const ip of ips) {
+      for (const ip of ips) {
+        if (gatewayEnabled(conf, familyOf(ip.address))) {
           if (!ip.gateway) continue;
           const prefix = ip.address.split('/')[1];
           try {
@@ -200,15 +256,15 @@ async function add(ctx: Ctx): Promise<Result> {
             if (!isNetlinkError(e, EEXIST)) throw e;
           }
           sysctlSet(ip.gateway.includes(':') ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward', '1');
+        } else {
+          delete ip.gateway;
         }
-      } else {
-        for (const ip of ips) delete ip.gateway;
       }
 
       // 6. the network's firewall and NAT: one atomic nft transaction, only
       //    when the kernel does not already hold exactly these rules
       withNetworkLock(conf.bridge, () =>
-        ensureNetworkRules(realTable(BRIDGE_TABLE), { bridge: conf.bridge, subnets: subnetsOf(ips), masquerade: conf.ipMasq, internal: conf.internal }),
+        ensureNetworkRules(realTable(BRIDGE_TABLE), networkFirewall(conf, ips)),
       );
 
       // 7. the container's names on the network's resolver; result.dns for resolv.conf
