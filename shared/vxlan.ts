@@ -5,12 +5,15 @@
  * veths are ports of the bridge; remote containers are reached through the
  * VXLAN device by static entries only:
  *
- *   neighbour  remote container IP -> its MAC       (ip neigh replace ... dev vx-N)
+ *   neighbour  remote container IP -> its MAC       (ip neigh replace ... dev vx-N; IPv4 and IPv6 alike)
  *   FDB        remote container MAC -> remote VTEP  (bridge fdb replace ... dev vx-N dst VTEP self)
  *
- * Learning is off and the device answers ARP from its neighbour table
- * (the kernel's "proxy" flag, Docker sets it too), so no frame is ever
- * flooded to every host. Why a namespace per network: two overlays may use
+ * Learning is off and the device answers ARP, and IPv6 neighbour
+ * solicitations, from its neighbour table (the kernel's "proxy" flag,
+ * Docker sets it too), so no frame is ever flooded to every host; that is
+ * why an IPv6 overlay needs no proxy NDP: the VXLAN device is the proxy.
+ * The underlay (the VTEPs, the FDB's destinations) is IPv4 or IPv6, one
+ * family per device. Why a namespace per network: two overlays may use
  * the same subnet, and nothing of either may appear in the host's routing.
  *
  * Why the VXLAN device is created from the host's namespace and moved into
@@ -40,9 +43,16 @@ export const VXLAN_PORT = 4789;
  */
 export const VXLAN_OVERHEAD_V4 = 20 + 8 + 8 + 14;
 
-/** The overlay MTU on an underlay of `underlayMtu`: 1500 - 50 = 1450. */
-export function overlayMtu(underlayMtu: number): number {
-  return underlayMtu - VXLAN_OVERHEAD_V4;
+/** The same on an IPv6 underlay, whose header is 40 bytes: 70 (RFC 7348 section 4.3; Docker's 1430). */
+export const VXLAN_OVERHEAD_V6 = 40 + 8 + 8 + 14;
+
+/**
+ * The overlay MTU on an underlay of `underlayMtu` whose VTEPs are of
+ * `underlayFamily`: 1500 - 50 = 1450 over IPv4, 1500 - 70 = 1430 over IPv6.
+ * The overlay's own family does not matter: the inner packet is payload.
+ */
+export function overlayMtu(underlayMtu: number, underlayFamily: 4 | 6 = 4): number {
+  return underlayMtu - (underlayFamily === 6 ? VXLAN_OVERHEAD_V6 : VXLAN_OVERHEAD_V4);
 }
 
 /** VNIs are 24 bits; 0 is reserved. */
@@ -67,7 +77,7 @@ export interface VxlanNetworkSpec {
   readonly vni: number;
   /** the overlay MTU (bridge, VXLAN device, container veths) */
   readonly mtu: number;
-  /** this host's VTEP: the underlay address VXLAN packets leave from */
+  /** this host's VTEP: the underlay address VXLAN packets leave from, IPv4 or IPv6 (VXLAN over IPv6) */
   readonly localVtep: string;
   /** the underlay device's index in the host namespace (optional: routing picks it otherwise) */
   readonly underlayIndex?: number;

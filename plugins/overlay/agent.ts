@@ -39,6 +39,7 @@ import { DEFAULT_HOST_ID_FILE, hostId as readHostId } from '../../shared/host-id
 import { prefixed, stderrLog, type Logger } from '../../shared/log';
 import { withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
+import { isIP } from '../../shared/ip';
 import { XfrmHandle } from '../../shared/netlink/xfrm';
 import type { XfrmOps } from '../../shared/ipsec';
 import type { Nft } from '../../shared/nft/nft-interface';
@@ -147,7 +148,7 @@ export function parseArgs(args: readonly string[]): { leave: boolean; forget: bo
   // https:// without --etcd-ca, or a password in clear without --etcd-insecure: refused here, with the flag to fix
   checkConnection({ endpoints, ...(tls && { tls }), ...(auth && { auth }), ...(insecure && { insecure }) }, '--etcd');
   const vtep = flags.vtep;
-  if (!leave && !forget && !/^\d{1,3}(\.\d{1,3}){3}$/.test(vtep)) throw new UsageError('--vtep ADDRESS (this host\'s IPv4 underlay address) is required');
+  if (!leave && !forget && !isIP(vtep)) throw new UsageError('--vtep ADDRESS (this host\'s IPv4 or IPv6 underlay address) is required');
   if (forget && !has('node')) throw new UsageError('forget needs --node NAME (the machine gone for good)');
   return {
     leave,
@@ -157,7 +158,8 @@ export function parseArgs(args: readonly string[]): { leave: boolean; forget: bo
       node: flags.node ?? os.hostname(),
       // forget names another machine's node: this one's ID is not needed (nor created)
       hostId: forget ? '' : readHostId(flags['host-id-file']),
-      vtep,
+      // canonical, as it is compared with every other host's and the kernel's
+      vtep: isIP(vtep) ? canonicalIp(vtep) : vtep,
       endpoints,
       prefix: flags.prefix,
       stateDir: flags['state-dir'],
@@ -175,7 +177,8 @@ export function parseArgs(args: readonly string[]): { leave: boolean; forget: bo
 
 /** Is `vtep` an address of an interface in this namespace? */
 export function vtepIsLocal(vtep: string): boolean {
-  return withHandle(undefined, (h) => h.addrList().some((a) => a.address === vtep));
+  const want = canonicalIp(vtep);
+  return withHandle(undefined, (h) => h.addrList().some((a) => canonicalIp(a.address) === want));
 }
 
 /** The VNIs this host has a network namespace for (its networks with local containers). */

@@ -4,9 +4,10 @@
  *   {
  *     "type": "overlay",
  *     "name": "ov1",                      // the overlay network (cluster-wide)
- *     "subnet": "10.50.0.0/24",           // default: the IPAM's first range's subnet
+ *     "subnet": "10.50.0.0/24",           // IPv4 or IPv6; default: the IPAM's first range's subnet
+ *     "subnets": ["10.50.0.0/24", "fd50::/64"], // dual stack: one per family (default: each IPAM range set's first)
  *     "vni": 5000,                        // default: allocated from 4096 up
- *     "mtu": 1450,                        // default: underlay MTU - 50 (encrypted: - 84, see main.ts networkMtu)
+ *     "mtu": 1450,                        // default: underlay MTU - 50, IPv6 underlay - 70 (encrypted: see main.ts networkMtu)
  *     "encrypted": false,                 // IPsec ESP between hosts (AES-GCM), keys rotated by the agents
  *     "nodeName": "node-a",               // default: ipam.etcd.nodeName, else the hostname
  *     "stateDir": "/run/cni-ts/overlay",  // network namespaces, locks, gateway pool
@@ -27,7 +28,7 @@ import * as os from 'node:os';
 import { z } from 'zod';
 import { netConfBase } from '../../shared/cni/config';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { formatCIDR, isIPv4, parseCIDR } from '../../shared/ip';
+import { formatCIDR, isIPv4, parseCIDR, type Family } from '../../shared/ip';
 import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../shared/etcd/connection';
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { OVERLAY_STATE_DIR } from '../../shared/paths';
@@ -74,6 +75,7 @@ function gatewaySubnetProblem(s: string): string | undefined {
 export const schema = netConfBase.extend({
   dns: dnsConfNotYet('overlay').optional(),
   subnet: z.string().optional(),
+  subnets: z.array(z.string()).min(1).max(2).optional(),
   vni: z.number().int().min(1).max(0xffffff).optional(),
   mtu: z.number().int().min(576).max(65535).optional(),
   /** IPsec ESP between the hosts of this network (agent.ts, encryption.ts); recorded with the network */
@@ -164,9 +166,28 @@ export function nodeName(conf: Conf): string {
 
 /** The overlay subnet: configured, else the IPAM's first range's. */
 export function overlaySubnet(conf: Conf): string {
-  if (conf.subnet) return conf.subnet;
+  return overlaySubnets(conf)[0]!;
+}
+
+/**
+ * The overlay's subnets, canonical, IPv4 first: `subnets`, else `subnet`,
+ * else the first range of each of the IPAM's range sets (a dual-stack IPAM
+ * has one set per family). At most one per family: the overlay's addresses
+ * per container are one IPv4 and one IPv6 (code 7 otherwise).
+ */
+export function overlaySubnets(conf: Conf): string[] {
   const ipam = conf.ipam as { subnet?: string; ranges?: Array<Array<{ subnet?: string }>> } | undefined;
-  const subnet = ipam?.ranges?.[0]?.[0]?.subnet ?? ipam?.subnet;
-  if (!subnet) throw invalid('overlay: no subnet', 'set "subnet", or give the IPAM a range');
-  return subnet;
+  const fromIpam = ipam?.ranges ? ipam.ranges.map((set) => set[0]?.subnet).filter((s): s is string => !!s) : ipam?.subnet ? [ipam.subnet] : [];
+  const given = conf.subnets ?? (conf.subnet ? [conf.subnet] : fromIpam);
+  if (given.length === 0) throw invalid('overlay: no subnet', 'set "subnet", or give the IPAM a range');
+  const byFamily = new Map<Family, string>();
+  for (const s of given) {
+    const c = parseCIDR(s);
+    if (!c) throw invalid(`overlay subnet "${s}" is not a CIDR`);
+    const canonical = formatCIDR(c.subnet);
+    const family = c.subnet.network.family;
+    if (byFamily.has(family)) throw invalid(`overlay: two IPv${family} subnets (${byFamily.get(family)}, ${canonical})`, 'an overlay has at most one subnet per address family');
+    byFamily.set(family, canonical);
+  }
+  return [4, 6].map((f) => byFamily.get(f as Family)).filter((s): s is string => s !== undefined);
 }

@@ -2,12 +2,17 @@
  * The overlay's control plane in etcd, in place of Docker Swarm's gossip.
  * Keys under the prefix P (default /cni-ts/overlay):
  *
- *   P/networks/<name>                          {name, subnet, vni, mtu?, encrypted}
+ *   P/networks/<name>                          {name, subnet, subnets?, vni, mtu?, encrypted}
  *   P/vnis/<vni>                               <network name>: who holds the VNI
  *   P/identities/<node>                        {hostId, registeredAt}: which machine holds the node name
  *   P/hosts/<node>                             {name, vtep, hostId}, attached to the agent's lease
- *   P/endpoints/<network>/<container>/<ifname> {network, containerId, ifname, ip, mac, host, hostId}
+ *   P/endpoints/<network>/<container>/<ifname> {network, containerId, ifname, ip, ips?, mac, host, hostId}
  *   P/gc/<node>/<network>/<container>/<ifname> {modRevision, firstSeen}: GC's first sighting of a leak
+ *
+ * IPv6 and dual stack: a VTEP is an IPv4 or an IPv6 address (the underlay's
+ * family); a dual-stack network records both subnets (`subnets`, IPv4
+ * first; `subnet` stays the first, what records before dual stack hold),
+ * and its endpoints both addresses (`ips`; `ip` stays the first).
  *
  * Every record read back is validated with the schemas below (the shapes
  * this file writes, and the key it sits under): a malformed or misplaced
@@ -43,7 +48,7 @@
  */
 import { z } from 'zod';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
-import { isCidr, isIPv4 } from '../../shared/ip';
+import { isCidr, isIP, parseIP } from '../../shared/ip';
 import type { RemoteEndpoint } from '../../shared/vxlan';
 import { VNI_MAX, VNI_MIN } from '../../shared/vxlan';
 import { prefixed, stderrLog, type Logger } from '../../shared/log';
@@ -55,7 +60,7 @@ export const FIRST_AUTO_VNI = 4096;
 
 const nodeNameRe = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const hostIdSchema = z.string().regex(/^[0-9a-f]{32}$/, 'not a host ID');
-const ipv4 = z.string().refine(isIPv4, 'not an IPv4 address');
+const ipAddress = z.string().refine(isIP, 'not an IP address');
 const unicastMac = z
   .string()
   .regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'not a lower-case MAC address')
@@ -64,6 +69,8 @@ const unicastMac = z
 export const networkRecordSchema = z.object({
   name: z.string().min(1),
   subnet: z.string().refine(isCidr, 'not a CIDR'),
+  /** dual stack: every subnet, one per family, IPv4 first (subnet is subnets[0]) */
+  subnets: z.array(z.string().refine(isCidr, 'not a CIDR')).min(2).max(2).optional(),
   vni: z.number().int().min(VNI_MIN).max(VNI_MAX),
   mtu: z.number().int().min(576).max(65535).optional(),
   encrypted: z.boolean().default(false),
@@ -73,6 +80,8 @@ export type NetworkRecord = z.input<typeof networkRecordSchema> & { readonly enc
 export interface NetworkRequest {
   readonly name: string;
   readonly subnet: string;
+  /** dual stack: both subnets, IPv4 first (subnet is the first) */
+  readonly subnets?: readonly string[];
   /** the network's own VNI; allocated from 4096 up when absent */
   readonly vni?: number;
   readonly mtu?: number;
@@ -82,7 +91,7 @@ export interface NetworkRequest {
 export const hostRecordSchema = z.object({
   name: z.string().regex(nodeNameRe),
   /** the underlay address VXLAN packets to this host's containers go to */
-  vtep: ipv4,
+  vtep: ipAddress,
   /** the machine that wrote it (absent in records of agents before host IDs) */
   hostId: hostIdSchema.optional(),
 });
@@ -93,7 +102,9 @@ export const endpointRecordSchema = z.object({
   containerId: z.string().min(1),
   ifname: z.string().min(1),
   /** address without prefix length */
-  ip: ipv4,
+  ip: ipAddress,
+  /** dual stack: every address of the endpoint, ip among them */
+  ips: z.array(ipAddress).min(1).max(2).optional(),
   mac: unicastMac,
   /** node name of the host the container is on */
   host: z.string().regex(nodeNameRe),
@@ -273,7 +284,14 @@ export class ControlPlane {
         while (taken.has(vni)) vni++;
         if (vni > VNI_MAX) throw new CniError(ErrorCode.TryAgainLater, 'no free VNI left');
       }
-      const record: NetworkRecord = { name: req.name, subnet: req.subnet, vni, mtu: req.mtu, encrypted: req.encrypted ?? false };
+      const record: NetworkRecord = {
+        name: req.name,
+        subnet: req.subnet,
+        ...(req.subnets && req.subnets.length > 1 && { subnets: [...req.subnets] }),
+        vni,
+        mtu: req.mtu,
+        encrypted: req.encrypted ?? false,
+      };
       const res = await this.kv.txn(
         {
           compare: [
@@ -294,8 +312,10 @@ export class ControlPlane {
   }
 
   private matches(existing: NetworkRecord, req: NetworkRequest): NetworkRecord {
-    if (existing.subnet !== req.subnet) {
-      throw invalid(`overlay network "${req.name}" exists with subnet ${existing.subnet}, not ${req.subnet}`);
+    const have = subnetsOf(existing).join(', ');
+    const want = subnetsOf(req).join(', ');
+    if (have !== want) {
+      throw invalid(`overlay network "${req.name}" exists with subnet ${have}, not ${want}`);
     }
     if (req.vni !== undefined && existing.vni !== req.vni) {
       throw invalid(`overlay network "${req.name}" exists with vni ${existing.vni}, not ${req.vni}`);
@@ -566,11 +586,29 @@ export class ControlPlane {
  */
 export function remoteEndpoints(snap: Pick<Snapshot, 'hosts' | 'endpoints'>, network: string, localHost: string): RemoteEndpoint[] {
   const vtep = new Map(snap.hosts.map((h) => [h.name, h.vtep]));
+  const mine = vtep.get(localHost);
+  const family = mine === undefined ? undefined : parseIP(mine)?.family;
   const out: RemoteEndpoint[] = [];
   for (const ep of snap.endpoints) {
     if (ep.network !== network || ep.host === localHost) continue;
     const v = vtep.get(ep.host);
-    if (v !== undefined) out.push({ ip: ep.ip, mac: ep.mac, vtep: v });
+    if (v === undefined) continue;
+    // A VXLAN device sends from one VTEP of one family: a host on the
+    // underlay's other family is unreachable from here (the kernel would
+    // refuse the FDB entry), so it gets none.
+    if (family !== undefined && parseIP(v)?.family !== family) continue;
+    // dual stack: a neighbour entry per address, all to the same MAC
+    for (const ip of endpointIps(ep)) out.push({ ip, mac: ep.mac, vtep: v });
   }
   return out;
+}
+
+/** Every address of an endpoint (records before dual stack hold only `ip`). */
+export function endpointIps(ep: Pick<EndpointRecord, 'ip' | 'ips'>): readonly string[] {
+  return ep.ips && ep.ips.length > 0 ? ep.ips : [ep.ip];
+}
+
+/** Every subnet of a network, IPv4 first (records before dual stack hold only `subnet`). */
+export function subnetsOf(n: { subnet: string; subnets?: readonly string[] }): readonly string[] {
+  return n.subnets && n.subnets.length > 0 ? n.subnets : [n.subnet];
 }

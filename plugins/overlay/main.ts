@@ -24,6 +24,12 @@
  * them once the peer's SAs exist (agent.ts, encryption.ts), so no frame of
  * an encrypted network ever leaves in the clear.
  *
+ * IPv6: the overlay's subnet may be IPv6, or one of each family (dual
+ * stack: the container gets an address of each on CNI_IFNAME, the endpoint
+ * both, and remote hosts a neighbour entry for each); the underlay may be
+ * IPv6 too (the agent's --vtep), with 20 bytes more of outer header in the
+ * MTU. The gateway bridge stays IPv4 (egress NAT).
+ *
  * DEL removes the endpoint, both interfaces, the gateway address, and the
  * network's namespace when its last local container leaves.
  */
@@ -34,7 +40,8 @@ import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Attachment, Result } from '../../shared/cni/types';
 import type { Logger } from '../../shared/log';
-import { NetlinkHandle, formatCidr, networkOf, parseCidr, withHandle } from '../../shared/netlink';
+import { NetlinkHandle, withHandle } from '../../shared/netlink';
+import { canonicalIp } from '../../shared/netlink/ipaddr';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realNft } from '../../shared/nft/real';
 import type { Nft } from '../../shared/nft/nft-interface';
@@ -43,10 +50,10 @@ import { applyToInterface, macFromIPv4, withHandles } from '../../shared/contain
 import { verifyLink } from '../../shared/verify';
 import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, removeVxlanNetwork, type OverlayNames } from '../../shared/vxlan';
 import { encryptedMtu } from '../../shared/ipsec/mtu';
-import { cidrContains } from '../../shared/ip';
+import { cidrContains, parseCIDR, parseIP, toBytes } from '../../shared/ip';
 import * as ipam from '../../ipam/client';
-import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnet, schema } from './config';
-import { ControlPlane, remoteEndpoints, type NetworkRecord } from './controlplane';
+import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnets, schema } from './config';
+import { ControlPlane, endpointIps, remoteEndpoints, type NetworkRecord } from './controlplane';
 import { EtcdKV, type EtcdKVOptions, type KV } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
 import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent, gatewayTable } from './gateway';
@@ -101,22 +108,31 @@ async function reclaimIfUnused(cp: ControlPlane, name: string, log: Logger): Pro
   }
 }
 
-function canonicalSubnet(s: string): string {
-  try {
-    return formatCidr(networkOf(parseCidr(s)));
-  } catch {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `overlay subnet "${s}" is not a CIDR`);
-  }
-}
-
-/** The underlay device holding `vtep` in the host namespace: its index and MTU. */
-function underlayOf(host: NetlinkHandle, vtep: string): { index: number; mtu: number } {
-  const addr = host.addrList().find((a) => a.address === vtep);
+/** The underlay device holding `vtep` in the host namespace: its index, MTU, and the VTEP's family. */
+function underlayOf(host: NetlinkHandle, vtep: string): { index: number; mtu: number; family: 4 | 6 } {
+  const want = canonicalIp(vtep);
+  const addr = host.addrList().find((a) => canonicalIp(a.address) === want);
   if (!addr) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `this host's registered VTEP ${vtep} is not an address of any of its interfaces`, 'the overlay agent was started with a wrong underlay address');
   }
   const link = host.linkByIndex(addr.index)!;
-  return { index: link.index, mtu: link.mtu };
+  return { index: link.index, mtu: link.mtu, family: parseIP(vtep)?.family ?? 4 };
+}
+
+/**
+ * The container's MAC from its overlay address: Docker's 02:42 + the IPv4
+ * address when there is one. IPv6 only: 02:42 + the low 32 bits when the
+ * subnet is /96 or longer (unique in the network, as Docker's), else 0a +
+ * 40 bits of the address's SHA-256 (locally administered, unicast), since
+ * two addresses of a larger subnet may share their low 32 bits.
+ */
+export function overlayMac(ips: ReadonlyArray<{ ip: string; prefix: number }>): string {
+  const v4 = ips.find((a) => parseIP(a.ip)?.family === 4);
+  if (v4) return macFromIPv4(v4.ip);
+  const v6 = ips[0]!;
+  const bytes = toBytes(parseIP(v6.ip)!);
+  const tail = v6.prefix >= 96 ? [0x02, 0x42, ...bytes.subarray(12)] : [0x0a, ...createHash('sha256').update(bytes).digest().subarray(0, 5)];
+  return tail.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
 async function add(ctx: Ctx): Promise<Result> {
@@ -126,7 +142,7 @@ async function add(ctx: Ctx): Promise<Result> {
   }
   const me = nodeName(conf);
   const myId = hostIdOf(conf);
-  const subnet = canonicalSubnet(overlaySubnet(conf));
+  const subnets = overlaySubnets(conf);
   return withHandles(async (keep) => {
     const { cp, kv } = openControlPlane(conf);
     keep(kv);
@@ -137,11 +153,11 @@ async function add(ctx: Ctx): Promise<Result> {
       // 1. the network and this host, from etcd
       const hostRec = await ownHost(cp, me, myId);
       const underlay = underlayOf(host, hostRec.vtep);
-      const joined = await cp.joinNetwork({ name: conf.name, subnet, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
+      const joined = await cp.joinNetwork({ name: conf.name, subnet: subnets[0]!, subnets, vni: conf.vni, mtu: conf.mtu, encrypted: conf.encrypted });
       const network: NetworkRecord = joined.network;
       // a network this ADD created (or joined) and that ends up with no endpoint goes again
       undo.push('network record', () => reclaimIfUnused(cp, conf.name, ctx.log));
-      const mtu = networkMtu(network, conf.mtu, underlay.mtu);
+      const mtu = networkMtu(network, conf.mtu, underlay.mtu, underlay.family);
       const names = overlayNames(network.vni, netnsDir(conf));
 
       // 2. + 3. the network's namespace and the container's port on its bridge
@@ -161,19 +177,19 @@ async function add(ctx: Ctx): Promise<Result> {
       // 4. the address
       const result: Result = await ipam.ipamAdd(ctx);
       undo.push('ipam', () => ipam.ipamDel(ctx));
-      const v4 = (result.ips ?? []).find((ip) => !ip.address.includes(':'));
-      if (!v4) throw new CniError(ErrorCode.InvalidNetworkConfig, 'the IPAM gave no IPv4 address', 'overlay networks are IPv4');
-      const ip = v4.address.split('/')[0];
-      if (!cidrContains(subnet, ip)) {
-        throw new CniError(ErrorCode.InvalidNetworkConfig, `the IPAM gave ${v4.address}, outside overlay subnet ${subnet}`, 'the IPAM cannot serve this subnet');
-      }
-      const mac = (conf.runtimeConfig?.mac ?? macFromIPv4(ip)).toLowerCase();
-      // The overlay carries only its subnet; the default route is the gateway bridge's.
-      const routes = (result.routes ?? []).filter((r) => r.dst !== '0.0.0.0/0' && !r.dst.includes(':'));
-      applyToInterface(cont, ctx.ifname, { mac, ips: [{ address: `${ip}/${parseCidr(subnet).prefixLen}` }], routes });
+      const mine = overlayAddresses(result, subnets);
+      const ip = mine[0]!.ip;
+      const mac = (conf.runtimeConfig?.mac ?? overlayMac(mine)).toLowerCase();
+      // The overlay carries only its subnets; the default route is the gateway bridge's (IPv4), and an
+      // IPv6 default route has nowhere to go. Routes of a family the container has no address of cannot be made.
+      const families = new Set(mine.map((a) => a.ip.includes(':')));
+      const routes = (result.routes ?? []).filter((r) => r.dst !== '0.0.0.0/0' && r.dst !== '::/0' && families.has(r.dst.includes(':')));
+      const cidrs = mine.map((a) => `${a.ip}/${a.prefix}`);
+      applyToInterface(cont, ctx.ifname, { mac, ips: cidrs.map((address) => ({ address })), routes });
 
       // 5. the endpoint, and what this host already knows of the others
-      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, mac, host: me, hostId: myId }, joined.createRevision);
+      const allIps = mine.length > 1 ? { ips: mine.map((a) => a.ip) } : {};
+      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, ...allIps, mac, host: me, hostId: myId }, joined.createRevision);
       undo.push('endpoint', () => cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname));
       if (!network.encrypted) {
         const snap = await cp.snapshot();
@@ -182,7 +198,7 @@ async function add(ctx: Ctx): Promise<Result> {
         );
       }
 
-      const ips: Result['ips'] = [{ address: `${ip}/${parseCidr(subnet).prefixLen}`, interface: 0 }];
+      const ips: Result['ips'] = cidrs.map((address) => ({ address, interface: 0 }));
       const interfaces: NonNullable<Result['interfaces']> = [{ name: ctx.ifname, mac, sandbox: ctx.netns }];
 
       // 6. egress through the gateway bridge
@@ -221,17 +237,37 @@ async function add(ctx: Ctx): Promise<Result> {
  *     with ESP:     room for the ESP payload = 1500 - 20 - 8 (ESP header) - 8 (IV) - 16 (ICV) = 1448,
  *                   already a multiple of 4; minus pad length + next header (2) = 1446 bytes of
  *                   UDP datagram, minus UDP + VXLAN + Ethernet (30) = 1416
+ * Over an IPv6 underlay the outer header is 40 bytes, 20 more: 1430 clear,
+ * floor4(1500 - 40 - 32) - 2 - 30 = 1396 encrypted.
  * (Docker's 1424 = 1450 - 26 makes full-size frames 8 bytes too long.) An
  * explicit MTU above that would fragment every full frame: refused.
  */
-export function networkMtu(network: Pick<NetworkRecord, 'mtu' | 'encrypted'>, confMtu: number | undefined, underlayMtu: number): number {
+export function networkMtu(network: Pick<NetworkRecord, 'mtu' | 'encrypted'>, confMtu: number | undefined, underlayMtu: number, underlayFamily: 4 | 6 = 4): number {
   const explicit = network.mtu ?? confMtu;
-  if (!network.encrypted) return explicit ?? overlayMtu(underlayMtu);
-  const max = encryptedMtu(underlayMtu).mtu;
+  if (!network.encrypted) return explicit ?? overlayMtu(underlayMtu, underlayFamily);
+  const max = encryptedMtu(underlayMtu, underlayFamily).mtu;
   if (explicit !== undefined && explicit > max) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `mtu ${explicit} is too large for an encrypted overlay on a ${underlayMtu}-byte underlay`, `at most ${max}: VXLAN and ESP take the rest`);
   }
   return explicit ?? max;
+}
+
+/**
+ * The IPAM's addresses on the overlay: one in each of its subnets (code 7
+ * when one is missing or the IPAM gave an address outside all of them),
+ * in the subnets' order (IPv4 first).
+ */
+function overlayAddresses(result: Result, subnets: readonly string[]): Array<{ ip: string; prefix: number }> {
+  const given = (result.ips ?? []).map((x) => canonicalIp(x.address.split('/')[0]!));
+  const out: Array<{ ip: string; prefix: number }> = [];
+  for (const subnet of subnets) {
+    const ip = given.find((a) => cidrContains(subnet, a));
+    if (!ip) {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `the IPAM gave no address in overlay subnet ${subnet} (it gave ${given.join(', ') || 'none'})`, 'the IPAM cannot serve this subnet');
+    }
+    out.push({ ip, prefix: parseCIDR(subnet)!.subnet.prefix });
+  }
+  return out;
 }
 
 /** Removes the network's namespace when no local container uses it any more. */
@@ -305,7 +341,8 @@ async function check(ctx: Ctx): Promise<void> {
       if (conf.gateway.enabled && !c.linkByName(conf.gateway.ifname)) throw fail(`${conf.gateway.ifname} (gateway bridge) is missing`);
       const have = new Set(c.addrList().map((a) => a.cidr));
       for (const ip of prev.ips ?? []) if (!have.has(ip.address)) throw fail(`address ${ip.address} is missing`);
-      if (!c.addrList(ctx.ifname).some((a) => a.address === ep.ip)) throw fail(`${ctx.ifname} lacks its registered address ${ep.ip}`);
+      const own = new Set(c.addrList(ctx.ifname).map((a) => canonicalIp(a.address)));
+      for (const a of endpointIps(ep)) if (!own.has(canonicalIp(a))) throw fail(`${ctx.ifname} lacks its registered address ${a}`);
     });
     if (conf.gateway.enabled) {
       withHandle(undefined, (h) => {

@@ -4,6 +4,7 @@
  *
  *   <id>u   the underlay: a bridge "ub" 192.168.200.254/24; etcd listens there
  *   <id>h0..  hosts: "u0" on the underlay, 192.168.200.(i+1)/24, each with its agent
+ *           (IPv6 underlay, `{ underlay6: true }`: also fd00:200::(i+1)/64, the VTEP; etcd stays on IPv4)
  *   <id>x   "outside": 192.168.200.100/24 on the underlay, no route back to any
  *           container subnet, so a reply reaches a container only through NAT
  *   <id>cN  containers, made by the test
@@ -20,6 +21,8 @@ import { ROOT, uniqueName } from '../exec';
 export const UNDERLAY = '192.168.200';
 export const ETCD_IP = `${UNDERLAY}.254`;
 export const OUTSIDE_IP = `${UNDERLAY}.100`;
+/** The hosts' IPv6 underlay addresses (ULA, only on the lab's own bridge) when the lab has one. */
+export const UNDERLAY6 = 'fd00:200::';
 export const ETCD = `${ETCD_IP}:2379`;
 
 export interface PluginCall {
@@ -43,6 +46,7 @@ export class Lab {
   constructor(
     readonly hostCount: number,
     readonly root: string = ROOT,
+    readonly opts: { underlay6?: boolean } = {},
   ) {
     this.hosts = Array.from({ length: hostCount }, (_, i) => `${this.id}h${i}`);
   }
@@ -57,7 +61,7 @@ export class Lab {
     return `/var/run/netns/${name}`;
   }
   vtep(i: number): string {
-    return `${UNDERLAY}.${i + 1}`;
+    return this.opts.underlay6 ? `${UNDERLAY6}${i + 1}` : `${UNDERLAY}.${i + 1}`;
   }
   stateDir(i: number): string {
     return path.join(this.dir, `state-h${i}`);
@@ -79,10 +83,11 @@ export class Lab {
       execFileSync('ip', ['link', 'add', 'u0', 'netns', ns, 'type', 'veth', 'peer', 'name', port, 'netns', this.underlay]);
       this.in(this.underlay, 'ip', 'link', 'set', port, 'master', 'ub', 'up');
       this.in(ns, 'ip', 'addr', 'add', `${ip}/24`, 'dev', 'u0');
+      if (this.opts.underlay6 && ns !== this.outside) this.in(ns, 'ip', 'addr', 'add', `${this.vtep(this.hosts.indexOf(ns))}/64`, 'dev', 'u0', 'nodad');
       this.in(ns, 'ip', 'link', 'set', 'u0', 'up');
       this.in(ns, 'ip', 'link', 'set', 'lo', 'up');
     };
-    this.hosts.forEach((h, i) => attach(h, this.vtep(i), `p${i}`));
+    this.hosts.forEach((h, i) => attach(h, `${UNDERLAY}.${i + 1}`, `p${i}`));
     attach(this.outside, OUTSIDE_IP, 'px');
     await this.startEtcd();
   }
