@@ -39,7 +39,7 @@ afterAll(() => {
 });
 beforeEach(() => new Promise<void>((resolve) => setImmediate(resolve)));
 
-function ok(o: Outcome): any {
+function ok(o: Outcome): Outcome['json'] {
   expect(o.status, `exit ${o.status} ${o.signal ?? ''}\n${o.stdout}\n${o.stderr}`).toBe(0);
   return o.json;
 }
@@ -66,7 +66,7 @@ function killResolver(): void {
 interface Attached {
   c: Container;
   conf: Record<string, unknown>;
-  result: any;
+  result: Outcome['json'];
   ip: string;
 }
 

@@ -94,3 +94,31 @@ describe('records directory', () => {
     expect(() => putEntry('/nonexistent', { ...net, name: '../x' }, entry('a'))).toThrow();
   });
 });
+
+describe('upstream servers', () => {
+  it('come from resolv.conf, read again when the file changes (at most once a second), or from dns.upstream', async () => {
+    const { ResolvConf, parseResolvConf, upstreamServers } = await import('../../../shared/dns/upstream');
+    expect(parseResolvConf('# c\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nsearch x\nnameserver bogus\n')).toEqual([
+      { host: '10.0.0.2', port: 53 },
+      { host: 'fe80::1', port: 53 },
+    ]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-dns-resolv-'));
+    try {
+      const file = path.join(dir, 'resolv.conf');
+      fs.writeFileSync(file, 'nameserver 10.0.0.2\n');
+      let now = 0;
+      const rc = new ResolvConf(file, () => now);
+      expect(rc.get()).toEqual([{ host: '10.0.0.2', port: 53 }]);
+      // replaced the way resolvconf tools do: a new file renamed over the old one
+      fs.writeFileSync(`${file}.new`, 'nameserver 10.0.0.3\nnameserver 10.0.0.4\n');
+      fs.renameSync(`${file}.new`, file);
+      expect(rc.get()).toEqual([{ host: '10.0.0.2', port: 53 }]);
+      now += 1500;
+      expect(rc.get().map((s) => s.host)).toEqual(['10.0.0.3', '10.0.0.4']);
+      expect(upstreamServers(['127.0.0.1:5353'], rc)).toEqual([{ host: '127.0.0.1', port: 5353 }]);
+      expect(upstreamServers(undefined, rc).length).toBe(2);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
