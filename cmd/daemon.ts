@@ -517,10 +517,14 @@ export async function daemonMain(args: string[]): Promise<number> {
   // thread: workers setns into containers, the keeper must stay home.
   const stopLiveness = new AbortController();
   const keeper = startLivenessKeeper({ dir: livenessDir, signal: stopLiveness.signal, log, status: liveness });
+  // nft flush ruleset: our tables rebuilt from their records (cmd/firewall-reload.ts)
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const stopFirewallWatch = (require('./firewall-reload') as typeof import('./firewall-reload')).startFirewallWatch(log);
   return new Promise<number>((resolve) => {
     const stop = (why: string) => {
       log(`stopping: ${why}`);
       stopLiveness.abort();
+      stopFirewallWatch();
       void Promise.all([daemon.close(), keeper]).then(() => {
         log(`stopped after ${daemon.calls} calls`);
         resolve(0);

@@ -1,0 +1,102 @@
+/**
+ * The daemon's watch on this project's nftables tables: when something
+ * deletes one (`nft flush ruleset`, `nft delete table`, firewalld
+ * restarting), `onGone` runs, and the daemon rebuilds the tables from their
+ * records (cmd/firewall-reload.ts) without any container being re-added.
+ *
+ * How it notices: a netlink socket joined to the NFNLGRP_NFTABLES multicast
+ * group, which the kernel sends every committed nf_tables change to (what
+ * `nft monitor` reads). Every table, chain, rule, set and element message
+ * carries its table's name as attribute 1, so a deletion in one of our
+ * tables (cni_ts_*) is told apart from everyone else's changes without a
+ * listing. The socket is drained from a timer (`pollMs`, 1 s) by a
+ * non-blocking poll(2): the native binding gives libuv no descriptor to
+ * watch, and a blocking recv would stall the daemon's main thread. An
+ * overflowed socket (ENOBUFS: more changes than its buffer held) counts as
+ * "maybe ours". Then `onGone` is asked, never told: it checks each table
+ * itself (a netlink chain lookup), so our own DELs cost one cheap check.
+ */
+import { native } from '../sys/native';
+import { decodeAttrs, decodeMessages, readString } from '../netlink/codec';
+import { NETLINK_NETFILTER } from '../netlink/nftables';
+import { TABLE_PREFIX } from './table';
+
+/** NFNLGRP_NFTABLES (linux/netfilter/nfnetlink.h): the nf_tables change notifications. */
+export const NFNLGRP_NFTABLES = 7;
+const NFNL_SUBSYS_NFTABLES = 10;
+/** NFT_MSG_DEL* (linux/netfilter/nf_tables.h): table, chain, rule, set, element. */
+const DEL_TYPES = new Set([2, 5, 8, 11, 14]);
+/** NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,SET_ELEM_LIST_TABLE}: all 1. */
+const ATTR_TABLE = 1;
+/** sizeof(struct nfgenmsg) */
+const NFGENMSG_LEN = 4;
+const POLLIN = 0x1;
+const ENOBUFS = 105;
+
+/** Whether one multicast datagram reports a deletion in one of our tables. */
+export function deletesOurs(datagram: Buffer): boolean {
+  for (const m of decodeMessages(datagram)) {
+    if (m.type >> 8 !== NFNL_SUBSYS_NFTABLES || !DEL_TYPES.has(m.type & 0xff)) continue;
+    if (readString(decodeAttrs(m.payload, NFGENMSG_LEN).get(ATTR_TABLE))?.startsWith(TABLE_PREFIX)) return true;
+  }
+  return false;
+}
+
+export interface TableWatchOptions {
+  /** Runs on the timer after our tables saw a deletion; it decides what is gone and rebuilds it. */
+  onGone: () => void;
+  /** How often the socket is drained (default 1000 ms). */
+  pollMs?: number;
+  log: (line: string) => void;
+}
+
+export interface TableWatch {
+  stop(): void;
+}
+
+/** Join NFNLGRP_NFTABLES in the calling thread's namespace and start draining (see the header). */
+export function watchTables(opts: TableWatchOptions): TableWatch {
+  const binding = native();
+  const fd = binding.socket(NETLINK_NETFILTER);
+  try {
+    binding.bind(fd, 1 << (NFNLGRP_NFTABLES - 1));
+  } catch (e) {
+    binding.close(fd);
+    throw e;
+  }
+  let closed = false;
+  const tick = (): void => {
+    let dirty = false;
+    // bounded, so a storm of changes never holds the main thread for long
+    for (let i = 0; i < 4096 && !closed && binding.pollEvents(fd, POLLIN) & POLLIN; i++) {
+      try {
+        if (deletesOurs(binding.recv(fd))) dirty = true;
+      } catch (e) {
+        if ((e as { errno?: number }).errno === ENOBUFS || (e as { code?: string }).code === 'ENOBUFS') dirty = true;
+        else throw e;
+      }
+    }
+    if (!dirty) return;
+    try {
+      opts.onGone();
+    } catch (e) {
+      opts.log(`firewall reload failed: ${(e as Error).message}`);
+    }
+  };
+  const timer = setInterval(() => {
+    try {
+      tick();
+    } catch (e) {
+      opts.log(`nf_tables watch: ${(e as Error).message}`);
+    }
+  }, opts.pollMs ?? 1000);
+  timer.unref();
+  return {
+    stop() {
+      if (closed) return;
+      closed = true;
+      clearInterval(timer);
+      binding.close(fd);
+    },
+  };
+}
