@@ -8,9 +8,11 @@
  */
 import { z } from 'zod';
 import { isIp } from '../netlink/ipaddr';
+import { RUN_ROOT } from '../paths';
 
 export const DEFAULT_DOMAIN = 'dns.cni-ts';
-export const DEFAULT_DATA_DIR = '/run/cni-ts/dns';
+/** volatile, like the containers it names: /run/cni-ts/dns */
+export const DEFAULT_DATA_DIR = `${RUN_ROOT}/dns`;
 
 /** "10.0.0.1", "10.0.0.1:5353", "::1", "[::1]:5353" */
 export function parseHostPort(s: string): { host: string; port: number } | undefined {
