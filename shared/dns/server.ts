@@ -23,6 +23,7 @@
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import { type Cidr, parseCidr, parseIp } from '../netlink/ipaddr';
+import type { Logger } from '../log';
 import { type LoadedNetwork, loadAll } from './records';
 import { Forwarder, ResolvConf, upstreamServers } from './upstream';
 import { type NetZone, RCODE, answer, buildZone, errorReply } from './zone';
@@ -38,7 +39,7 @@ export interface ResolverOptions {
   /** 53 unless a test says otherwise */
   port?: number;
   resolvConf?: string;
-  log?: (msg: string) => void;
+  log?: Logger;
   tcpIdleMs?: number;
 }
 
@@ -80,7 +81,7 @@ export class Resolver {
   private readonly forwarder = new Forwarder();
   private readonly resolv: ResolvConf;
   private readonly port: number;
-  private readonly log: (msg: string) => void;
+  private readonly log: Logger;
   private readonly tcpIdleMs: number;
   private readonly tcpPerClient = new Map<string, number>();
   /** counters, for tests and the log */
