@@ -21,6 +21,7 @@ import { parseFlags, UsageError } from '../shared/flags';
 import { prefixed, stderrLog, type Logger } from '../shared/log';
 import { realTable } from '../shared/nft/real';
 import type { OwnedTable } from '../shared/nft/table';
+import { watchTables } from '../shared/nft/watch';
 import { PORTMAP_LOCK_FILE } from '../shared/paths';
 import { PORTMAP_SKELETON, PORTMAP_TABLE, recordedPlans, reloadTransaction } from '../plugins/portmap/rules';
 import { BRIDGE_TABLE, networkLockFile, networkMarker, recordedNetworks, reloadTx } from '../plugins/bridge/firewall';
@@ -86,9 +87,7 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
  * after a flush), then whenever the watch sees our tables lose something.
  * Returns the function that stops the watch.
  */
-export function startFirewallWatch(log: Logger, tables: FirewallTables = realFirewallTables()): () => void {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { watchTables } = require('../shared/nft/watch') as typeof import('../shared/nft/watch');
+export function startFirewallWatch(log: Logger, tables: FirewallTables = realFirewallTables(), watch: { netnsPath?: string; pollMs?: number } = {}): () => void {
   const reload = (): void => {
     const r = reloadFirewall(tables, { onlyGone: true, log });
     if (r.portmap !== undefined || r.bridge !== undefined) log(`firewall rebuilt from records: ${describe(r)}`);
@@ -99,7 +98,7 @@ export function startFirewallWatch(log: Logger, tables: FirewallTables = realFir
     log(`firewall reload failed: ${(e as Error).message}`);
   }
   try {
-    return watchTables({ onGone: reload, log }).stop;
+    return watchTables({ ...watch, onGone: reload, log }).stop;
   } catch (e) {
     log(`cannot watch nf_tables (${(e as Error).message}); run \`cni-ts firewall-reload\` after a flush`);
     return () => {};

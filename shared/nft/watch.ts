@@ -16,6 +16,7 @@
  * "maybe ours". Then `onGone` is asked, never told: it checks each table
  * itself (a netlink chain lookup), so our own DELs cost one cheap check.
  */
+import * as fs from 'node:fs';
 import { native } from '../sys/native';
 import { decodeAttrs, decodeMessages, readString } from '../netlink/codec';
 import { NETLINK_NETFILTER } from '../netlink/nftables';
@@ -48,16 +49,27 @@ export interface TableWatchOptions {
   /** How often the socket is drained (default 1000 ms). */
   pollMs?: number;
   log: (line: string) => void;
+  /** Watch the nf_tables of the namespace at this path (default: the calling thread's). */
+  netnsPath?: string;
 }
 
 export interface TableWatch {
   stop(): void;
 }
 
-/** Join NFNLGRP_NFTABLES in the calling thread's namespace and start draining (see the header). */
+/** Join NFNLGRP_NFTABLES in the namespace (the calling thread's by default) and start draining (see the header). */
 export function watchTables(opts: TableWatchOptions): TableWatch {
   const binding = native();
-  const fd = binding.socket(NETLINK_NETFILTER);
+  let fd: number;
+  if (opts.netnsPath === undefined) fd = binding.socket(NETLINK_NETFILTER);
+  else {
+    const nsFd = fs.openSync(opts.netnsPath, 'r');
+    try {
+      fd = binding.socketAt(nsFd, NETLINK_NETFILTER);
+    } finally {
+      fs.closeSync(nsFd);
+    }
+  }
   try {
     binding.bind(fd, 1 << (NFNLGRP_NFTABLES - 1));
   } catch (e) {
