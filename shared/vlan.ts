@@ -34,6 +34,7 @@ import { CniError, ErrorCode } from './cni/errors';
 import { vlanStateDir } from './paths';
 import { AF_INET, AF_INET6, withHandle, type Link, type LinkSpec, type Route } from './netlink';
 import { withFileLock } from './sys/flock';
+import { writeFileAtomic } from './sys/file';
 import { isNetnsPath } from './netns/netns';
 
 /** The few kernel verbs parent handling needs; NetlinkHandle has them all. */
@@ -366,12 +367,10 @@ export function gcParent(conf: ParentNetConf, valid: ReadonlyArray<{ containerID
   if (vlan) withHandle(undefined, (host) => new ParentManager(host, conf.stateDir).gc(vlan, conf.name, valid));
 }
 
-/** Write-then-rename, so a crash leaves the old file or the new one, never half of one. */
+/** A crash leaves the old file or the new one, never half of one. */
 function writeJson(file: string, value: unknown): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(value));
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, JSON.stringify(value), { mode: 0o644 });
 }
 
 function readJson<T>(file: string): T | undefined {

@@ -6,6 +6,7 @@
  * belongs here; vitest.config.ts refuses a name that matches no file.
  */
 export const UNIT_TESTS: readonly string[] = [
+  'test/shared/sys/file.test.ts',
   'test/cmd/flags.test.ts',
   'test/conformance/config.test.ts',
   'test/conformance/context.test.ts',

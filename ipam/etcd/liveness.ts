@@ -27,13 +27,14 @@
  * frees nothing on its absence (see ./decommission.ts), so a keeper that is not
  * running costs a "suspect" line in the maintenance report, not addresses.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { fieldsSchema, resolveConnection } from '../../shared/etcd/connection';
 import { stderrLog, type Logger } from '../../shared/log';
 import { LIVENESS_DIR } from '../../shared/paths';
+import { writeFileAtomic } from '../../shared/sys/file';
 import { aliveKey, aliveValueSchema, goneKey, hostKey, hostValueSchema, readRecord, type AliveValue } from './keys';
 import { EtcdKV } from '../../shared/etcd/kv';
 
@@ -68,20 +69,7 @@ export function recordStore(dir: string, record: StoreRecord): void {
   const text = `${JSON.stringify(recordSchema.parse(record), null, 1)}\n`;
   const id = createHash('sha256').update(JSON.stringify([[...record.endpoints].sort(), record.keyPrefix, record.nodeName])).digest('hex').slice(0, 32);
   const file = path.join(dir, `${id}.json`);
-  try {
-    if (fs.readFileSync(file, 'utf8') === text) return;
-  } catch {
-    // not recorded yet
-  }
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = path.join(dir, `.${id}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  fs.writeFileSync(tmp, text, { mode: 0o600, flag: 'wx' });
-  try {
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
+  writeFileAtomic(file, text, { mkdir: true, unlessSame: true });
 }
 
 export interface LivenessKeeperOptions {

@@ -33,6 +33,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { LOCK_EX, LOCK_UN, flock } from '../../shared/sys/flock';
+import { writeFileAtomic } from '../../shared/sys/file';
 import type { Allocation, AllocationStore, Owner } from '../allocator';
 import { formatIP, parseIP, type IP } from '../../shared/ip';
 
@@ -323,11 +324,9 @@ function writeDurable(file: string, data: string): void {
   }
 }
 
-/** Atomic replace: readers see the old content or the new, never a torn file. */
+/** Atomic replace: readers see the old content or the new, never a torn file (0644, as host-local's). */
 function replaceDurable(file: string, data: string): void {
-  const tmp = file + TMP_SUFFIX;
-  writeDurable(tmp, data);
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, data, { mode: 0o644 });
 }
 
 function fsyncDir(dir: string): void {

@@ -20,12 +20,12 @@
  * attacker holding old, maybe leaked keys) cannot move a host back to
  * them; the leader restores the newest ring it holds (rotator.ts).
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CniError, ErrorCode } from '../cni/errors';
 import { KeyRing, RingCorruptError, parseRing, serializeRing, type RingKey } from './keyring';
 import { get, putIf, type KV } from '../etcd/kv';
+import { writeFileAtomic } from '../sys/file';
 
 export type LoadResult =
   | { state: 'missing' }
@@ -161,28 +161,7 @@ export class RingStore {
   writeCache(ring: KeyRing): void {
     const file = this.cachePath;
     if (!file) return;
-    const dir = path.dirname(file);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const tmp = path.join(dir, `.${CACHE_FILE}.${process.pid}.${randomBytes(4).toString('hex')}`);
-    // 'wx' with mode 0600: the file is never, even for an instant, readable by others.
-    const fd = fs.openSync(tmp, 'wx', 0o600);
-    try {
-      try {
-        fs.writeSync(fd, serializeRing(ring));
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(tmp, file);
-    } catch (e) {
-      fs.rmSync(tmp, { force: true });
-      throw e;
-    }
-    const dfd = fs.openSync(dir, 'r');
-    try {
-      fs.fsyncSync(dfd);
-    } finally {
-      fs.closeSync(dfd);
-    }
+    // 0600 from the first byte: the file is never, even for an instant, readable by others.
+    writeFileAtomic(file, serializeRing(ring), { mkdir: true, syncDir: true });
   }
 }
