@@ -14,7 +14,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BRIDGE_BIN, Lab, type Container, type Network, type Outside } from './lab';
+import { BRIDGE_BIN, Lab, ROOT, type Container, type Network, type Outside } from './lab';
 
 const V = '1.0.0';
 /** The container's published port (host side HOST_PORT) and an unpublished one. */
@@ -118,7 +118,10 @@ describe('gatewayMode routed', () => {
   let a: Attached;
   beforeAll(async () => {
     net = lab.network();
-    a = await attach(net, { gatewayMode: 'routed' }, HOST_PORT);
+    // the modes of examples/bridge-routed.conflist, as users copy them
+    const example = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples/bridge-routed.conflist'), 'utf8')).plugins[0];
+    expect(example.gatewayMode).toBe('routed');
+    a = await attach(net, { gatewayMode: example.gatewayMode, gatewayModeIPv6: example.gatewayModeIPv6 }, HOST_PORT);
   }, 60_000);
 
   it('lets the LAN reach a published port, and the container sees the LAN address (no NAT)', () => {
