@@ -30,7 +30,8 @@
  * through the default install (bridge then portmap per container, as libcni
  * chains them, calls timed one by one): every call must be answered.
  *
- *   RUNTIME_ROUNDS (12), RUNTIME_BURST (50), RUNTIME_ONLY=a,b,... (variant keys)
+ *   RUNTIME_ROUNDS (12), RUNTIME_BURST (50), RUNTIME_ONLY=a,b,... (variant keys;
+ *   RUNTIME_ONLY=burst runs the burst alone, on a default install of its own)
  */
 import { type SpawnSyncReturns, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -363,6 +364,7 @@ function ctrVariant(key: string, label: string, cd: Containerd, opts: { ours: bo
 // -------------------------------------------------------------------- burst
 
 interface CallTime {
+  plugin: string;
   ms: number;
   status: number | null;
   peakKb: number;
@@ -380,7 +382,7 @@ function callTimed(binary: string, env: Record<string, string>, stdin: string): 
     child.stdin!.end(stdin);
     child.on('close', (status) => {
       const lines = stderr.trim().split('\n');
-      resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status, peakKb: Number(lines[lines.length - 1]) || 0, stdout });
+      resolve({ plugin: path.basename(binary), ms: Number(process.hrtime.bigint() - t0) / 1e6, status, peakKb: Number(lines[lines.length - 1]) || 0, stdout });
     });
   });
 }
@@ -432,6 +434,22 @@ async function burst(inst: DefaultInstall): Promise<{ add: CallTime[]; del: Call
   return { add, del, addWall: Number(t1 - t0) / 1e6, delWall: Number(t2 - t1) / 1e6 };
 }
 
+function printBurst(b: Awaited<ReturnType<typeof burst>>): void {
+  const ok = (xs: CallTime[]) => xs.filter((x) => x.status === 0).length;
+  const slowest = (xs: CallTime[]) => Math.max(...xs.map((x) => x.ms));
+  const viaDaemon = (xs: CallTime[]) => xs.filter((x) => x.peakKb > 0 && x.peakKb < 8 * 1024).length;
+  const byPlugin = (xs: CallTime[], p: string) => xs.filter((x) => x.plugin === p).map((x) => x.ms);
+  const phase = (xs: CallTime[]) =>
+    ['bridge', 'portmap'].map((p) => `${p} median ${median(byPlugin(xs, p)).toFixed(0)} ms / slowest ${Math.max(...byPlugin(xs, p)).toFixed(0)} ms`).join(', ');
+  console.log('');
+  console.log(`${BURST} containers at once on one network, default install (bridge then portmap each, ${2 * BURST} calls per phase):`);
+  console.log(`  ADD: ${ok(b.add)}/${b.add.length} answered ok, slowest call ${slowest(b.add).toFixed(0)} ms, median ${median(b.add.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.addWall.toFixed(0)} ms; ${viaDaemon(b.add)} served by the daemon`);
+  console.log(`       ${phase(b.add)}`);
+  console.log(`  DEL: ${ok(b.del)}/${b.del.length} answered ok, slowest call ${slowest(b.del).toFixed(0)} ms, median ${median(b.del.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.delWall.toFixed(0)} ms; ${viaDaemon(b.del)} served by the daemon`);
+  console.log(`       ${phase(b.del)}`);
+  if (ok(b.add) !== b.add.length || ok(b.del) !== b.del.length) process.exitCode = 1;
+}
+
 // --------------------------------------------------------------------- main
 
 async function main(): Promise<void> {
@@ -460,6 +478,10 @@ async function main(): Promise<void> {
     if (want('f')) variants.push(ctrVariant('f', 'containerd, reference plugins', cd, { ours: false }, 5));
   }
   cleanups.push(() => variants.forEach((v) => v.cleanup()));
+  if (only?.length === 1 && only[0] === 'burst') {
+    printBurst(await burst(oursDefault));
+    return;
+  }
 
   const cold: Record<string, number> = {};
   const times: Record<string, number[]> = {};
@@ -491,17 +513,7 @@ async function main(): Promise<void> {
   console.log(`podman: ours standalone / netavark ${ratio('b', 'c')}, ours standalone / reference ${ratio('b', 'd')}`);
   console.log(`containerd: ours default / reference ${ratio('e', 'f')}`);
 
-  if (BURST > 0 && want('a')) {
-    const b = await burst(oursDefault);
-    const ok = (xs: CallTime[]) => xs.filter((x) => x.status === 0).length;
-    const slowest = (xs: CallTime[]) => Math.max(...xs.map((x) => x.ms));
-    const viaDaemon = (xs: CallTime[]) => xs.filter((x) => x.peakKb > 0 && x.peakKb < 8 * 1024).length;
-    console.log('');
-    console.log(`${BURST} containers at once on one network, default install (bridge then portmap each, ${2 * BURST} calls per phase):`);
-    console.log(`  ADD: ${ok(b.add)}/${b.add.length} answered ok, slowest call ${slowest(b.add).toFixed(0)} ms, median ${median(b.add.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.addWall.toFixed(0)} ms; ${viaDaemon(b.add)} served by the daemon`);
-    console.log(`  DEL: ${ok(b.del)}/${b.del.length} answered ok, slowest call ${slowest(b.del).toFixed(0)} ms, median ${median(b.del.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.delWall.toFixed(0)} ms; ${viaDaemon(b.del)} served by the daemon`);
-    if (ok(b.add) !== b.add.length || ok(b.del) !== b.del.length) process.exitCode = 1;
-  }
+  if (BURST > 0 && want('a')) printBurst(await burst(oursDefault));
   if (ctrOurs?.install) console.log(`\n(containerd, ours: daemon ${ctrOurs.install.how}, peak ${mb(ctrOurs.install.daemonPeakKb())} MB)`);
 }
 

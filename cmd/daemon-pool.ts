@@ -11,6 +11,14 @@
  * - Calls that reach etcd (see laneOf) may hold at most `etcdShare` workers:
  *   with etcd down each takes its whole request timeout, and calls on local
  *   state must never queue behind them.
+ * - Calls with the same lock key (see lockKeyOf: one network's bridge and
+ *   IPAM store, the host-wide portmap table) may hold at most `keyShare`
+ *   workers. The rest wait here, in the main thread, instead of parking
+ *   worker threads in a blocking flock(2) while calls on other keys starve;
+ *   the flock is still taken, for safety against standalone processes. A
+ *   call waiting behind calls of its own key is never declined for the
+ *   wait budget: a standalone run would only queue on the same flock, after
+ *   paying Node's start. The budget counts only while it could have run.
  * - Right before a call starts, its caller is asked again (stillWanted): a
  *   caller that went away (a killed shim) has its call dropped, never run.
  * - A call still running after `callTimeoutMs` is reported (onTimeout): its
@@ -31,6 +39,8 @@ export type Lane = 'etcd' | 'local';
 
 export interface Job {
   lane: Lane;
+  /** calls with one key serialise on one lock (lockKeyOf); none: no shared lock known */
+  key?: string;
   /** plugin, command, container: for the log */
   label: string;
   call: Omit<CallMessage, 'id'>;
@@ -47,6 +57,8 @@ export type Outcome =
 export interface PoolOptions {
   size: number;
   etcdShare: number;
+  /** workers one lock key may hold at once (default: etcdShare) */
+  keyShare?: number;
   waitBudgetMs: number;
   callTimeoutMs: number;
   spawn(): WorkerLike;
@@ -86,6 +98,24 @@ export function laneOf(stdin: Uint8Array): Lane {
   return 'local';
 }
 
+/**
+ * The lock a call will wait on, from the config's own words: a bridge's
+ * network (its flock and its IPAM store's) by bridge name, every portmap
+ * call the host-wide portmap table, any other plugin its network's name.
+ * Only scheduling depends on it: a wrong key costs time, never safety.
+ */
+export function lockKeyOf(plugin: string, stdin: Uint8Array): string | undefined {
+  try {
+    const conf = JSON.parse(Buffer.from(stdin).toString('utf8')) as { name?: unknown; bridge?: unknown };
+    if (plugin === 'portmap') return 'portmap';
+    if (plugin === 'bridge') return `bridge:${typeof conf.bridge === 'string' && conf.bridge ? conf.bridge : 'cni0'}`;
+    if (typeof conf.name === 'string' && conf.name) return `net:${conf.name}`;
+  } catch {
+    // the skel will say what is wrong with it
+  }
+  return undefined;
+}
+
 export class Pool {
   private readonly slots: Slot[] = [];
   private readonly queue: Waiting[] = [];
@@ -112,13 +142,20 @@ export class Pool {
         job,
         queued: process.hrtime.bigint(),
         resolve,
-        budget: setTimeout(() => {
-          const i = this.queue.indexOf(waiting);
-          if (i < 0) return;
-          this.queue.splice(i, 1);
-          resolve({ kind: 'busy' });
-        }, this.opts.waitBudgetMs),
+        budget: undefined as unknown as NodeJS.Timeout,
       };
+      const expire = () => {
+        const i = this.queue.indexOf(waiting);
+        if (i < 0) return;
+        // behind calls of its own key: it waits for its lock, not for a worker
+        if (this.keyFull(job.key)) {
+          waiting.budget = setTimeout(expire, this.opts.waitBudgetMs);
+          return;
+        }
+        this.queue.splice(i, 1);
+        resolve({ kind: 'busy' });
+      };
+      waiting.budget = setTimeout(expire, this.opts.waitBudgetMs);
       this.queue.push(waiting);
       this.pump();
     });
@@ -143,10 +180,16 @@ export class Pool {
     return this.slots.filter((s) => s.job?.job.lane === lane).length;
   }
 
+  /** calls of this key hold all the workers the key may have */
+  private keyFull(key: string | undefined): boolean {
+    if (key === undefined) return false;
+    return this.slots.filter((s) => s.job?.job.key === key).length >= (this.opts.keyShare ?? this.opts.etcdShare);
+  }
+
   private pump(): void {
     for (let i = 0; i < this.queue.length; ) {
       const waiting = this.queue[i];
-      if (waiting.job.lane === 'etcd' && this.busyIn('etcd') >= this.opts.etcdShare) {
+      if ((waiting.job.lane === 'etcd' && this.busyIn('etcd') >= this.opts.etcdShare) || this.keyFull(waiting.job.key)) {
         i++;
         continue;
       }

@@ -48,7 +48,7 @@ import { prefixed, stderrLog } from '../shared/log';
 import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
-import { type Outcome, Pool, type WorkerLike, laneOf } from './daemon-pool';
+import { type Outcome, Pool, type WorkerLike, laneOf, lockKeyOf } from './daemon-pool';
 import { findPlugin } from './plugins';
 
 export const DEFAULT_SOCKET = DAEMON_SOCKET;
@@ -187,6 +187,8 @@ export class Daemon {
     this.pool = new Pool({
       size: workers,
       etcdShare: Math.max(1, Math.floor(workers / 2)),
+      // one network's calls never hold every worker: the others keep serving
+      keyShare: Math.max(1, Math.floor(workers / 2)),
       waitBudgetMs: this.opts.waitBudgetMs ?? 2000,
       callTimeoutMs: this.opts.callTimeoutMs ?? 0,
       spawn: this.opts.spawnWorker ?? spawnBundleWorker,
@@ -308,6 +310,7 @@ export class Daemon {
     if (this.opts.logCalls) this.opts.log(`waiting for a worker: ${label}`);
     const outcome: Outcome = await this.pool!.run({
       lane: laneOf(req.stdin),
+      key: lockKeyOf(req.name, req.stdin),
       label,
       call: { name: req.name, env: scrubEnv(req.env), stdin: req.stdin },
       stillWanted: () => callerStillThere(fd, conn),
