@@ -110,7 +110,9 @@ export const endpointRecordSchema = z.object({
   host: z.string().regex(nodeNameRe),
   /** the machine that added it: GC removes only its own machine's endpoints */
   hostId: hostIdSchema.optional(),
-});
+})
+  // dual stack: ip is one of ips, and ips holds at most one address per family
+  .refine((e) => !e.ips || (e.ips.includes(e.ip) && new Set(e.ips.map((a) => a.includes(':'))).size === e.ips.length), 'ip must be one of ips, one per family');
 export type EndpointRecord = z.infer<typeof endpointRecordSchema>;
 
 export const identitySchema = z.object({ hostId: hostIdSchema, registeredAt: z.string() });

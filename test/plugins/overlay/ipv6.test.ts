@@ -11,9 +11,11 @@
  * this kernel has no ESP.
  */
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab, eventually } from '../../../testkit/overlay/lab';
+import { ROOT } from '../../../testkit/exec';
 import { FakeKV } from '../../../testkit/fake-kv';
 import { overlaySubnets, schema } from '../../../plugins/overlay/config';
 import { ControlPlane, remoteEndpoints, type Snapshot } from '../../../plugins/overlay/controlplane';
@@ -72,6 +74,24 @@ describe('IPv6 overlay logic', () => {
       { ip: '10.61.0.2', mac: '02:42:0a:3d:00:02', vtep: 'fd00:200::2' },
       { ip: 'fd61::2', mac: '02:42:0a:3d:00:02', vtep: 'fd00:200::2' },
     ]);
+  });
+
+  it('examples/overlay-dualstack.conflist parses and names both subnets', () => {
+    const list = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples/overlay-dualstack.conflist'), 'utf8'));
+    const c = schema.parse({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] });
+    expect(overlaySubnets(c)).toEqual(['10.92.0.0/16', 'fd92::/64']);
+  });
+
+  it('an endpoint record whose ip is not among its ips is skipped', async () => {
+    const kv = new FakeKV();
+    const logged: string[] = [];
+    const cp = new ControlPlane(kv, { log: (l) => logged.push(l) });
+    const rec = { network: 'd', containerId: 'x', ifname: 'eth0', ip: '10.61.0.9', ips: ['10.61.0.2', 'fd61::2'], mac: '02:42:0a:3d:00:02', host: 'b' };
+    await kv.txn({ success: [{ put: `${cp.prefix}/endpoints/d/x/eth0`, value: JSON.stringify(rec) }] }, Date.now() + 1000);
+    expect(await cp.getEndpoint('d', 'x', 'eth0')).toBeUndefined();
+    expect(logged.join('\n')).toMatch(/ip must be one of ips/);
+    await kv.txn({ success: [{ put: `${cp.prefix}/endpoints/d/x/eth0`, value: JSON.stringify({ ...rec, ip: '10.61.0.2' }) }] }, Date.now() + 1000);
+    expect((await cp.getEndpoint('d', 'x', 'eth0'))?.ips).toEqual(['10.61.0.2', 'fd61::2']);
   });
 
   it('a dual-stack network is recorded with both subnets; joining it with one of them is refused (7)', async () => {
