@@ -87,7 +87,7 @@ function del(a: Attached): void {
  */
 function ask(ns: string, server: string, name: string, type: dnsPacket.RecordType = 'A'): (dnsPacket.DecodedPacket & { rcode: string }) | undefined {
   const q = dnsPacket.encode({ type: 'query', id: 99, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }] });
-  const script = `const s=require('dgram').createSocket('udp4');const t=setTimeout(()=>{console.log('none');process.exit(0)},1000);` +
+  const script = `const s=require('dgram').createSocket(process.argv[2].includes(':')?'udp6':'udp4');const t=setTimeout(()=>{console.log('none');process.exit(0)},1000);` +
     `s.on('message',(m)=>{console.log(m.toString('hex'));process.exit(0)});s.send(Buffer.from(process.argv[1],'hex'),53,process.argv[2]);`;
   const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '-e', script, q.toString('hex'), server], { encoding: 'utf8' });
   const out = r.stdout.trim();
@@ -165,6 +165,26 @@ describe('bridge networks with dns.enabled', () => {
     expect(addrs(ask(inner.c.ns, B.gateway, 'inner'))).toEqual([inner.ip]);
     expect(ask(inner.c.ns, B.gateway, 'example.org')?.rcode).toBe('NXDOMAIN');
     expect(ask(inner.c.ns, B.gateway, 'web.dns.cni-ts')?.rcode).toBe('NXDOMAIN');
+  });
+
+  it('a dual-stack network answers A and AAAA, on its IPv4 and its IPv6 gateway, and CHECK asks both', () => {
+    const D = lab.network({ dns: { enabled: true, dataDir: dnsDir, upstream: ['127.0.0.1:9'] } });
+    const dual = D.conf(V, { ipam: { type: 'cluster-ipam', dataDir: lab.dataDir, ranges: [[{ subnet: D.subnet }], [{ subnet: D.subnet6 }]] } });
+    const run = (name: string) => {
+      const c = lab.container();
+      const result = ok(lab.run({ command: 'ADD', conf: dual, container: c, env: { CNI_ARGS: `K8S_POD_NAME=${name}` } }));
+      const ips = (result.ips as { address: string }[]).map((i) => i.address.split('/')[0]);
+      return { c, result, v4: ips.find((i) => !i.includes(':'))!, v6: ips.find((i) => i.includes(':'))! };
+    };
+    const x = run('dualx');
+    const y = run('dualy');
+    expect(x.result.dns.nameservers).toEqual([D.gateway, D.gateway6]);
+    expect(addrs(ask(y.c.ns, D.gateway, 'dualx'))).toEqual([x.v4]);
+    expect(addrs(ask(y.c.ns, D.gateway6, 'dualx', 'AAAA'))).toEqual([x.v6]);
+    expect(addrs(ask(y.c.ns, D.gateway6, 'dualx'))).toEqual([x.v4]);
+    ok(lab.run({ command: 'CHECK', conf: { ...dual, prevResult: x.result }, container: x.c }));
+    ok(lab.run({ command: 'GC', conf: { ...dual, cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] } }));
+    expect(ask(y.c.ns, D.gateway, 'dualx.dns.cni-ts')).toBeUndefined();
   });
 
   it('a name is gone right after its container\'s DEL, and a second DEL succeeds', () => {
