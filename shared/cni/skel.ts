@@ -32,7 +32,7 @@
  */
 import type { z } from 'zod';
 import { decodeJsonObject, validateConfig } from './config';
-import { ENV_RULES, NAME_PATTERN, readEnv } from './env';
+import { ENV_RULES, NAME_PATTERN, readEnv, type CniEnv } from './env';
 import { CniError, ErrorCode, toCniError } from './errors';
 import { formatResult, parsePrevResult } from './result';
 import type { Attachment, Result } from './types';
@@ -41,18 +41,9 @@ import type { Logger } from '../log';
 
 export type PluginCommand = 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS';
 
-export interface CniContext<C> {
+/** What a plugin's command sees: the call's environment (CniEnv's fields, VERSION aside) and its configuration. */
+export interface CniContext<C> extends Omit<CniEnv, 'command' | 'netnsOverride'> {
   command: PluginCommand;
-  /** '' for GC and STATUS */
-  containerId: string;
-  /** '' when the runtime gave none (DEL after the namespace is gone, GC, STATUS) */
-  netns: string;
-  /** '' for GC and STATUS */
-  ifname: string;
-  /** CNI_ARGS as pairs; use parseCniArgs(ctx.rawArgs, known) for the reference's strict reading */
-  args: Record<string, string>;
-  rawArgs: string;
-  path: string[];
   config: C;
   /** the configuration's cniVersion; results are printed in this version */
   cniVersion: string;
