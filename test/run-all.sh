@@ -9,6 +9,10 @@ unset NODE_EXTRA_CA_CERTS
 bash scripts/deps.sh
 bash build.sh
 
+# the linter first (seconds); its verdict joins the tests' at the end
+lint=0
+npx --no-install eslint . || lint=$?
+
 report=$(mktemp /tmp/cni-ts-vitest.XXXXXX.json)
 status=0
 npx --no-install vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@" || status=$?
@@ -21,4 +25,5 @@ node -e '
 rm -f "$report"
 # vitest also fails a run whose tests all passed when something broke outside them
 [ "$status" -eq 0 ] || echo "vitest exited with status $status: see its report above (failed tests, or errors outside the tests)"
+[ "$lint" -eq 0 ] || { echo "eslint found problems (above)"; [ "$status" -ne 0 ] || status=$lint; }
 exit $status
