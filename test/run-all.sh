@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that runs every test: installs what it needs, builds the
-# executable, then runs unit, kernel, conformance, runtime (podman) and VM
+# executable, lints (eslint), then runs unit, kernel, conformance, runtime (podman) and VM
 # tests with vitest, and ends with one "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
