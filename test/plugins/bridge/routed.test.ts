@@ -15,6 +15,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BRIDGE_BIN, Lab, ROOT, type Container, type Network, type Outside } from './lab';
+import { FakeNft } from '../../../testkit/fake-nft';
+import { OwnedTable } from '../../../shared/nft/table';
+import { BRIDGE_TABLE, addNetworkRules, networkSignature, type NetworkFirewall } from '../../../plugins/bridge/firewall';
 
 const V = '1.0.0';
 /** The container's published port (host side HOST_PORT) and an unpublished one. */
@@ -195,5 +198,41 @@ describe('outboundAddr4 (the SNAT source address)', () => {
     expect(out.json.code).toBe(7);
     const bad = lab.run({ command: 'ADD', conf: net.conf(V, { ipMasq: true, outboundAddr4: 'fd00::1' }), container: lab.container() });
     expect(bad.json.code).toBe(7);
+  });
+});
+
+describe('the gateway mode rules (FakeNft)', () => {
+  const base: NetworkFirewall = { bridge: 'br-g', subnets: ['10.7.0.0/24', 'fd07::/64'], masquerade: false, internal: false };
+  const dump = (n: NetworkFirewall): string => {
+    const nft = new FakeNft();
+    addNetworkRules(new OwnedTable(BRIDGE_TABLE, { nft, lock: (fn) => fn() }), n);
+    return nft.dump();
+  };
+
+  it('gives each mode its own signature, so changing the mode rewrites the rules', () => {
+    const sigs = new Set([undefined, 'nat', 'nat-unprotected', 'routed', 'isolated'].map((m) => networkSignature(m ? { ...base, gateway: { ipv4: m as any } } : base)));
+    expect(sigs.size).toBe(5);
+    expect(networkSignature({ ...base, snatTo: { ipv4: '192.0.2.9' } })).not.toBe(networkSignature(base));
+  });
+
+  it('NATs IPv4 and routes IPv6 when the families differ (Docker: nat for v4, routed for v6)', () => {
+    const text = dump({ ...base, gateway: { ipv4: 'nat', ipv6: 'routed' } });
+    expect(text).toContain('ip saddr 10.7.0.0/24 ip daddr != 10.7.0.0/24 oifname != "br-g" masquerade');
+    expect(text).not.toMatch(/ip6 saddr fd07::\/64 .*masquerade/);
+    expect(text).toContain('meta nfproto ipv6 icmpv6 type echo-request return');
+    expect(text).toContain('meta nfproto ipv6 drop comment "gateway mode routed (ipv6): unpublished ports closed"');
+    expect(text).toContain('meta nfproto ipv4 drop comment "gateway mode nat (ipv4): unpublished ports closed"');
+  });
+
+  it('adds no filter for nat-unprotected and none when no mode is set', () => {
+    for (const n of [{ ...base, gateway: { ipv4: 'nat-unprotected', ipv6: 'nat-unprotected' } } as NetworkFirewall, base]) {
+      expect(dump(n)).not.toMatch(/ct status dnat|meta nfproto ipv\d drop/);
+    }
+  });
+
+  it('snats to the outbound address of its family only', () => {
+    const text = dump({ ...base, gateway: { ipv4: 'nat', ipv6: 'nat' }, snatTo: { ipv6: 'fd99::9' } });
+    expect(text).toContain('ip6 saddr fd07::/64 ip6 daddr != fd07::/64 oifname != "br-g" snat ip6 to fd99::9');
+    expect(text).toContain('ip saddr 10.7.0.0/24 ip daddr != 10.7.0.0/24 oifname != "br-g" masquerade');
   });
 });
