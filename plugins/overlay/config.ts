@@ -171,14 +171,15 @@ export function overlaySubnet(conf: Conf): string {
 
 /**
  * The overlay's subnets, canonical, IPv4 first: `subnets`, else `subnet`,
- * else the first range of each of the IPAM's range sets (a dual-stack IPAM
- * has one set per family). At most one per family: the overlay's addresses
+ * else the first range of the IPAM's first range set of each family (a
+ * dual-stack IPAM has one set per family). At most one per family: the overlay's addresses
  * per container are one IPv4 and one IPv6 (code 7 otherwise).
  */
 export function overlaySubnets(conf: Conf): string[] {
   const ipam = conf.ipam as { subnet?: string; ranges?: Array<Array<{ subnet?: string }>> } | undefined;
   const fromIpam = ipam?.ranges ? ipam.ranges.map((set) => set[0]?.subnet).filter((s): s is string => !!s) : ipam?.subnet ? [ipam.subnet] : [];
-  const given = conf.subnets ?? (conf.subnet ? [conf.subnet] : fromIpam);
+  const explicit = conf.subnets ?? (conf.subnet ? [conf.subnet] : undefined);
+  const given = explicit ?? fromIpam;
   if (given.length === 0) throw invalid('overlay: no subnet', 'set "subnet", or give the IPAM a range');
   const byFamily = new Map<Family, string>();
   for (const s of given) {
@@ -186,6 +187,8 @@ export function overlaySubnets(conf: Conf): string[] {
     if (!c) throw invalid(`overlay subnet "${s}" is not a CIDR`);
     const canonical = formatCIDR(c.subnet);
     const family = c.subnet.network.family;
+    // from the IPAM, the first range set of each family is the overlay's (as before dual stack: the first)
+    if (byFamily.has(family) && !explicit) continue;
     if (byFamily.has(family)) throw invalid(`overlay: two IPv${family} subnets (${byFamily.get(family)}, ${canonical})`, 'an overlay has at most one subnet per address family');
     byFamily.set(family, canonical);
   }

@@ -32,6 +32,8 @@ describe('IPv6 overlay logic', () => {
     expect(overlaySubnets(conf({ subnets: ['fd61::/64', '10.61.0.0/24'] }))).toEqual(['10.61.0.0/24', 'fd61::/64']);
     expect(overlaySubnets(conf({ ipam: { type: 'cluster-ipam', ranges: [[{ subnet: 'fd62::/64' }], [{ subnet: '10.62.0.0/24' }]] } }))).toEqual(['10.62.0.0/24', 'fd62::/64']);
     expect(() => overlaySubnets(conf({ subnets: ['fd61::/64', 'fd62::/64'] }))).toThrow(/two IPv6 subnets/);
+    // from the IPAM, a second range set of a family is not the overlay's (the first one is, as before dual stack)
+    expect(overlaySubnets(conf({ ipam: { type: 'cluster-ipam', ranges: [[{ subnet: '10.62.0.0/24' }], [{ subnet: '10.63.0.0/24' }]] } }))).toEqual(['10.62.0.0/24']);
     expect(() => overlaySubnets(conf({ subnet: 'fd61::1' }))).toThrow(/not a CIDR/);
   });
 
