@@ -100,15 +100,17 @@ export function laneOf(stdin: Uint8Array): Lane {
 
 /**
  * The lock a call will wait on, from the config's own words: a bridge's
- * network (its flock and its IPAM store's) by bridge name, portmap's ADD
- * and GC the host-wide portmap table (its DEL and CHECK take no lock: DEL
- * is one transaction by owner keys), any other plugin its network's name.
- * Only scheduling depends on it: a wrong key costs time, never safety.
+ * network (its flock and its IPAM store's) by bridge name, every portmap
+ * call the host's portmap table (ADD and GC under its flock; DEL commits to
+ * the same table, which the kernel serialises anyway, and keyed it leaves
+ * the other workers to the bridge DELs of a burst), any other plugin its
+ * network's name. Only scheduling depends on it: a wrong key costs time,
+ * never safety.
  */
-export function lockKeyOf(plugin: string, command: string | undefined, stdin: Uint8Array): string | undefined {
+export function lockKeyOf(plugin: string, stdin: Uint8Array): string | undefined {
   try {
     const conf = JSON.parse(Buffer.from(stdin).toString('utf8')) as { name?: unknown; bridge?: unknown };
-    if (plugin === 'portmap') return command === 'ADD' || command === 'GC' ? 'portmap' : undefined;
+    if (plugin === 'portmap') return 'portmap';
     if (plugin === 'bridge') return `bridge:${typeof conf.bridge === 'string' && conf.bridge ? conf.bridge : 'cni0'}`;
     if (typeof conf.name === 'string' && conf.name) return `net:${conf.name}`;
   } catch {

@@ -310,7 +310,7 @@ export class Daemon {
     if (this.opts.logCalls) this.opts.log(`waiting for a worker: ${label}`);
     const outcome: Outcome = await this.pool!.run({
       lane: laneOf(req.stdin),
-      key: lockKeyOf(req.name, req.env.CNI_COMMAND, req.stdin),
+      key: lockKeyOf(req.name, req.stdin),
       label,
       call: { name: req.name, env: scrubEnv(req.env), stdin: req.stdin },
       stillWanted: () => callerStillThere(fd, conn),

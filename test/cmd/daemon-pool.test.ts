@@ -138,13 +138,11 @@ describe('the pool, calls that share a lock key', () => {
 
 describe('lockKeyOf', () => {
   const conf = (o: object) => Buffer.from(JSON.stringify({ cniVersion: '1.1.0', ...o }));
-  it('keys bridge calls by bridge, portmap ADD and GC host-wide (its DEL takes no lock), others by network name', () => {
-    expect(lockKeyOf('bridge', 'DEL', conf({ name: 'a', type: 'bridge', bridge: 'br7' }))).toBe('bridge:br7');
-    expect(lockKeyOf('bridge', 'ADD', conf({ name: 'a', type: 'bridge' }))).toBe('bridge:cni0');
-    expect(lockKeyOf('portmap', 'ADD', conf({ name: 'a', type: 'portmap' }))).toBe('portmap');
-    expect(lockKeyOf('portmap', 'GC', conf({ name: 'a', type: 'portmap' }))).toBe('portmap');
-    expect(lockKeyOf('portmap', 'DEL', conf({ name: 'a', type: 'portmap' }))).toBeUndefined();
-    expect(lockKeyOf('macvlan', 'ADD', conf({ name: 'm', type: 'macvlan' }))).toBe('net:m');
-    expect(lockKeyOf('none', 'ADD', Buffer.from('not json'))).toBeUndefined();
+  it('keys bridge calls by bridge, every portmap call host-wide, others by network name', () => {
+    expect(lockKeyOf('bridge', conf({ name: 'a', type: 'bridge', bridge: 'br7' }))).toBe('bridge:br7');
+    expect(lockKeyOf('bridge', conf({ name: 'a', type: 'bridge' }))).toBe('bridge:cni0');
+    expect(lockKeyOf('portmap', conf({ name: 'a', type: 'portmap' }))).toBe('portmap');
+    expect(lockKeyOf('macvlan', conf({ name: 'm', type: 'macvlan' }))).toBe('net:m');
+    expect(lockKeyOf('none', Buffer.from('not json'))).toBeUndefined();
   });
 });
