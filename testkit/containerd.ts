@@ -9,7 +9,8 @@
  * from /opt/cni/bin (`ctr run --cni` has no flag or variable for either),
  * and runs the plugins itself, in its own network namespace. So ctr runs in
  * a mount namespace of its own where those two paths are bind mounts of the
- * caller's directories: nothing of the host's is read or touched.
+ * caller's directories (mountNamespace, inHeld): nothing of the host's is
+ * read or touched.
  */
 import { type SpawnSyncReturns, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -178,34 +179,25 @@ export function removeAllContainers(cd: Containerd): void {
 }
 
 /**
- * The command line that runs argv as ctr sees the world with netd as
- * /etc/cni/net.d and opt as /opt (plugins in opt/cni/bin): a fresh mount
- * namespace per call (unshare, private propagation, so the binds never
- * reach the host), inside the network namespace named hostNetns when given
- * (`ip netns exec`, which makes the mount namespace itself), so the
- * plugins' "host" side is a namespace the test owns.
- */
-export function ctrWithCni(netd: string, opt: string, argv: string[], hostNetns?: string): string[] {
-  const script = 'mount --bind "$1" /etc/cni/net.d && mount --bind "$2" /opt && shift 2 && exec "$@"';
-  if (hostNetns) return ['ip', 'netns', 'exec', hostNetns, 'sh', '-c', script, 'sh', netd, opt, ...argv];
-  return ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', netd, opt, ...argv];
-}
-
-/**
  * A private mount namespace, held by a sleeping process, where
- * /etc/cni/net.d and /opt are netd and opt: for many calls through
- * `nsenter -t PID -m` (the benchmark's), where ctrWithCni's fresh namespace
- * per call would cost time.
+ * /etc/cni/net.d and /opt are netd and opt. Run commands in it with
+ * inHeld(pid, argv). With hostNetns the holder also sits in that network
+ * namespace (`ip netns exec`, which remounts /sys for it and makes its
+ * mounts a slave of the host's, so nothing made inside reaches the host):
+ * the simulated host of a test. One namespace for every call matters where
+ * plugins pin namespaces by bind mounts (the overlay's network namespaces)
+ * that later calls and the overlay agent must see.
  */
-export function mountNamespace(netd: string, opt: string): { pid: number; stop(): void } {
-  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '3600'], { stdio: 'ignore', detached: true });
+export function mountNamespace(netd: string, opt: string, hostNetns?: string): { pid: number; stop(): void } {
+  const argv = hostNetns ? ['ip', 'netns', 'exec', hostNetns, 'sleep', '3600'] : ['unshare', '--mount', '--propagation', 'private', 'sleep', '3600'];
+  const holder = spawn(argv[0], argv.slice(1), { stdio: 'ignore', detached: true });
   holder.unref();
   const pid = holder.pid!;
   const stop = () => {
     if (alive(pid)) process.kill(pid, 'SIGKILL');
   };
   try {
-    // unshare execs sleep once the namespace is made
+    // ip netns exec and unshare exec sleep once the namespace is made
     for (let i = 0; i < 200 && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === fs.readlinkSync('/proc/self/ns/mnt'); i++) execFileSync('sleep', ['0.01']);
     run(['nsenter', '-t', String(pid), '-m', '--', 'sh', '-c', `mount --bind "$1" /etc/cni/net.d && mount --bind "$2" /opt`, 'sh', netd, opt]);
   } catch (e) {
@@ -213,4 +205,9 @@ export function mountNamespace(netd: string, opt: string): { pid: number; stop()
     throw e;
   }
   return { pid, stop };
+}
+
+/** argv run in the holder's mount and network namespaces (mountNamespace). */
+export function inHeld(pid: number, argv: string[]): string[] {
+  return ['nsenter', '-t', String(pid), '-m', '-n', '--', ...argv];
 }

@@ -6,10 +6,10 @@
  * ctr reads its CNI configuration only from /etc/cni/net.d and its plugins
  * only from /opt/cni/bin, and runs the plugins itself in its own network
  * namespace. So every ctr call runs inside a network namespace of ours (the
- * simulated host: bridges, nft tables and macvlan parents live there) and a
- * mount namespace of its own where those two paths are this test's
- * directories (testkit/containerd.ts ctrWithCni). Nothing of the machine's is
- * read or changed.
+ * simulated host: bridges, nft tables, macvlan parents, the overlay's etcd
+ * and agent live there) and in one mount namespace, held by a process, where
+ * those two paths are this test's directories (testkit/containerd.ts
+ * mountNamespace, inHeld). Nothing of the machine's is read or changed.
  *
  * The networks are the examples users copy (examples/*.conflist) at their
  * own cniVersion, which proves containerd 1.6 takes their results; only
@@ -18,7 +18,6 @@
  * through the conformance driver on the same example
  * (test/plugins/portmap/traffic.test.ts).
  */
-/* eslint-disable @typescript-eslint/no-explicit-any -- ip's JSON and conflists are read as they come */
 import { type ChildProcess, type SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -27,7 +26,8 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN } from '../../testkit/exec';
 import { addNetns, delNetns, ipj, uniqueName } from '../../testkit/netns';
-import { type Containerd, buildImage, ctrWithCni, importImage, makeBusyboxRootfs, removeAllContainers, startContainerd } from '../../testkit/containerd';
+import { ResultCache, Runtime, SpawnInvoker, parseNetworkConfig } from '../../conformance/libcni';
+import { type Containerd, buildImage, importImage, inHeld, makeBusyboxRootfs, mountNamespace, removeAllContainers, startContainerd } from '../../testkit/containerd';
 
 const ROOT = path.resolve(__dirname, '../..');
 const IMAGE = 'cni-ts-test/busybox:1';
@@ -38,6 +38,8 @@ const lan = uniqueName('tcdl');
 let work: string;
 let opt: string;
 let cd: Containerd | undefined;
+/** the simulated host's mount namespace (its /etc/cni/net.d and /opt are this test's), held by a process */
+let held: { pid: number; stop(): void } | undefined;
 const running: ChildProcess[] = [];
 
 function sh(argv: string[], allowFail = false): SpawnSyncReturns<string> {
@@ -46,11 +48,14 @@ function sh(argv: string[], allowFail = false): SpawnSyncReturns<string> {
   return r;
 }
 
-/** A net.d of its own holding one network: what ctr's --cni takes as its default network. */
+/**
+ * The one network in the simulated host's /etc/cni/net.d, what ctr's --cni
+ * takes as its default network (ctr reads it when it starts: a container
+ * already running keeps the one it was started with, for its DEL too).
+ */
 function netd(name: string, conflist: object): string {
-  const dir = path.join(work, `net.d-${name}`);
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, '10-test.conflist'), JSON.stringify(conflist, null, 2));
+  const dir = path.join(work, 'net.d');
+  fs.writeFileSync(path.join(dir, '10-test.conflist'), JSON.stringify({ ...conflist, $comment: name }, null, 2));
   return dir;
 }
 
@@ -62,8 +67,8 @@ function example(file: string): { cniVersion: string; name: string; plugins: Rec
 }
 
 /** `ctr run --rm --cni IMAGE NAME CMD...` in the simulated host, to completion. */
-function ctrRun(dir: string, name: string, cmd: string[], extra: string[] = []): SpawnSyncReturns<string> {
-  return sh(ctrWithCni(dir, opt, cd!.ctr('run', '--rm', '--cni', ...extra, IMAGE, `${name}-${id}`, ...cmd), host), true);
+function ctrRun(_dir: string, name: string, cmd: string[], extra: string[] = []): SpawnSyncReturns<string> {
+  return sh(inHeld(held!.pid, cd!.ctr('run', '--rm', '--cni', ...extra, IMAGE, `${name}-${id}`, ...cmd)), true);
 }
 
 /**
@@ -71,18 +76,20 @@ function ctrRun(dir: string, name: string, cmd: string[], extra: string[] = []):
  * CNI DEL when the task ends); resolves once its task runs, which ctr starts
  * only after the CNI ADD. Returns the task's PID.
  */
-async function ctrStart(dir: string, name: string, cmd: string[]): Promise<number> {
-  const argv = ctrWithCni(dir, opt, cd!.ctr('run', '--rm', '--cni', IMAGE, `${name}-${id}`, ...cmd), host);
+async function ctrStart(_dir: string, name: string, cmd: string[]): Promise<number> {
+  const argv = inHeld(held!.pid, cd!.ctr('run', '--rm', '--cni', IMAGE, `${name}-${id}`, ...cmd));
   const child = spawn(argv[0], argv.slice(1), {
-    stdio: 'ignore',
+    stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, CNI_TS_NO_DAEMON: '1' },
   });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
   running.push(child);
   for (let i = 0; i < 150; i++) {
     const line = sh(cd!.ctr('tasks', 'list'), true).stdout.split('\n').find((l) => l.startsWith(`${name}-${id} `));
     const m = line && /^\S+\s+(\d+)\s+RUNNING/.exec(line);
     if (m) return Number(m[1]);
-    if (child.exitCode !== null) throw new Error(`ctr run ${name} ended early (${child.exitCode})`);
+    if (child.exitCode !== null) throw new Error(`ctr run ${name} ended early (${child.exitCode}): ${stderr}`);
     // asynchronous, so the child's exit is seen
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -128,7 +135,7 @@ beforeAll(() => {
   opt = path.join(work, 'opt');
   const bin = path.join(opt, 'cni/bin');
   fs.mkdirSync(bin, { recursive: true });
-  for (const p of ['none', 'bridge', 'portmap', 'macvlan', 'container', 'cluster-ipam']) {
+  for (const p of ['none', 'bridge', 'portmap', 'macvlan', 'overlay', 'container', 'cluster-ipam']) {
     expect(fs.existsSync(path.join(BIN, p)), `bin/${p} missing: run ./build.sh`).toBe(true);
     fs.symlinkSync(path.join(BIN, p), path.join(bin, p));
   }
@@ -140,6 +147,8 @@ beforeAll(() => {
   sh(['ip', '-n', host, 'link', 'set', 'eth0', 'up']);
   sh(['ip', '-n', lan, 'addr', 'add', '192.168.10.1/24', 'dev', 'eth0']);
   sh(['ip', '-n', lan, 'link', 'set', 'eth0', 'up']);
+  fs.mkdirSync(path.join(work, 'net.d'));
+  held = mountNamespace(path.join(work, 'net.d'), opt, host);
   const rootfs = path.join(work, 'rootfs');
   makeBusyboxRootfs(rootfs);
   cd = startContainerd(path.join(work, 'containerd'), `cni-ts-test-${id}`);
@@ -153,6 +162,7 @@ afterAll(() => {
     sh(cd.ctr('images', 'rm', IMAGE), true);
     cd.stop();
   }
+  held?.stop();
   delNetns(host);
   delNetns(lan);
   if (work) {
@@ -231,5 +241,106 @@ describe('containerd 1.6 (ctr run --cni) runs our plugins', () => {
     sh(cd!.ctr('containers', 'delete', `impostor-${id}`), true);
     expect(await ctrStop('first', first)).toBe(137);
     expect(veths()).toEqual([]);
+  });
+
+  it('overlay (examples/overlay.conflist): two containers talk over VXLAN, with etcd and the agent in the simulated host', async () => {
+    // etcd on the simulated host's own loopback, where the example looks (127.0.0.1:2379); the agent
+    // in the same mount namespace as ctr, so it sees the overlay's pinned namespaces
+    const inHost = (argv: string[], ready: RegExp): Promise<ChildProcess> =>
+      new Promise((resolve, reject) => {
+        const full = inHeld(held!.pid, argv);
+        const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+        running.push(child);
+        let out = '';
+        const timer = setTimeout(() => reject(new Error(`${argv[0]} not ready: ${out}`)), 30_000);
+        const seen = (d: Buffer) => {
+          out += d;
+          if (ready.test(out)) {
+            clearTimeout(timer);
+            resolve(child);
+          }
+        };
+        child.stdout!.on('data', seen);
+        child.stderr!.on('data', seen);
+      });
+    const etcd = await inHost(['etcd', '--name', 'n1', '--data-dir', path.join(work, 'etcd'), '--listen-client-urls', 'http://127.0.0.1:2379', '--advertise-client-urls', 'http://127.0.0.1:2379', '--listen-peer-urls', 'http://127.0.0.1:2380', '--initial-advertise-peer-urls', 'http://127.0.0.1:2380', '--initial-cluster', 'n1=http://127.0.0.1:2380'], /ready to serve client requests/);
+    const state = path.join(work, 'overlay-state');
+    sh(['ip', '-n', host, 'addr', 'add', '192.168.10.2/24', 'dev', 'eth0']);
+    const agent = await inHost([path.join(BIN, 'cni-ts'), 'overlay-agent', '--node', `n${id}`, '--vtep', '192.168.10.2', '--etcd', '127.0.0.1:2379', '--prefix', '/cni-ts/overlay', '--state-dir', state, '--ttl', '5', '--resync-ms', '1000'], /registered host/);
+    try {
+      // as shipped, but this host's node name and its state under this test
+      const list = example('overlay.conflist');
+      const ov = list.plugins[0];
+      ov.nodeName = `n${id}`;
+      ov.stateDir = state;
+      ov.ipam.etcd = { ...ov.ipam.etcd, nodeName: `n${id}`, hostId: `h${id}` };
+      const dir = netd('overlay', list);
+      const server = await ctrStart(dir, 'ovweb', ['sh', '-c', 'mkdir -p /www && echo hello-over-vxlan > /www/index.html && exec httpd -f -p 8080 -h /www']);
+      let stopped = false;
+      try {
+        const web = ipv4(sh(['nsenter', '-t', String(server), '-n', 'ip', '-o', '-4', 'addr', 'show', 'eth0']).stdout).eth0;
+        expect(web).toMatch(/^10\.90\.\d+\.\d+\/\d+$/);
+        const client = ctrRun(dir, 'ovclient', ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${web.split('/')[0]} 8080`]);
+        expect(client.status, client.stderr).toBe(0);
+        expect(client.stdout).toContain('hello-over-vxlan');
+        stopped = true;
+        expect(await ctrStop('ovweb', server)).toBe(137);
+      } finally {
+        if (!stopped) await ctrStop('ovweb', server);
+      }
+      expect(veths()).toEqual([]);
+    } finally {
+      agent.kill('SIGTERM');
+      etcd.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+
+  it('examples/bridge-1.1.conflist (GC and STATUS) runs through the libcni driver; containerd 1.6 refuses its 1.1.0 result', () => {
+    const list = example('bridge-1.1.conflist');
+    expect(list.cniVersion).toBe('1.1.0');
+    const refused = ctrRun(netd('bridge-1.1', list), 'v11', ['true']);
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toMatch(/unsupported CNI result version "1\.1\.0"/);
+    sh(cd!.ctr('tasks', 'delete', '-f', `v11-${id}`), true);
+    sh(cd!.ctr('containers', 'delete', `v11-${id}`), true);
+    // what a libcni 1.2 runtime does with it, in the same simulated host
+    const ns = uniqueName('tcdc');
+    const nsPath = addNetns(ns);
+    try {
+      const runtime = new Runtime([path.join(opt, 'cni/bin')], new SpawnInvoker({ name: host, path: `/var/run/netns/${host}` }), new ResultCache(path.join(work, 'cache')));
+      const net = parseNetworkConfig(list);
+      const rt = { containerId: `gc-${id}`, netns: nsPath, ifname: 'eth0', args: [] as [string, string][], capabilityArgs: {} };
+      const result = runtime.add(net, rt) as any;
+      expect(result.ips[0].address).toMatch(/^10\.89\.1\.\d+\/24$/);
+      runtime.check(net, rt);
+      runtime.status(net);
+      // GC with no valid attachment: libcni DELs the cached one, the plugins reclaim the rest
+      expect(runtime.gc(net, [])).toEqual([]);
+      expect(veths()).toEqual([]);
+      expect(allocations('bridge-1.1.conflist')).toEqual([]);
+    } finally {
+      delNetns(ns);
+    }
+  });
+
+  it('every example under examples/ is run by a test: these here, or another test file that loads it', () => {
+    const here = ['none', 'bridge', 'bridge-portmap', 'macvlan', 'overlay', 'container', 'bridge-1.1'];
+    // run by no test yet (issue 16's DNS work owns it): listed so that any other gap fails here
+    const notYet = ['bridge-dns'];
+    const testFiles = (dir: string): string[] =>
+      fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => (d.isDirectory() ? testFiles(path.join(dir, d.name)) : d.name.endsWith('.ts') || d.name.endsWith('.json') ? [path.join(dir, d.name)] : []));
+    const others = [...testFiles(path.join(ROOT, 'test')), ...testFiles(path.join(ROOT, 'conformance/configs'))]
+      .filter((f) => !f.endsWith('containerd.test.ts'))
+      .map((f) => fs.readFileSync(f, 'utf8'));
+    const examples = fs.readdirSync(path.join(ROOT, 'examples')).filter((f) => f.endsWith('.conflist'));
+    for (const file of examples) {
+      const e = file.replace(/\.conflist$/, '');
+      const covered = here.includes(e) || others.some((t) => t.includes(`examples/${file}`) || t.includes(`'${file}'`) || (t.includes('examples/${file}.conflist') && t.includes(`'${e}'`)));
+      expect(covered || notYet.includes(e), `examples/${file} is run by no test`).toBe(true);
+      // what users copy works with podman 4.3 and containerd 1.6; only the GC/STATUS variant is 1.1.0
+      const v = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples', file), 'utf8')).cniVersion;
+      expect(v, file).toBe(e === 'bridge-1.1' ? '1.1.0' : '1.0.0');
+    }
   });
 });
