@@ -1,4 +1,3 @@
-/* eslint-disable @typescript-eslint/no-explicit-any -- plugin results and ip JSON are read as they come */
 /**
  * The container plugin (Docker's `--network container:<id>`), packaged:
  * container X is a namespace of ours with a process in it (its "PID") and
