@@ -287,7 +287,7 @@ export function addTransaction(plan: AddPlan, listing: Listing | undefined, tabl
 }
 
 /** One owner's chains rewritten and its elements added (see addTransaction). */
-function queueOwner(tx: TableTx, plan: AddPlan, listing: Listing | undefined): TableTx {
+function queueOwner(tx: TableTx, plan: AddPlan, listing: Listing | undefined, taken?: Map<string, string>): TableTx {
   const chains = ownerChains(plan.owner);
   const tag = ownerTag(plan.owner);
   const families = new Set(plan.claims.map((c) => c.family));
@@ -319,7 +319,16 @@ function queueOwner(tx: TableTx, plan: AddPlan, listing: Listing | undefined): T
       if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', set: k.map, key: k.key });
     }
   }
-  for (const k of wanted) tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(k.value) });
+  for (const k of wanted) {
+    // reload: a key an earlier record of the same batch holds stays with it
+    // (only a stale record can collide; the kernel would refuse the batch)
+    if (taken) {
+      const held = taken.get(keyText(k));
+      if (held !== undefined && held !== k.value) continue;
+      taken.set(keyText(k), k.value);
+    }
+    tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(k.value) });
+  }
   return tx;
 }
 
@@ -558,6 +567,7 @@ export function reloadTransaction(plans: readonly AddPlan[], listing: Listing | 
   const tx = new TableTx(PORTMAP_TABLE);
   PORTMAP_SKELETON.queue(tx);
   tx.marker(PORTMAP_SKELETON.marker);
-  for (const plan of plans) queueOwner(tx, plan, listing);
+  const taken = new Map<string, string>();
+  for (const plan of plans) queueOwner(tx, plan, listing, taken);
   return tx;
 }

@@ -151,6 +151,15 @@ describe('reload on FakeNft', () => {
     expect(nft.applied[0]).toContain('ip daddr 127.0.0.0/8 drop');
   });
 
+  it('a stale record holding the same keys as another does not make the reload fail', async () => {
+    const t = tables(dir);
+    await portmapAdd(t, 'c1', 8000, 'ADD', '10.1.0.9');
+    // a second container with the same address: its masquerade keys take c1's over (ADD's rule)
+    await portmapAdd(t, 'c2', 9000, 'ADD', '10.1.0.9');
+    nft = new FakeNft();
+    expect(reloadFirewall(tables(dir))).toEqual({ portmap: 2 });
+  });
+
   it('onlyGone leaves current tables alone; a plain reload keeps the user chain and its rules', async () => {
     const t = tables(dir);
     await portmapAdd(t, 'c1', 8000);
