@@ -48,6 +48,7 @@ import { prefixed, stderrLog } from '../shared/log';
 import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
+import { startFirewallWatch } from './firewall-reload';
 import { type Outcome, Pool, type WorkerLike, laneOf, lockKeyOf } from './daemon-pool';
 import { findPlugin } from './plugins';
 
@@ -521,8 +522,7 @@ export async function daemonMain(args: string[]): Promise<number> {
   const stopLiveness = new AbortController();
   const keeper = startLivenessKeeper({ dir: livenessDir, signal: stopLiveness.signal, log, status: liveness });
   // nft flush ruleset: our tables rebuilt from their records (cmd/firewall-reload.ts)
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const stopFirewallWatch = (require('./firewall-reload') as typeof import('./firewall-reload')).startFirewallWatch(log);
+  const stopFirewallWatch = startFirewallWatch(log);
   return new Promise<number>((resolve) => {
     const stop = (why: string) => {
       log(`stopping: ${why}`);
