@@ -268,8 +268,9 @@ async function add(ctx: Ctx): Promise<Result> {
       );
 
       // 7. the container's names on the network's resolver; result.dns for resolv.conf
-      registerName(ctx, result, { internal: conf.internal });
+      //    (the undo first: the record may be written before starting the resolver fails)
       undo.push('dns', () => removeName(ctx));
+      registerName(ctx, result, { internal: conf.internal });
 
       const br = host.link(conf.bridge);
       const hv = host.link(hostVeth);

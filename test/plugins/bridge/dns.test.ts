@@ -187,6 +187,17 @@ describe('bridge networks with dns.enabled', () => {
     expect(ask(y.c.ns, D.gateway, 'dualx.dns.cni-ts')).toBeUndefined();
   });
 
+  it('an ADD that fails after writing the record (the resolver cannot start) leaves no record and no address behind', () => {
+    const dir = path.join(lab.dir, 'dns-broken');
+    // resolver.lock a directory: the records are written, starting the resolver fails
+    fs.mkdirSync(path.join(dir, 'resolver.lock'), { recursive: true });
+    const E = lab.network({ dns: { enabled: true, dataDir: dir, upstream: ['127.0.0.1:9'] } });
+    const o = lab.run({ command: 'ADD', conf: E.conf(V), container: lab.container(), env: { CNI_ARGS: 'K8S_POD_NAME=doomed' } });
+    expect(o.status).toBe(1);
+    expect(fs.existsSync(path.join(dir, 'networks', E.name))).toBe(false);
+    expect(lab.allocations(E.name)).toEqual([]);
+  });
+
   it('a name is gone right after its container\'s DEL, and a second DEL succeeds', () => {
     const tmp = attach(A, 'ephemeral');
     expect(addrs(ask(db.c.ns, A.gateway, 'ephemeral'))).toEqual([tmp.ip]);
