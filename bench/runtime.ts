@@ -40,6 +40,7 @@ import * as path from 'node:path';
 import { alive, median, sweepStale } from './lib';
 import { startDaemon as startTestDaemon } from '../testkit/daemon';
 import { type Containerd, buildImage, importImage, makeBusyboxRootfs, mountNamespace as testMountNamespace, startContainerd as startTestContainerd } from '../testkit/containerd';
+import { plugins } from '../cmd/plugins';
 
 const ROUNDS = Number(process.env.RUNTIME_ROUNDS ?? 12);
 const BURST = Number(process.env.RUNTIME_BURST ?? 50);
@@ -69,7 +70,7 @@ function writeExecutable(file: string, text: string): void {
 
 // ---------------------------------------------------------------- installs
 
-const PLUGINS = ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam'];
+const PLUGINS = [...plugins.keys()];
 /** The shim can start the daemon itself (cmd/shim.c reads cni-ts-daemon.conf). */
 const shimAutostarts = fs.readFileSync(path.join(root, 'bin/cni-ts-shim')).includes('cni-ts-daemon.conf');
 

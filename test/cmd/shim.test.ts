@@ -18,11 +18,12 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { plugins } from '../../cmd/plugins';
 import { processGone, startDaemon } from '../../testkit/daemon';
 import { BIN, ROOT, addNetns, delNetns, uniqueName } from '../../testkit/exec';
 
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
-const PLUGINS = ['none', 'host', 'bridge', 'portmap', 'macvlan', 'ipvlan', 'overlay', 'cluster-ipam'];
+const PLUGINS = [...plugins.keys()];
 
 let work: string;
 /** a C helper: `helper argc0 PATH` execs PATH with no argv at all; `helper nonblock FDS PATH ARGS...` sets O_NONBLOCK on FDS first */
