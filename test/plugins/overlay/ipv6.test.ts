@@ -251,6 +251,49 @@ describe('IPv6 and dual-stack overlays over an IPv4 underlay', () => {
   });
 });
 
+describe('examples/overlay-dualstack.conflist on two simulated hosts', () => {
+  const lab = new Lab(2);
+  const cl = cluster(lab);
+
+  beforeAll(() => cl.start());
+  afterAll(() => lab.tearDown());
+
+  /** The example as a user copies it, pointed at the lab: its etcd, node names, state and key prefixes. */
+  function example(host: number) {
+    const list = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples/overlay-dualstack.conflist'), 'utf8'));
+    const p = list.plugins[0];
+    const lb = lab.conf(host, list.name, p.subnets[0]) as { nodeName: string; stateDir: string; hostIdFile: string; etcd: { endpoints: string[] }; ipam: { etcd: { nodeName: string; hostId: string } } };
+    return {
+      ...p,
+      cniVersion: list.cniVersion,
+      name: list.name,
+      nodeName: lb.nodeName,
+      stateDir: lb.stateDir,
+      hostIdFile: lb.hostIdFile,
+      etcd: { ...p.etcd, endpoints: lb.etcd.endpoints, keyPrefix: lab.prefix },
+      ipam: { ...p.ipam, etcd: { ...p.ipam.etcd, endpoints: lb.etcd.endpoints, keyPrefix: `${lab.prefix}-ex`, nodeName: lb.ipam.etcd.nodeName, hostId: lb.ipam.etcd.hostId } },
+    };
+  }
+
+  it('ADD on both hosts gives each container both families; they ping each other over both; DEL cleans up', async () => {
+    const c = [lab.addContainer(), lab.addContainer()];
+    const got: string[][] = [];
+    for (const host of [0, 1]) {
+      const r = lab.plugin(host, 'ADD', c[host]!, example(host));
+      expect(r.status, r.stdout + r.stderr).toBe(0);
+      expect(r.json.cniVersion).toBe('1.0.0');
+      got.push((r.json.ips as Array<{ address: string; interface: number }>).filter((x) => x.interface === 0).map((x) => x.address));
+    }
+    expect(got[0]!.map((a) => a.endsWith('/16') || a.endsWith('/64'))).toEqual([true, true]);
+    expect(got[1]![1]).toMatch(/^fd92::/);
+    // host 0 learns of the later container through its agent
+    expect(await eventually(() => lab.ping(c[0]!, got[1]![1]!.split('/')[0]!))).toBe(true);
+    expect(lab.ping(c[0]!, got[1]![0]!.split('/')[0]!)).toBe(true);
+    for (const host of [0, 1]) expect(lab.plugin(host, 'DEL', c[host]!, example(host)).status).toBe(0);
+    expect(lab.snapshot().endpoints).toEqual([]);
+  });
+});
+
 describe('a dual-stack overlay over an IPv6 underlay', () => {
   const lab = new Lab(2, undefined, { underlay6: true });
   const cl = cluster(lab);
