@@ -335,12 +335,13 @@ describe('concurrent calls', () => {
   }, 120_000);
 
   it('never runs a call whose caller went away before it started (no ghost ADD)', async () => {
-    const busy = uniqueName('dcg');
-    const lockFile = `/run/cni-ts/bridge-${busy}.lock`;
+    // two networks (the daemon gives one network at most half its workers)
+    const busy = [uniqueName('dcg'), uniqueName('dcg')];
+    const lockFiles = busy.map((b) => `/run/cni-ts/bridge-${b}.lock`);
     fs.mkdirSync('/run/cni-ts', { recursive: true });
-    // the network's lock held elsewhere: every call on it waits inside a worker
-    const holder = spawn('sh', ['-c', `exec 9>${lockFile}; flock 9; exec sleep 600`], { stdio: 'ignore' });
-    for (let i = 0; i < 500 && spawnSync('flock', ['-n', lockFile, 'true']).status === 0; i++) await sleep(10);
+    // the networks' locks held elsewhere: every call on them waits inside a worker
+    const holder = spawn('sh', ['-c', `exec 8>${lockFiles[0]}; exec 9>${lockFiles[1]}; flock 8; flock 9; exec sleep 600`], { stdio: 'ignore' });
+    for (const lockFile of lockFiles) for (let i = 0; i < 500 && spawnSync('flock', ['-n', lockFile, 'true']).status === 0; i++) await sleep(10);
     const d = startDaemon({ binDir: BIN, socket: path.join(work, 'ghost.sock'), netns: host, args: ['--workers', '2', '--wait-budget', '60'] });
     const ghostBridge = uniqueName('dcx');
     const fillers: Timed[] = [];
@@ -348,7 +349,7 @@ describe('concurrent calls', () => {
       const conf = (bridge: string, dataDir: string) => JSON.stringify({ cniVersion: '1.1.0', name: `n${bridge}`, type: 'bridge', bridge, ipam: { type: 'cluster-ipam', ranges: [[{ subnet: '10.250.10.0/24' }]], dataDir } });
       const env = (id: string, ifname: string) => ({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_NETNS: ctr, CNI_IFNAME: ifname, CNI_PATH: BIN, CNI_TS_DAEMON_SOCKET: d.socket });
       // two slow calls fill both workers
-      for (let i = 0; i < 2; i++) fillers.push(timedCall('bridge', env(`fill${i}`, `f${i}`), conf(busy, path.join(work, 'ghost-busy'))));
+      for (let i = 0; i < 2; i++) fillers.push(timedCall('bridge', env(`fill${i}`, `f${i}`), conf(busy[i], path.join(work, `ghost-busy${i}`))));
       await until('both workers busy', () => (d.log().match(/waiting for a worker: bridge ADD fill/g) ?? []).length === 2);
       await sleep(200);
       const ghostData = path.join(work, 'ghost-ipam');
@@ -370,7 +371,7 @@ describe('concurrent calls', () => {
       holder.kill('SIGKILL');
       for (const c of fillers) c.child.kill('SIGKILL');
       d.stop();
-      fs.rmSync(lockFile, { force: true });
+      for (const lockFile of lockFiles) fs.rmSync(lockFile, { force: true });
       fs.rmSync(`/run/cni-ts/bridge-${ghostBridge}.lock`, { force: true });
     }
   }, 120_000);
