@@ -26,6 +26,8 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
       // Empty catch blocks in this tree always carry a comment saying why the error is ignored
       'no-empty': ['error', { allowEmptyCatch: true }],
+      // a variable a closure reads before its one assignment must stay `let`
+      'prefer-const': ['error', { ignoreReadBeforeAssign: true }],
     },
   },
   {

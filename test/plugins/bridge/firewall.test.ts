@@ -370,7 +370,7 @@ describe('the same transactions on the kernel', () => {
 describe('ensureNetworkRules', () => {
   it('writes the rules when the marker is missing and skips nft when the kernel already holds this configuration', () => {
     const nft = new FakeNft();
-    const marker: string | undefined;
+    let marker: string | undefined;
     const query = () => (marker === undefined ? undefined : { comment: marker });
     expect(ensureNetworkRules(new OwnedTable(BRIDGE_TABLE, { nft, chain: () => query() }), masqA)).toBe(true);
     expect(nft.execs).toBe(1);
