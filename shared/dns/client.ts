@@ -4,9 +4,9 @@
  * inside the network, so the resolver serves it), and tests and the
  * benchmark use it to ask.
  */
-import * as dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import * as dnsPacket from 'dns-packet';
+import { udpExchange } from './udp';
 
 export interface QueryOptions {
   server: string;
@@ -31,27 +31,10 @@ export function query(name: string, type: dnsPacket.RecordType, opts: QueryOptio
   });
 }
 
-/** Sends raw bytes to the server; resolves with the first datagram back, or undefined on timeout. */
+/** Sends raw bytes to the server; resolves with the first datagram back from it, or undefined on timeout. */
 export function rawQuery(packet: Buffer, opts: QueryOptions): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
-    const sock = dgram.createSocket(opts.server.includes(':') ? 'udp6' : 'udp4');
-    let done = false;
-    const finish = (r: Buffer | undefined) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      sock.close();
-      resolve(r);
-    };
-    const timer = setTimeout(() => finish(undefined), opts.timeoutMs ?? 1000);
-    sock.on('error', () => finish(undefined));
-    sock.on('message', (m, rinfo) => {
-      if (rinfo.address === opts.server) finish(m);
-    });
-    const send = () => sock.send(packet, opts.port ?? 53, opts.server, (err) => err && finish(undefined));
-    if (opts.from) sock.bind({ address: opts.from, port: 0 }, send);
-    else send();
-  });
+  const to = { host: opts.server, port: opts.port ?? 53, from: opts.from, timeoutMs: opts.timeoutMs ?? 1000 };
+  return udpExchange(packet, to, (m, rinfo) => (rinfo.address === opts.server ? m : undefined));
 }
 
 /** The addresses of the answers (A and AAAA), sorted. */

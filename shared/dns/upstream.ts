@@ -11,11 +11,11 @@
  * in flight is bounded (MAX_INFLIGHT, and per client MAX_PER_CLIENT), so a
  * container flooding names that time out cannot grow our memory.
  */
-import * as dgram from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import { isIp } from '../netlink/ipaddr';
 import { parseHostPort } from './config';
+import { udpExchange } from './udp';
 
 export interface Server {
   host: string;
@@ -110,36 +110,20 @@ export class Forwarder {
 }
 
 function exchange(query: Buffer, server: Server): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
-    const sock = dgram.createSocket(server.host.includes(':') ? 'udp6' : 'udp4');
-    const clientId = query.readUInt16BE(0);
-    const ourId = randomInt(0, 65536);
-    const out = Buffer.from(query);
-    out.writeUInt16BE(ourId, 0);
-    const question = questionBytes(query);
-    let done = false;
-    const finish = (r: Buffer | undefined) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      sock.close();
-      resolve(r);
-    };
-    const timer = setTimeout(() => finish(undefined), UPSTREAM_TIMEOUT_MS);
-    sock.on('error', () => finish(undefined));
-    sock.on('message', (msg, rinfo) => {
-      // only the server we asked, our ID, a response, the same question
-      if (rinfo.address !== server.host || rinfo.port !== server.port) return;
-      if (msg.length < 12 || msg.readUInt16BE(0) !== ourId || !(msg.readUInt16BE(2) & 0x8000)) return;
-      const q = questionBytes(msg);
-      if (!q || !question || !q.equals(question)) return;
-      const reply = Buffer.from(msg);
-      reply.writeUInt16BE(clientId, 0);
-      finish(reply);
-    });
-    sock.send(out, server.port, server.host, (err) => {
-      if (err) finish(undefined);
-    });
+  const clientId = query.readUInt16BE(0);
+  const ourId = randomInt(0, 65536);
+  const out = Buffer.from(query);
+  out.writeUInt16BE(ourId, 0);
+  const question = questionBytes(query);
+  return udpExchange(out, { host: server.host, port: server.port, timeoutMs: UPSTREAM_TIMEOUT_MS }, (msg, rinfo) => {
+    // only the server we asked, our ID, a response, the same question
+    if (rinfo.address !== server.host || rinfo.port !== server.port) return undefined;
+    if (msg.length < 12 || msg.readUInt16BE(0) !== ourId || !(msg.readUInt16BE(2) & 0x8000)) return undefined;
+    const q = questionBytes(msg);
+    if (!q || !question || !q.equals(question)) return undefined;
+    const reply = Buffer.from(msg);
+    reply.writeUInt16BE(clientId, 0);
+    return reply;
   });
 }
 
