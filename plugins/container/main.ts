@@ -18,7 +18,7 @@ import { CniContext, Plugin } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { Result } from '../../shared/cni/types';
 import { netConfBase } from '../../shared/cni/config';
-import { AF_INET, AF_INET6, IFF_LOOPBACK, RT_SCOPE_HOST, RT_SCOPE_LINK, withHandle } from '../../shared/netlink';
+import { namespaceResult, requireStillPresent } from '../../shared/ns-report';
 import { NetNs } from '../../shared/netns/netns';
 
 /** The kernel's PID_MAX_LIMIT (4M): no PID is larger. */
@@ -125,20 +125,7 @@ function openJoinedNetns(ctx: CniContext<Conf>): NetNs {
  * names that very file, in this thread and in the daemon's workers alike.
  */
 function joinedResult(netns: NetNs, ctx: CniContext<Conf>): Result {
-  return withHandle(`/proc/self/fd/${netns.fd}`, (h) => {
-    const links = h.linkList().filter((l) => !(l.flags & IFF_LOOPBACK));
-    const position = new Map(links.map((l, i) => [l.index, i]));
-    const ips = h
-      .addrList()
-      .filter((a) => (a.family === AF_INET || a.family === AF_INET6) && a.scope !== RT_SCOPE_HOST && a.scope !== RT_SCOPE_LINK)
-      .filter((a) => position.has(a.index))
-      .map((a) => ({ address: a.cidr, interface: position.get(a.index)! }));
-    return {
-      cniVersion: ctx.cniVersion,
-      interfaces: links.map((l) => ({ name: l.name, mac: l.mac, mtu: l.mtu, sandbox: ctx.netns })),
-      ips,
-    };
-  });
+  return namespaceResult(`/proc/self/fd/${netns.fd}`, ctx.cniVersion, ctx.netns);
 }
 
 function withJoinedNetns<T>(ctx: CniContext<Conf>, fn: (netns: NetNs) => T): T {
@@ -161,14 +148,7 @@ async function del(): Promise<void> {
 
 async function check(ctx: CniContext<Conf>): Promise<void> {
   const now = withJoinedNetns(ctx, (netns) => joinedResult(netns, ctx));
-  const names = new Set(now.interfaces!.map((i) => i.name));
-  const addrs = new Set(now.ips!.map((i) => i.address));
-  for (const iface of ctx.prevResult?.interfaces ?? []) {
-    if (!names.has(iface.name)) throw new CniError(ErrorCode.Internal, `interface ${iface.name} of the joined container is gone`);
-  }
-  for (const ip of ctx.prevResult?.ips ?? []) {
-    if (!addrs.has(ip.address)) throw new CniError(ErrorCode.Internal, `address ${ip.address} of the joined container is gone`);
-  }
+  requireStillPresent(now, ctx.prevResult, 'the joined container');
 }
 
 export const plugin: Plugin<Conf> = {

@@ -9,7 +9,7 @@ import { CniContext, Plugin } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { Result } from '../../shared/cni/types';
 import { netConfBase } from '../../shared/cni/config';
-import { AF_INET, AF_INET6, IFF_LOOPBACK, RT_SCOPE_HOST, RT_SCOPE_LINK, withHandle } from '../../shared/netlink';
+import { namespaceResult, requireStillPresent } from '../../shared/ns-report';
 import { isHostNetns } from '../../shared/netns/netns';
 
 const schema = netConfBase;
@@ -31,27 +31,9 @@ function requireHostNetns(netns: string): void {
   }
 }
 
-/** The host's interfaces (loopback excluded) and their global addresses. */
-function hostResult(cniVersion: string): Result {
-  return withHandle(undefined, (h) => {
-    const links = h.linkList().filter((l) => !(l.flags & IFF_LOOPBACK));
-    const position = new Map(links.map((l, i) => [l.index, i]));
-    const ips = h
-      .addrList()
-      .filter((a) => (a.family === AF_INET || a.family === AF_INET6) && a.scope !== RT_SCOPE_HOST && a.scope !== RT_SCOPE_LINK)
-      .filter((a) => position.has(a.index))
-      .map((a) => ({ address: a.cidr, interface: position.get(a.index)! }));
-    return {
-      cniVersion,
-      interfaces: links.map((l) => ({ name: l.name, mac: l.mac, mtu: l.mtu })),
-      ips,
-    };
-  });
-}
-
 async function add(ctx: CniContext<Conf>): Promise<Result> {
   requireHostNetns(ctx.netns);
-  return hostResult(ctx.cniVersion);
+  return namespaceResult(undefined, ctx.cniVersion);
 }
 
 async function del(): Promise<void> {
@@ -60,15 +42,7 @@ async function del(): Promise<void> {
 
 async function check(ctx: CniContext<Conf>): Promise<void> {
   requireHostNetns(ctx.netns);
-  const now = hostResult(ctx.cniVersion);
-  const names = new Set(now.interfaces!.map((i) => i.name));
-  const addrs = new Set(now.ips!.map((i) => i.address));
-  for (const iface of ctx.prevResult?.interfaces ?? []) {
-    if (!names.has(iface.name)) throw new CniError(ErrorCode.Internal, `host interface ${iface.name} is gone`);
-  }
-  for (const ip of ctx.prevResult?.ips ?? []) {
-    if (!addrs.has(ip.address)) throw new CniError(ErrorCode.Internal, `host address ${ip.address} is gone`);
-  }
+  requireStillPresent(namespaceResult(undefined, ctx.cniVersion), ctx.prevResult, 'the host');
 }
 
 export const plugin: Plugin<Conf> = {
