@@ -47,8 +47,13 @@ function ip(ns: string, ...args: string[]): void {
 }
 
 /** Links and addresses of a namespace: what a refused call must leave as it was. */
+// Links and their global addresses: what the plugin could change. Not the
+// operstate or link-local addresses, which the kernel settles on its own
+// after the fixture's veth comes up (IPv6 DAD), whatever the plugin does.
 function snapshot(ns: string): string {
-  return JSON.stringify(ipj(ns, 'addr', 'show').map((l: any) => [l.ifname, l.operstate, (l.addr_info ?? []).map((a: any) => `${a.local}/${a.prefixlen}`)]));
+  return JSON.stringify(
+    ipj(ns, 'addr', 'show').map((l: any) => [l.ifname, (l.addr_info ?? []).filter((a: any) => a.scope === 'global').map((a: any) => `${a.local}/${a.prefixlen}`)]),
+  );
 }
 
 beforeAll(() => {
