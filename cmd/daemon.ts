@@ -44,7 +44,7 @@ import { DEFAULT_LIVENESS_DIR, startLivenessKeeper, type KeeperStatus } from '..
 import { Worker } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../shared/cni/errors';
 import { type FlagSpecs, type FlagValues, parseFlags, UsageError } from '../shared/flags';
-import { prefixed, stderrLog } from '../shared/log';
+import { prefixed, stderrLog, type Logger } from '../shared/log';
 import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
@@ -483,8 +483,8 @@ const FLAGS = {
   'liveness-dir': { type: 'string', default: DEFAULT_LIVENESS_DIR },
 } as const satisfies FlagSpecs;
 
-export async function daemonMain(args: string[]): Promise<number> {
-  const log = prefixed(stderrLog, 'cni-ts daemon: ');
+export async function daemonMain(args: string[], sink: Logger = stderrLog): Promise<number> {
+  const log = prefixed(sink, 'cni-ts daemon: ');
   let flags: FlagValues<typeof FLAGS>;
   try {
     flags = parseFlags(args, FLAGS).values;

@@ -2,27 +2,15 @@
  * The commands' bad flags, in-process: one line naming the flag, then the
  * usage, on stderr, exit code 2, and nothing started (shared/flags.ts).
  */
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { daemonMain } from '../../cmd/daemon';
 import { maintMain } from '../../ipam/etcd/maint';
 import { agentMain } from '../../plugins/overlay/agent';
 
-// The one logger (shared/log.ts) writes stderr through this; capture what goes to fd 2.
-const stderr = vi.hoisted(() => ({ text: '' }));
-vi.mock('../../shared/sys/stdio', async (importOriginal) => {
-  const real = await importOriginal<typeof import('../../shared/sys/stdio')>();
-  return {
-    ...real,
-    writeAllSync: (fd: number, data: string | Uint8Array) => {
-      if (fd === 2) stderr.text += String(data);
-      else real.writeAllSync(fd, data as never);
-    },
-  };
-});
-
-function captureStderr(): () => string {
-  stderr.text = '';
-  return () => stderr.text;
+// Each command takes its logger by injection (stderr by default): collect its lines.
+function captureStderr(): { sink: (line: string) => void; text: () => string } {
+  let text = '';
+  return { sink: (line) => void (text += `${line}\n`), text: () => text };
 }
 
 describe('bad flags', () => {
@@ -37,8 +25,8 @@ describe('bad flags', () => {
       [['stray'], 'cni-ts daemon: unexpected argument "stray"'],
     ];
     for (const [args, first] of cases) {
-      const err = captureStderr();
-      expect(await daemonMain(args), args.join(' ')).toBe(2);
+      const { sink, text: err } = captureStderr();
+      expect(await daemonMain(args, sink), args.join(' ')).toBe(2);
       const lines = err().split('\n');
       expect(lines[0], args.join(' ')).toContain(first);
       expect(lines[1]).toMatch(/^usage: cni-ts daemon /);
@@ -54,8 +42,8 @@ describe('bad flags', () => {
       [['--vtep', '192.0.2.1', 'join'], 'overlay-agent: unexpected argument "join"'],
       [['leave', 'now', '--node', 'n'], 'overlay-agent: unexpected argument "now"'],
     ] as [string[], string][]) {
-      const err = captureStderr();
-      expect(await agentMain(args), args.join(' ')).toBe(2);
+      const { sink, text: err } = captureStderr();
+      expect(await agentMain(args, sink), args.join(' ')).toBe(2);
       expect(err().split('\n')[0]).toBe(first);
       expect(err()).toContain('usage: cni-ts overlay-agent');
     }
