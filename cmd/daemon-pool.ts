@@ -104,7 +104,8 @@ export function laneOf(stdin: Uint8Array): Lane {
  * call the host's portmap table (ADD and GC under its flock; DEL commits to
  * the same table, which the kernel serialises anyway, and keyed it leaves
  * the other workers to the bridge DELs of a burst), any other plugin its
- * network's name. Only scheduling depends on it: a wrong key costs time,
+ * network's name, unless it is etcd-bound (no host lock: the etcd lane
+ * bounds it). Only scheduling depends on it: a wrong key costs time,
  * never safety.
  */
 export function lockKeyOf(plugin: string, stdin: Uint8Array): string | undefined {
@@ -112,6 +113,10 @@ export function lockKeyOf(plugin: string, stdin: Uint8Array): string | undefined
     const conf = JSON.parse(Buffer.from(stdin).toString('utf8')) as { name?: unknown; bridge?: unknown };
     if (plugin === 'portmap') return 'portmap';
     if (plugin === 'bridge') return `bridge:${typeof conf.bridge === 'string' && conf.bridge ? conf.bridge : 'cni0'}`;
+    // an etcd-bound call waits on etcd, not on a lock of this host: queueing
+    // it by network would run a network's calls two at a time behind a slow
+    // etcd; the etcd lane bounds those instead, and declines past the budget
+    if (laneOf(stdin) === 'etcd') return undefined;
     if (typeof conf.name === 'string' && conf.name) return `net:${conf.name}`;
   } catch {
     // the skel will say what is wrong with it

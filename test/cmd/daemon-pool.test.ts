@@ -145,4 +145,13 @@ describe('lockKeyOf', () => {
     expect(lockKeyOf('macvlan', conf({ name: 'm', type: 'macvlan' }))).toBe('net:m');
     expect(lockKeyOf('none', Buffer.from('not json'))).toBeUndefined();
   });
+
+  it('gives etcd-bound calls no key: they wait on etcd, not on a host lock, and the etcd lane bounds them', () => {
+    const etcdIpam = { type: 'cluster-ipam', store: 'etcd', ranges: [[{ subnet: '10.0.0.0/24' }]] };
+    expect(lockKeyOf('cluster-ipam', conf({ name: 'e', type: 'bridge', ipam: etcdIpam }))).toBeUndefined();
+    expect(lockKeyOf('macvlan', conf({ name: 'e', type: 'macvlan', ipam: etcdIpam }))).toBeUndefined();
+    expect(lockKeyOf('overlay', conf({ name: 'o', type: 'overlay' }))).toBeUndefined();
+    // a bridge holds its own lock around its IPAM, etcd or not
+    expect(lockKeyOf('bridge', conf({ name: 'e', type: 'bridge', bridge: 'br8', ipam: etcdIpam }))).toBe('bridge:br8');
+  });
 });
