@@ -176,10 +176,8 @@ export function overlaySubnet(conf: Conf): string {
  * per container are one IPv4 and one IPv6 (code 7 otherwise).
  */
 export function overlaySubnets(conf: Conf): string[] {
-  const ipam = conf.ipam as { subnet?: string; ranges?: Array<Array<{ subnet?: string }>> } | undefined;
-  const fromIpam = ipam?.ranges ? ipam.ranges.map((set) => set[0]?.subnet).filter((s): s is string => !!s) : ipam?.subnet ? [ipam.subnet] : [];
   const explicit = conf.subnets ?? (conf.subnet ? [conf.subnet] : undefined);
-  const given = explicit ?? fromIpam;
+  const given = explicit ?? subnetsOfIpam(conf.ipam);
   if (given.length === 0) throw invalid('overlay: no subnet', 'set "subnet", or give the IPAM a range');
   const byFamily = new Map<Family, string>();
   for (const s of given) {
@@ -193,4 +191,22 @@ export function overlaySubnets(conf: Conf): string[] {
     byFamily.set(family, canonical);
   }
   return [4, 6].map((f) => byFamily.get(f as Family)).filter((s): s is string => s !== undefined);
+}
+
+/** The IPAM block as far as the overlay reads it; the IPAM checks the rest itself. */
+const ipamSubnetsSchema = z
+  .object({
+    subnet: z.string().optional(),
+    ranges: z.array(z.array(z.object({ subnet: z.string().optional() }).passthrough())).optional(),
+  })
+  .passthrough();
+
+/** The first subnet of each of the IPAM's range sets (or its `subnet`); code 7 when they are not shaped as the IPAM's. */
+function subnetsOfIpam(ipam: unknown): string[] {
+  if (ipam === undefined) return [];
+  const parsed = ipamSubnetsSchema.safeParse(ipam);
+  if (!parsed.success) throw invalid('overlay: ipam.ranges must be a list of range sets, each a list of ranges', 'e.g. "ranges": [[{"subnet": "10.1.0.0/16"}]]');
+  const { ranges, subnet } = parsed.data;
+  if (ranges) return ranges.map((set) => set[0]?.subnet).filter((s): s is string => !!s);
+  return subnet ? [subnet] : [];
 }

@@ -37,6 +37,18 @@ describe('IPv6 overlay logic', () => {
     expect(() => overlaySubnets(conf({ subnet: 'fd61::1' }))).toThrow(/not a CIDR/);
   });
 
+  it('an IPAM whose ranges are not a list of range sets is refused with code 7, not a crash (found by the fuzz test)', () => {
+    for (const ranges of [{ 0: { 0: { gateway: -1 } } }, [{ subnet: '10.1.0.0/24' }], 'x']) {
+      let err: unknown;
+      try {
+        overlaySubnets(conf({ ipam: { type: 'cluster-ipam', ranges } }));
+      } catch (e) {
+        err = e;
+      }
+      expect((err as { code?: number })?.code, JSON.stringify(ranges)).toBe(7);
+    }
+  });
+
   it("MACs: Docker's from the IPv4 address; IPv6 only, the low 32 bits in a /96 or longer, else a hash (unicast, locally administered)", () => {
     expect(overlayMac([{ ip: '10.61.0.5', prefix: 24 }, { ip: 'fd61::5', prefix: 64 }])).toBe('02:42:0a:3d:00:05');
     expect(overlayMac([{ ip: 'fd60::a:b0c:d0e', prefix: 96 }])).toBe('02:42:0b:0c:0d:0e');
