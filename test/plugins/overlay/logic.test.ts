@@ -13,7 +13,7 @@ import { parseArgs, startAgent, type Agent } from '../../../plugins/overlay/agen
 import { etcdConnection, nodeName, overlaySubnet, schema } from '../../../plugins/overlay/config';
 import { ControlPlane } from '../../../plugins/overlay/controlplane';
 import { FakeKV } from '../../../testkit/fake-kv';
-import { GatewayPool, applyGatewayRules, gatewayPlan, gatewayRulesPresent } from '../../../plugins/overlay/gateway';
+import { GatewayPool, applyGatewayRules, gatewayPlan, gatewayRulesPresent, gatewayTable } from '../../../plugins/overlay/gateway';
 import { gatewayVethName, overlayVethName } from '../../../plugins/overlay/main';
 import { macFromIPv4 } from '../../../shared/container-iface';
 
@@ -25,20 +25,20 @@ const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'cni-ts-ovl-'));
 describe('the gateway bridge rules', () => {
   it('drop bridge-to-bridge forwarding, admit only replies into the bridge, and masquerade the gateway subnet', () => {
     const nft = new FakeNft();
-    expect(gatewayRulesPresent(nft)).toBe(false);
-    applyGatewayRules(nft, { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
+    expect(gatewayRulesPresent(gatewayTable(nft))).toBe(false);
+    applyGatewayRules(gatewayTable(nft), { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
     const script = nft.applied[0];
     expect(script).toContain('iifname "cni_gwbridge" oifname "cni_gwbridge" drop');
     expect(script).toContain('oifname "cni_gwbridge" ct state established,related accept');
     expect(script).toContain('ip saddr 172.18.0.0/16 oifname != "cni_gwbridge" masquerade');
-    expect(gatewayRulesPresent(nft)).toBe(true);
+    expect(gatewayRulesPresent(gatewayTable(nft))).toBe(true);
   });
 
   it('applying them again leaves the same ruleset (flush and rewrite, not append)', () => {
     const nft = new FakeNft();
-    applyGatewayRules(nft, { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
+    applyGatewayRules(gatewayTable(nft), { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
     const once = nft.dump();
-    applyGatewayRules(nft, { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
+    applyGatewayRules(gatewayTable(nft), { bridge: 'cni_gwbridge', subnet: '172.18.0.0/16' });
     expect(nft.dump()).toBe(once);
   });
 });
