@@ -13,13 +13,14 @@
  * lock: it only ever sees whole files. Records read back are validated
  * (zod): a corrupt or foreign file is skipped, never trusted.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { isIp } from '../netlink/ipaddr';
 import { withFileLock } from '../sys';
 import { isDnsName } from './config';
+import { writeFileAtomic } from '../sys/file';
 
 const ip = z.string().refine(isIp, 'not an IP address');
 const cidr = z.string().regex(/^[0-9a-fA-F:.]+\/\d{1,3}$/);
@@ -88,15 +89,7 @@ export function entryFile(containerId: string, ifname: string): string {
 }
 
 function writeAtomic(file: string, data: string): void {
-  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o600);
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, data);
 }
 
 /** The records directory's lock (writers hold it; the resolver only to decide it may exit). */

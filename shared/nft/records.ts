@@ -20,11 +20,12 @@
  * are read back with the owner's zod schema: a record is trusted no more
  * than a config.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FIREWALL_STATE_DIR } from '../paths';
 import type { TableRef } from './types';
+import { writeFileAtomic } from '../sys/file';
 
 export interface FirewallRecord {
   key: string;
@@ -53,20 +54,8 @@ export class FirewallRecords {
   put(key: string, value: unknown): void {
     const text = JSON.stringify({ key, value } satisfies FirewallRecord);
     const file = this.file(key);
-    try {
-      if (fs.readFileSync(file, 'utf8') === text) return;
-    } catch {
-      // missing or unreadable: written below
-    }
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
-    try {
-      fs.writeFileSync(tmp, text, { mode: 0o600, flag: 'wx' });
-      fs.renameSync(tmp, file);
-    } catch (e) {
-      fs.rmSync(tmp, { force: true });
-      throw e;
-    }
+    writeFileAtomic(file, text, { unlessSame: true });
   }
 
   /** Remove the record of `key`; a missing record is fine (DEL is idempotent). */
