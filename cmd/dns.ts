@@ -19,6 +19,7 @@ import { loadAll, readSerial, withLock, writeLoaded } from '../shared/dns/record
 import { Resolver } from '../shared/dns/server';
 import { stderrLog } from '../shared/log';
 import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
+import { writeFileAtomic } from '../shared/sys/file';
 
 interface Args {
   dir: string;
@@ -108,9 +109,7 @@ export async function dnsMain(argv: string[]): Promise<number> {
   process.on('SIGHUP', () => void reload());
   process.on('SIGTERM', () => stop(0));
   process.on('SIGINT', () => stop(0));
-  const tmp = `${pidFile}.tmp`;
-  fs.writeFileSync(tmp, `${process.pid}\n`, { mode: 0o600 });
-  fs.renameSync(tmp, pidFile);
+  writeFileAtomic(pidFile, `${process.pid}\n`);
   await reload();
   log(`cni-ts dns: serving ${args.dir} (pid ${process.pid}): networks [${resolver.networks().join(', ')}], listening on [${resolver.listening().join(', ')}]`);
   // the listeners keep the process alive; with none yet, so does this

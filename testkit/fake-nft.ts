@@ -26,7 +26,7 @@
 import { OwnedTable } from '../shared/nft/table';
 import type { TableRef } from '../shared/nft/types';
 import { NftError, formatNftStderr, type NftErrorKind } from '../shared/nft/errors';
-import type { ChainType, Family, Hook, ListedElement, Listing, Nft, Policy, SetFlag } from '../shared/nft/nft-interface';
+import type { ChainType, Family, Hook, ListedElement, ListedSet, Listing, Nft, Policy } from '../shared/nft/nft-interface';
 import {
   FAMILIES,
   STD_PRIORITIES,
@@ -62,20 +62,10 @@ interface FChain {
   rules: FRule[];
 }
 
-interface FElement {
-  key: string;
-  value?: string;
-  comment?: string;
-}
+type FElement = ListedElement;
 
-interface FSet {
-  kind: 'set' | 'map';
-  name: string;
-  handle: number;
-  type: string;
-  valueType?: string;
-  flags: SetFlag[];
-  comment?: string;
+/** A set as listed, its elements kept by key. */
+interface FSet extends Omit<ListedSet, 'elements'> {
   elements: Map<string, FElement>;
 }
 

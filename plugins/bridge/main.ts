@@ -6,7 +6,6 @@
  * bridge; the network's firewall/NAT in nftables (firewall.ts).
  */
 import { createHash } from 'node:crypto';
-import * as path from 'node:path';
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from '../../shared/cni/skel';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
@@ -22,7 +21,6 @@ import {
   EEXIST,
 } from '../../shared/netlink';
 import { withFileLock } from '../../shared/sys/flock';
-import { LOCK_DIR } from '../../shared/paths';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realTable } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
@@ -38,6 +36,7 @@ import {
   natsFamily,
   networkRulesPresent,
   removeNetworkRules,
+  networkLockFile,
   type GatewayFamily,
   type NetworkFirewall,
 } from './firewall';
@@ -151,7 +150,7 @@ function gatewayEnabled(conf: Conf, family: GatewayFamily): boolean {
  * wedges the network.
  */
 function withNetworkLock<T>(bridge: string, fn: () => T): T {
-  return withFileLock(path.join(LOCK_DIR, `bridge-${bridge}.lock`), fn);
+  return withFileLock(networkLockFile(bridge), fn);
 }
 
 /** ip link add BRIDGE type bridge (unless present); returns whether we created it. */

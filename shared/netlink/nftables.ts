@@ -101,66 +101,6 @@ export function nftGetChain(family: NftFamily, table: string, chain: string, net
   }
 }
 
-/** One element of a set or map, raw: the key's bytes and, for maps, the data. */
-export interface RawElement {
-  /** the key as the kernel stores it: concatenated fields, each padded to 4 bytes */
-  key: Buffer;
-  /** verdict maps: "jump CHAIN", "goto CHAIN", "accept", ... */
-  verdict?: string;
-  /** data maps: the value's bytes */
-  value?: Buffer;
-}
-
-/**
- * `nft list set|map FAMILY TABLE NAME`, as raw elements; undefined when the
- * table or the set does not exist. The caller knows the key's layout.
- */
-export function nftListElements(family: NftFamily, table: string, set: string, netnsPath?: string): RawElement[] | undefined {
-  const sock = openNetfilterSocket(netnsPath);
-  try {
-    const messages = sock.request(
-      (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-      NLM_F_DUMP,
-      nfgenmsg(NFPROTO[family]),
-      [attrString(NFTA_SET_ELEM_LIST_TABLE, table), attrString(NFTA_SET_ELEM_LIST_SET, set)],
-      `nft list set ${family} ${table} ${set}`,
-    );
-    const out: RawElement[] = [];
-    for (const m of messages) {
-      const list = decodeAttrs(m.payload, 4).get(NFTA_SET_ELEM_LIST_ELEMENTS);
-      if (!list) continue;
-      for (const [type, elemBuf] of decodeAttrList(list)) {
-        if (type !== NFTA_LIST_ELEM) continue;
-        const elem = decodeAttrs(elemBuf);
-        const key = elem.get(NFTA_SET_ELEM_KEY);
-        const keyValue = key ? decodeAttrs(key).get(NFTA_DATA_VALUE) : undefined;
-        if (!keyValue) continue;
-        const el: RawElement = { key: Buffer.from(keyValue) };
-        const data = elem.get(NFTA_SET_ELEM_DATA);
-        if (data) {
-          const d = decodeAttrs(data);
-          const verdict = d.get(NFTA_DATA_VERDICT);
-          if (verdict) {
-            const v = decodeAttrs(verdict);
-            const code = v.get(NFTA_VERDICT_CODE)?.readInt32BE(0) ?? 0;
-            const chain = readString(v.get(NFTA_VERDICT_CHAIN));
-            el.verdict = chain ? `${VERDICTS[code] ?? code} ${chain}` : VERDICTS[code] ?? String(code);
-          } else if (d.get(NFTA_DATA_VALUE)) {
-            el.value = Buffer.from(d.get(NFTA_DATA_VALUE)!);
-          }
-        }
-        out.push(el);
-      }
-    }
-    return out;
-  } catch (e) {
-    if (isNetlinkError(e, ENOENT)) return undefined;
-    throw e;
-  } finally {
-    sock.close();
-  }
-}
-
 // ---- a whole table, as `nft -j -a list table` shows it ---------------------------
 
 const NFT_MSG_GETTABLE = 1;
