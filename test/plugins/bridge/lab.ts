@@ -196,7 +196,8 @@ export class Lab {
     const bridge = `tb${this.id}n${n}`;
     this.bridges.push(bridge);
     const prefix = this.nextPrefix();
-    const subnet6 = `fd${this.id.slice(0, 2)}:${this.id.slice(2)}:${n.toString(16)}::/64`;
+    // The hextet is written without leading zeros, as results print it (fd03:332::, not fd03:0332::).
+    const subnet6 = `fd${this.id.slice(0, 2)}:${parseInt(this.id.slice(2), 16).toString(16)}:${n.toString(16)}::/64`;
     const gateway6 = subnet6.replace('::/64', '::1');
     const dataDir = this.dataDir;
     return {
