@@ -22,6 +22,7 @@ import { DEFAULT_DATA_DIR, DEFAULT_DOMAIN, type DnsConf, isDnsName } from './con
 import type * as Records from './records';
 import type * as Launch from './launch';
 import type * as Client from './client';
+import type { ClusterRef } from './cluster';
 
 export { dnsConf, type DnsConf } from './config';
 
@@ -71,26 +72,68 @@ export function registerName<C extends DnsNetConf>(ctx: CniContext<C>, result: R
   if (!listen.length) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, 'dns.enabled needs a gateway address on the network (the IPAM gave none)');
   }
-  const r = records();
   const { formatCidr, networkOf, parseCidr } = require('../netlink/ipaddr') as typeof import('../netlink/ipaddr'); // eslint-disable-line @typescript-eslint/no-require-imports
+  registerNames(ctx, result, {
+    internal: opts.internal,
+    listen,
+    subnets: [...new Set(ips.map((ip) => formatCidr(networkOf(parseCidr(ip.address)))))],
+    addresses: ips.map((ip) => ip.address.split('/')[0]),
+  });
+}
+
+/**
+ * Where and what a network's names are, when the result's gateways are not
+ * (registerName's case) the whole story: the overlay answers on its host's
+ * gateway bridge, shared by every overlay network of the host, for the
+ * container's overlay addresses, and only to the container's own
+ * gateway-bridge address (clients).
+ */
+export interface NameSpec {
+  internal: boolean;
+  /** the resolver's addresses the container reaches (nameservers in result.dns) */
+  listen: string[];
+  /** the subnets listen addresses and clients lie in */
+  subnets: string[];
+  /** the container's addresses its names answer with */
+  addresses: string[];
+  /** when set, only these sources (and the listen addresses) are served for this network: the listen address is shared */
+  clients?: string[];
+  /** the network's names are cluster-wide (shared/dns/cluster.ts clusterRef) */
+  cluster?: ClusterRef;
+}
+
+/** The attachment's local record, as ADD writes it (cluster.ts publishes the same names to etcd). */
+export function entryOf(ctx: { containerId: string; ifname: string; args: Record<string, string>; config: DnsNetConf }, addresses: readonly string[], clients?: readonly string[]) {
+  return {
+    containerId: ctx.containerId,
+    ifname: ctx.ifname,
+    names: namesOf(ctx),
+    v4: addresses.filter((a) => !a.includes(':')),
+    v6: addresses.filter((a) => a.includes(':')),
+    ...(clients?.length ? { clients: [...clients] } : {}),
+  };
+}
+
+/** ADD, given where the names answer (registerName derives it from the result): records, resolver, result.dns. */
+export function registerNames<C extends DnsNetConf>(ctx: CniContext<C>, result: Result, spec: NameSpec): void {
+  const conf = ctx.config;
+  if (!dnsEnabled(conf)) return;
+  const r = records();
   const domain = conf.dns?.domain ?? DEFAULT_DOMAIN;
+  const listen = [...new Set(spec.listen)];
   const serial = r.putEntry(
     dataDir(conf),
     {
       name: conf.name,
       domain,
-      internal: opts.internal,
+      internal: spec.internal,
       listen,
-      subnets: [...new Set(ips.map((ip) => formatCidr(networkOf(parseCidr(ip.address)))))],
+      subnets: [...new Set(spec.subnets)],
       ...(conf.dns?.upstream ? { upstream: conf.dns.upstream } : {}),
+      ...(spec.clients ? { clientsOnly: true } : {}),
+      ...(spec.cluster ? { cluster: spec.cluster } : {}),
     },
-    {
-      containerId: ctx.containerId,
-      ifname: ctx.ifname,
-      names: namesOf(ctx),
-      v4: ips.filter((ip) => !ip.address.includes(':')).map((ip) => ip.address.split('/')[0]),
-      v6: ips.filter((ip) => ip.address.includes(':')).map((ip) => ip.address.split('/')[0]),
-    },
+    entryOf(ctx, spec.addresses, spec.clients),
     () => launch().ensureResolver(dataDir(conf), { exitWhenEmpty: true }),
   );
   launch().waitLoaded(dataDir(conf), serial);

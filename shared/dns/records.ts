@@ -21,6 +21,7 @@ import { isIp } from '../netlink/ipaddr';
 import { withFileLock } from '../sys';
 import { isDnsName } from './config';
 import { writeFileAtomic } from '../sys/file';
+import { clusterRefSchema } from './cluster';
 
 const ip = z.string().refine(isIp, 'not an IP address');
 const cidr = z.string().regex(/^[0-9a-fA-F:.]+\/\d{1,3}$/);
@@ -35,6 +36,14 @@ export const networkSchema = z.object({
   subnets: z.array(cidr).min(1).max(16),
   /** overrides /etc/resolv.conf for forwarded names */
   upstream: z.array(z.string()).max(8).optional(),
+  /**
+   * the listen address is shared with other networks (the overlay's gateway
+   * bridge): a source is served only when an entry of this network lists it
+   * in `clients` (or it is a listen address: the host itself, for CHECK)
+   */
+  clientsOnly: z.boolean().optional(),
+  /** the network's names are cluster-wide: where in etcd (cluster.ts) */
+  cluster: clusterRefSchema.optional(),
 });
 export type DnsNetwork = z.infer<typeof networkSchema>;
 
@@ -45,6 +54,8 @@ export const entrySchema = z.object({
   names: z.array(z.string().refine(isDnsName)).max(64),
   v4: z.array(ip).max(16),
   v6: z.array(ip).max(16),
+  /** the addresses this attachment asks from, on a clientsOnly network */
+  clients: z.array(ip).max(16).optional(),
 });
 export type DnsEntry = z.infer<typeof entrySchema>;
 
