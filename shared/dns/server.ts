@@ -14,6 +14,11 @@
  *   to AND whose subnet holds its source. A container of network X asking
  *   network Y's gateway, or anything on the host's other interfaces, gets
  *   no answer at all (and nothing is forwarded for it: no open resolver).
+ *   Where several networks share a listen address (the overlay's gateway
+ *   bridge), a network marked clientsOnly serves only the sources its own
+ *   entries list, so the source picks the network.
+ * - Cluster networks (cluster-watch.ts) add other hosts' records from etcd,
+ *   validated, to their zone; local records never wait for etcd.
  * - Memory per client is bounded: at most MAX_TCP connections in all and
  *   MAX_TCP_PER_CLIENT per source address, each closed after TCP_IDLE_MS
  *   without a complete query; at most TCP_PIPELINE queries queued per
@@ -27,6 +32,8 @@ import type { Logger } from '../log';
 import { type LoadedNetwork, loadAll } from './records';
 import { Forwarder, ResolvConf, upstreamServers } from './upstream';
 import { type NetZone, RCODE, answer, buildZone, errorReply } from './zone';
+import { ClusterWatch, type KvFactory, clientsOf, withClusterRecords } from './cluster-watch';
+import { canonicalIp } from '../netlink/ipaddr';
 
 export const MAX_TCP = 256;
 export const MAX_TCP_PER_CLIENT = 16;
@@ -41,12 +48,17 @@ export interface ResolverOptions {
   resolvConf?: string;
   log?: Logger;
   tcpIdleMs?: number;
+  /** cluster networks' etcd (cluster-watch.ts): EtcdKV from the network's description unless a test says otherwise */
+  clusterKv?: KvFactory;
+  clusterRetryMs?: number;
 }
 
 interface Served {
   net: LoadedNetwork;
   zone: NetZone;
   subnets: Cidr[];
+  /** clientsOnly networks: the only sources served */
+  clients?: Set<string>;
 }
 
 interface Listener {
@@ -71,6 +83,14 @@ export function cidrContains(c: Cidr, ip: string): boolean {
   return true;
 }
 
+function canonicalOr(ip: string): string {
+  try {
+    return canonicalIp(ip);
+  } catch {
+    return ip;
+  }
+}
+
 function isUnspecified(ip: string): boolean {
   return parseIp(ip).bytes.every((b) => b === 0);
 }
@@ -84,6 +104,8 @@ export class Resolver {
   private readonly log: Logger;
   private readonly tcpIdleMs: number;
   private readonly tcpPerClient = new Map<string, number>();
+  /** cluster networks' records from etcd (their snapshot while etcd is down) */
+  readonly cluster: ClusterWatch;
   /** counters, for tests and the log */
   readonly stats = { answered: 0, forwarded: 0, dropped: 0, refusedClients: 0, tcpRejected: 0 };
 
@@ -92,12 +114,24 @@ export class Resolver {
     this.log = opts.log ?? (() => {});
     this.resolv = new ResolvConf(opts.resolvConf);
     this.tcpIdleMs = opts.tcpIdleMs ?? TCP_IDLE_MS;
+    this.cluster = new ClusterWatch({ dir: opts.dir, kv: opts.clusterKv, log: this.log, retryMs: opts.clusterRetryMs, onChange: () => this.rebuildZones() });
+  }
+
+  /** The zones again, after the cluster records of a network changed. */
+  private rebuildZones(): void {
+    this.served = this.served.map((s) => ({ ...s, zone: buildZone(withClusterRecords(s.net, this.cluster.records(s.net.name))) }));
   }
 
   /** Re-reads the records and opens/closes listeners to match; resolves once every new listener is bound or failed. */
   async reload(): Promise<void> {
     const nets = loadAll(this.opts.dir, this.log);
-    this.served = nets.map((n) => ({ net: n, zone: buildZone(n), subnets: n.subnets.map(parseCidr) }));
+    this.cluster.sync(nets);
+    this.served = nets.map((n) => ({
+      net: n,
+      zone: buildZone(withClusterRecords(n, this.cluster.records(n.name))),
+      subnets: n.subnets.map(parseCidr),
+      clients: clientsOf(n),
+    }));
     const want = new Set<string>();
     for (const s of this.served) {
       for (const a of s.net.listen) {
@@ -129,13 +163,16 @@ export class Resolver {
   }
 
   async close(): Promise<void> {
+    this.cluster.close();
     for (const l of this.listeners.values()) this.closeListener(l);
     this.listeners.clear();
   }
 
   /** The zones a query from source to local may be answered from (empty: answer nothing). */
   zonesFor(local: string, source: string): NetZone[] {
-    return this.served.filter((s) => s.net.listen.includes(local) && s.subnets.some((c) => cidrContains(c, source))).map((s) => s.zone);
+    return this.served
+      .filter((s) => s.net.listen.includes(local) && s.subnets.some((c) => cidrContains(c, source)) && (!s.clients || s.clients.has(canonicalOr(source))))
+      .map((s) => s.zone);
   }
 
   private closeListener(l: Listener): void {
