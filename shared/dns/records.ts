@@ -47,6 +47,14 @@ export const networkSchema = z.object({
 });
 export type DnsNetwork = z.infer<typeof networkSchema>;
 
+/** A container's network namespace as ADD saw it (CNI_NETNS, its device and inode): where a 127.0.0.11 listener goes (netns-listener.ts). */
+export const netnsRefSchema = z.object({
+  path: z.string().startsWith('/').max(4096),
+  dev: z.number().int().nonnegative(),
+  ino: z.number().int().nonnegative(),
+});
+export type NetnsRef = z.infer<typeof netnsRefSchema>;
+
 export const entrySchema = z.object({
   containerId: z.string().min(1).max(256),
   ifname: z.string().min(1).max(16),
@@ -54,6 +62,8 @@ export const entrySchema = z.object({
   names: z.array(z.string().refine(isDnsName)).max(64),
   v4: z.array(ip).max(16),
   v6: z.array(ip).max(16),
+  /** set on networks answered at 127.0.0.11 inside the container (macvlan, ipvlan): the container's namespace */
+  netns: netnsRefSchema.optional(),
   /** the addresses this attachment asks from, on a clientsOnly network */
   clients: z.array(ip).max(16).optional(),
 });
