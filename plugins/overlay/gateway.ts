@@ -10,10 +10,23 @@
  * forward chain drops anything routed from the bridge back into it.
  *
  * nftables, one atomic transaction per operation, table inet cni_ts_overlay:
- *   chain forward      gwbridge -> gwbridge: drop; into the bridge: replies only
+ *   chain forward      the operator's chain first; gwbridge -> gwbridge: drop;
+ *                      into the bridge: replies only
+ *   chain user         the operator's (Docker's DOCKER-USER, which filters
+ *                      docker_gwbridge too): created when missing, never
+ *                      flushed by ADD or firewall-reload
  *   chain postrouting  from the gateway subnet, leaving by another device: masquerade
- * Written whole (flush + add, reconcile), so it converges, by any ADD that
- * does not find the table's marker naming this configuration.
+ *   chain skeleton     the marker (shared/nft/table.ts): a digest of the configuration
+ * Written whole (flush + add, reconcile), so it converges, by an ADD that
+ * does not find the table's marker naming this configuration; an ADD that
+ * finds it (one netlink lookup) writes nothing.
+ *
+ * Recovery: ADD records the configuration it wrote (shared/nft/records.ts,
+ * one record, the table's one skeleton), so `cni-ts firewall-reload`, the
+ * daemon's table watch and the overlay agent's (agent.ts) rebuild the table
+ * after `nft flush ruleset` in one transaction, no container added again.
+ * The table is never removed (DEL leaves it for the next container), and
+ * neither is its record.
  *
  * Addresses on the bridge come from a host-local pool: one file per address
  * under <stateDir>/gw, created with O_EXCL (as host-local does), holding the
@@ -25,15 +38,24 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { EEXIST, isNetlinkError, parseCidr, type NetlinkHandle } from '../../shared/netlink';
 import { formatIP, parsePrefixed, subnetOf } from '../../shared/ip';
 import { createHash } from 'node:crypto';
+import { z } from 'zod';
 import type { Nft } from '../../shared/nft/nft-interface';
+import { realTable, type RealTableOptions } from '../../shared/nft/real';
 import { OwnedTable, TableTx, projectTable, type Skeleton } from '../../shared/nft/table';
 
 export const GATEWAY_TABLE = projectTable('inet', 'overlay');
 export const TABLE = GATEWAY_TABLE.table;
+/** The operator's chain (see the header). */
+export const USER_CHAIN = 'user';
 
-/** The gateway table on `nft`; `chain` reads markers without nft (absent: the rules are written on every ADD). */
+/** The gateway table on `nft` (a test's fake); `chain` reads markers without nft (absent: the rules are written on every ADD). */
 export function gatewayTable(nft: Nft, chain?: (name: string) => { comment?: string } | undefined): OwnedTable {
   return new OwnedTable(GATEWAY_TABLE, { nft, ...(chain && { chain: (_ref, name) => chain(name) }) });
+}
+
+/** The gateway table of this host (or opts.netnsPath): markers read over netlink, records kept, as every other table's. */
+export function realGatewayTable(opts: RealTableOptions = {}): OwnedTable {
+  return realTable(GATEWAY_TABLE, opts);
 }
 
 export interface GatewayConfig {
@@ -91,12 +113,17 @@ export function gatewaySkeleton(gw: GatewayConfig): Skeleton {
   const br = JSON.stringify(gw.bridge);
   const plan = gatewayPlan(gw.subnet);
   const net = `${intToV4(plan.network)}/${plan.prefix}`;
-  const digest = createHash('sha256').update(JSON.stringify({ v: 1, bridge: gw.bridge, net })).digest('hex').slice(0, 16);
+  // v2: the user chain
+  const digest = createHash('sha256').update(JSON.stringify({ v: 2, bridge: gw.bridge, net })).digest('hex').slice(0, 16);
   return {
     marker: { chain: 'skeleton', comment: `cni-ts gateway ${digest}` },
     queue: (tx) => {
       tx.add({ kind: 'table', comment: 'cni-ts overlay gateway bridge' });
+      // `add` only: an existing user chain keeps the operator's rules.
+      tx.add({ kind: 'chain', name: USER_CHAIN });
       tx.syncChain({ name: 'forward', type: 'filter', hook: 'forward', priority: 'filter', policy: 'accept' }, [
+        // first, so the operator's verdict comes before our accept
+        { rule: `jump ${USER_CHAIN}`, comment: 'operator rules first (never flushed by cni-ts)' },
         `iifname ${br} oifname ${br} drop`,
         `oifname ${br} ct state established,related accept`,
         `oifname ${br} drop`,
@@ -114,10 +141,67 @@ export function gatewayRules(gw: GatewayConfig): TableTx {
   return tx.marker(skeleton.marker);
 }
 
-/** ADD: write the gateway's rules unless the table's marker says they are current. */
-export function applyGatewayRules(table: OwnedTable, gw: GatewayConfig): void {
-  const tx = table.tx();
-  if (table.ensureSkeleton(tx, gatewaySkeleton(gw))) table.run(tx);
+/** The key of the table's one record (see the header). */
+const RECORD_KEY = 'gateway';
+
+/**
+ * ADD: write the gateway's rules unless the table's marker says they are
+ * current, and record what they were written from. Under the table's lock,
+ * so a reload never writes an older record over a newer ADD. Returns
+ * whether it wrote.
+ */
+export function applyGatewayRules(table: OwnedTable, gw: GatewayConfig): boolean {
+  const config: GatewayConfig = { bridge: gw.bridge, subnet: gw.subnet };
+  return table.withLock(() => {
+    const tx = table.tx();
+    const wrote = table.ensureSkeleton(tx, gatewaySkeleton(config));
+    if (wrote) table.run(tx);
+    // After the rules: a record never describes a table that is not there.
+    table.records?.put(RECORD_KEY, config);
+    return wrote;
+  });
+}
+
+/** A gateway record read back: trusted no more than a config (the bridge name goes into rules). */
+const recordSchema = z
+  .object({
+    bridge: z.string().min(1).max(15).regex(/^[A-Za-z0-9_.-]+$/),
+    subnet: z.string().regex(/^\d{1,3}(?:\.\d{1,3}){3}\/\d{1,2}$/),
+  })
+  .strict();
+
+/** The recorded gateway, if any; a record that does not parse is skipped and named. */
+export function recordedGateway(table: OwnedTable, log: (msg: string) => void = () => {}): GatewayConfig | undefined {
+  for (const r of table.records?.all() ?? []) {
+    const parsed = r.key === RECORD_KEY ? recordSchema.safeParse(r.value) : undefined;
+    if (parsed?.success) {
+      try {
+        gatewayPlan(parsed.data.subnet);
+        return parsed.data;
+      } catch {
+        // an IPv6 or too small subnet: not a record ADD writes
+      }
+    }
+    log(`overlay gateway: record ${JSON.stringify(r.key)} is not a gateway record; skipped`);
+  }
+  return undefined;
+}
+
+/**
+ * firewall-reload (and the daemon's and agent's table watches, with
+ * onlyGone): rebuild the gateway table from its record in one
+ * transaction, the user chain created if missing and never flushed.
+ * Returns the gateway rebuilt; undefined when nothing is recorded, or,
+ * with onlyGone, when the marker says the table is there.
+ */
+export function reloadGatewayTable(table: OwnedTable, opts: { onlyGone?: boolean; log?: (msg: string) => void } = {}): GatewayConfig | undefined {
+  return table.withLock(() => {
+    const gw = recordedGateway(table, opts.log);
+    if (!gw) return undefined;
+    if (opts.onlyGone && table.isCurrent(gatewaySkeleton(gw).marker)) return undefined;
+    table.run(gatewayRules(gw));
+    return gw;
+  });
 }
 
 /** Are the gateway rules there? (CHECK) */

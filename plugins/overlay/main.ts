@@ -43,8 +43,7 @@ import type { Logger } from '../../shared/log';
 import { NetlinkHandle, withHandle } from '../../shared/netlink';
 import { canonicalIp } from '../../shared/netlink/ipaddr';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
-import { realNft } from '../../shared/nft/real';
-import type { Nft } from '../../shared/nft/nft-interface';
+import type { OwnedTable } from '../../shared/nft/table';
 import { UndoStack } from '../../shared/undo';
 import { applyToInterface, macFromIPv4, withHandles } from '../../shared/container-iface';
 import { verifyLink } from '../../shared/verify';
@@ -56,14 +55,19 @@ import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnets, schema }
 import { ControlPlane, endpointIps, remoteEndpoints, type NetworkRecord } from './controlplane';
 import { EtcdKV, type EtcdKVOptions, type KV } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
-import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent, gatewayTable } from './gateway';
+import { GatewayPool, applyGatewayRules, ensureGatewayBridge, gatewayRulesPresent, realGatewayTable } from './gateway';
 
 type Ctx = CniContext<Conf>;
 
-/** The seams: a test swaps these for FakeKV / FakeNft. */
-export const deps: { kv: (c: EtcdKVOptions) => KV; nft: () => Nft } = {
+/**
+ * The seams: a test swaps these for FakeKV / a gateway table on FakeNft.
+ * The real gateway table reads its marker over netlink, so an ADD whose
+ * gateway rules are current starts no nft process, and keeps its record
+ * for firewall-reload (gateway.ts).
+ */
+export const deps: { kv: (c: EtcdKVOptions) => KV; gatewayTable: () => OwnedTable } = {
   kv: (c) => new EtcdKV(c),
-  nft: () => realNft(),
+  gatewayTable: () => realGatewayTable(),
 };
 
 /** Port of the container on the network's bridge, inside the network's namespace. */
@@ -208,7 +212,7 @@ async function add(ctx: Ctx): Promise<Result> {
         const pool = new GatewayPool(path.join(conf.stateDir, 'gw'), gw.subnet);
         ensureGatewayBridge(host, { bridge: gw.bridge, subnet: gw.subnet });
         sysctlSet('net.ipv4.ip_forward', '1');
-        applyGatewayRules(gatewayTable(deps.nft()), { bridge: gw.bridge, subnet: gw.subnet });
+        applyGatewayRules(deps.gatewayTable(), { bridge: gw.bridge, subnet: gw.subnet });
         const lease = pool.allocate(ctx.containerId, ctx.ifname);
         undo.push('gateway address', () => pool.release(ctx.containerId, ctx.ifname));
         host.linkAdd({ kind: 'veth', name: gwVeth, peerName: gw.ifname, peerNetnsFd: ns.fd });
@@ -350,7 +354,7 @@ async function check(ctx: Ctx): Promise<void> {
         const br = h.linkByName(conf.gateway.bridge);
         if (!p || !br || p.masterIndex !== br.index) throw fail(`the container's port on ${conf.gateway.bridge} is missing`);
       });
-      if (!gatewayRulesPresent(gatewayTable(deps.nft()))) throw fail('the gateway bridge NAT rules are missing');
+      if (!gatewayRulesPresent(deps.gatewayTable())) throw fail('the gateway bridge NAT rules are missing');
     }
     await ipam.ipamCheck(ctx);
   } finally {
