@@ -1,6 +1,7 @@
 /**
  * The resolver: UDP and TCP listeners on each DNS-enabled network's gateway
- * addresses, answering from that network's records (zone.ts) and
+ * addresses (and, for networks without one, at 127.0.0.11 inside each
+ * container's namespace: netns-listener.ts), answering from that network's records (zone.ts) and
  * forwarding the rest (upstream.ts). `cni-ts dns` (cmd/dns.ts) runs one
  * per host; reload() re-reads the records directory (SIGHUP).
  *
@@ -32,6 +33,8 @@ import type { Logger } from '../log';
 import { type LoadedNetwork, loadAll } from './records';
 import { Forwarder, ResolvConf, upstreamServers } from './upstream';
 import { type NetZone, RCODE, answer, buildZone, errorReply } from './zone';
+import { EMBEDDED_DNS, NetnsListener, answersFrom, netnsAlive, netnsKey } from './netns-listener';
+import { removeEntry } from './records';
 import { ClusterWatch, type KvFactory, clientsOf, withClusterRecords } from './cluster-watch';
 import { canonicalIp } from '../netlink/ipaddr';
 
@@ -51,7 +54,18 @@ export interface ResolverOptions {
   /** cluster networks' etcd (cluster-watch.ts): EtcdKV from the network's description unless a test says otherwise */
   clusterKv?: KvFactory;
   clusterRetryMs?: number;
+  /**
+   * The resolver itself removed records (a container's namespace is gone):
+   * cmd/dns.ts reloads through its own path (serial, exit when empty);
+   * default: reload().
+   */
+  recordsChanged?: () => void;
+  /** how often listeners' namespaces are looked at (default NETNS_CHECK_MS) */
+  netnsCheckMs?: number;
 }
+
+/** A container namespace that went away is noticed within this long (or at the next reload). */
+export const NETNS_CHECK_MS = 5000;
 
 interface Served {
   net: LoadedNetwork;
@@ -65,6 +79,8 @@ interface Listener {
   address: string;
   udp: dgram.Socket;
   tcp: net.Server;
+  /** a 127.0.0.11 listener inside a container's namespace: its key (netnsKey) */
+  netns?: string;
 }
 
 export function cidrContains(c: Cidr, ip: string): boolean {
@@ -91,6 +107,11 @@ function canonicalOr(ip: string): string {
   }
 }
 
+/** Who a bound counts against: the source address, and for a namespace's listener the namespace too. */
+function clientKey(l: Listener, source: string): string {
+  return l.netns === undefined ? source : `${l.netns}/${source}`;
+}
+
 function isUnspecified(ip: string): boolean {
   return parseIp(ip).bytes.every((b) => b === 0);
 }
@@ -104,6 +125,11 @@ export class Resolver {
   private readonly log: Logger;
   private readonly tcpIdleMs: number;
   private readonly tcpPerClient = new Map<string, number>();
+  /** 127.0.0.11 listeners, by namespace key */
+  private readonly inNetns = new Map<string, { l: Listener; nl: NetnsListener }>();
+  /** netns listeners are opened and closed one reload at a time */
+  private netnsChain: Promise<void> = Promise.resolve();
+  private readonly netnsTimer: NodeJS.Timeout;
   /** cluster networks' records from etcd (their snapshot while etcd is down) */
   readonly cluster: ClusterWatch;
   /** counters, for tests and the log */
@@ -114,6 +140,8 @@ export class Resolver {
     this.log = opts.log ?? (() => {});
     this.resolv = new ResolvConf(opts.resolvConf);
     this.tcpIdleMs = opts.tcpIdleMs ?? TCP_IDLE_MS;
+    this.netnsTimer = setInterval(() => this.sweepNetns(), opts.netnsCheckMs ?? NETNS_CHECK_MS);
+    this.netnsTimer.unref();
     this.cluster = new ClusterWatch({ dir: opts.dir, kv: opts.clusterKv, log: this.log, retryMs: opts.clusterRetryMs, onChange: () => this.rebuildZones() });
   }
 
@@ -151,6 +179,100 @@ export class Resolver {
     const opened: Promise<void>[] = [];
     for (const a of want) if (!this.listeners.has(a)) opened.push(this.open(a));
     await Promise.all(opened);
+    const netnsDone = (this.netnsChain = this.netnsChain.then(() => this.reloadNetns()));
+    await netnsDone;
+  }
+
+  /**
+   * The 127.0.0.11 listeners to match the records: one per container
+   * namespace named by an entry, opened (with its redirect) when new,
+   * closed (redirect removed) when no entry names it any more. An entry
+   * whose namespace is gone is removed from the records.
+   */
+  private async reloadNetns(): Promise<void> {
+    const want = new Map<string, NonNullable<LoadedNetwork['entries'][number]['netns']>>();
+    const dead: Array<{ network: string; containerId: string; ifname: string }> = [];
+    for (const s of this.served) {
+      for (const e of s.net.entries) {
+        if (!e.netns) continue;
+        if (netnsAlive(e.netns)) want.set(netnsKey(e.netns), e.netns);
+        else dead.push({ network: s.net.name, containerId: e.containerId, ifname: e.ifname });
+      }
+    }
+    for (const [key, { nl }] of this.inNetns) {
+      if (want.has(key)) continue;
+      this.inNetns.delete(key);
+      try {
+        nl.close({ removeRedirect: true });
+      } catch (e) {
+        this.log(`dns: closing the listener in ${nl.ref.path}: ${(e as Error).message}`);
+      }
+      this.log(`dns: closed the listener in ${nl.ref.path}`);
+    }
+    for (const [key, ref] of want) {
+      if (this.inNetns.has(key)) continue;
+      const tcp = net.createServer();
+      tcp.maxConnections = MAX_TCP;
+      // the listener exists once both sockets do; a connection before that is not served
+      let l: Listener | undefined;
+      tcp.on('connection', (sock) => (l ? this.onTcp(l, sock) : sock.destroy()));
+      tcp.on('drop', () => this.stats.tcpRejected++);
+      try {
+        const nl = await NetnsListener.open(ref, tcp);
+        if (!nl) {
+          this.log(`dns: not listening in ${ref.path}: it is not the namespace the record names`);
+          continue;
+        }
+        const listener: Listener = (l = { address: EMBEDDED_DNS, udp: nl.udp, tcp, netns: key });
+        this.inNetns.set(key, { l: listener, nl });
+        nl.udp.on('message', (msg, rinfo) => this.onUdp(listener, msg, rinfo));
+        nl.udp.on('error', (e) => this.log(`dns: udp in ${ref.path}: ${e.message}`));
+        this.log(`dns: listening on 127.0.0.11 in ${ref.path} (udp ${nl.ports.udp}, tcp ${nl.ports.tcp})`);
+      } catch (e) {
+        this.log(`dns: cannot listen in ${ref.path}: ${(e as Error).message}`);
+      }
+    }
+    if (dead.length) this.dropDead(dead);
+  }
+
+  /** Records of attachments whose namespace is gone: removed, and the records reloaded. */
+  private dropDead(dead: ReadonlyArray<{ network: string; containerId: string; ifname: string }>): void {
+    let changed = false;
+    for (const d of dead) {
+      try {
+        if (removeEntry(this.opts.dir, d.network, d.containerId, d.ifname) !== undefined) changed = true;
+        this.log(`dns: network ${d.network}: ${d.containerId}/${d.ifname} dropped: its namespace is gone`);
+      } catch (e) {
+        this.log(`dns: cannot drop the record of ${d.containerId}/${d.ifname}: ${(e as Error).message}`);
+      }
+    }
+    if (changed) setImmediate(() => (this.opts.recordsChanged ? this.opts.recordsChanged() : void this.reload()));
+  }
+
+  /** Between reloads: a listener whose namespace is gone starts a reload (which closes it and drops its records). */
+  private sweepNetns(): void {
+    for (const { nl } of this.inNetns.values()) {
+      if (!netnsAlive(nl.ref)) {
+        void this.reload();
+        return;
+      }
+    }
+  }
+
+  /** The namespaces (their paths) with a 127.0.0.11 listener, and its ports. */
+  listeningInNetns(): Array<{ path: string; udp: number; tcp: number }> {
+    return [...this.inNetns.values()].map(({ nl }) => ({ path: nl.ref.path, ...nl.ports }));
+  }
+
+  /** The zones a listener answers a source from: a gateway's by address and subnet, a namespace's by its entries (loopback sources only). */
+  private zonesOf(l: Listener, source: string): NetZone[] {
+    if (l.netns === undefined) return this.zonesFor(l.address, source);
+    if (!answersFrom(source)) return [];
+    return this.served.filter((s) => s.net.entries.some((e) => e.netns && netnsKey(e.netns) === l.netns)).map((s) => s.zone);
+  }
+
+  private isOpen(l: Listener): boolean {
+    return l.netns === undefined ? this.listeners.get(l.address) === l : this.inNetns.get(l.netns)?.l === l;
   }
 
   /** Addresses with a bound UDP and TCP listener. */
@@ -163,6 +285,11 @@ export class Resolver {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.netnsTimer);
+    await this.netnsChain;
+    // the redirects stay: a restarted resolver rewrites them to its new ports
+    for (const { nl } of this.inNetns.values()) nl.close();
+    this.inNetns.clear();
     this.cluster.close();
     for (const l of this.listeners.values()) this.closeListener(l);
     this.listeners.clear();
@@ -215,19 +342,21 @@ export class Resolver {
   }
 
   private onUdp(l: Listener, msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    const zones = this.zonesFor(l.address, rinfo.address);
+    const zones = this.zonesOf(l, rinfo.address);
     if (!zones.length) {
       this.stats.refusedClients++;
       return;
     }
-    void this.handle(msg, zones, 'udp', rinfo.address).then((reply) => {
-      if (reply && this.listeners.get(l.address) === l) l.udp.send(reply, rinfo.port, rinfo.address, () => {});
+    void this.handle(msg, zones, 'udp', clientKey(l, rinfo.address)).then((reply) => {
+      if (reply && this.isOpen(l)) l.udp.send(reply, rinfo.port, rinfo.address, () => {});
     });
   }
 
   private onTcp(l: Listener, sock: net.Socket): void {
-    const client = sock.remoteAddress ?? '';
-    const zones = this.zonesFor(l.address, client);
+    const source = sock.remoteAddress ?? '';
+    const zones = this.zonesOf(l, source);
+    // per client: 127.0.0.1 in one container is not 127.0.0.1 in another
+    const client = clientKey(l, source);
     const mine = this.tcpPerClient.get(client) ?? 0;
     if (!zones.length || mine >= MAX_TCP_PER_CLIENT) {
       if (!zones.length) this.stats.refusedClients++;

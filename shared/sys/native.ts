@@ -4,7 +4,8 @@
  * netlink sockets).
  *
  * The binding is deliberately tiny (socket, bind, send, recv, close, setns,
- * flock, and the peer of a unix socket); everything else is TypeScript.
+ * flock, the peer of a unix socket, an inet socket bound inside a
+ * namespace); everything else is TypeScript.
  * Netlink code calls its socket verbs through shared/netlink/socket.ts; the
  * other system calls have small typed wrappers beside this file
  * (flock.ts, setns.ts, mount.ts, peer.ts), so code that only wants a file
@@ -37,6 +38,8 @@ export interface NativeBinding {
   socket(protocol: number): number;
   /** the same socket, created inside the network namespace open at nsFd */
   socketAt(nsFd: number, protocol: number): number;
+  /** an inet socket (SOCK_DGRAM=2 / SOCK_STREAM=1) created and bound to address:port inside the network namespace open at nsFd (IP_FREEBIND, non-blocking, close-on-exec) */
+  inetSocketAt(nsFd: number, type: number, address: string, port: number): number;
   /** bind to the given multicast groups; returns the kernel-assigned port id */
   bind(fd: number, groups: number): number;
   setsockoptInt(fd: number, level: number, option: number, value: number): void;

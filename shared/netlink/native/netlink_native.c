@@ -14,7 +14,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
 #include <node_api.h>
 #include <sched.h>
 #include <stdint.h>
@@ -32,6 +34,9 @@
 #include <unistd.h>
 
 #define RECV_DEFAULT 65536
+#ifndef IPV6_FREEBIND
+#define IPV6_FREEBIND 78 /* linux/in6.h; older libc headers lack it */
+#endif
 
 static napi_value throw_errno(napi_env env, const char *syscall, int err) {
   char msg[160];
@@ -99,6 +104,86 @@ static napi_value nl_socket_at(napi_env env, napi_callback_info info) {
   }
   close(home);
   if (fd < 0) return throw_errno(env, "socket", socket_errno);
+  return make_int(env, fd);
+}
+
+/* inetSocketAt(nsFd, type, address, port) -> fd: an inet socket (type
+ * SOCK_DGRAM or SOCK_STREAM, IPv4 or IPv6 by the address) created AND bound
+ * inside the network namespace open at nsFd, then the thread goes home. The
+ * resolver's listeners at 127.0.0.11 in a container's namespace are made
+ * this way: setns is per thread and Node creates its sockets asynchronously
+ * (on whatever thread libuv likes), so the socket is made here, on the
+ * JavaScript thread, and handed to dgram/net as a ready descriptor. Bound
+ * here too: a socket's namespace is fixed at creation, but binding in the
+ * same step keeps the address check (is it local?) in that namespace.
+ * IP_FREEBIND: the container's loopback may come up after ADD (the runtime
+ * raises it), and a freebind socket starts receiving once it does.
+ * Non-blocking and close-on-exec, as libuv wants its descriptors. */
+static napi_value nl_inet_socket_at(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t ns_fd, type, port;
+  char address[64];
+  size_t alen;
+  if (argc < 4 || napi_get_value_int32(env, argv[0], &ns_fd) != napi_ok || napi_get_value_int32(env, argv[1], &type) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[2], address, sizeof address, &alen) != napi_ok || napi_get_value_int32(env, argv[3], &port) != napi_ok ||
+      (type != SOCK_DGRAM && type != SOCK_STREAM) || port < 0 || port > 65535) {
+    napi_throw_type_error(env, NULL, "inetSocketAt(nsFd, SOCK_DGRAM|SOCK_STREAM, address, port)");
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  memset(&ss, 0, sizeof ss);
+  int family;
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, address, &sin->sin_addr) == 1) {
+    family = AF_INET;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    sslen = sizeof *sin;
+  } else if (inet_pton(AF_INET6, address, &sin6->sin6_addr) == 1) {
+    family = AF_INET6;
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    sslen = sizeof *sin6;
+  } else {
+    napi_throw_type_error(env, NULL, "inetSocketAt: not an IP address");
+    return NULL;
+  }
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) return throw_errno(env, "open", errno);
+  if (setns(ns_fd, CLONE_NEWNET) < 0) {
+    int e = errno;
+    close(home);
+    return throw_errno(env, "setns", e);
+  }
+  const char *failed = NULL;
+  int fail_errno = 0;
+  int fd = socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    failed = "socket";
+    fail_errno = errno;
+  } else {
+    int one = 1;
+    if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (setsockopt(fd, family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6, family == AF_INET ? IP_FREEBIND : IPV6_FREEBIND, &one, sizeof one) < 0) {
+      failed = "setsockopt";
+      fail_errno = errno;
+    } else if (bind(fd, (struct sockaddr *)&ss, sslen) < 0) {
+      failed = "bind";
+      fail_errno = errno;
+    }
+    if (failed) close(fd);
+  }
+  if (setns(home, CLONE_NEWNET) < 0) {
+    /* as in socketAt: never continue in the wrong namespace */
+    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
+    abort();
+  }
+  close(home);
+  if (failed) return throw_errno(env, failed, fail_errno);
   return make_int(env, fd);
 }
 
@@ -397,6 +482,7 @@ static napi_value nl_poll_events(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   EXPORT("socket", nl_socket);
   EXPORT("socketAt", nl_socket_at);
+  EXPORT("inetSocketAt", nl_inet_socket_at);
   EXPORT("bind", nl_bind);
   EXPORT("setsockoptInt", nl_setsockopt_int);
   EXPORT("send", nl_send);
