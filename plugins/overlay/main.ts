@@ -30,6 +30,15 @@
  * IPv6 too (the agent's --vtep), with 20 bytes more of outer header in the
  * MTU. The gateway bridge stays IPv4 (egress NAT).
  *
+ * Names (`"dns": {"enabled": true}`, needs the gateway bridge): step 5
+ * writes the container's names and overlay addresses to etcd with its
+ * endpoint (one transaction, shared/dns/cluster.ts), and step 7 records them
+ * on this host's resolver, which answers on the gateway bridge's address
+ * (the container's nameserver, reached through its egress interface) and
+ * tells the overlay networks sharing that address apart by the asking
+ * address, the container's own gateway-bridge address. The resolver watches
+ * the network's records in etcd, so every host's containers resolve.
+ *
  * DEL removes the endpoint, both interfaces, the gateway address, and the
  * network's namespace when its last local container leaves.
  */
@@ -51,7 +60,9 @@ import { converge, ensureVxlanNetwork, localPorts, overlayMtu, overlayNames, rem
 import { encryptedMtu } from '../../shared/ipsec/mtu';
 import { cidrContains, parseCIDR, parseIP, toBytes } from '../../shared/ip';
 import * as ipam from '../../ipam/client';
-import { type Conf, etcdConnection, hostIdOf, nodeName, overlaySubnets, schema } from './config';
+import { type Conf, etcdConnection, etcdFields, hostIdOf, nodeName, overlaySubnets, schema } from './config';
+import { checkName, dnsEnabled, entryOf, gcNames, registerNames, removeName } from '../../shared/dns';
+import { type ClusterScope, clusterRef, putOp, recordOf } from '../../shared/dns/cluster';
 import { ControlPlane, endpointIps, remoteEndpoints, type NetworkRecord } from './controlplane';
 import { EtcdKV, type EtcdKVOptions, type KV } from '../../shared/etcd/kv';
 import { withNetworkLock } from './lock';
@@ -144,6 +155,9 @@ async function add(ctx: Ctx): Promise<Result> {
   if (conf.gateway.enabled && conf.gateway.ifname === ctx.ifname) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `CNI_IFNAME ${ctx.ifname} is also gateway.ifname`);
   }
+  if (dnsEnabled(conf) && !conf.gateway.enabled) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, 'dns.enabled on an overlay network needs the gateway bridge (gateway.enabled)', "the resolver answers the container on the gateway bridge's address");
+  }
   const me = nodeName(conf);
   const myId = hostIdOf(conf);
   const subnets = overlaySubnets(conf);
@@ -193,7 +207,10 @@ async function add(ctx: Ctx): Promise<Result> {
 
       // 5. the endpoint, and what this host already knows of the others
       const allIps = mine.length > 1 ? { ips: mine.map((a) => a.ip) } : {};
-      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, ...allIps, mac, host: me, hostId: myId }, joined.createRevision);
+      const scope: ClusterScope = { prefix: cp.prefix, network: conf.name, subnets, node: me };
+      // its names with it, in the same transaction: other hosts' resolvers watch them
+      const dnsRecord = dnsEnabled(conf) ? [putOp(cp.prefix, recordOf(scope, entryOf(ctx, mine.map((a) => a.ip))))] : [];
+      await cp.putEndpoint({ network: conf.name, containerId: ctx.containerId, ifname: ctx.ifname, ip, ...allIps, mac, host: me, hostId: myId }, joined.createRevision, dnsRecord);
       undo.push('endpoint', () => cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname));
       if (!network.encrypted) {
         const snap = await cp.snapshot();
@@ -226,6 +243,19 @@ async function add(ctx: Ctx): Promise<Result> {
         interfaces.push({ name: gw.ifname, mac: cont.link(gw.ifname).mac, sandbox: ctx.netns });
         ips.push({ address: `${lease.address}/${lease.prefix}`, gateway: lease.gateway, interface: 1 });
         routes.push({ dst: '0.0.0.0/0', gw: lease.gateway });
+
+        // 7. names: this host's resolver answers on the gateway bridge, to this container's address there
+        if (dnsEnabled(conf)) {
+          registerNames(ctx, result, {
+            internal: false,
+            listen: [lease.gateway],
+            subnets: [gw.subnet],
+            addresses: mine.map((a) => a.ip),
+            clients: [lease.address],
+            cluster: clusterRef(scope, etcdFields(conf)),
+          });
+          undo.push('dns', () => removeName(ctx));
+        }
       }
 
       return { cniVersion: ctx.cniVersion, interfaces, ips, routes, dns: result.dns };
@@ -292,7 +322,9 @@ async function del(ctx: Ctx): Promise<void> {
     // retries, rather than leaving an endpoint that other hosts still route to.
     await ipam.ipamDel(ctx);
     const network = await cp.getNetwork(conf.name);
+    // the endpoint and its cluster-wide names, then this host's record of them
     await cp.deleteEndpoint(conf.name, ctx.containerId, ctx.ifname);
+    removeName(ctx);
     await reclaimIfUnused(cp, conf.name, ctx.log);
     // DEL is idempotent: the namespace and links may already be gone.
     if (ctx.netns && isNetnsPath(ctx.netns)) {
@@ -356,6 +388,14 @@ async function check(ctx: Ctx): Promise<void> {
       });
       if (!gatewayRulesPresent(deps.gatewayTable())) throw fail('the gateway bridge NAT rules are missing');
     }
+    if (dnsEnabled(conf)) {
+      // the names in etcd, as other hosts read them, then this host's resolver answering them
+      const rec = await cp.getDnsRecord(conf.name, overlaySubnets(conf), ctx.containerId, ctx.ifname);
+      const want = [...endpointIps(ep)].map(canonicalIp).sort().join();
+      if (!rec) throw fail(`the DNS record of ${ctx.containerId}/${ctx.ifname} is missing from etcd (or invalid)`);
+      if ([...rec.v4, ...rec.v6].map(canonicalIp).sort().join() !== want) throw fail(`the DNS record of ${ctx.containerId}/${ctx.ifname} names other addresses than its endpoint`);
+      await checkName(ctx);
+    }
     await ipam.ipamCheck(ctx);
   } finally {
     kv.close();
@@ -374,6 +414,8 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
     // IPAM GC's grace: an endpoint goes once seen unkept in two GCs this far apart
     const gone = await cp.gcEndpoints(conf.name, me, myId, keep, gcGracePeriodMs);
     if (gone.length > 0) await reclaimIfUnused(cp, conf.name, ctx.log);
+    // this host's names of unlisted attachments go at once (their etcd records went, or go, with their endpoints)
+    gcNames(ctx, valid);
     if (conf.gateway.enabled) {
       // This host's side of an unlisted attachment (its gateway veth and address) goes at once,
       // as its overlay port does below: it is local, and the runtime says the container is gone.

@@ -9,6 +9,12 @@
  *   CHECK  checkName(ctx)                         the name answers with the recorded addresses
  *   GC     gcNames(ctx, valid)                    drops records of unlisted attachments
  *
+ * Networks whose gateway is not the host (macvlan, ipvlan) answer at
+ * 127.0.0.11 inside the container instead (netns-listener.ts):
+ *   ADD    registerNameInNetns(ctx, result, {internal})
+ *   DEL    removeNameInNetns(ctx)
+ *   CHECK  checkName(ctx)                         asks 127.0.0.11 inside the container
+ *
  * Names: the container's (K8S_POD_NAME in CNI_ARGS, as podman and kubelet
  * send it), its aliases (the `aliases` capability: runtimeConfig.aliases,
  * either a list or, as podman sends it, a map of network name to list) and
@@ -22,7 +28,9 @@ import { DEFAULT_DATA_DIR, DEFAULT_DOMAIN, type DnsConf, isDnsName } from './con
 import type * as Records from './records';
 import type * as Launch from './launch';
 import type * as Client from './client';
+import type * as NetnsListener from './netns-listener';
 import type { ClusterRef } from './cluster';
+import type { NetnsRef } from './records';
 
 export { dnsConf, type DnsConf } from './config';
 
@@ -36,6 +44,7 @@ interface DnsNetConf {
 const records = (): typeof Records => require('./records');
 const launch = (): typeof Launch => require('./launch');
 const client = (): typeof Client => require('./client');
+const inNetns = (): typeof NetnsListener => require('./netns-listener');
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 export function dnsEnabled(conf: { dns?: { enabled?: boolean } }): boolean {
@@ -100,6 +109,8 @@ export interface NameSpec {
   clients?: string[];
   /** the network's names are cluster-wide (shared/dns/cluster.ts clusterRef) */
   cluster?: ClusterRef;
+  /** answered at 127.0.0.11 inside this namespace (the container's), not on listen addresses */
+  netns?: NetnsRef;
 }
 
 /** The attachment's local record, as ADD writes it (cluster.ts publishes the same names to etcd). */
@@ -133,16 +144,61 @@ export function registerNames<C extends DnsNetConf>(ctx: CniContext<C>, result: 
       ...(spec.clients ? { clientsOnly: true } : {}),
       ...(spec.cluster ? { cluster: spec.cluster } : {}),
     },
-    entryOf(ctx, spec.addresses, spec.clients),
+    { ...entryOf(ctx, spec.addresses, spec.clients), ...(spec.netns ? { netns: spec.netns } : {}) },
     () => launch().ensureResolver(dataDir(conf), { exitWhenEmpty: true }),
   );
   launch().waitLoaded(dataDir(conf), serial);
   const dns: DNS = {
-    nameservers: [...listen.filter((a) => !a.includes(':')), ...listen.filter((a) => a.includes(':'))],
+    nameservers: spec.netns ? [inNetns().EMBEDDED_DNS] : [...listen.filter((a) => !a.includes(':')), ...listen.filter((a) => a.includes(':'))],
     search: [domain, ...(conf.dns?.search ?? []).filter((s) => s !== domain)],
   };
   if (conf.dns?.options?.length) dns.options = conf.dns.options;
   result.dns = dns;
+}
+
+/**
+ * ADD on a network whose gateway is not the host (macvlan, ipvlan): the
+ * names as registerName records them, answered at 127.0.0.11 inside the
+ * container's namespace (the resolver opens its listener and redirect there
+ * before this returns); result.dns names 127.0.0.11.
+ */
+export function registerNameInNetns<C extends DnsNetConf>(ctx: CniContext<C>, result: Result, opts: { internal: boolean; cluster?: ClusterRef }): void {
+  if (!dnsEnabled(ctx.config)) return;
+  const ips = result.ips ?? [];
+  if (!ips.length) throw new CniError(ErrorCode.InvalidNetworkConfig, 'dns.enabled needs an address on the network (the IPAM gave none)');
+  const { formatCidr, networkOf, parseCidr } = require('../netlink/ipaddr') as typeof import('../netlink/ipaddr'); // eslint-disable-line @typescript-eslint/no-require-imports
+  registerNames(ctx, result, {
+    internal: opts.internal,
+    listen: [],
+    subnets: [...new Set(ips.map((ip) => formatCidr(networkOf(parseCidr(ip.address)))))],
+    addresses: ips.map((ip) => ip.address.split('/')[0]),
+    netns: inNetns().netnsRefOf(ctx.netns),
+    ...(opts.cluster ? { cluster: opts.cluster } : {}),
+  });
+}
+
+/**
+ * DEL of a 127.0.0.11 attachment: the names go; the resolver closes the
+ * listener and removes the redirect once no attachment of the namespace
+ * is left. With no resolver running, the redirect is removed here.
+ */
+export function removeNameInNetns<C extends DnsNetConf>(ctx: CniContext<C>): void {
+  if (!dnsEnabled(ctx.config)) return;
+  removeName(ctx);
+  const dir = dataDir(ctx.config);
+  if (!ctx.netns || launch().resolverRunning(dir)) return;
+  const n = inNetns();
+  let ref: NetnsRef;
+  try {
+    ref = n.netnsRefOf(ctx.netns);
+  } catch {
+    return; // the namespace is gone, and its table with it (DEL is idempotent)
+  }
+  const key = n.netnsKey(ref);
+  const stillUsed = records()
+    .loadAll(dir)
+    .some((net) => net.entries.some((e) => e.netns && n.netnsKey(e.netns) === key));
+  if (!stillUsed) n.removeRedirect(ctx.netns);
 }
 
 /** DEL: the attachment's names go (idempotent); the resolver is told. */
@@ -178,6 +234,16 @@ export async function checkName<C extends DnsNetConf>(ctx: CniContext<C>): Promi
   const net = records().loadAll(dir).find((n) => n.name === conf.name);
   const c = client();
   const name = `${ctx.containerId.slice(0, 12)}.${net?.domain ?? DEFAULT_DOMAIN}`;
+  if (entry.netns) {
+    // asked as the container asks: from inside its namespace, to 127.0.0.11:53 through the redirect
+    const n = inNetns();
+    if (!ctx.netns || n.netnsKey(n.netnsRefOf(ctx.netns)) !== n.netnsKey(entry.netns)) throw fail(`the DNS record of ${ctx.containerId}/${ctx.ifname} names another network namespace`);
+    const want = [...entry.v4].sort().join();
+    let got: string[] = [];
+    for (let attempt = 0; attempt < 3 && got.join() !== want; attempt++) got = c.addressesOf(await n.askInNetns(ctx.netns, name, 'A'));
+    if (got.join() !== want) throw fail(`${n.EMBEDDED_DNS} inside ${ctx.netns} answers ${name} with [${got.join(', ')}], expected [${entry.v4.join(', ')}]`);
+    return;
+  }
   for (const server of net?.listen ?? []) {
     const want = server.includes(':') ? entry.v6 : entry.v4;
     let got: string[] = [];
