@@ -33,7 +33,8 @@ import { fieldsSchema, resolveConnection, type ConnectionFields } from '../../sh
 import { DEFAULT_HOST_ID_FILE, hostId } from '../../shared/host-id';
 import { OVERLAY_STATE_DIR } from '../../shared/paths';
 import { DEFAULT_PREFIX } from './controlplane';
-import { dnsConfNotYet } from '../../shared/dns/config';
+import { dnsConf } from '../../shared/dns/config';
+import type { EtcdFields } from '../../shared/dns/cluster';
 import type { EtcdKVOptions } from '../../shared/etcd/kv';
 
 export const DEFAULT_STATE_DIR = OVERLAY_STATE_DIR;
@@ -73,7 +74,8 @@ function gatewaySubnetProblem(s: string): string | undefined {
 }
 
 export const schema = netConfBase.extend({
-  dns: dnsConfNotYet('overlay').optional(),
+  /** names across every host of the network, from etcd (main.ts step 7; needs the gateway bridge: the resolver answers there) */
+  dns: dnsConf.optional(),
   subnet: z.string().optional(),
   subnets: z.array(z.string()).min(1).max(2).optional(),
   vni: z.number().int().min(1).max(0xffffff).optional(),
@@ -142,6 +144,20 @@ export function etcdConnection(conf: Conf): EtcdKVOptions & { keyPrefix: string;
     requestTimeoutMs: own?.requestTimeoutMs ?? fromIpam.requestTimeoutMs ?? 5000,
     gcGracePeriodMs: own?.gcGracePeriodMs ?? fromIpam.gcGracePeriodMs ?? DEFAULT_GC_GRACE_PERIOD_MS,
   };
+}
+
+/**
+ * The etcd section etcdConnection resolves, as fields (endpoints, file
+ * paths; never a secret): what the resolver is told, so it connects as the
+ * plugin does and reads the password file itself.
+ */
+export function etcdFields(conf: Conf): EtcdFields {
+  const own = conf.etcd;
+  const fromIpam = ipamEtcd(conf);
+  const src: ConnectionFields = own?.endpoints ? own : { ...fromIpam, ...stripUndefined(own ?? {}) };
+  const { endpoints, caFile, certFile, keyFile, username, passwordFile, insecure } = src;
+  const requestTimeoutMs = own?.requestTimeoutMs ?? fromIpam.requestTimeoutMs;
+  return stripUndefined({ endpoints, caFile, certFile, keyFile, username, passwordFile, insecure, requestTimeoutMs });
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

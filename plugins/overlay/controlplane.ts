@@ -8,6 +8,8 @@
  *   P/hosts/<node>                             {name, vtep, hostId}, attached to the agent's lease
  *   P/endpoints/<network>/<container>/<ifname> {network, containerId, ifname, ip, ips?, mac, host, hostId}
  *   P/gc/<node>/<network>/<container>/<ifname> {modRevision, firstSeen}: GC's first sighting of a leak
+ *   P/dns/<network>/<container>/<ifname>       {names, v4, v6, host, ...}: the endpoint's names (shared/dns/cluster.ts),
+ *                                              written and removed with the endpoint, in its transactions
  *
  * IPv6 and dual stack: a VTEP is an IPv4 or an IPv6 address (the underlay's
  * family); a dual-stack network records both subnets (`subnets`, IPv4
@@ -53,6 +55,7 @@ import type { RemoteEndpoint } from '../../shared/vxlan';
 import { VNI_MAX, VNI_MIN } from '../../shared/vxlan';
 import { prefixed, stderrLog, type Logger } from '../../shared/log';
 import type { Compare, KV, KeyValue, LeaseId, Op } from '../../shared/etcd/kv';
+import { type ClusterRecord, clusterKey, decodeRecord } from '../../shared/dns/cluster';
 
 export const DEFAULT_PREFIX = '/cni-ts/overlay';
 /** Docker's first automatic VNI. */
@@ -230,6 +233,10 @@ export class ControlPlane {
   }
   identityKey(node: string): string {
     return `${this.prefix}/identities/${node}`;
+  }
+  /** the endpoint's DNS record (shared/dns/cluster.ts), a sibling of its endpoint key */
+  dnsKey(network: string, containerId: string, ifname: string): string {
+    return clusterKey(this.prefix, network, containerId, ifname);
   }
   private endpointsPrefix(network: string): string {
     return `${this.prefix}/endpoints/${network}/`;
@@ -484,12 +491,14 @@ export class ControlPlane {
   /**
    * Writes the endpoint; given the network's create revision (joinNetwork),
    * only while that network record still exists: otherwise it was reclaimed
-   * meanwhile, and the ADD fails with 11 to be tried again.
+   * meanwhile, and the ADD fails with 11 to be tried again. `also`: puts
+   * that belong with the endpoint, in the same transaction (its DNS record:
+   * shared/dns/cluster.ts putOp), so the names exist exactly when it does.
    */
-  async putEndpoint(ep: EndpointRecord, networkRevision?: bigint): Promise<void> {
+  async putEndpoint(ep: EndpointRecord, networkRevision?: bigint, also: readonly Op[] = []): Promise<void> {
     const put: Op = { put: this.endpointKey(ep.network, ep.containerId, ep.ifname), value: JSON.stringify(ep) };
     const compare: Compare[] = networkRevision === undefined ? [] : [{ key: this.networkKey(ep.network), target: 'create', value: networkRevision }];
-    const res = await this.kv.txn({ compare, success: [put] }, this.deadline());
+    const res = await this.kv.txn({ compare, success: [put, ...also] }, this.deadline());
     if (!res.succeeded) {
       throw new CniError(ErrorCode.TryAgainLater, `overlay network "${ep.network}" was removed while this container joined it`, 'its last endpoint left the cluster at the same moment; try again');
     }
@@ -500,8 +509,22 @@ export class ControlPlane {
     return this.endpoint(results[0]?.[0]);
   }
 
+  /** The endpoint and its DNS record, in one transaction (either may be absent: DEL is idempotent). */
   async deleteEndpoint(network: string, containerId: string, ifname: string): Promise<void> {
-    await this.kv.txn({ success: [{ delete: this.endpointKey(network, containerId, ifname) }] }, this.deadline());
+    await this.kv.txn({ success: [{ delete: this.endpointKey(network, containerId, ifname) }, { delete: this.dnsKey(network, containerId, ifname) }] }, this.deadline());
+  }
+
+  /** The endpoint's DNS record, validated (cluster.ts decodeRecord against the network's subnets); undefined when absent or ignored. */
+  async getDnsRecord(network: string, subnets: readonly string[], containerId: string, ifname: string): Promise<ClusterRecord | undefined> {
+    const { results } = await this.kv.txn({ success: [{ get: this.dnsKey(network, containerId, ifname) }] }, this.deadline());
+    const kv = results[0]?.[0];
+    if (!kv) return undefined;
+    const d = decodeRecord(kv, this.prefix, network, subnets);
+    if ('ignored' in d) {
+      this.log(`skipping DNS record ${d.ignored}`);
+      return undefined;
+    }
+    return d.record;
   }
 
   /** Every endpoint, or a network's. */
@@ -540,7 +563,10 @@ export class ControlPlane {
       const same = seen !== undefined && seen.modRevision === kv.modRevision.toString();
       if (same && now - seen.firstSeen >= graceMs) {
         const res = await this.kv.txn(
-          { compare: [{ key: kv.key, target: 'mod', value: kv.modRevision }], success: [{ delete: kv.key }, { delete: sPrefix + id }] },
+          {
+            compare: [{ key: kv.key, target: 'mod', value: kv.modRevision }],
+            success: [{ delete: kv.key }, { delete: sPrefix + id }, { delete: this.dnsKey(network, ep.containerId, ep.ifname) }],
+          },
           deadline,
         );
         if (res.succeeded) deleted.push(ep);
