@@ -12,7 +12,11 @@
  *   0. every check that needs no change: the parent resolves, the MTU fits;
  *   1. the parent (a managed VLAN link is created and counted here);
  *   2. the child link, under a temporary name, then renamed to CNI_IFNAME;
- *   3. the IPAM's addresses and routes on it (shared/container-iface.ts).
+ *   3. the IPAM's addresses and routes on it (shared/container-iface.ts);
+ *   4. with dns.enabled, the container's names on the host's resolver,
+ *      answered at 127.0.0.11 inside the container (a macvlan/ipvlan
+ *      container cannot reach its host, so a resolver on a host address is
+ *      useless to it: shared/dns/netns-listener.ts).
  */
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from './cni/skel';
@@ -23,6 +27,7 @@ import { NetNs } from './netns/netns';
 import { UndoStack } from './undo';
 import { applyToInterface, ipamAddressesFor, withHandles, type IpamClient } from './container-iface';
 import { checkContainerAttachment, checkFailed } from './verify';
+import { type DnsConf, checkName, dnsEnabled, gcNames, registerNameInNetns, removeNameInNetns } from './dns';
 import { ParentManager, childTempName, delChild, gcParent, vlanUser, type ChildAttachment, type ParentNetConf } from './vlan';
 
 /** What every child-link config has (parentConfFields, netConfBase, mtu, mode). */
@@ -31,6 +36,11 @@ export interface ChildLinkConf extends ParentNetConf {
   /** at most the parent's */
   mtu?: number;
   ipam?: { type: string };
+  /** name resolution at 127.0.0.11 inside the container (shared/dns): off unless dns.enabled */
+  dns?: DnsConf;
+  /** Docker's --internal, for the resolver: names outside the network are not forwarded (NXDOMAIN) */
+  internal?: boolean;
+  runtimeConfig?: { aliases?: unknown } & Record<string, unknown>;
 }
 
 /** The kind's own attributes of the new link; name, parent and namespace are the factory's. */
@@ -110,6 +120,12 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
         result.interfaces = [{ name: ctx.ifname, mac: link.mac, sandbox: ctx.netns }];
         for (const ip of ips) ip.interface = 0;
         result.cniVersion = ctx.cniVersion;
+
+        // 4. the container's names; result.dns (127.0.0.11) for resolv.conf
+        if (dnsEnabled(conf)) {
+          registerNameInNetns(ctx, result, { internal: conf.internal ?? false });
+          undo.push('dns', () => removeNameInNetns(ctx));
+        }
         return result;
       }, ctx.log);
     });
@@ -120,6 +136,7 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
     createsInterface: true,
     add,
     async del(ctx) {
+      removeNameInNetns(ctx);
       if (k.ipam.hasIpam(ctx)) await k.ipam.ipamDel(ctx);
       delChild(ctx);
     },
@@ -137,8 +154,10 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
           if (k.checkMtu && conf.mtu !== undefined && link.mtu !== conf.mtu) throw checkFailed(`${ifname} has MTU ${link.mtu}, expected ${conf.mtu}`);
         },
       });
+      await checkName(ctx);
     },
     async gc(ctx, valid: Attachment[]) {
+      gcNames(ctx, valid);
       if (k.ipam.hasIpam(ctx)) await k.ipam.ipamGc(ctx, valid);
       gcParent(ctx.config, valid);
     },

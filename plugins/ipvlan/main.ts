@@ -26,7 +26,7 @@ import { childLinkPlugin, kindEnum } from '../../shared/childlink';
 import { gatewayFor } from '../../shared/container-iface';
 import { parentConfFields } from '../../shared/vlan';
 import * as ipam from '../../ipam/client';
-import { dnsConfNotYet } from '../../shared/dns/config';
+import { dnsConf } from '../../shared/dns/config';
 
 const MODES = ['l2', 'l3', 'l3s'] as const;
 const FLAGS = ['bridge', 'private', 'vepa'] as const;
@@ -36,7 +36,10 @@ const schema = netConfBase.extend({
   ...parentConfFields,
   mode: kindEnum('ipvlan', 'mode', MODES).default('l2'),
   flag: kindEnum('ipvlan', 'flag', FLAGS).default('bridge'),
-  dns: dnsConfNotYet('ipvlan').optional(),
+  /** names at 127.0.0.11 inside the container (shared/dns, README "Name resolution") */
+  dns: dnsConf.optional(),
+  /** with dns: names outside the network are not forwarded */
+  internal: z.boolean().default(false),
   /** at most the parent's; the parent's when omitted */
   mtu: z.number().int().min(68).max(65535).optional(),
 });

@@ -22,7 +22,7 @@ import { netConfBase, unicastMac } from '../../shared/cni/config';
 import { childLinkPlugin, kindEnum } from '../../shared/childlink';
 import { parentConfFields } from '../../shared/vlan';
 import * as ipam from '../../ipam/client';
-import { dnsConfNotYet } from '../../shared/dns/config';
+import { dnsConf } from '../../shared/dns/config';
 
 const MODES = ['bridge', 'private', 'vepa', 'passthru'] as const;
 
@@ -30,7 +30,10 @@ const schema = netConfBase.extend({
   // master, vlan, stateDir
   ...parentConfFields,
   mode: kindEnum('macvlan', 'mode', MODES).default('bridge'),
-  dns: dnsConfNotYet('macvlan').optional(),
+  /** names at 127.0.0.11 inside the container (shared/dns, README "Name resolution") */
+  dns: dnsConf.optional(),
+  /** with dns: names outside the network are not forwarded */
+  internal: z.boolean().default(false),
   mtu: z.number().int().min(68).max(65535).optional(),
   runtimeConfig: z
     .object({

@@ -54,16 +54,3 @@ export const dnsConf = z
   .passthrough();
 
 export type DnsConf = z.infer<typeof dnsConf>;
-
-/**
- * The `dns` block on a network type whose resolver is not built yet
- * (overlay: cluster-wide names from etcd; macvlan/ipvlan: 127.0.0.11 in the
- * container): accepted, so configurations can carry it, but `enabled: true`
- * is refused with code 7 rather than silently resolving nothing.
- */
-export function dnsConfNotYet(kind: string) {
-  return dnsConf.refine((d) => !d.enabled, {
-    message: `dns.enabled is not supported on ${kind} networks yet (name resolution runs on bridge networks)`,
-    path: ['enabled'],
-  });
-}
