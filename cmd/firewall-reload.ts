@@ -9,8 +9,12 @@
  * martian guard (plugins/portmap/rules.ts), and route_localnet, which a
  * flush leaves on, is safe only with the guard in place. Then the bridge
  * networks (forward isolation, masquerade, the operator's user chain,
- * created if missing and never flushed). Each under the lock its plugin
- * uses, so a reload never races an ADD or DEL into a state neither meant.
+ * created if missing and never flushed), then the overlay's gateway table
+ * (its containers' NATed egress, and its own user chain). Each under the
+ * lock its plugin uses, so a reload never races an ADD or DEL into a state
+ * neither meant. The IPsec table of encrypted overlays is not rebuilt
+ * here: its peers and VNIs live in etcd, and the overlay agent, which
+ * watches the tables too, rewrites it (plugins/overlay/agent.ts).
  *
  * The daemon runs the same code by itself when its table watch
  * (shared/nft/watch.ts) sees a deletion in one of our tables, rebuilding
@@ -25,10 +29,13 @@ import { watchTables } from '../shared/nft/watch';
 import { PORTMAP_LOCK_FILE } from '../shared/paths';
 import { PORTMAP_SKELETON, PORTMAP_TABLE, recordedPlans, reloadTransaction } from '../plugins/portmap/rules';
 import { BRIDGE_TABLE, networkLockFile, networkMarker, recordedNetworks, reloadTx } from '../plugins/bridge/firewall';
+import { GATEWAY_TABLE, realGatewayTable, reloadGatewayTable } from '../plugins/overlay/gateway';
 
 export interface FirewallTables {
   portmap: OwnedTable;
   bridge: OwnedTable;
+  /** The overlay's gateway table (absent: left alone). */
+  overlay?: OwnedTable;
   /** Runs fn holding a bridge network's lock; default flock on its lock file. */
   networkLock?: <T>(bridge: string, fn: () => T) => T;
 }
@@ -38,6 +45,7 @@ export function realFirewallTables(opts: { netnsPath?: string; recordsRoot?: str
   return {
     portmap: realTable(PORTMAP_TABLE, { ...opts, lockFile: PORTMAP_LOCK_FILE }),
     bridge: realTable(BRIDGE_TABLE, opts),
+    overlay: realGatewayTable(opts),
   };
 }
 
@@ -46,6 +54,8 @@ export interface ReloadReport {
   portmap?: number;
   /** bridge networks whose rules were rebuilt (undefined: table left alone) */
   bridge?: number;
+  /** overlay gateway bridges whose NAT was rebuilt (undefined: table left alone) */
+  overlay?: number;
 }
 
 export interface ReloadOptions {
@@ -79,8 +89,18 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
     report.bridge = networks.length;
   };
   underLocks(0);
+  reloadOverlay(t, opts, report);
   return report;
 }
+
+/** The overlay's gateway table from its record, under its own lock (plugins/overlay/gateway.ts). */
+function reloadOverlay(t: FirewallTables, opts: ReloadOptions, report: ReloadReport): void {
+  if (!t.overlay) return;
+  if (reloadGatewayTable(t.overlay, { onlyGone: opts.onlyGone, log: opts.log })) report.overlay = 1;
+}
+
+/** The tables the daemon rebuilds (the IPsec table is the overlay agent's). */
+const REBUILT = [PORTMAP_TABLE.table, BRIDGE_TABLE.table, GATEWAY_TABLE.table];
 
 /**
  * The daemon's half: rebuild whatever is gone now (the daemon may start
@@ -88,9 +108,11 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
  * Returns the function that stops the watch.
  */
 export function startFirewallWatch(log: Logger, tables: FirewallTables = realFirewallTables(), watch: { netnsPath?: string; pollMs?: number } = {}): () => void {
-  const reload = (): void => {
+  const reload = (touched?: ReadonlySet<string>): void => {
+    // the overlay agent rewrites the IPsec table every pass: nothing of ours to look at then
+    if (touched && !REBUILT.some((t) => touched.has(t))) return;
     const r = reloadFirewall(tables, { onlyGone: true, log });
-    if (r.portmap !== undefined || r.bridge !== undefined) log(`firewall rebuilt from records: ${describe(r)}`);
+    if (r.portmap !== undefined || r.bridge !== undefined || r.overlay !== undefined) log(`firewall rebuilt from records: ${describe(r)}`);
   };
   try {
     reload();
@@ -109,6 +131,7 @@ function describe(r: ReloadReport): string {
   const parts: string[] = [];
   if (r.portmap !== undefined) parts.push(`portmap: ${r.portmap} container(s)`);
   if (r.bridge !== undefined) parts.push(`bridge: ${r.bridge} network(s)`);
+  if (r.overlay !== undefined) parts.push(`overlay: ${r.overlay} gateway bridge(s)`);
   return parts.length ? parts.join(', ') : 'nothing recorded';
 }
 

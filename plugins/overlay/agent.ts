@@ -17,7 +17,12 @@
  *  - for encrypted networks (encryption.ts): keeps IPsec SAs and policies
  *    with exactly the hosts that share one with it, from the key ring in
  *    etcd, before any forwarding entry to such a host exists; and, when it
- *    wins the election, rotates the keys (--rotate-every, default 12 h).
+ *    wins the election, rotates the keys (--rotate-every, default 12 h);
+ *  - watches this host's nftables (shared/nft/watch.ts), since the daemon
+ *    may not run on an overlay host: when `nft flush ruleset` (or anyone)
+ *    deletes from the gateway table, it is rebuilt from its record
+ *    (gateway.ts); when the IPsec table lost its rules while peers are
+ *    keyed, a pass runs at once (it rewrites the table whole).
  *
  * Level-triggered, never edge-triggered: each pass reads the whole state at
  * one revision and makes the kernel match it, so missed events, repeated
@@ -46,6 +51,11 @@ import type { Nft } from '../../shared/nft/nft-interface';
 import { realNft } from '../../shared/nft/real';
 import { isNetnsPath } from '../../shared/netns/netns';
 import { converge, overlayNames } from '../../shared/vxlan';
+import { realTable } from '../../shared/nft/real';
+import type { Listing } from '../../shared/nft/types';
+import { watchTables } from '../../shared/nft/watch';
+import { CLEARTEXT_CHAIN, IPSEC_TABLE, MARK_CHAIN } from '../../shared/ipsec/firewall';
+import { GATEWAY_TABLE, realGatewayTable, reloadGatewayTable } from './gateway';
 import { ControlPlane, DEFAULT_PREFIX, IdentityConflictError, remoteEndpoints, type NetworkRecord, type Snapshot } from './controlplane';
 import { DEFAULT_STATE_DIR } from './config';
 import { DEFAULT_ROTATE_EVERY_MS, HostEncryption, acksOver, ringCacheDir } from './encryption';
@@ -85,6 +95,12 @@ export interface AgentDeps {
   readonly clock?: () => number;
   /** called once when the agent must stop (its node name is another machine's) */
   readonly onFatal?: (e: Error) => void;
+  /**
+   * Watch the nftables of this host (or of netnsPath) and rebuild the
+   * gateway and IPsec tables when they vanish (watchOwnTables); agentMain
+   * turns it on, tests on fakes leave it off. pollMs: default 250.
+   */
+  readonly tableWatch?: { readonly netnsPath?: string; readonly pollMs?: number };
 }
 
 export interface Agent {
@@ -356,6 +372,7 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
     throw fatal;
   }
   timers.push(setInterval(() => void sync(), opts.resyncMs));
+  const stopWatch = deps.tableWatch ? watchOwnTables(deps.tableWatch, { ipsecExpected: () => enc.keyedPeers().size > 0, resync: schedule, log }) : undefined;
   // Often enough to keep the leader's lease and to rotate on time, rarely enough to cost nothing.
   const tickMs = Math.max(200, Math.min(5000, (opts.rotateEveryMs ?? DEFAULT_ROTATE_EVERY_MS) / 4, ((opts.leaderTtlSeconds ?? 15) * 1000) / 3));
   await rotationTick();
@@ -375,6 +392,7 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
 
   async function stop(): Promise<void> {
     stopped = true;
+    stopWatch?.();
     for (const t of timers) clearInterval(t);
     if (debounce) clearTimeout(debounce);
     await running;
@@ -394,6 +412,61 @@ export async function startAgent(opts: AgentOptions, deps: AgentDeps): Promise<A
       await cp.releaseIdentity(opts.node, opts.hostId);
     },
   };
+}
+
+/**
+ * Whether the IPsec table holds what a pass with keyed peers writes
+ * (shared/ipsec/firewall.ts): the cleartext drop and the encrypt mark,
+ * each with its rules. Without the mark, an encrypted VNI's VXLAN matches
+ * no (marked) policy and leaves in clear; without the drop, cleartext
+ * frames could be injected.
+ */
+export function ipsecTableIntact(listing: Listing | undefined): boolean {
+  const rules = (name: string) => listing?.chains.find((c) => c.name === name)?.rules.length ?? 0;
+  return rules(CLEARTEXT_CHAIN.name) > 0 && rules(MARK_CHAIN.name) > 0;
+}
+
+/**
+ * The agent's half of firewall recovery (the daemon's is
+ * cmd/firewall-reload.ts; either may run alone). The gateway table is
+ * rebuilt from its record now (the agent may start after a flush) and
+ * whenever the watch sees it lose something and its marker is gone; the
+ * IPsec table, whose peers live in etcd, by an immediate pass. Polled
+ * every 250 ms rather than the daemon's second: while the encrypt mark is
+ * gone an encrypted network's VXLAN leaves in clear. Deletions in other
+ * tables (bridge and portmap ADD/DEL) are not looked at. Returns the
+ * function that stops the watch.
+ */
+export function watchOwnTables(
+  w: { readonly netnsPath?: string; readonly pollMs?: number },
+  ipsec: { ipsecExpected: () => boolean; resync: () => void; log: (line: string) => void },
+): () => void {
+  const { log } = ipsec;
+  const gateway = realGatewayTable({ netnsPath: w.netnsPath });
+  const ipsecTable = realTable(IPSEC_TABLE, { netnsPath: w.netnsPath });
+  const rebuildGateway = (): void => {
+    try {
+      const gw = reloadGatewayTable(gateway, { onlyGone: true, log });
+      if (gw) log(`firewall: gateway table (${gw.bridge}, ${gw.subnet}) rebuilt from its record`);
+    } catch (e) {
+      log(`firewall: cannot rebuild the gateway table: ${(e as Error).message}`);
+    }
+  };
+  const onGone = (tables?: ReadonlySet<string>): void => {
+    if (!tables || tables.has(GATEWAY_TABLE.table)) rebuildGateway();
+    // the agent's own pass rewrites this table (flush + add), so a deletion there is usually ours: look first
+    if ((!tables || tables.has(IPSEC_TABLE.table)) && ipsec.ipsecExpected() && !ipsecTableIntact(ipsecTable.list())) {
+      log('firewall: the IPsec table lost its rules; converging now');
+      ipsec.resync();
+    }
+  };
+  rebuildGateway();
+  try {
+    return watchTables({ netnsPath: w.netnsPath, pollMs: w.pollMs ?? 250, onGone, log }).stop;
+  } catch (e) {
+    log(`firewall: cannot watch nf_tables (${(e as Error).message}); run \`cni-ts firewall-reload\` after a flush`);
+    return () => {};
+  }
 }
 
 /** XfrmOps that opens the real handle on the first call. */
@@ -445,6 +518,7 @@ export async function agentMain(args: string[], sink: Logger = stderrLog): Promi
     const agent = await startAgent(opts, {
       kv,
       log,
+      tableWatch: {},
       onFatal: (e) => {
         failed = e;
         wake();

@@ -30,8 +30,8 @@ import { VXLAN_PORT, type EncryptedNetwork } from './desired';
 
 export const IPSEC_TABLE: TableRef = projectTable('inet', 'ipsec');
 
-const CLEARTEXT_CHAIN: ChainSpec = { name: 'cleartext_in', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' };
-const MARK_CHAIN: ChainSpec = { name: 'encrypt_mark', type: 'route', hook: 'output', priority: 'mangle', policy: 'accept' };
+export const CLEARTEXT_CHAIN: ChainSpec = { name: 'cleartext_in', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' };
+export const MARK_CHAIN: ChainSpec = { name: 'encrypt_mark', type: 'route', hook: 'output', priority: 'mangle', policy: 'accept' };
 
 export interface FirewallOptions {
   port?: number;

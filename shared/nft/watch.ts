@@ -15,6 +15,15 @@
  * overflowed socket (ENOBUFS: more changes than its buffer held) counts as
  * "maybe ours". Then `onGone` is asked, never told: it checks each table
  * itself (a netlink chain lookup), so our own DELs cost one cheap check.
+ * It is given the names of our tables that saw a deletion (none on an
+ * overflow: then any may have), so a watcher that rebuilds only some
+ * tables (the overlay agent: the gateway and IPsec tables) skips the
+ * deletions that every ADD, DEL and rewrite of the others makes.
+ *
+ * Two processes may watch one namespace (the daemon, and the overlay agent
+ * on an overlay host where the daemon may not run): each rebuild takes its
+ * table's lock and checks the marker inside it, so the second finds the
+ * table current and writes nothing.
  */
 import * as fs from 'node:fs';
 import { native } from '../sys/native';
@@ -34,18 +43,29 @@ const NFGENMSG_LEN = 4;
 const POLLIN = 0x1;
 const ENOBUFS = 105;
 
-/** Whether one multicast datagram reports a deletion in one of our tables. */
-export function deletesOurs(datagram: Buffer): boolean {
+/** Our tables (cni_ts_*) that one multicast datagram reports a deletion in. */
+export function deletedTables(datagram: Buffer): Set<string> {
+  const out = new Set<string>();
   for (const m of decodeMessages(datagram)) {
     if (m.type >> 8 !== NFNL_SUBSYS_NFTABLES || !DEL_TYPES.has(m.type & 0xff)) continue;
-    if (readString(decodeAttrs(m.payload, NFGENMSG_LEN).get(ATTR_TABLE))?.startsWith(TABLE_PREFIX)) return true;
+    const table = readString(decodeAttrs(m.payload, NFGENMSG_LEN).get(ATTR_TABLE));
+    if (table?.startsWith(TABLE_PREFIX)) out.add(table);
   }
-  return false;
+  return out;
+}
+
+/** Whether one multicast datagram reports a deletion in one of our tables. */
+export function deletesOurs(datagram: Buffer): boolean {
+  return deletedTables(datagram).size > 0;
 }
 
 export interface TableWatchOptions {
-  /** Runs on the timer after our tables saw a deletion; it decides what is gone and rebuilds it. */
-  onGone: () => void;
+  /**
+   * Runs on the timer after our tables saw a deletion; it decides what is
+   * gone and rebuilds it. `tables`: the names of our tables that saw one,
+   * undefined when the socket overflowed (any may have).
+   */
+  onGone: (tables?: ReadonlySet<string>) => void;
   /** How often the socket is drained (default 1000 ms). */
   pollMs?: number;
   log: (line: string) => void;
@@ -78,19 +98,20 @@ export function watchTables(opts: TableWatchOptions): TableWatch {
   }
   let closed = false;
   const tick = (): void => {
-    let dirty = false;
+    const touched = new Set<string>();
+    let overflowed = false;
     // bounded, so a storm of changes never holds the main thread for long
     for (let i = 0; i < 4096 && !closed && binding.pollEvents(fd, POLLIN) & POLLIN; i++) {
       try {
-        if (deletesOurs(binding.recv(fd))) dirty = true;
+        for (const t of deletedTables(binding.recv(fd))) touched.add(t);
       } catch (e) {
-        if ((e as { errno?: number }).errno === ENOBUFS || (e as { code?: string }).code === 'ENOBUFS') dirty = true;
+        if ((e as { errno?: number }).errno === ENOBUFS || (e as { code?: string }).code === 'ENOBUFS') overflowed = true;
         else throw e;
       }
     }
-    if (!dirty) return;
+    if (!overflowed && touched.size === 0) return;
     try {
-      opts.onGone();
+      opts.onGone(overflowed ? undefined : touched);
     } catch (e) {
       opts.log(`firewall reload failed: ${(e as Error).message}`);
     }
