@@ -1,0 +1,117 @@
+/**
+ * `cni-ts port-proxy`: the per-namespace ::1 relay (shared/portproxy/relay.ts)
+ * as a process.
+ *
+ *   cni-ts port-proxy [--dir /run/cni-ts/port-proxy/<netns>] [--lock-fd N] [--udp-idle 60s]
+ *
+ * Started on demand by portmap ADD (shared/portproxy/launch.ts, which hands
+ * it the already locked <dir>/relay.lock as --lock-fd 3), in the namespace
+ * whose ::1 it serves. It holds that lock for its life, so there is one per
+ * directory. SIGHUP, or a change of <dir>/serial: read the records again.
+ * SIGTERM/SIGINT: stop. It exits once no record is left (decided under the
+ * records lock, which every writer takes).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseFlags, UsageError } from '../shared/flags';
+import { stderrLog } from '../shared/log';
+import { netnsId } from '../shared/nft/records';
+import { RELAY_LOCK, RELAY_PID } from '../shared/portproxy/launch';
+import { PORT_PROXY_ROOT, SERIAL_FILE, loadRecords, portProxyDir, readSerial, withRecordsLock, writeStatus } from '../shared/portproxy/records';
+import { Relay } from '../shared/portproxy/relay';
+import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
+import { writeFileAtomic } from '../shared/sys/file';
+
+const FLAGS = {
+  dir: { type: 'string' },
+  'lock-fd': { type: 'integer', min: 3, max: 1 << 20 },
+  'udp-idle': { type: 'duration', default: 60_000, min: 100 },
+} as const;
+
+const USAGE = 'usage: cni-ts port-proxy [--dir DIR] [--lock-fd N] [--udp-idle 60s]';
+
+const log = (msg: string) => stderrLog(`${new Date().toISOString()} ${msg}`);
+
+export async function portProxyMain(argv: string[]): Promise<number> {
+  let dir: string;
+  let lockFdArg: number | undefined;
+  let udpIdleMs: number;
+  try {
+    const { values } = parseFlags(argv, FLAGS);
+    dir = values.dir ?? portProxyDir();
+    lockFdArg = values['lock-fd'];
+    udpIdleMs = values['udp-idle'];
+    if (!path.isAbsolute(dir)) throw new UsageError('--dir must be absolute');
+    // a namespace's directory is served from inside that namespace only: ::1 is per namespace
+    if (path.dirname(dir) === PORT_PROXY_ROOT && path.basename(dir) !== netnsId()) {
+      throw new UsageError(`--dir ${dir} belongs to another network namespace than this one (${netnsId()})`);
+    }
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    stderrLog(`cni-ts port-proxy: ${e.message}\n${USAGE}`);
+    return 2;
+  }
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const lockFd = lockFdArg ?? fs.openSync(path.join(dir, RELAY_LOCK), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  try {
+    // for an inherited descriptor this confirms we hold it (a second flock by the holder succeeds)
+    flock(lockFd, LOCK_EX | LOCK_NB);
+  } catch {
+    log(`cni-ts port-proxy: another relay serves ${dir}`);
+    return 1;
+  }
+
+  const relay = new Relay({ dir, log, udpIdleMs });
+  const pidFile = path.join(dir, RELAY_PID);
+  const stop = (code: number): never => {
+    fs.rmSync(pidFile, { force: true });
+    // the relay lock goes first: a writer holding the records lock then
+    // sees no relay and starts a new one (launch.ts)
+    fs.closeSync(lockFd);
+    process.exit(code);
+  };
+  let reloading = false;
+  let again = false;
+  const reload = async (): Promise<void> => {
+    if (reloading) {
+      again = true;
+      return;
+    }
+    reloading = true;
+    try {
+      do {
+        again = false;
+        // the serial first: records changed after it are picked up by the next reload
+        const serial = readSerial(dir);
+        const served = await relay.reload();
+        writeStatus(dir, { serial, pid: process.pid, ...served });
+        log(`cni-ts port-proxy: serial ${serial}: listening on [${served.listening.map((l) => `${l.protocol}/${l.hostPort}`).join(', ')}]${served.failed.length ? `, not bound: [${served.failed.map((f) => `${f.protocol}/${f.hostPort} ${f.error}`).join(', ')}]` : ''}`);
+        if (relay.size === 0) {
+          // decided under the records lock: an ADD writes its record and
+          // starts or signals us under it too, so its record is either seen
+          // here or brings a SIGHUP that reloads again (`again`)
+          withRecordsLock(dir, () => {
+            if (loadRecords(dir).length > 0) return;
+            log('cni-ts port-proxy: nothing left to serve; exiting');
+            stop(0);
+          });
+        }
+      } while (again);
+    } finally {
+      reloading = false;
+    }
+  };
+  // the handler first, then the pid file (launch.ts relies on this order)
+  process.on('SIGHUP', () => void reload());
+  process.on('SIGTERM', () => stop(0));
+  process.on('SIGINT', () => stop(0));
+  writeFileAtomic(pidFile, `${process.pid}\n`);
+  // a change of the serial (every writer bumps it) reloads too, should a signal be lost
+  fs.watch(dir, (_event, name) => {
+    if (name === SERIAL_FILE) void reload();
+  });
+  await reload();
+  log(`cni-ts port-proxy: serving ${dir} (pid ${process.pid}, netns ${netnsId()})`);
+  setInterval(() => {}, 1 << 30);
+  return new Promise<number>(() => {});
+}
