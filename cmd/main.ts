@@ -23,6 +23,7 @@ const tools: ReadonlyMap<string, (args: string[]) => void> = new Map<string, (ar
   ['daemon', (args) => { require('./daemon').daemonMain(args).then((c: number) => process.exit(c)); }],
   ['dns', (args) => { require('./dns').dnsMain(args).then((c: number) => process.exit(c)); }],
   ['firewall-reload', (args) => { require('./firewall-reload').firewallReloadMain(args).then((c: number) => { process.exitCode = c; }); }],
+  ['port-proxy', (args) => { require('./port-proxy').portProxyMain(args).then((c: number) => process.exit(c)); }],
   ['ipam-maint', (args) => { require('../ipam/etcd/maint').maintMain(args).then((c: number) => { process.exitCode = c; }); }],
   ['version', () => {
     process.stdout.write(`cni-ts ${process.env.CNI_TS_VERSION ?? '0.1.0'}\nplugins: ${[...plugins.keys()].join(' ')}\n`);

@@ -41,6 +41,8 @@ export const LOCK_DIR = RUN_ROOT;
 export const PORTMAP_LOCK_FILE = path.join(LOCK_DIR, 'portmap.lock');
 /** What each owned nftables table was built from, per network namespace (shared/nft/records.ts): `cni-ts firewall-reload` rebuilds from it. */
 export const FIREWALL_STATE_DIR = path.join(RUN_ROOT, 'firewall');
+/** The ::1 port relay's records, status, lock and pid, one directory per network namespace (shared/portproxy/records.ts). */
+export const PORT_PROXY_DIR = path.join(RUN_ROOT, 'port-proxy');
 /** The overlay's network namespaces, locks, gateway pool and key-ring cache. */
 export const OVERLAY_STATE_DIR = path.join(RUN_ROOT, 'overlay');
 

@@ -41,6 +41,7 @@ import { NftError } from '../../shared/nft/errors';
 import { ownerTag, tagMatches, type OwnedTable, type Owner } from '../../shared/nft/table';
 import { realTable } from '../../shared/nft/real';
 import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
+import { kernelMappings, portProxy, type PortProxy, type ProxyRequest } from '../../shared/portproxy';
 import { allPorts, claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   PORTMAP_TABLE,
@@ -83,6 +84,8 @@ export interface PortmapDeps {
    * of `containerIPs` (conntrack), so their next datagram meets the new DNAT.
    */
   forgetUdpFlows?(hostPorts: readonly number[], containerIPs: readonly string[]): void;
+  /** Publishing on ::1 through the userspace relay (shared/portproxy); absent: ::1 is not served. */
+  proxy?: PortProxy;
 }
 
 type Ctx = CniContext<PortmapConf>;
@@ -95,7 +98,8 @@ function planOf(ctx: Ctx, prev: Result | undefined): AddPlan {
   const addrs = containerAddrs(prev, ctx.ifname);
   return {
     owner: ownerOf(ctx),
-    claims: claimsFor(ctx.config.runtimeConfig?.portMappings ?? [], addrs),
+    // ::1 mappings are the relay's alone (proxyOf): the kernel cannot DNAT from ::1
+    claims: claimsFor(kernelMappings(ctx.config.runtimeConfig?.portMappings ?? []), addrs),
     addrs,
     masq: { snat: ctx.config.snat, masqAll: ctx.config.masqAll },
   };
@@ -144,8 +148,29 @@ function removeState(table: OwnedTable, owner: Required<Owner>, keys: readonly K
   removeOwners(table, () => [ownerChains(owner)]);
 }
 
+/** What the ::1 relay is asked to serve for this attachment. */
+function proxyOf(ctx: Ctx): ProxyRequest {
+  return { owner: ownerOf(ctx), mappings: ctx.config.runtimeConfig?.portMappings ?? [], addrs: containerAddrs(ctx.prevResult, ctx.ifname) };
+}
+
 export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
+  /**
+   * ::1 (shared/portproxy): after the kernel's part, and before answering,
+   * the relay serves the attachment's ::1 ports; DEL is the undo when it
+   * cannot, so a failed ADD leaves nothing behind.
+   */
   async function add(ctx: Ctx): Promise<Result> {
+    const result = await addRules(ctx);
+    try {
+      deps.proxy?.add(proxyOf(ctx), ctx.log);
+    } catch (err) {
+      await del(ctx);
+      throw err;
+    }
+    return result;
+  }
+
+  async function addRules(ctx: Ctx): Promise<Result> {
     rejectUnsupported(ctx.config);
     const prev = ctx.prevResult;
     if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'portmap must be called as a chained plugin: prevResult is missing');
@@ -215,11 +240,13 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     }
     removeState(table, owner, keys);
     forgetPlan(table, owner);
+    deps.proxy?.del(owner);
   }
 
   async function check(ctx: Ctx): Promise<void> {
     rejectUnsupported(ctx.config);
     const prev = requirePrevResult(ctx);
+    deps.proxy?.check(proxyOf(ctx));
     const plan = planOf(ctx, prev);
     if (plan.claims.length === 0) return;
     const problems = missingState(deps.table().list(), plan);
@@ -245,6 +272,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         if (p.owner.network === ctx.config.name && ![...keep].some((k) => tagMatches(tag, k))) forgetPlan(table, p.owner);
       }
     });
+    deps.proxy?.gc(ctx.config.name, valid);
   }
 
   return {
@@ -301,6 +329,7 @@ export const realDeps: PortmapDeps = {
   forgetUdpFlows: (ports, containerIPs) => {
     conntrackDeleteByDstPorts(IPPROTO.udp, ports, containerIPs);
   },
+  proxy: portProxy({ conflictCode: PortmapErrorCode.PortConflict, missingCode: PortmapErrorCode.MappingsMissing }),
 };
 
 export const plugin = makePlugin(realDeps);
