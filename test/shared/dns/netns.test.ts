@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { addressesOf } from '../../../shared/dns/client';
-import { EMBEDDED_DNS, REDIRECT_TABLE, answersFrom, askInNetns, netnsRefOf } from '../../../shared/dns/netns-listener';
+import { EMBEDDED_DNS, REDIRECT_TABLE, answersFrom, askInNetns, netnsRefOf, openRecordedNetns } from '../../../shared/dns/netns-listener';
 import { getEntry, putEntry, removeEntry, type DnsNetwork } from '../../../shared/dns/records';
 import { Resolver } from '../../../shared/dns/server';
 import { inetSocketAt, udpSocketAt } from '../../../shared/sys/inet-socket';
@@ -96,6 +96,20 @@ describe('inetSocketAt (native)', () => {
     } finally {
       fs.closeSync(fd);
     }
+  });
+});
+
+describe('openRecordedNetns', () => {
+  it('opens the recorded namespace only: not another at the same path, not the opener\'s own', () => {
+    const ns = netns('h3open');
+    const ref = netnsRefOf(ns.path);
+    const fd = openRecordedNetns(ref);
+    expect(fd).toBeGreaterThan(2);
+    fs.closeSync(fd!);
+    expect(openRecordedNetns({ ...ref, ino: ref.ino + 1 })).toBeUndefined();
+    expect(openRecordedNetns({ ...ref, dev: ref.dev + 1 })).toBeUndefined();
+    expect(openRecordedNetns(netnsRefOf('/proc/self/ns/net'))).toBeUndefined();
+    expect(openRecordedNetns({ path: '/dev/null', dev: fs.statSync('/dev/null').dev, ino: fs.statSync('/dev/null').ino })).toBeUndefined();
   });
 });
 
@@ -274,7 +288,23 @@ describe('the resolver at 127.0.0.11 inside containers', () => {
     expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
   });
 
-  it('answers only loopback sources (a neighbour routed to 127.0.0.11 by route_localnet gets nothing)', () => {
+  it('answers only loopback sources: a query to 127.0.0.11 from a non-loopback address gets nothing', async () => {
+    // a container address on its loopback plays a neighbour that the container's route_localnet let in
+    execFileSync('ip', ['-n', a.name, 'addr', 'add', '10.91.0.200/32', 'dev', 'lo']);
+    const fd = fs.openSync(a.path, 'r');
+    const sock = await udpSocketAt(fd, '10.91.0.200', 0);
+    fs.closeSync(fd);
+    const replies: Buffer[] = [];
+    sock.on('message', (m) => replies.push(m));
+    sock.send(dnsPacket.encode({ type: 'query', id: 5, questions: [{ type: 'A', name: 'bravo', class: 'IN' }] }), 53, EMBEDDED_DNS);
+    await new Promise((r) => setTimeout(r, 500));
+    sock.close();
+    expect(replies).toEqual([]);
+    // from loopback, the same question answers
+    expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
+  });
+
+  it('answersFrom: 127.0.0.0/8 only', () => {
     expect(answersFrom('127.0.0.1')).toBe(true);
     expect(answersFrom('127.0.0.11')).toBe(true);
     expect(answersFrom('10.91.0.3')).toBe(false);
