@@ -68,7 +68,8 @@ export async function dnsMain(argv: string[]): Promise<number> {
     return 1;
   }
 
-  const resolver = new Resolver({ dir: args.dir, resolvConf: args.resolvConf, log });
+  // records the resolver drops itself (a container namespace gone) go through reload: serial, exit when empty
+  const resolver = new Resolver({ dir: args.dir, resolvConf: args.resolvConf, log, recordsChanged: () => void reload() });
   const pidFile = path.join(args.dir, PID_FILE);
   let reloading = false;
   let again = false;
