@@ -12,13 +12,24 @@
  *   with etcd down each takes its whole request timeout, and calls on local
  *   state must never queue behind them.
  * - Calls with the same lock key (see lockKeyOf: one network's bridge and
- *   IPAM store, the host-wide portmap table) may hold at most `keyShare`
- *   workers. The rest wait here, in the main thread, instead of parking
- *   worker threads in a blocking flock(2) while calls on other keys starve;
- *   the flock is still taken, for safety against standalone processes. A
- *   call waiting behind calls of its own key is never declined for the
- *   wait budget: a standalone run would only queue on the same flock, after
- *   paying Node's start. The budget counts only while it could have run.
+ *   IPAM store, the host-wide portmap table) are ordered here, in the main
+ *   thread, by the mode of lock they take (lockModeOf): calls that take the
+ *   shared lock (a container's bridge ADD or DEL) run side by side, at most
+ *   `keyShare` of them, so a burst on one network leaves a worker to the
+ *   others; a call that takes it exclusively runs alone. The rest wait here
+ *   instead of parking worker threads in a blocking flock(2) while calls on
+ *   other keys starve; the flock is still taken, for safety against
+ *   standalone processes. A call waiting behind calls of its own key is
+ *   never declined for the wait budget: a standalone run would only queue on
+ *   the same flock, after paying Node's start. The budget counts only while
+ *   it could have run. Calls of one key start in arrival order.
+ * - A shared call that finds it needs the exclusive lock after all (a
+ *   network's first container creates the bridge, its last one tears the
+ *   rules down) lets its shared lock go and asks for a turn (the worker's
+ *   ExclusiveArbiter, shared/sys/flock.ts). It gets it once every other
+ *   call of its key has finished or is asking too, and no new call of the
+ *   key starts meanwhile: it never waits in flock(2) behind a lock this
+ *   daemon holds, and a stream of shared calls cannot starve it.
  * - Right before a call starts, its caller is asked again (stillWanted): a
  *   caller that went away (a killed shim) has its call dropped, never run.
  * - A call still running after `callTimeoutMs` is reported (onTimeout): its
@@ -27,11 +38,11 @@
  *   daemon then ends as a whole, which the kernel cleans up after.
  */
 import type { EventEmitter } from 'node:events';
-import type { CallMessage, WorkerMessage } from './daemon-worker';
+import type { CallMessage, ToWorker, WorkerMessage } from './daemon-worker';
 
 /** What the pool needs of a worker thread (node:worker_threads' Worker, or a test's). */
 export interface WorkerLike extends EventEmitter {
-  postMessage(msg: CallMessage): void;
+  postMessage(msg: ToWorker): void;
   terminate(): Promise<number>;
 }
 
@@ -41,6 +52,8 @@ export interface Job {
   lane: Lane;
   /** calls with one key serialise on one lock (lockKeyOf); none: no shared lock known */
   key?: string;
+  /** the call takes its key's lock in shared mode (lockModeOf); otherwise exclusively: it runs alone */
+  shared?: boolean;
   /** plugin, command, container: for the log */
   label: string;
   call: Omit<CallMessage, 'id'>;
@@ -57,7 +70,7 @@ export type Outcome =
 export interface PoolOptions {
   size: number;
   etcdShare: number;
-  /** workers one lock key may hold at once (default: etcdShare) */
+  /** workers the shared calls of one lock key may hold at once (default: etcdShare) */
   keyShare?: number;
   waitBudgetMs: number;
   callTimeoutMs: number;
@@ -85,6 +98,8 @@ interface Running extends Waiting {
   id: number;
   started: bigint;
   deadline?: NodeJS.Timeout;
+  /** its exclusive turn: asked for (holding no lock of its key; `asked` orders the askers), or granted */
+  turn?: { asked: number; granted: boolean };
 }
 
 /** etcd-bound: an overlay, or an IPAM whose store is etcd (the config's own words; unreadable: local). */
@@ -124,10 +139,20 @@ export function lockKeyOf(plugin: string, stdin: Uint8Array): string | undefined
   return undefined;
 }
 
+/**
+ * Whether a keyed call takes its lock in shared mode: a container's own
+ * bridge calls (plugins/bridge/main.ts withNetworkShared); GC decides about
+ * the whole network, and every other keyed plugin's lock is exclusive.
+ */
+export function lockModeOf(plugin: string, command: string | undefined): 'shared' | 'exclusive' {
+  return plugin === 'bridge' && (command === 'ADD' || command === 'DEL' || command === 'CHECK' || command === 'STATUS') ? 'shared' : 'exclusive';
+}
+
 export class Pool {
   private readonly slots: Slot[] = [];
   private readonly queue: Waiting[] = [];
   private nextId = 1;
+  private asked = 0;
   private closed = false;
 
   constructor(private readonly opts: PoolOptions) {
@@ -156,7 +181,7 @@ export class Pool {
         const i = this.queue.indexOf(waiting);
         if (i < 0) return;
         // behind calls of its own key: it waits for its lock, not for a worker
-        if (this.keyFull(job.key)) {
+        if (!this.keyAllows(job)) {
           waiting.budget = setTimeout(expire, this.opts.waitBudgetMs);
           return;
         }
@@ -188,16 +213,30 @@ export class Pool {
     return this.slots.filter((s) => s.job?.job.lane === lane).length;
   }
 
-  /** calls of this key hold all the workers the key may have */
-  private keyFull(key: string | undefined): boolean {
-    if (key === undefined) return false;
-    return this.slots.filter((s) => s.job?.job.key === key).length >= (this.opts.keyShare ?? this.opts.etcdShare);
+  private runningWith(key: string): Running[] {
+    const out: Running[] = [];
+    for (const s of this.slots) if (s.job && s.job.job.key === key) out.push(s.job);
+    return out;
+  }
+
+  /** The calls of job's key running now leave room for it (see the header). */
+  private keyAllows(job: Job): boolean {
+    if (job.key === undefined) return true;
+    const running = this.runningWith(job.key);
+    if (!job.shared) return running.length === 0;
+    if (running.some((r) => !r.job.shared || r.turn)) return false;
+    return running.length < (this.opts.keyShare ?? this.opts.etcdShare);
   }
 
   private pump(): void {
+    this.grantTurns();
+    // a key whose first waiting call cannot start holds back its later ones (arrival order)
+    const held = new Set<string>();
     for (let i = 0; i < this.queue.length; ) {
       const waiting = this.queue[i];
-      if ((waiting.job.lane === 'etcd' && this.busyIn('etcd') >= this.opts.etcdShare) || this.keyFull(waiting.job.key)) {
+      const key = waiting.job.key;
+      if ((key !== undefined && held.has(key)) || (waiting.job.lane === 'etcd' && this.busyIn('etcd') >= this.opts.etcdShare) || !this.keyAllows(waiting.job)) {
+        if (key !== undefined) held.add(key);
         i++;
         continue;
       }
@@ -214,6 +253,30 @@ export class Pool {
         continue;
       }
       this.start(slot, waiting);
+    }
+  }
+
+  /**
+   * Grant an exclusive turn, per key, to the first asker once every other
+   * running call of its key is asking too (none of them holds the lock).
+   */
+  private grantTurns(): void {
+    const byKey = new Map<string | undefined, Slot[]>();
+    for (const s of this.slots) {
+      if (!s.job) continue;
+      const k = s.job.job.key;
+      byKey.set(k, [...(byKey.get(k) ?? []), s]);
+    }
+    for (const [key, slots] of byKey) {
+      // no key: nothing of this daemon is known to share its lock
+      const groups = key === undefined ? slots.map((s) => [s]) : [slots];
+      for (const group of groups) {
+        const asking = group.filter((s) => s.job!.turn && !s.job!.turn.granted);
+        if (asking.length === 0 || asking.length < group.length) continue;
+        const next = asking.reduce((a, b) => (b.job!.turn!.asked < a.job!.turn!.asked ? b : a));
+        next.job!.turn!.granted = true;
+        next.worker.postMessage({ type: 'turn', id: next.job!.id });
+      }
     }
   }
 
@@ -235,6 +298,10 @@ export class Pool {
       if (m.type === 'log') return this.opts.log(m.line);
       const running = slot.job;
       if (!running || running.id !== m.id) return;
+      if (m.type === 'turn') {
+        running.turn = m.want ? { asked: this.asked++, granted: false } : undefined;
+        return this.pump();
+      }
       this.finish(slot, { kind: 'answer', code: m.code, stdout: m.stdout, stderr: m.stderr, ms: Number(process.hrtime.bigint() - running.started) / 1e6, waitedMs: Number(running.started - running.queued) / 1e6 });
       if (m.fatal) {
         this.opts.log(`worker retired after ${running.job.label}: ${m.fatal}`);

@@ -15,6 +15,12 @@
  * process's stdout or stderr streams: a module that writes there directly
  * is a bug (only shared/log.ts may), and its text lands in the daemon's log.
  *
+ * The worker's calls take flock(2) locks that other workers of this daemon
+ * may hold too. A call that needs a lock exclusively after others share it
+ * (shared/sys/flock.ts withExclusiveTurn) asks the main thread for its turn
+ * rather than blocking this thread in flock(2) behind its siblings
+ * (cmd/daemon-pool.ts grants it).
+ *
  * After each call the worker checks it is back in its own network namespace
  * (plugins leave the namespaces they enter; this makes sure). If it cannot
  * get back, the call's answer still goes to its caller (the call ran; it must
@@ -25,6 +31,7 @@ import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { runPlugin, type SkelIO } from '../shared/cni/skel';
 import { textLogger } from '../shared/log';
+import { setExclusiveArbiter } from '../shared/sys/flock';
 import { CLONE_NEWNET, setns } from '../shared/sys/setns';
 import { interfaceExists, keepStdoutForJson, netnsStatus } from './plugin-io';
 import { type PluginModule, findPlugin, plugins } from './plugins';
@@ -37,10 +44,20 @@ export interface CallMessage {
   stdin: Uint8Array;
 }
 
+/** main thread -> worker: the call `id` may take its exclusive lock now */
+export interface TurnMessage {
+  type: 'turn';
+  id: number;
+}
+
+export type ToWorker = CallMessage | TurnMessage;
+
 /** worker -> main thread */
 export type WorkerMessage =
   | { type: 'answer'; id: number; code: number; stdout: string; stderr: string; /** the worker cannot serve again */ fatal?: string }
-  | { type: 'log'; line: string };
+  | { type: 'log'; line: string }
+  /** the call `id` asks for its exclusive turn (want), or is done with it */
+  | { type: 'turn'; id: number; file: string; want: boolean };
 
 /** The worker thread's network namespace, and the way back to its own. */
 export interface ThreadNetns {
@@ -112,9 +129,34 @@ export function workerMain(): void {
   process.on('unhandledRejection', (e) => post({ type: 'log', line: `unhandled rejection: ${(e as Error)?.stack ?? e}` }));
   const netns = realThreadNetns();
   let retired = false;
-  port.on('message', (msg: CallMessage) => {
+  // the call running now (one at a time), and its pending turn
+  let current: number | undefined;
+  let granted: (() => void) | undefined;
+  setExclusiveArbiter({
+    turn: (file) =>
+      new Promise<void>((resolve) => {
+        if (current === undefined) return resolve();
+        granted = resolve;
+        post({ type: 'turn', id: current, file, want: true });
+      }),
+    done: (file) => {
+      if (current !== undefined) post({ type: 'turn', id: current, file, want: false });
+    },
+  });
+  port.on('message', (msg: ToWorker) => {
+    if ('type' in msg) {
+      if (msg.type === 'turn' && msg.id === current && granted) {
+        const go = granted;
+        granted = undefined;
+        go();
+      }
+      return;
+    }
     if (retired) return;
+    current = msg.id;
     void serveCall(msg, netns).then((answer) => {
+      current = undefined;
+      granted = undefined;
       if (answer.fatal) retired = true;
       post(answer);
     });

@@ -49,7 +49,7 @@ import { DAEMON_SOCKET } from '../shared/paths';
 import { POLLERR, POLLHUP, pollEvents } from '../shared/sys/peer';
 import { type Namespaces, checkPeer, ownNamespaces } from './daemon-peer';
 import { startFirewallWatch } from './firewall-reload';
-import { type Outcome, Pool, type WorkerLike, laneOf, lockKeyOf } from './daemon-pool';
+import { type Outcome, Pool, type WorkerLike, laneOf, lockKeyOf, lockModeOf } from './daemon-pool';
 import { findPlugin } from './plugins';
 
 export const DEFAULT_SOCKET = DAEMON_SOCKET;
@@ -188,8 +188,8 @@ export class Daemon {
     this.pool = new Pool({
       size: workers,
       etcdShare: Math.max(1, Math.floor(workers / 2)),
-      // one network's calls never hold every worker: the others keep serving
-      keyShare: Math.max(1, Math.floor(workers / 2)),
+      // one network's shared calls never hold every worker: the others keep serving
+      keyShare: Math.max(1, workers - 1),
       waitBudgetMs: this.opts.waitBudgetMs ?? 2000,
       callTimeoutMs: this.opts.callTimeoutMs ?? 0,
       spawn: this.opts.spawnWorker ?? spawnBundleWorker,
@@ -312,6 +312,7 @@ export class Daemon {
     const outcome: Outcome = await this.pool!.run({
       lane: laneOf(req.stdin),
       key: lockKeyOf(req.name, req.stdin),
+      shared: lockModeOf(req.name, req.env.CNI_COMMAND) === 'shared',
       label,
       call: { name: req.name, env: scrubEnv(req.env), stdin: req.stdin },
       stillWanted: () => callerStillThere(fd, conn),

@@ -38,7 +38,7 @@ import { TableTx, projectTable, type Marker, type OwnedTable } from '../../share
 
 export const BRIDGE_TABLE = projectTable('inet', 'bridge');
 export const TABLE = BRIDGE_TABLE.table;
-/** The network's lock (flock): held by ADD and DEL around its rules, and by firewall-reload. */
+/** The network's lock (flock): shared by each container's ADD, exclusive around the network's rules and teardown, and for firewall-reload (main.ts withNetworkShared). */
 export function networkLockFile(bridge: string): string {
   return path.join(LOCK_DIR, `bridge-${bridge}.lock`);
 }
@@ -202,6 +202,18 @@ function gatewayRules(tx: TableTx, n: NetworkFirewall): void {
 /** The network's marker (the table's marker convention, shared/nft/table.ts): cfg-<bridge>, commented with the signature. */
 export function networkMarker(n: NetworkFirewall): Marker {
   return { chain: chainNames(n.bridge).cfg, comment: networkSignature(n) };
+}
+
+/**
+ * Whether the network's rules are installed as configured (one netlink
+ * read of its marker chain, no nft process): what every ADD but a network's
+ * first asks, under the network's shared lock. When they are, the record
+ * is asserted too (unchanged, it is only read), as ensureNetworkRules does.
+ */
+export function networkRulesCurrent(table: OwnedTable, n: NetworkFirewall): boolean {
+  if (!table.isCurrent(networkMarker(n))) return false;
+  table.records?.put(n.bridge, n);
+  return true;
 }
 
 /**

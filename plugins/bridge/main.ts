@@ -20,7 +20,7 @@ import {
   withHandle,
   EEXIST,
 } from '../../shared/netlink';
-import { withFileLock } from '../../shared/sys/flock';
+import { withExclusiveTurn, withFileLock } from '../../shared/sys/flock';
 import { NetNs, isNetnsPath, sysctlSet } from '../../shared/netns/netns';
 import { realTable } from '../../shared/nft/real';
 import { UndoStack } from '../../shared/undo';
@@ -34,6 +34,7 @@ import {
   GATEWAY_MODES,
   ensureNetworkRules,
   natsFamily,
+  networkRulesCurrent,
   networkRulesPresent,
   removeNetworkRules,
   networkLockFile,
@@ -138,19 +139,49 @@ function gatewayEnabled(conf: Conf, family: GatewayFamily): boolean {
 
 
 /**
- * Runs fn holding the network's lock: flock(2) on /run/cni-ts/bridge-BR.lock.
+ * The network's lock, flock(2) on /run/cni-ts/bridge-BR.lock, in two modes.
  *
- * Why: "is this the network's last container?" (count the bridge's ports)
- * followed by "remove its nft rules" or "remove the bridge" must not
- * interleave with another ADD attaching a port and writing the rules, nor
- * with another DEL removing the same map elements: nft fails a whole batch
- * on an element that is already gone, so two last DELs racing made one of
- * them fail. The sections are short (a few netlink calls, one nft run); the
- * kernel drops the lock when its holder dies, so a killed plugin never
- * wedges the network.
+ * Shared: one container's own work (its veth on the bridge, its addresses,
+ * its routes), which only needs the network to stay set up while it runs.
+ * Any number run side by side: a burst of containers on one network is not
+ * a queue.
+ *
+ * Exclusive: what decides about the network as a whole: creating the bridge
+ * on first use, writing the network's rules, and "is this the network's
+ * last container?" (count the bridge's ports) followed by removing its
+ * rules (or, undoing a first ADD, its bridge). Because every ADD holds the
+ * shared lock from "the bridge is there" until its port is attached and the
+ * rules are checked, that count never runs while an ADD is half done: it
+ * sees the port, or the ADD has not started and will find the rules gone
+ * and write them again. nft fails a whole batch on an element that is
+ * already gone, so two last DELs removing the same map elements must not
+ * interleave either.
+ *
+ * The sections are short (a few netlink calls, one nft run); the kernel
+ * drops the lock when its holder dies, so a killed plugin never wedges the
+ * network.
  */
-function withNetworkLock<T>(bridge: string, fn: () => T): T {
-  return withFileLock(networkLockFile(bridge), fn);
+function withNetworkShared<T>(bridge: string, fn: () => Promise<T>): Promise<T> {
+  return withFileLock(networkLockFile(bridge), fn, { shared: true });
+}
+
+/** The exclusive mode; never called holding the shared lock (see withNetworkShared). */
+function withNetworkExclusive<T>(bridge: string, fn: () => T): Promise<Awaited<T>> {
+  return withExclusiveTurn(networkLockFile(bridge), fn);
+}
+
+/**
+ * Runs fn under the network's shared lock once ready() holds there; when it
+ * does not, prepare() runs under the exclusive lock and ready() is asked
+ * again under a fresh shared lock (flock has no atomic upgrade: between the
+ * two, a teardown may have undone what prepare did).
+ */
+async function whenReady<T>(bridge: string, ready: () => boolean, prepare: () => void, fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    const out = await withNetworkShared(bridge, async () => (ready() ? { value: await fn() } : undefined));
+    if (out) return out.value;
+    await withNetworkExclusive(bridge, prepare);
+  }
 }
 
 /** ip link add BRIDGE type bridge (unless present); returns whether we created it. */
@@ -175,16 +206,31 @@ function ensureBridge(host: NetlinkHandle, conf: Conf): boolean {
       if (!isNetlinkError(e, EEXIST)) throw e;
     }
   }
-  // As the reference: asserted on every ADD, so a bridge that existed
-  // before (or was created without it) gets it too.
-  if (conf.promiscMode) host.linkSetPromisc(conf.bridge, true);
   return created;
 }
 
-/** The network is gone from this host once its bridge has no ports: drop its nft chains. */
-function removeRulesIfUnused(host: NetlinkHandle, bridge: string): void {
-  withNetworkLock(bridge, () => {
-    if (bridgePorts(host, bridge) === 0) removeNetworkRules(realTable(BRIDGE_TABLE), bridge);
+/** The bridge is there, a bridge and up: a container's ADD can go ahead under the shared lock. */
+function bridgeReady(host: NetlinkHandle, conf: Conf): boolean {
+  const br = host.linkByName(conf.bridge);
+  if (br && br.kind !== 'bridge') {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `${conf.bridge} already exists and is not a bridge (${br.kind ?? 'device'})`);
+  }
+  return br !== undefined && br.up;
+}
+
+/**
+ * The network is gone from this host once its bridge has no ports: drop
+ * its nft chains (and the bridge, when removeBridge: undoing the ADD that
+ * made it). The count outside the lock only spares the calls that leave a
+ * port behind the exclusive lock: each leaver counts after removing its own
+ * port, so the last one to count sees none and decides under the lock.
+ */
+async function releaseIfUnused(host: NetlinkHandle, bridge: string, removeBridge = false): Promise<void> {
+  if (bridgePorts(host, bridge) > 0) return;
+  await withNetworkExclusive(bridge, () => {
+    if (bridgePorts(host, bridge) > 0) return;
+    removeNetworkRules(realTable(BRIDGE_TABLE), bridge);
+    if (removeBridge) host.linkDelIfExists(bridge);
   });
 }
 
@@ -206,65 +252,81 @@ async function add(ctx: Ctx): Promise<Result> {
     const ns = keep(NetNs.open(ctx.netns));
     const cont = keep(NetlinkHandle.open(ctx.netns));
     return await UndoStack.run(async (undo) => {
-      // 1. the network's bridge and 2. the veth pair, its container end
-      // created directly in the container; attached under the network's
-      // lock, so a concurrent last DEL either counts this port or has
-      // finished removing the rules that step 6 writes again.
       const hostVeth = hostVethName(ctx.containerId, ctx.ifname);
-      withNetworkLock(conf.bridge, () => {
-        if (ensureBridge(host, conf)) {
-          undo.push('bridge', () => withNetworkLock(conf.bridge, () => bridgePorts(host, conf.bridge) === 0 && host.linkDelIfExists(conf.bridge)));
-        }
-        host.linkAdd({ kind: 'veth', name: hostVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu: conf.mtu });
-        undo.push('veth', () => host.linkDelIfExists(hostVeth));
-        host.linkSetMaster(hostVeth, conf.bridge);
-      });
-      if (conf.hairpinMode) host.linkSetHairpin(hostVeth, true);
-      // icc=false: isolated ports reach the bridge (gateway) but not each other
-      if (!conf.icc) host.linkSetIsolated(hostVeth, true);
-      host.linkSetUp(hostVeth);
+      const fw = realTable(BRIDGE_TABLE);
+      // Undone last, after this container's own steps: a network this ADD
+      // leaves without ports loses its rules, and its bridge if this ADD made it.
+      let createdBridge = false;
+      undo.push('network', () => releaseIfUnused(host, conf.bridge, createdBridge));
 
-      // 3. addresses
-      const result = await ipamAddressesFor(ipam, ctx, undo);
-      const ips = result.ips ?? [];
-      const v4 = ips.find((ip) => !ip.address.includes(':'));
+      // 1. the network's bridge, created on first use under the exclusive
+      //    lock; everything up to the rules check under the shared lock
+      //    (withNetworkShared says why), side by side with other ADDs
+      const { result, ips, firewall } = await whenReady(
+        conf.bridge,
+        () => bridgeReady(host, conf),
+        () => {
+          if (ensureBridge(host, conf)) createdBridge = true;
+        },
+        async () => {
+          // As the reference: asserted on every ADD, so a bridge that existed
+          // before (or was created without it) gets it too.
+          if (conf.promiscMode) host.linkSetPromisc(conf.bridge, true);
+          // 2. the veth pair, its container end created directly in the container
+          host.linkAdd({ kind: 'veth', name: hostVeth, peerName: ctx.ifname, peerNetnsFd: ns.fd, mtu: conf.mtu });
+          undo.push('veth', () => host.linkDelIfExists(hostVeth));
+          host.linkSetMaster(hostVeth, conf.bridge);
+          if (conf.hairpinMode) host.linkSetHairpin(hostVeth, true);
+          // icc=false: isolated ports reach the bridge (gateway) but not each other
+          if (!conf.icc) host.linkSetIsolated(hostVeth, true);
+          host.linkSetUp(hostVeth);
 
-      // 4. the container's end: MAC, addresses, up, routes
-      const mac = conf.runtimeConfig?.mac ?? (v4 ? macFromIPv4(v4.address.split('/')[0]) : undefined);
-      const routes = [...(result.routes ?? [])];
-      // no route out (internal, or that family isolated): drop any default the IPAM offered
-      for (let i = routes.length - 1; i >= 0; i--) if (isDefault(routes[i].dst) && noRouteOut(conf, familyOf(routes[i].dst))) routes.splice(i, 1);
-      if (conf.isDefaultGateway) {
-        for (const ip of ips) {
-          const family = ip.address.includes(':') ? '::/0' : '0.0.0.0/0';
-          if (ip.gateway && !noRouteOut(conf, familyOf(ip.address)) && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
-        }
-      }
-      // such a family's routes (its defaults are gone) stay on the link: no gateway
-      applyToInterface(cont, ctx.ifname, { mac, ips, routes, via: (r) => r.gw ?? (noRouteOut(conf, familyOf(r.dst)) ? undefined : gatewayFor(ips, r.dst)) });
-      result.routes = routes;
+          // 3. addresses (under the IPAM store's own lock)
+          const result = await ipamAddressesFor(ipam, ctx, undo);
+          const ips = result.ips ?? [];
+          const v4 = ips.find((ip) => !ip.address.includes(':'));
 
-      // 5. the gateway on the bridge
-      for (const ip of ips) {
-        if (gatewayEnabled(conf, familyOf(ip.address))) {
-          if (!ip.gateway) continue;
-          const prefix = ip.address.split('/')[1];
-          try {
-            host.addrAdd(conf.bridge, `${ip.gateway}/${prefix}`, { noDad: ip.gateway.includes(':') });
-          } catch (e) {
-            if (!isNetlinkError(e, EEXIST)) throw e;
+          // 4. the container's end: MAC, addresses, up, routes
+          const mac = conf.runtimeConfig?.mac ?? (v4 ? macFromIPv4(v4.address.split('/')[0]) : undefined);
+          const routes = [...(result.routes ?? [])];
+          // no route out (internal, or that family isolated): drop any default the IPAM offered
+          for (let i = routes.length - 1; i >= 0; i--) if (isDefault(routes[i].dst) && noRouteOut(conf, familyOf(routes[i].dst))) routes.splice(i, 1);
+          if (conf.isDefaultGateway) {
+            for (const ip of ips) {
+              const family = ip.address.includes(':') ? '::/0' : '0.0.0.0/0';
+              if (ip.gateway && !noRouteOut(conf, familyOf(ip.address)) && !routes.some((r) => r.dst === family)) routes.push({ dst: family, gw: ip.gateway });
+            }
           }
-          sysctlSet(ip.gateway.includes(':') ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward', '1');
-        } else {
-          delete ip.gateway;
-        }
-      }
+          // such a family's routes (its defaults are gone) stay on the link: no gateway
+          applyToInterface(cont, ctx.ifname, { mac, ips, routes, via: (r) => r.gw ?? (noRouteOut(conf, familyOf(r.dst)) ? undefined : gatewayFor(ips, r.dst)) });
+          result.routes = routes;
 
-      // 6. the network's firewall and NAT: one atomic nft transaction, only
-      //    when the kernel does not already hold exactly these rules
-      withNetworkLock(conf.bridge, () =>
-        ensureNetworkRules(realTable(BRIDGE_TABLE), networkFirewall(conf, ips)),
+          // 5. the gateway on the bridge (another ADD may have just put it there: EEXIST)
+          for (const ip of ips) {
+            if (gatewayEnabled(conf, familyOf(ip.address))) {
+              if (!ip.gateway) continue;
+              const prefix = ip.address.split('/')[1];
+              try {
+                host.addrAdd(conf.bridge, `${ip.gateway}/${prefix}`, { noDad: ip.gateway.includes(':') });
+              } catch (e) {
+                if (!isNetlinkError(e, EEXIST)) throw e;
+              }
+              sysctlSet(ip.gateway.includes(':') ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward', '1');
+            } else {
+              delete ip.gateway;
+            }
+          }
+          // 6a. the network's rules as configured are in the kernel (the
+          //     common case: one netlink read, no nft process)
+          const firewall = networkFirewall(conf, ips);
+          return { result, ips, firewall: networkRulesCurrent(fw, firewall) ? undefined : firewall };
+        },
       );
+
+      // 6b. otherwise one atomic nft transaction under the exclusive lock.
+      //     This container's port is attached: no teardown can take them
+      //     away again between the two locks.
+      if (firewall) await withNetworkExclusive(conf.bridge, () => ensureNetworkRules(fw, firewall));
 
       // 7. the container's names on the network's resolver; result.dns for resolv.conf
       //    (the undo first: the record may be written before starting the resolver fails)
@@ -299,9 +361,10 @@ async function del(ctx: Ctx): Promise<void> {
   if (ctx.netns && isNetnsPath(ctx.netns)) {
     withHandle(ctx.netns, (cont) => cont.linkDelIfExists(ctx.ifname));
   }
-  withHandle(undefined, (host) => {
+  await withHandles(async (keep) => {
+    const host = keep(NetlinkHandle.open());
     host.linkDelIfExists(hostVethName(ctx.containerId, ctx.ifname));
-    removeRulesIfUnused(host, conf.bridge);
+    await releaseIfUnused(host, conf.bridge);
   });
 }
 
@@ -327,14 +390,15 @@ async function gc(ctx: Ctx, valid: Attachment[]): Promise<void> {
   // Host veths of attachments that are not valid any more (their container
   // is gone but its namespace was leaked): recognisable by name.
   const keep = new Set(valid.map((a) => hostVethName(a.containerID, a.ifname)));
-  withHandle(undefined, (host) => {
+  await withHandles(async (own) => {
+    const host = own(NetlinkHandle.open());
     const br = host.linkByName(ctx.config.bridge);
     if (!br) return;
     for (const l of host.linkList()) {
       if (l.masterIndex === br.index && l.kind === 'veth' && /^veth[0-9a-f]{11}$/.test(l.name) && !keep.has(l.name)) host.linkDelIfExists(l.name);
     }
     // the stray veths may have been the network's last containers
-    removeRulesIfUnused(host, ctx.config.bridge);
+    await releaseIfUnused(host, ctx.config.bridge);
   });
 }
 

@@ -1,25 +1,43 @@
 /**
  * The daemon's pool scheduling, in process with stand-in workers that hold
  * each call until the test releases it: calls that share a lock key queue
- * in the main thread (never more than keyShare of them on workers, so a
- * burst on one network cannot park every worker in flock(2)), are never
- * declined for the wait budget while they wait behind their own key, start
- * in arrival order, and a key is released however its call ends.
+ * in the main thread (shared-lock calls side by side, never more than
+ * keyShare of them on workers, so a burst on one network cannot park every
+ * worker in flock(2); exclusive ones alone), are never declined for the
+ * wait budget while they wait behind their own key, start in arrival order,
+ * get an exclusive turn only once their key's other calls are done or
+ * asking too, and a key is released however its call ends.
  */
 import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { type Job, type Outcome, Pool, type WorkerLike, lockKeyOf } from '../../cmd/daemon-pool';
-import type { CallMessage } from '../../cmd/daemon-worker';
+import { type Job, type Outcome, Pool, type WorkerLike, lockKeyOf, lockModeOf } from '../../cmd/daemon-pool';
+import type { CallMessage, ToWorker } from '../../cmd/daemon-worker';
 
 /** A worker thread stand-in: keeps each call until answer() or crash(). */
 class HeldWorker extends EventEmitter implements WorkerLike {
   call?: CallMessage;
+  /** the running call asked for its exclusive turn, and whether it got it */
+  turn?: 'asked' | 'granted';
   constructor(private readonly onCall: (w: HeldWorker) => void) {
     super();
   }
-  postMessage(msg: CallMessage): void {
+  postMessage(msg: ToWorker): void {
+    if ('type' in msg) {
+      if (msg.type === 'turn' && msg.id === this.call?.id && this.turn === 'asked') this.turn = 'granted';
+      return;
+    }
     this.call = msg;
+    this.turn = undefined;
     this.onCall(this);
+  }
+  /** what withExclusiveTurn does: ask (its shared lock let go), later say done */
+  askTurn(): void {
+    this.turn = 'asked';
+    this.emit('message', { type: 'turn', id: this.call!.id, file: 'net.lock', want: true });
+  }
+  doneTurn(): void {
+    this.turn = undefined;
+    this.emit('message', { type: 'turn', id: this.call!.id, file: 'net.lock', want: false });
   }
   answer(stdout: string): void {
     const id = this.call!.id;
@@ -52,8 +70,8 @@ function harness(size: number, keyShare: number, waitBudgetMs = 10) {
     log: () => {},
     onTimeout: () => {},
   });
-  const run = (id: string, key?: string): Promise<Outcome> => {
-    const job: Job = { lane: 'local', key, label: id, call: { name: 'bridge', env: { ID: id }, stdin: new Uint8Array() }, stillWanted: () => true };
+  const run = (id: string, key?: string, mode: 'shared' | 'exclusive' = 'exclusive'): Promise<Outcome> => {
+    const job: Job = { lane: 'local', key, shared: mode === 'shared', label: id, call: { name: 'bridge', env: { ID: id }, stdin: new Uint8Array() }, stillWanted: () => true };
     return pool.run(job);
   };
   const busyWith = (id: string) => workers.find((w) => w.call?.env.ID === id)!;
@@ -64,9 +82,9 @@ function harness(size: number, keyShare: number, waitBudgetMs = 10) {
 const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
 
 describe('the pool, calls that share a lock key', () => {
-  it('run at most keyShare at once, leave the other workers to other keys, and start in arrival order', async () => {
+  it('run at most keyShare shared calls at once, leave the other workers to other keys, and start in arrival order', async () => {
     const h = harness(4, 2);
-    const net = Array.from({ length: 6 }, (_, i) => h.run(`n${i}`, 'bridge:br0'));
+    const net = Array.from({ length: 6 }, (_, i) => h.run(`n${i}`, 'bridge:br0', 'shared'));
     const other = h.run('p0', 'portmap');
     await tick();
     expect(h.running().sort()).toEqual(['n0', 'n1', 'p0']);
@@ -133,6 +151,121 @@ describe('the pool, calls that share a lock key', () => {
     await tick();
     h.busyWith('k1').answer('k1');
     expect((await Promise.all([...keyed, free])).map((o) => o.kind)).toEqual(['answer', 'answer', 'answer']);
+  });
+});
+
+describe('the pool, shared and exclusive calls of one key', () => {
+  it('an exclusive call waits for the shared ones before it, runs alone, and holds back the shared ones after it', async () => {
+    const h = harness(4, 3);
+    const s = [h.run('s0', 'bridge:br0', 'shared'), h.run('s1', 'bridge:br0', 'shared')];
+    const x = h.run('x', 'bridge:br0', 'exclusive');
+    const later = h.run('s2', 'bridge:br0', 'shared');
+    await tick();
+    // workers are free, yet x waits for s0 and s1, and s2 (behind x) waits too
+    expect(h.running().sort()).toEqual(['s0', 's1']);
+    h.busyWith('s0').answer('s0');
+    await tick();
+    expect(h.running()).toEqual(['s1']);
+    h.busyWith('s1').answer('s1');
+    await tick();
+    expect(h.running()).toEqual(['x']);
+    h.busyWith('x').answer('x');
+    await tick();
+    expect(h.running()).toEqual(['s2']);
+    h.busyWith('s2').answer('s2');
+    expect((await Promise.all([...s, x, later])).map((o) => o.kind)).toEqual(['answer', 'answer', 'answer', 'answer']);
+    expect(h.started).toEqual(['s0', 's1', 'x', 's2']);
+  });
+
+  it('a shared call asking for its exclusive turn gets it once the others of its key are done, and no new one starts meanwhile', async () => {
+    const h = harness(4, 3);
+    const first = [h.run('a', 'bridge:br0', 'shared'), h.run('b', 'bridge:br0', 'shared')];
+    await tick();
+    h.busyWith('a').askTurn();
+    const c = h.run('c', 'bridge:br0', 'shared');
+    const other = h.run('o', 'bridge:br1', 'shared');
+    await tick();
+    // b may still hold the shared lock: no turn yet; c waits; another key is not held back
+    expect(h.busyWith('a').turn).toBe('asked');
+    expect(h.running().sort()).toEqual(['a', 'b', 'o']);
+    h.busyWith('b').answer('b');
+    await tick();
+    expect(h.busyWith('a').turn).toBe('granted');
+    expect(h.running().sort()).toEqual(['a', 'o']);
+    h.busyWith('a').doneTurn();
+    await tick();
+    // the turn is over: shared calls of the key run beside it again
+    expect(h.running().sort()).toEqual(['a', 'c', 'o']);
+    for (const id of ['a', 'c', 'o']) h.busyWith(id).answer(id);
+    expect((await Promise.all([...first, c, other])).map((o) => o.kind)).toEqual(['answer', 'answer', 'answer', 'answer']);
+  });
+
+  it('two calls asking for their turn at once get it one after the other, first asked first, never both', async () => {
+    const h = harness(4, 3);
+    const calls = [h.run('a', 'bridge:br0', 'shared'), h.run('b', 'bridge:br0', 'shared')];
+    await tick();
+    h.busyWith('b').askTurn();
+    h.busyWith('a').askTurn();
+    await tick();
+    expect([h.busyWith('a').turn, h.busyWith('b').turn]).toEqual(['asked', 'granted']);
+    h.busyWith('b').doneTurn();
+    await tick();
+    // b may take the shared lock again after its turn (an ADD goes on): a waits until b ends
+    expect(h.busyWith('a').turn).toBe('asked');
+    h.busyWith('b').answer('b');
+    await tick();
+    expect(h.busyWith('a').turn).toBe('granted');
+    h.busyWith('a').doneTurn();
+    h.busyWith('a').answer('a');
+    expect((await Promise.all(calls)).map((o) => o.kind)).toEqual(['answer', 'answer']);
+  });
+
+  it('release the key when a call ends during its turn, answered (the plugin threw) or crashed: the next call of the key gets its turn', async () => {
+    const h = harness(4, 3);
+    const calls = [h.run('a', 'bridge:br0', 'shared'), h.run('b', 'bridge:br0', 'shared'), h.run('c', 'bridge:br0', 'shared')];
+    await tick();
+    h.busyWith('a').askTurn();
+    h.busyWith('b').askTurn();
+    h.busyWith('c').askTurn();
+    await tick();
+    expect(h.busyWith('a').turn).toBe('granted');
+    // a's plugin threw out of its exclusive section: an error answer, no "done"
+    h.busyWith('a').answer('a failed');
+    await tick();
+    expect(h.busyWith('b').turn).toBe('granted');
+    h.busyWith('b').crash();
+    await tick();
+    expect(h.busyWith('c').turn).toBe('granted');
+    const x = h.run('x', 'bridge:br0', 'exclusive');
+    await tick();
+    expect(h.running()).toEqual(['c']);
+    h.busyWith('c').doneTurn();
+    h.busyWith('c').answer('c');
+    await tick();
+    expect(h.running()).toEqual(['x']);
+    h.busyWith('x').answer('x');
+    expect((await Promise.all([...calls, x])).map((o) => o.kind)).toEqual(['answer', 'crashed', 'answer', 'answer']);
+  });
+
+  it('a shared call behind an exclusive one is not declined past the wait budget', async () => {
+    const h = harness(4, 3, 5);
+    const x = h.run('x', 'bridge:br0', 'exclusive');
+    const s = h.run('s', 'bridge:br0', 'shared');
+    await tick(60);
+    expect(h.running()).toEqual(['x']);
+    h.busyWith('x').answer('x');
+    await tick();
+    h.busyWith('s').answer('s');
+    expect((await Promise.all([x, s])).map((o) => o.kind)).toEqual(['answer', 'answer']);
+  });
+});
+
+describe('lockModeOf', () => {
+  it('is shared for a container\'s bridge calls, exclusive for bridge GC and every other keyed plugin', () => {
+    expect(['ADD', 'DEL', 'CHECK'].map((c) => lockModeOf('bridge', c))).toEqual(['shared', 'shared', 'shared']);
+    expect(lockModeOf('bridge', 'GC')).toBe('exclusive');
+    expect(lockModeOf('portmap', 'ADD')).toBe('exclusive');
+    expect(lockModeOf('macvlan', 'DEL')).toBe('exclusive');
   });
 });
 

@@ -2,14 +2,15 @@
  * withFileLock, the one lock helper (bridge, portmap, overlay and VLAN
  * reference counts all call it): the lock is really held while fn runs
  * (probed from another open file description, as another process would),
- * released however fn ends, and refused for asynchronous work it could
- * not cover.
+ * held until asynchronous work settles, released however fn ends; its
+ * shared mode admits other shared holders and no exclusive one; and
+ * withExclusiveTurn asks the process's arbiter before taking the lock.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LOCK_EX, LOCK_NB, LOCK_UN, flock, withFileLock } from '../../../shared/sys/flock';
+import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, flock, setExclusiveArbiter, withExclusiveTurn, withFileLock } from '../../../shared/sys/flock';
 
 let tmp = '';
 beforeAll(() => {
@@ -20,10 +21,10 @@ afterAll(() => {
 });
 
 /** Can someone else take the lock right now? (a second open: flock locks belong to the open file description) */
-function freeFromOutside(file: string): boolean {
+function freeFromOutside(file: string, mode = LOCK_EX): boolean {
   const fd = fs.openSync(file, 'r+');
   try {
-    flock(fd, LOCK_EX | LOCK_NB);
+    flock(fd, mode | LOCK_NB);
     flock(fd, LOCK_UN);
     return true;
   } catch (e) {
@@ -58,11 +59,59 @@ describe('withFileLock', () => {
     expect(freeFromOutside(file)).toBe(true);
   });
 
-  it('refuses an asynchronous fn (the lock would go before its work is done) and releases the lock', () => {
+  it('holds the lock until an asynchronous fn settles, and releases it when it rejects', async () => {
     const file = path.join(tmp, 'd.lock');
-    const pending = Promise.resolve(1);
-    expect(() => withFileLock(file, () => pending)).toThrow(/must be synchronous/);
+    let finish!: (v: number) => void;
+    const held = withFileLock(file, () => new Promise<number>((r) => (finish = r)));
+    await new Promise((r) => setImmediate(r));
+    expect(freeFromOutside(file)).toBe(false);
+    finish(1);
+    expect(await held).toBe(1);
     expect(freeFromOutside(file)).toBe(true);
+    await expect(withFileLock(file, async () => Promise.reject(new Error('async step failed')))).rejects.toThrow('async step failed');
+    expect(freeFromOutside(file)).toBe(true);
+  });
+
+  it('shared: other shared holders get in, an exclusive one does not, and the two shared holders run side by side', () => {
+    const file = path.join(tmp, 's.lock');
+    const seen = withFileLock(file, () => withFileLock(file, () => [freeFromOutside(file, LOCK_SH), freeFromOutside(file, LOCK_EX)], { shared: true }), { shared: true });
+    expect(seen).toEqual([true, false]);
+    expect(freeFromOutside(file)).toBe(true);
+    // and an exclusive holder keeps shared ones out
+    expect(withFileLock(file, () => freeFromOutside(file, LOCK_SH))).toBe(false);
+  });
+
+  it('withExclusiveTurn waits for the arbiter\'s turn before taking the lock, and says when it is done, even when fn throws', async () => {
+    const file = path.join(tmp, 't.lock');
+    const events: string[] = [];
+    let grant!: () => void;
+    setExclusiveArbiter({
+      turn: (f) => {
+        events.push(`turn ${path.basename(f)}`);
+        return new Promise<void>((r) => (grant = r));
+      },
+      done: (f) => events.push(`done ${path.basename(f)}`),
+    });
+    try {
+      const out = withExclusiveTurn(file, () => {
+        events.push(`locked ${freeFromOutside(file)}`);
+        return 7;
+      });
+      await new Promise((r) => setImmediate(r));
+      expect(events).toEqual(['turn t.lock']);
+      grant();
+      expect(await out).toBe(7);
+      const failing = withExclusiveTurn(file, () => {
+        throw new Error('teardown failed');
+      });
+      await new Promise((r) => setImmediate(r));
+      grant();
+      await expect(failing).rejects.toThrow('teardown failed');
+      expect(events).toEqual(['turn t.lock', 'locked false', 'done t.lock', 'turn t.lock', 'done t.lock']);
+      expect(freeFromOutside(file)).toBe(true);
+    } finally {
+      setExclusiveArbiter(undefined);
+    }
   });
 
   it('takes a lock that is free again after a nested section on another file', () => {
