@@ -8,8 +8,10 @@
  * it the already locked <dir>/relay.lock as --lock-fd 3), in the namespace
  * whose ::1 it serves. It holds that lock for its life, so there is one per
  * directory. SIGHUP, or a change of <dir>/serial: read the records again.
- * SIGTERM/SIGINT: stop. It exits once no record is left (decided under the
- * records lock, which every writer takes).
+ * SIGTERM/SIGINT: stop. Every --prune-every it forgets the records of
+ * containers whose network namespace is gone (they died without DEL). It
+ * exits once no record is left (decided under the records lock, which every
+ * writer takes).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,7 +19,7 @@ import { parseFlags, UsageError } from '../shared/flags';
 import { stderrLog } from '../shared/log';
 import { netnsId } from '../shared/nft/records';
 import { RELAY_LOCK, RELAY_PID } from '../shared/portproxy/launch';
-import { PORT_PROXY_ROOT, SERIAL_FILE, loadRecords, portProxyDir, readSerial, withRecordsLock, writeStatus } from '../shared/portproxy/records';
+import { PORT_PROXY_ROOT, SERIAL_FILE, loadRecords, portProxyDir, pruneGone, readSerial, withRecordsLock, writeStatus } from '../shared/portproxy/records';
 import { Relay } from '../shared/portproxy/relay';
 import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
 import { writeFileAtomic } from '../shared/sys/file';
@@ -26,9 +28,10 @@ const FLAGS = {
   dir: { type: 'string' },
   'lock-fd': { type: 'integer', min: 3, max: 1 << 20 },
   'udp-idle': { type: 'duration', default: 60_000, min: 100 },
+  'prune-every': { type: 'duration', default: 10_000, min: 100 },
 } as const;
 
-const USAGE = 'usage: cni-ts port-proxy [--dir DIR] [--lock-fd N] [--udp-idle 60s]';
+const USAGE = 'usage: cni-ts port-proxy [--dir DIR] [--lock-fd N] [--udp-idle 60s] [--prune-every 10s]';
 
 const log = (msg: string) => stderrLog(`${new Date().toISOString()} ${msg}`);
 
@@ -36,11 +39,13 @@ export async function portProxyMain(argv: string[]): Promise<number> {
   let dir: string;
   let lockFdArg: number | undefined;
   let udpIdleMs: number;
+  let pruneMs: number;
   try {
     const { values } = parseFlags(argv, FLAGS);
     dir = values.dir ?? portProxyDir();
     lockFdArg = values['lock-fd'];
     udpIdleMs = values['udp-idle'];
+    pruneMs = values['prune-every'];
     if (!path.isAbsolute(dir)) throw new UsageError('--dir must be absolute');
     // a namespace's directory is served from inside that namespace only: ::1 is per namespace
     if (path.dirname(dir) === PORT_PROXY_ROOT && path.basename(dir) !== netnsId()) {
@@ -110,8 +115,16 @@ export async function portProxyMain(argv: string[]): Promise<number> {
   fs.watch(dir, (_event, name) => {
     if (name === SERIAL_FILE) void reload();
   });
+  // containers that died without DEL: their records go, and with the last one the relay
+  setInterval(() => {
+    pruneGone(dir, log).then(
+      (serial) => {
+        if (serial !== undefined) void reload();
+      },
+      (e: Error) => log(`cni-ts port-proxy: pruning: ${e.message}`),
+    );
+  }, pruneMs);
   await reload();
   log(`cni-ts port-proxy: serving ${dir} (pid ${process.pid}, netns ${netnsId()})`);
-  setInterval(() => {}, 1 << 30);
   return new Promise<number>(() => {});
 }

@@ -150,7 +150,7 @@ function removeState(table: OwnedTable, owner: Required<Owner>, keys: readonly K
 
 /** What the ::1 relay is asked to serve for this attachment. */
 function proxyOf(ctx: Ctx): ProxyRequest {
-  return { owner: ownerOf(ctx), mappings: ctx.config.runtimeConfig?.portMappings ?? [], addrs: containerAddrs(ctx.prevResult, ctx.ifname) };
+  return { owner: ownerOf(ctx), netns: ctx.netns, mappings: ctx.config.runtimeConfig?.portMappings ?? [], addrs: containerAddrs(ctx.prevResult, ctx.ifname) };
 }
 
 export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {

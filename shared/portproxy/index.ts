@@ -41,6 +41,8 @@ export interface ProxyAddr {
 
 export interface ProxyRequest {
   owner: ProxyOwner;
+  /** the container's network namespace path: the relay forgets the record once it is gone */
+  netns?: string;
   mappings: readonly ProxyMapping[];
   addrs: readonly ProxyAddr[];
 }
@@ -172,14 +174,19 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
       }
       // the record first, the serial last: the relay reloads when the serial
       // changes, and the status it then writes must cover this record
-      putRecord(dir, { owner: req.owner, seq: readSerial(dir) + 1, entries });
+      putRecord(dir, { owner: req.owner, seq: readSerial(dir) + 1, ...(req.netns && { netns: req.netns }), entries });
       const seq = bumpSerial(dir);
       // under the lock: a relay deciding to exit for lack of records decides under it too
       ensureRelay(dir);
       return seq;
     });
     const status = waitStatus(dir, serial, timeoutMs, { start: true });
-    if (!status) throw new CniError(ErrorCode.TryAgainLater, `the ::1 port relay did not serve ${describeOwner(req.owner)}'s mappings within ${timeoutMs} ms`, `see ${dir}/relay.log`);
+    if (!status) {
+      const msg = `the ::1 port relay did not serve ${describeOwner(req.owner)}'s mappings within ${timeoutMs} ms`;
+      // wildcard mappings work without it (the kernel publishes them everywhere else); the record stays for the relay to catch up
+      if (!entries.some((e) => e.explicit)) return log(`portmap: ${msg}; see ${dir}/relay.log`);
+      throw new CniError(ErrorCode.TryAgainLater, msg, `see ${dir}/relay.log`);
+    }
     for (const f of status.failed) {
       if (f.file !== file) continue;
       const e = entries.find((x) => x.protocol === f.protocol && x.hostPort === f.hostPort);

@@ -77,6 +77,8 @@ export const recordSchema = z.object({
   owner: ownerSchema,
   /** the serial this record was written at: earlier records win a contested port */
   seq: z.number().int().min(0),
+  /** the container's network namespace (CNI_NETNS): once it is gone, so is the record (pruneGone) */
+  netns: z.string().max(4096).optional(),
   entries: z.array(entrySchema).max(65535 * 2),
 });
 export type ProxyRecord = z.infer<typeof recordSchema>;
@@ -158,6 +160,39 @@ export function loadRecords(dir: string, log?: (msg: string) => void): LoadedRec
     }
   }
   return out;
+}
+
+/**
+ * Forget the records whose container's network namespace is gone (a
+ * container that died without DEL, a test's deleted namespace), so their
+ * ports close and a relay with nothing left exits instead of living on in a
+ * namespace nobody uses. Asynchronous stat: a path that hangs (a stuck
+ * filesystem) must not stop the relay's event loop. Returns the new serial
+ * when something was removed.
+ */
+export async function pruneGone(dir: string, log: (msg: string) => void): Promise<number | undefined> {
+  const gone: LoadedRecord[] = [];
+  for (const r of loadRecords(dir)) {
+    const ns = r.record.netns;
+    if (!ns || !path.isAbsolute(ns)) continue;
+    try {
+      await fs.promises.stat(ns);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') gone.push(r);
+    }
+  }
+  if (gone.length === 0) return undefined;
+  return withRecordsLock(dir, () => {
+    let removed = false;
+    for (const r of gone) {
+      // still the record we saw, not one a new ADD wrote since
+      const now = loadRecords(dir).find((x) => x.file === r.file);
+      if (!now || now.record.seq !== r.record.seq) continue;
+      removed = removeRecord(dir, r.record.owner) || removed;
+      log(`port-proxy: ${r.record.netns} is gone: forgot the ports of container ${r.record.owner.containerID} (network ${r.record.owner.network})`);
+    }
+    return removed ? bumpSerial(dir) : undefined;
+  });
 }
 
 export function writeStatus(dir: string, status: ProxyStatus): void {

@@ -277,9 +277,18 @@ describe('DEL and GC', () => {
     expect(ask(tools, ns.host, 'tcp', '::1', PORT.c4lo)).toBe('C4');
   });
 
+  it("forgets a container whose namespace is gone without DEL (the relay's prune)", async () => {
+    expect(ask(tools, ns.host, 'tcp', '::1', PORT.cylo)).toBe('CY');
+    trySh(['ip', 'netns', 'del', ns.cy]);
+    // the relay looks every 10 s: a generous bound
+    await until('the port of the vanished container is closed', () => ask(tools, ns.host, 'tcp', '::1', PORT.cylo, { waitMs: NO_ANSWER_MS }) === 'ERR:ECONNREFUSED', 40_000);
+    const owner = { network: net6.name, containerID: rtCy().containerId, ifname: 'eth0' };
+    expect(fs.existsSync(path.join(proxyDir, recordFile(owner)))).toBe(false);
+    expect(ask(tools, ns.host, 'tcp', '::1', PORT.c4lo)).toBe('C4');
+  }, 60_000);
+
   it('GC forgets what valid-attachments does not list, and the relay exits with nothing left', async () => {
     const pid = relayPid()!;
-    runtime.del(net6, rtCy());
     runtime.del(net6, rtCx());
     expect(runtime.gc(net4, [])).toEqual([]);
     expect(ask(tools, ns.host, 'tcp', '::1', PORT.c4lo, { waitMs: NO_ANSWER_MS })).toBe('ERR:ECONNREFUSED');
