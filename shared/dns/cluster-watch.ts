@@ -246,11 +246,11 @@ export function withClusterRecords(net: LoadedNetwork, records: readonly Cluster
   return { ...net, entries: [...net.entries, ...remote] };
 }
 
-/** The sources a clientsOnly network serves: its entries' clients and its own listen addresses (the host, for CHECK). */
+/** The sources a clientsOnly network serves: its entries' clients (CHECK asks from the container too). */
 export function clientsOf(net: LoadedNetwork): Set<string> | undefined {
   if (!net.clientsOnly) return undefined;
   const out = new Set<string>();
-  for (const a of [...net.listen, ...net.entries.flatMap((e) => e.clients ?? [])]) {
+  for (const a of net.entries.flatMap((e) => e.clients ?? [])) {
     try {
       out.add(canonicalIp(a));
     } catch {

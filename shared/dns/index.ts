@@ -244,11 +244,19 @@ export async function checkName<C extends DnsNetConf>(ctx: CniContext<C>): Promi
     if (got.join() !== want) throw fail(`${n.EMBEDDED_DNS} inside ${ctx.netns} answers ${name} with [${got.join(', ')}], expected [${entry.v4.join(', ')}]`);
     return;
   }
+  // a shared resolver address (the overlay's gateway bridge) answers only the container's own address there: asked from the container
+  const asker = net?.clientsOnly && entry.clients?.length && ctx.netns ? { netns: ctx.netns, from: entry.clients } : undefined;
   for (const server of net?.listen ?? []) {
     const want = server.includes(':') ? entry.v6 : entry.v4;
+    const type = server.includes(':') ? 'AAAA' : 'A';
+    const from = asker?.from.find((a) => a.includes(':') === server.includes(':'));
     let got: string[] = [];
     for (let attempt = 0; attempt < 3; attempt++) {
-      got = c.addressesOf(await c.query(name, server.includes(':') ? 'AAAA' : 'A', { server, from: server, timeoutMs: 1000 }));
+      got = c.addressesOf(
+        asker && from
+          ? await (require('./ask-in-netns') as typeof import('./ask-in-netns')).askFromNetns(asker.netns, from, server, name, type) // eslint-disable-line @typescript-eslint/no-require-imports
+          : await c.query(name, type, { server, from: server, timeoutMs: 1000 }),
+      );
       if (got.join() === [...want].sort().join()) break;
     }
     if (got.join() !== [...want].sort().join()) {

@@ -39,7 +39,7 @@ export const networkSchema = z.object({
   /**
    * the listen address is shared with other networks (the overlay's gateway
    * bridge): a source is served only when an entry of this network lists it
-   * in `clients` (or it is a listen address: the host itself, for CHECK)
+   * in `clients`
    */
   clientsOnly: z.boolean().optional(),
   /** the network's names are cluster-wide: where in etcd (cluster.ts) */

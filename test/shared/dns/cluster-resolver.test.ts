@@ -133,6 +133,10 @@ describe('overlay names across three simulated hosts', () => {
     expect((await rcode(0, clients.delta!, 'alpha.dns.cni-ts'))).toBe('NXDOMAIN');
   });
 
+  it('even the resolver\'s own address is not a client of a network that shares it', async () => {
+    expect(await ask(0, gw(0), 'a10000000000.dns.cni-ts')).toBeUndefined();
+  });
+
   it('an address on the gateway bridge that is no container\'s gets no answer at all', async () => {
     expect(await ask(0, `127.${B}.1.250`, 'alpha.dns.cni-ts')).toBeUndefined();
   });
