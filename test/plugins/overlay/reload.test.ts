@@ -11,6 +11,7 @@
  *     and survive ADD and `cni-ts firewall-reload`;
  *   - `nft flush ruleset` breaks the egress and `cni-ts firewall-reload`
  *     restores it, no container added again (its interface the same);
+ *   - the daemon's table watch rebuilds it by itself;
  *   - the agent rebuilds the table by itself: when it starts after a flush,
  *     and when a flush happens while it runs (polled, with a generous
  *     bound, no timing asserted).
@@ -23,6 +24,7 @@ import { Lab, OUTSIDE_IP, eventually } from '../../../testkit/overlay/lab';
 import { ROOT } from '../../../testkit/exec';
 import { netnsId } from '../../../shared/nft/records';
 import { FIREWALL_STATE_DIR } from '../../../shared/paths';
+import { realFirewallTables, startFirewallWatch } from '../../../cmd/firewall-reload';
 
 const SUBNET = '10.61.0.0/24';
 const TABLE = ['inet', 'cni_ts_overlay'];
@@ -127,6 +129,21 @@ describe('overlay gateway table: written once, recovered after nft flush ruleset
     // a second reload changes nothing that matters
     firewallReload();
     expect(egress(containers[0]!)).toBe(true);
+  }, 60_000);
+
+  it("the daemon's table watch rebuilds it by itself (no agent running)", async () => {
+    const ns = lab.nsPath(host());
+    const lines: string[] = [];
+    const stop = startFirewallWatch((l) => lines.push(l), realFirewallTables({ netnsPath: ns }), { netnsPath: ns, pollMs: 200 });
+    try {
+      nft('flush', 'ruleset');
+      // generous bound: the watch drains every 200 ms
+      expect(await eventually(() => nft('list', 'tables').includes('cni_ts_overlay'), 15_000)).toBe(true);
+      expect(egress(containers[0]!)).toBe(true);
+      expect(lines).toContain('firewall rebuilt from records: overlay: 1 gateway bridge(s)');
+    } finally {
+      stop();
+    }
   }, 60_000);
 
   it('the agent rebuilds the table when it starts after a flush', async () => {
