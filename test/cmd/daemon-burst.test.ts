@@ -7,10 +7,15 @@
  * flock(2) until the wait budget runs out), no address is handed out
  * twice, and the DELs leave no veth, no address and no port mapping.
  *
+ * And the same for bridge calls alone, which take their network's lock in
+ * shared mode and so run side by side on the daemon's workers: the first
+ * ADDs race to create the bridge and write the network's rules (an
+ * exclusive turn each), the last DELs race to tear the rules down.
+ *
  * The "host" is a namespace of the test's own, where the daemon runs and
  * every call is made (nsenter --net keeps the mount namespace).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -108,5 +113,35 @@ describe('the daemon under a burst on one network', () => {
     expect(again.status).toBe(0);
     const del = await callIn(host, 'bridge', env('DEL', 0), JSON.stringify({ ...bridgeConf, prevResult: JSON.parse(again.stdout) }));
     expect(del.status).toBe(0);
+  }, 600_000);
+
+  it(`answers ${BURST} concurrent bridge ADDs on a new network and then their DELs, every call by the daemon, no address twice, the network's rules gone with the last`, async () => {
+    const bridgeConf = { cniVersion: '1.0.0', name: 'jburst2', type: 'bridge', bridge: 'jbr1', isGateway: true, isDefaultGateway: true, ipMasq: true, ipam: { type: 'cluster-ipam', dataDir: path.join(work, 'ipam'), ranges: [[{ subnet: '10.251.1.0/24' }]] } };
+    const env = (cmd: string, i: number) => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: `jburst2-${i}`, CNI_NETNS: `/var/run/netns/${containers[i]}`, CNI_IFNAME: 'eth0', CNI_PATH: BIN, CNI_TS_DAEMON_SOCKET: daemon!.socket });
+    const servedBefore = daemon!.served();
+    const declinedBefore = daemon!.log().split('\n').filter((l) => l.includes('declined')).length;
+    const chains = () => execFileSync('ip', ['netns', 'exec', hostName, 'nft', 'list', 'table', 'inet', 'cni_ts_bridge'], { encoding: 'utf8' }).match(/chain net-jbr1-\w+/g) ?? [];
+
+    const adds = await Promise.all(containers.map((_, i) => callIn(host, 'bridge', env('ADD', i), JSON.stringify(bridgeConf))));
+    expect(adds.filter((a) => a.status !== 0).map((a) => a.stdout + a.stderr)).toEqual([]);
+    const results = adds.map((a) => JSON.parse(a.stdout) as { ips: { address: string }[] });
+    const addresses = results.map((r) => r.ips[0].address);
+    expect(new Set(addresses).size).toBe(BURST);
+    for (let i = 0; i < BURST; i++) {
+      const inside = ipj(containers[i], 'addr', 'show', 'eth0')[0].addr_info.filter((a: { family: string }) => a.family === 'inet');
+      expect(`${inside[0].local}/${inside[0].prefixlen}`).toBe(addresses[i]);
+    }
+    expect(ipj(hostName, 'link', 'show', 'master', 'jbr1')).toHaveLength(BURST);
+    expect(chains().sort()).toEqual(['chain net-jbr1-in', 'chain net-jbr1-masq', 'chain net-jbr1-out']);
+
+    const dels = await Promise.all(containers.map((_, i) => callIn(host, 'bridge', env('DEL', i), JSON.stringify({ ...bridgeConf, prevResult: results[i] }))));
+    expect(dels.filter((d) => d.status !== 0).map((d) => d.stdout + d.stderr)).toEqual([]);
+    expect(daemon!.log().split('\n').filter((l) => l.includes('declined')).length).toBe(declinedBefore);
+    expect(daemon!.served() - servedBefore).toBe(2 * BURST);
+    expect(ipj(hostName, 'link', 'show', 'master', 'jbr1')).toEqual([]);
+    expect(chains()).toEqual([]);
+    for (const c of containers) expect(ipj(c, 'link', 'show').map((l: { ifname: string }) => l.ifname)).toEqual(['lo']);
+    // every address is free again: the whole range can be handed out anew
+    expect(fs.readdirSync(path.join(work, 'ipam', 'jburst2')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))).toEqual([]);
   }, 600_000);
 });
