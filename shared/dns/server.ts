@@ -107,9 +107,12 @@ function canonicalOr(ip: string): string {
   }
 }
 
-/** Who a bound counts against: the source address, and for a namespace's listener the namespace too. */
+/**
+ * Who a bound counts against: the source address; for a namespace's
+ * listener, the namespace (one container, whatever 127/8 source it picks).
+ */
 function clientKey(l: Listener, source: string): string {
-  return l.netns === undefined ? source : `${l.netns}/${source}`;
+  return l.netns === undefined ? source : `netns:${l.netns}`;
 }
 
 function isUnspecified(ip: string): boolean {
@@ -179,7 +182,8 @@ export class Resolver {
     const opened: Promise<void>[] = [];
     for (const a of want) if (!this.listeners.has(a)) opened.push(this.open(a));
     await Promise.all(opened);
-    const netnsDone = (this.netnsChain = this.netnsChain.then(() => this.reloadNetns()));
+    // a failure is logged, never left to poison the chain for the next reload
+    const netnsDone = (this.netnsChain = this.netnsChain.then(() => this.reloadNetns()).catch((e) => this.log(`dns: namespace listeners: ${(e as Error).message}`)));
     await netnsDone;
   }
 
@@ -217,6 +221,7 @@ export class Resolver {
       let l: Listener | undefined;
       tcp.on('connection', (sock) => (l ? this.onTcp(l, sock) : sock.destroy()));
       tcp.on('drop', () => this.stats.tcpRejected++);
+      tcp.on('error', (e) => this.log(`dns: tcp in ${ref.path}: ${e.message}`));
       try {
         const nl = await NetnsListener.open(ref, tcp);
         if (!nl) {

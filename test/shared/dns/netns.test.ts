@@ -19,7 +19,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { addressesOf } from '../../../shared/dns/client';
 import { EMBEDDED_DNS, REDIRECT_TABLE, answersFrom, askInNetns, netnsRefOf, openRecordedNetns } from '../../../shared/dns/netns-listener';
 import { getEntry, putEntry, removeEntry, type DnsNetwork } from '../../../shared/dns/records';
-import { Resolver } from '../../../shared/dns/server';
+import { MAX_TCP_PER_CLIENT, Resolver } from '../../../shared/dns/server';
 import { inetSocketAt, udpSocketAt } from '../../../shared/sys/inet-socket';
 import { native } from '../../../shared/sys/native';
 import { addNetns, delNetns, uniqueName } from '../../../testkit/netns';
@@ -302,6 +302,21 @@ describe('the resolver at 127.0.0.11 inside containers', () => {
     expect(replies).toEqual([]);
     // from loopback, the same question answers
     expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
+  });
+
+  it('bounds TCP connections per container, whatever 127/8 source addresses it uses', async () => {
+    const script = `
+      const net = require('net'); let open = 0, closed = 0;
+      for (let i = 0; i < ${MAX_TCP_PER_CLIENT + 4}; i++) {
+        const s = net.connect({ port: 53, host: '127.0.0.11', localAddress: '127.0.0.' + (i + 2) });
+        s.on('connect', () => open++); s.on('close', () => closed++); s.on('error', () => {});
+      }
+      setTimeout(() => { console.log(JSON.stringify({ open, closed })); process.exit(0); }, 1500);`;
+    const r = await run('ip', ['netns', 'exec', a.name, process.execPath, '-e', script]);
+    expect(r.status, r.stderr).toBe(0);
+    const { open, closed } = JSON.parse(r.stdout) as { open: number; closed: number };
+    expect(open).toBe(MAX_TCP_PER_CLIENT + 4);
+    expect(open - closed).toBe(MAX_TCP_PER_CLIENT);
   });
 
   it('answersFrom: 127.0.0.0/8 only', () => {
