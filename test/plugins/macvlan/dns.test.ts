@@ -219,4 +219,13 @@ describe('macvlan networks with dns.enabled (127.0.0.11 inside the container)', 
     // the other network keeps its names
     expect(addrs(ask(other.c, 'other'))).toEqual([other.ip]);
   });
+
+  it('DEL with no resolver running removes the container\'s redirect itself', () => {
+    const pid = resolverPid()!;
+    kill(pid);
+    waitGone(pid);
+    expect(tablesIn(other.c.name)).toEqual(['ip cni_ts_dns']);
+    del(other);
+    expect(tablesIn(other.c.name)).toEqual([]);
+  });
 });
