@@ -167,6 +167,14 @@ export class Lab {
     await gone;
   }
 
+  /** Host i's resolver (`cni-ts dns --dir DIR`), run as a systemd unit would; the plugin signals it after each change. */
+  startResolver(i: number, dir: string): ChildProcess {
+    const log = fs.openSync(path.join(this.dir, `dns-h${i}.log`), 'a');
+    const child = spawn(process.execPath, [this.runner, this.nsPath(this.hosts[i]), 'dns', '--dir', dir], { env: this.env(), stdio: ['ignore', log, log] });
+    fs.closeSync(log);
+    return child;
+  }
+
   agentLog(i: number): string {
     const f = path.join(this.dir, `agent-h${i}.log`);
     return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';

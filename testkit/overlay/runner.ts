@@ -7,6 +7,7 @@
  *   node runner.js NETNS_PATH snapshot ENDPOINT PREFIX
  *   node runner.js NETNS_PATH kv-delete ENDPOINT KEY
  *   node runner.js NETNS_PATH kv-get ENDPOINT KEY      (the value on stdout, nothing when absent)
+ *   node runner.js NETNS_PATH dns ARGS...         (cni-ts dns ARGS: the host's resolver, as systemd would run it)
  *
  * Why not `ip netns exec`: it runs its command in a private mount
  * namespace, so the network namespaces the plugin pins (bind mounts) would
@@ -25,6 +26,7 @@ import { pluginMain } from '../../cmd/plugin-io';
 import { agentMain } from '../../plugins/overlay/agent';
 import { ControlPlane } from '../../plugins/overlay/controlplane';
 import { EtcdKV } from '../../shared/etcd/kv';
+import { dnsMain } from '../../cmd/dns';
 
 const [nsPath, mode, ...rest] = process.argv.slice(2);
 const fd = fs.openSync(nsPath!, 'r');
@@ -35,6 +37,10 @@ if (mode === 'plugin') {
   pluginMain(plugin);
 } else if (mode === 'agent') {
   void agentMain(rest).then((c) => {
+    process.exitCode = c;
+  });
+} else if (mode === 'dns') {
+  void dnsMain(rest).then((c) => {
     process.exitCode = c;
   });
 } else if (mode === 'snapshot') {
