@@ -19,7 +19,7 @@
 import * as fs from 'node:fs';
 import { CniError, ErrorCode } from '../cni/errors';
 import { canonicalIp } from '../netlink/ipaddr';
-import { ensureRelay, relayRunning, signalRelay, waitStatus } from './launch';
+import { ensureRelay, relayCommand, relayRunning, signalRelay, waitStatus } from './launch';
 import { bumpSerial, loadRecords, portProxyDir, putRecord, readSerial, readStatus, recordFile, removeRecord, withRecordsLock, type ProxyEntry, type ProxyOwner } from './records';
 
 export type { ProxyEntry, ProxyOwner } from './records';
@@ -157,6 +157,11 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
   function add(req: ProxyRequest, log: (msg: string) => void): void {
     const entries = proxyEntries(req.mappings, req.addrs);
     if (entries.length === 0) return del(req.owner);
+    if (!relayCommand()) {
+      const msg = 'this process cannot start the ::1 port relay (not the cni-ts executable or bundle)';
+      if (!entries.some((e) => e.explicit)) return log(`portmap: ${msg}: ::1 is not served`);
+      throw new CniError(ErrorCode.TryAgainLater, msg);
+    }
     const dir = dirOf();
     const file = recordFile(req.owner);
     const serial = withRecordsLock(dir, () => {

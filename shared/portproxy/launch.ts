@@ -27,6 +27,18 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
+/**
+ * The command that starts the relay: this executable, or node and the
+ * cni-ts bundle (selfCommand). Undefined when this process is neither (a
+ * test that imports the plugin runs under a test runner's script), which
+ * must never be started again with our arguments.
+ */
+export function relayCommand(): string[] | undefined {
+  const script = process.argv[1];
+  if (script && /\.[cm]?js$/.test(script) && !/^cni-ts[\w.-]*\.c?js$/.test(path.basename(script))) return undefined;
+  return selfCommand();
+}
+
 /** The running relay's pid, if the pid file names a live `cni-ts port-proxy` of this directory. */
 export function relayPid(dir: string): number | undefined {
   let pid: number;
@@ -83,7 +95,9 @@ export function signalRelay(dir: string): boolean {
  * records lock, which the caller may hold) has let its lock go first, so a
  * retry starts a new one.
  */
-export function ensureRelay(dir: string): 'started' | 'signalled' | 'starting' {
+export function ensureRelay(dir: string): 'started' | 'signalled' | 'starting' | 'unavailable' {
+  const command = relayCommand();
+  if (!command) return 'unavailable';
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const fd = fs.openSync(path.join(dir, RELAY_LOCK), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   try {
@@ -96,7 +110,7 @@ export function ensureRelay(dir: string): 'started' | 'signalled' | 'starting' {
     fs.rmSync(path.join(dir, RELAY_PID), { force: true });
     const log = fs.openSync(path.join(dir, RELAY_LOG), 'a', 0o600);
     try {
-      const [cmd, ...pre] = selfCommand();
+      const [cmd, ...pre] = command;
       const child = spawn(cmd, [...pre, 'port-proxy', '--dir', dir, '--lock-fd', '3'], {
         detached: true,
         cwd: '/',

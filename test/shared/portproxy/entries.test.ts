@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CniError } from '../../../shared/cni/errors';
 import { kernelMappings, proxyEntries } from '../../../shared/portproxy';
+import { relayCommand } from '../../../shared/portproxy/launch';
 import { entrySchema, loadRecords, putRecord, recordFile, type ProxyRecord } from '../../../shared/portproxy/records';
 
 const v4 = { family: 'ipv4', ip: '10.1.0.5' } as const;
@@ -107,3 +108,10 @@ describe('records', () => {
   });
 });
 
+
+describe('relayCommand', () => {
+  it('refuses to start the relay from a process that is not cni-ts (here: the test runner)', () => {
+    expect(process.argv[1]).toBeDefined();
+    expect(relayCommand()).toBeUndefined();
+  });
+});
