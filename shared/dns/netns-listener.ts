@@ -133,14 +133,6 @@ export class NetnsListener {
     readonly tcp: net.Server,
   ) {}
 
-  get key(): string {
-    return netnsKey(this.ref);
-  }
-
-  get open(): boolean {
-    return !this.closed;
-  }
-
   get ports(): { udp: number; tcp: number } {
     return { udp: this.udp.address().port, tcp: (this.tcp.address() as net.AddressInfo).port };
   }
