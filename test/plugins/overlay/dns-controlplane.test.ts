@@ -6,7 +6,9 @@
  * back validated against the network's subnets.
  */
 import { describe, expect, it } from 'vitest';
+import { runPlugin } from '../../../shared/cni/skel';
 import { ControlPlane } from '../../../plugins/overlay/controlplane';
+import { deps, plugin } from '../../../plugins/overlay/main';
 import { etcdFields, schema } from '../../../plugins/overlay/config';
 import { clusterKey, putOp, recordOf, type ClusterScope } from '../../../shared/dns/cluster';
 import { FakeKV } from '../../../testkit/fake-kv';
@@ -77,5 +79,26 @@ describe('the overlay config\'s dns block', () => {
   it('tells the resolver the etcd connection as fields: file paths, never the password itself', () => {
     const conf = schema.parse({ ...base, ipam: { type: 'cluster-ipam', store: 'etcd', etcd: { endpoints: ['https://10.0.0.1:2379'], caFile: '/etc/ca.pem', username: 'u', passwordFile: '/etc/pw', requestTimeoutMs: 900 } } });
     expect(etcdFields(conf)).toEqual({ endpoints: ['https://10.0.0.1:2379'], caFile: '/etc/ca.pem', username: 'u', passwordFile: '/etc/pw', requestTimeoutMs: 900 });
+  });
+
+  it('refuses dns.enabled without the gateway bridge (the resolver answers there) with code 7 on stdout, before touching etcd', async () => {
+    const kv = new FakeKV();
+    const saved = deps.kv;
+    deps.kv = () => kv;
+    const out: string[] = [];
+    try {
+      const code = await runPlugin(plugin, {
+        env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: '/var/run/netns/nowhere', CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent' },
+        readStdin: () => Buffer.from(JSON.stringify({ ...base, dns: { enabled: true }, gateway: { enabled: false } })),
+        writeStdout: (s) => out.push(s),
+        interfaceExists: () => false,
+        netnsStatus: () => 'netns',
+      });
+      expect(code).toBe(1);
+      expect(JSON.parse(out.join(''))).toMatchObject({ code: 7, msg: expect.stringContaining('gateway') });
+      expect(kv.calls).toBe(0);
+    } finally {
+      deps.kv = saved;
+    }
   });
 });
