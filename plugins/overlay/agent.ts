@@ -48,10 +48,9 @@ import { isIP } from '../../shared/ip';
 import { XfrmHandle } from '../../shared/netlink/xfrm';
 import type { XfrmOps } from '../../shared/ipsec';
 import type { Nft } from '../../shared/nft/nft-interface';
-import { realNft } from '../../shared/nft/real';
+import { realNft, realTable } from '../../shared/nft/real';
 import { isNetnsPath } from '../../shared/netns/netns';
 import { converge, overlayNames } from '../../shared/vxlan';
-import { realTable } from '../../shared/nft/real';
 import type { Listing } from '../../shared/nft/types';
 import { watchTables } from '../../shared/nft/watch';
 import { CLEARTEXT_CHAIN, IPSEC_TABLE, MARK_CHAIN } from '../../shared/ipsec/firewall';
@@ -439,9 +438,9 @@ export function ipsecTableIntact(listing: Listing | undefined): boolean {
  */
 export function watchOwnTables(
   w: { readonly netnsPath?: string; readonly pollMs?: number },
-  ipsec: { ipsecExpected: () => boolean; resync: () => void; log: (line: string) => void },
+  agent: { ipsecExpected: () => boolean; resync: () => void; log: (line: string) => void },
 ): () => void {
-  const { log } = ipsec;
+  const { log } = agent;
   const gateway = realGatewayTable({ netnsPath: w.netnsPath });
   const ipsecTable = realTable(IPSEC_TABLE, { netnsPath: w.netnsPath });
   const rebuildGateway = (): void => {
@@ -455,9 +454,9 @@ export function watchOwnTables(
   const onGone = (tables?: ReadonlySet<string>): void => {
     if (!tables || tables.has(GATEWAY_TABLE.table)) rebuildGateway();
     // the agent's own pass rewrites this table (flush + add), so a deletion there is usually ours: look first
-    if ((!tables || tables.has(IPSEC_TABLE.table)) && ipsec.ipsecExpected() && !ipsecTableIntact(ipsecTable.list())) {
+    if ((!tables || tables.has(IPSEC_TABLE.table)) && agent.ipsecExpected() && !ipsecTableIntact(ipsecTable.list())) {
       log('firewall: the IPsec table lost its rules; converging now');
-      ipsec.resync();
+      agent.resync();
     }
   };
   rebuildGateway();
