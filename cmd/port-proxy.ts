@@ -114,7 +114,7 @@ export async function portProxyMain(argv: string[]): Promise<number> {
   // a change of the serial (every writer bumps it) reloads too, should a signal be lost
   fs.watch(dir, (_event, name) => {
     if (name === SERIAL_FILE) void reload();
-  });
+  }).on('error', (e) => log(`cni-ts port-proxy: watching ${dir}: ${e.message}; reloading on SIGHUP only`));
   // containers that died without DEL: their records go, and with the last one the relay
   setInterval(() => {
     pruneGone(dir, log).then(
