@@ -25,6 +25,10 @@
  * ADD records its plan on disk and DEL and GC forget it (rules.ts, shared/nft/
  * records.ts): `cni-ts firewall-reload` rebuilds the table from those.
  *
+ * ::1 (hostIP "::1", and wildcard mappings, as Docker serves them) cannot be
+ * DNATed; a userspace relay, `cni-ts port-proxy`, serves it (shared/
+ * portproxy): one call per verb, ADD's after the kernel's part.
+ *
  * Error codes of our own (the spec leaves 100 and up to plugins; cluster-ipam
  * uses 100-102 in the same chain, so portmap starts at 110):
  *   110  a requested host port is published by another container
