@@ -105,11 +105,6 @@ export class ClusterWatch {
     return this.watched.get(network)?.failing ?? false;
   }
 
-  /** Resolves once every watched network's records have been read from etcd once (or failed to be). Tests use it. */
-  async settled(): Promise<void> {
-    for (let i = 0; i < 200 && [...this.watched.values()].some((w) => w.reading); i++) await new Promise((r) => setTimeout(r, 5));
-  }
-
   close(): void {
     for (const w of this.watched.values()) this.stop(w);
     this.watched.clear();

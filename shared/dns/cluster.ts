@@ -30,6 +30,7 @@
  */
 import { z } from 'zod';
 import type { Attachment } from '../cni/types';
+import { CniError, ErrorCode } from '../cni/errors';
 import type { KV, KeyValue, Op } from '../etcd/kv';
 import { cidrContains, isIPv4, isIPv6 } from '../ip';
 import { fieldsSchema } from '../etcd/connection';
@@ -187,7 +188,10 @@ export async function clusterNames(kv: KV, scope: ClusterScope, o: ClusterOp): P
     case 'add': {
       const rec = recordOf(scope, o.entry);
       const outside = [...rec.v4, ...rec.v6].find((a) => !scope.subnets.some((s) => cidrContains(s, a)));
-      if (outside !== undefined) throw new Error(`dns: ${outside} is outside the network's subnets ${scope.subnets.join(', ')}`);
+      if (outside !== undefined) {
+        // other hosts would ignore it (decodeRecord): refused here rather than published in vain
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `dns: ${outside} is outside the network's subnets ${scope.subnets.join(', ')}`, 'the IPAM gave an address the network does not hold');
+      }
       await kv.txn({ success: [putOp(scope.prefix, rec)] }, deadline(scope));
       return;
     }

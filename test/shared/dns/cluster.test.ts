@@ -27,7 +27,7 @@ describe('cluster records in etcd', () => {
 
   it('ADD refuses to publish an address outside the network\'s subnets', async () => {
     const kv = new FakeKV();
-    await expect(clusterNames(kv, scope, { op: 'add', entry: entry('c1', ['10.99.0.2']) })).rejects.toThrow(/outside/);
+    await expect(clusterNames(kv, scope, { op: 'add', entry: entry('c1', ['10.99.0.2']) })).rejects.toMatchObject({ code: 7, message: expect.stringContaining('outside') });
     expect((await keys(kv)).size).toBe(0);
   });
 
