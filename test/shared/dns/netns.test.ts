@@ -173,6 +173,22 @@ describe('the resolver at 127.0.0.11 inside containers', () => {
     expect(addressesOf(await askInNetns(b.path, idA.slice(0, 12), 'A'))).toEqual(['10.91.0.2']);
   });
 
+  it('a container on two networks has one listener answering the names of both', async () => {
+    putEntry(dir, Y, { containerId: idA, ifname: 'eth1', names: ['alpha'], v4: ['10.92.0.7'], v6: [], netns: netnsRefOf(a.path) });
+    await resolver.reload();
+    expect(resolver.listeningInNetns().filter((x) => x.path === a.path)).toHaveLength(1);
+    expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
+    expect(addressesOf(await askInNetns(a.path, 'charlie', 'A'))).toEqual(['10.92.0.2']);
+    // b is on X only: Y's names stay unseen
+    const r = (await askInNetns(b.path, 'charlie.dns.cni-ts', 'A')) as (dnsPacket.DecodedPacket & { rcode: string }) | undefined;
+    expect(r?.rcode).toBe('NXDOMAIN');
+    // leaving one network keeps the listener for the other
+    removeEntry(dir, 'h3y', idA, 'eth1');
+    await resolver.reload();
+    expect(resolver.listeningInNetns().map((x) => x.path)).toContain(a.path);
+    expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
+  });
+
   it('two networks do not see each other\'s names', async () => {
     const r = (await askInNetns(c.path, 'alpha.dns.cni-ts', 'A')) as (dnsPacket.DecodedPacket & { rcode: string }) | undefined;
     expect(r?.rcode).toBe('NXDOMAIN');
