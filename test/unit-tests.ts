@@ -9,6 +9,7 @@ export const UNIT_TESTS: readonly string[] = [
   'test/shared/sys/file.test.ts',
   'test/cmd/flags.test.ts',
   'test/cmd/daemon-pool.test.ts',
+  'test/cmd/firewall-reload-overlay.test.ts',
   'test/conformance/config.test.ts',
   'test/conformance/context.test.ts',
   'test/conformance/libcni.test.ts',

@@ -48,9 +48,14 @@ export const TABLE = GATEWAY_TABLE.table;
 /** The operator's chain (see the header). */
 export const USER_CHAIN = 'user';
 
-/** The gateway table on `nft` (a test's fake); `chain` reads markers without nft (absent: the rules are written on every ADD). */
+/**
+ * The gateway table on `nft` (a test's fake); `chain` reads markers without
+ * nft (absent: the rules are written on every ADD). It keeps no records, so
+ * no reload ever writes it, and it takes no lock (the lock guards a record
+ * against a reload).
+ */
 export function gatewayTable(nft: Nft, chain?: (name: string) => { comment?: string } | undefined): OwnedTable {
-  return new OwnedTable(GATEWAY_TABLE, { nft, ...(chain && { chain: (_ref, name) => chain(name) }) });
+  return new OwnedTable(GATEWAY_TABLE, { nft, lock: (fn) => fn(), ...(chain && { chain: (_ref, name) => chain(name) }) });
 }
 
 /** The gateway table of this host (or opts.netnsPath): markers read over netlink, records kept, as every other table's. */
