@@ -37,6 +37,8 @@ export const UNIT_TESTS: readonly string[] = [
   'test/shared/cni/result.test.ts',
   'test/shared/cni/skel.test.ts',
   'test/shared/cni/version.test.ts',
+  'test/shared/portproxy/entries.test.ts',
+  'test/shared/portproxy/relay.test.ts',
   'test/shared/dns/config.test.ts',
   'test/shared/dns/server.test.ts',
   'test/shared/dns/zone.test.ts',
