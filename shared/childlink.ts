@@ -16,7 +16,11 @@
  *   4. with dns.enabled, the container's names on the host's resolver,
  *      answered at 127.0.0.11 inside the container (a macvlan/ipvlan
  *      container cannot reach its host, so a resolver on a host address is
- *      useless to it: shared/dns/netns-listener.ts).
+ *      useless to it: shared/dns/netns-listener.ts). With the etcd IPAM the
+ *      names are written to etcd first, beside the network's addresses
+ *      (shared/dns/cluster.ts), and every host's resolver with a container
+ *      on the network answers them: one underlay subnet spans the hosts, so
+ *      its names do too. etcd down: code 11, everything undone.
  */
 import { z } from 'zod';
 import { CniContext, Plugin, requirePrevResult } from './cni/skel';
@@ -27,7 +31,10 @@ import { NetNs } from './netns/netns';
 import { UndoStack } from './undo';
 import { applyToInterface, ipamAddressesFor, withHandles, type IpamClient } from './container-iface';
 import { checkContainerAttachment, checkFailed } from './verify';
-import { type DnsConf, checkName, dnsEnabled, gcNames, registerNameInNetns, removeNameInNetns } from './dns';
+import { type DnsConf, checkName, dnsEnabled, entryOf, gcNames, registerNameInNetns, removeNameInNetns } from './dns';
+import { type ClusterScope, type EtcdFields, clusterKey, clusterNames, clusterRef, decodeRecord } from './dns/cluster';
+import type { KV } from './etcd/kv';
+import { canonicalIp } from './netlink/ipaddr';
 import { ParentManager, childTempName, delChild, gcParent, vlanUser, type ChildAttachment, type ParentNetConf } from './vlan';
 
 /** What every child-link config has (parentConfFields, netConfBase, mtu, mode). */
@@ -43,6 +50,18 @@ export interface ChildLinkConf extends ParentNetConf {
   runtimeConfig?: { aliases?: unknown } & Record<string, unknown>;
 }
 
+/**
+ * Where the network's names are kept cluster-wide: the IPAM's etcd store
+ * (ipam/client.ts clusterStore), passed in because shared/ does not import
+ * the IPAM. open() connects; the caller closes.
+ */
+export interface ClusterNameStore {
+  readonly scope: ClusterScope;
+  /** the connection's fields for the resolver (never a secret) */
+  readonly etcd: EtcdFields;
+  open(): Promise<KV>;
+}
+
 /** The kind's own attributes of the new link; name, parent and namespace are the factory's. */
 export type ChildLinkAttrs =
   | { kind: 'macvlan'; mode: MacvlanMode; mtu?: number; mac?: string }
@@ -53,6 +72,8 @@ export interface ChildLinkKind<C extends ChildLinkConf> {
   about: string;
   schema: z.ZodType<C, z.ZodTypeDef, unknown>;
   ipam: IpamClient;
+  /** with dns.enabled: where the names are cluster-wide, undefined when they stay on the host (not the etcd IPAM) */
+  clusterStore(ctx: CniContext<C>): Promise<ClusterNameStore | undefined>;
   /** the link to create on `parent` (the parent link as it is now) */
   link(conf: C, parent: Link): ChildLinkAttrs;
   /** why the kernel said EINVAL to the new link, in the config's terms (the parent's other links decide) */
@@ -89,6 +110,7 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
       const parents = new ParentManager(host, conf.stateDir);
       // 0. every check before anything is created: bad input changes nothing
       const parent = parents.resolve(conf);
+      const cluster = dnsEnabled(conf) ? await k.clusterStore(ctx) : undefined;
       if (conf.mtu !== undefined && conf.mtu > parent.mtu) {
         throw new CniError(ErrorCode.InvalidNetworkConfig, `mtu ${conf.mtu} is above the MTU ${parent.mtu} of master ${parent.name}`);
       }
@@ -123,12 +145,32 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
 
         // 4. the container's names; result.dns (127.0.0.11) for resolv.conf
         if (dnsEnabled(conf)) {
-          registerNameInNetns(ctx, result, { internal: conf.internal ?? false });
+          // etcd first: other hosts learn the names from there, and a failure (11) leaves nothing local to undo
+          if (cluster) {
+            const kv = keep(await cluster.open());
+            const own = { containerId: ctx.containerId, ifname: ctx.ifname };
+            await clusterNames(kv, cluster.scope, { op: 'add', entry: entryOf(ctx, ips.map((ip) => ip.address.split('/')[0]!)) });
+            undo.push('dns record in etcd', () => clusterNames(kv, cluster.scope, { op: 'del', ...own }));
+          }
+          registerNameInNetns(ctx, result, { internal: conf.internal ?? false, ...(cluster ? { cluster: clusterRef(cluster.scope, cluster.etcd) } : {}) });
           undo.push('dns', () => removeNameInNetns(ctx));
         }
         return result;
       }, ctx.log);
     });
+
+  /** fn on the network's etcd store, when its names are cluster-wide (dns.enabled and the etcd IPAM) */
+  async function inCluster(ctx: Ctx, fn: (kv: KV, scope: ClusterScope) => Promise<void>): Promise<void> {
+    if (!dnsEnabled(ctx.config)) return;
+    const cluster = await k.clusterStore(ctx);
+    if (!cluster) return;
+    const kv = await cluster.open();
+    try {
+      await fn(kv, cluster.scope);
+    } finally {
+      kv.close();
+    }
+  }
 
   return {
     about: k.about,
@@ -136,6 +178,9 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
     createsInterface: true,
     add,
     async del(ctx) {
+      // the etcd record first: if etcd cannot answer, DEL fails (11) with the
+      // attachment whole, and the runtime's retry finds it (absent is fine)
+      await inCluster(ctx, (kv, scope) => clusterNames(kv, scope, { op: 'del', containerId: ctx.containerId, ifname: ctx.ifname }));
       removeNameInNetns(ctx);
       if (k.ipam.hasIpam(ctx)) await k.ipam.ipamDel(ctx);
       delChild(ctx);
@@ -154,9 +199,12 @@ export function childLinkPlugin<C extends ChildLinkConf>(k: ChildLinkKind<C>): P
           if (k.checkMtu && conf.mtu !== undefined && link.mtu !== conf.mtu) throw checkFailed(`${ifname} has MTU ${link.mtu}, expected ${conf.mtu}`);
         },
       });
+      await inCluster(ctx, (kv, scope) => checkClusterRecord(kv, scope, ctx));
       await checkName(ctx);
     },
     async gc(ctx, valid: Attachment[]) {
+      // this node's records of unlisted attachments, then this host's
+      await inCluster(ctx, (kv, scope) => clusterNames(kv, scope, { op: 'gc', valid }));
       gcNames(ctx, valid);
       if (k.ipam.hasIpam(ctx)) await k.ipam.ipamGc(ctx, valid);
       gcParent(ctx.config, valid);
@@ -179,6 +227,22 @@ function explainRefusal<C extends ChildLinkConf>(k: ChildLinkKind<C>, e: unknown
   }
   if (isNetlinkError(e, EINVAL)) return new CniError(ErrorCode.InvalidNetworkConfig, k.invalidBecause(conf, parent), e.message);
   return e;
+}
+
+/**
+ * CHECK of the names in etcd, as other hosts read them: the attachment's
+ * record is there, valid, and names exactly the addresses of prevResult's
+ * interface (code 999 otherwise).
+ */
+async function checkClusterRecord(kv: KV, scope: ClusterScope, att: CniContext<ChildLinkConf>): Promise<void> {
+  const key = clusterKey(scope.prefix, scope.network, att.containerId, att.ifname);
+  const { results } = await kv.txn({ success: [{ get: key }] }, Date.now() + (scope.timeoutMs ?? 5000));
+  const got = results[0]?.[0];
+  const rec = got ? decodeRecord(got, scope.prefix, scope.network, scope.subnets) : undefined;
+  if (!rec || !('record' in rec)) throw checkFailed(`the DNS record of ${att.containerId}/${att.ifname} is missing from etcd${rec ? ` (${rec.ignored})` : ''}`);
+  const want = (requirePrevResult(att).ips ?? []).map((ip) => canonicalIp(ip.address.split('/')[0]!)).sort().join(', ');
+  const have = [...rec.record.v4, ...rec.record.v6].map(canonicalIp).sort().join(', ');
+  if (have !== want) throw checkFailed(`the DNS record of ${att.containerId}/${att.ifname} in etcd names [${have}], expected [${want}]`);
 }
 
 /**

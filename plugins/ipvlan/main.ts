@@ -71,6 +71,8 @@ export const plugin = childLinkPlugin<Conf>({
   about: 'ipvlan: Docker ipvlan networks (l2, l3, l3s), with 802.1q VLAN parents (cni-ts)',
   schema,
   ipam,
+  // with the etcd IPAM, names are cluster-wide: kept in etcd beside the addresses
+  clusterStore: ipam.clusterStore,
   link: (conf, parent) => ({ kind: 'ipvlan', mode: conf.mode, flag: conf.flag, mtu: conf.mtu ?? parent.mtu }),
   invalidBecause: (conf, parent) => `master ${parent} cannot carry an ipvlan in mode ${conf.mode}`,
   shapeResult: (conf, result) => {

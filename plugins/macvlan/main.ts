@@ -49,6 +49,8 @@ export const plugin = childLinkPlugin<Conf>({
   about: 'macvlan: Docker macvlan networks, with 802.1q VLAN parents (cni-ts)',
   schema,
   ipam,
+  // with the etcd IPAM, names are cluster-wide: kept in etcd beside the addresses
+  clusterStore: ipam.clusterStore,
   link: (conf) => ({ kind: 'macvlan', mode: conf.mode, mtu: conf.mtu, mac: conf.runtimeConfig?.mac }),
   // EINVAL: passthru takes a parent to itself
   invalidBecause: (conf, parent) =>
