@@ -206,10 +206,14 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
     if (entries.length === 0) return;
     const dir = dirOf();
     const file = recordFile(req.owner);
+    const record = loadRecords(dir).find((r) => r.file === file)?.record;
+    // wildcard mappings added before this host served ::1 (or by a process
+    // that could not start the relay) have no record: the kernel serves them
+    if (!record && !entries.some((e) => e.explicit)) return;
     const problems: string[] = [];
     const running = relayRunning(dir);
     if (!running) problems.push('the ::1 port relay is not running');
-    const recorded = loadRecords(dir).find((r) => r.file === file)?.record.entries ?? [];
+    const recorded = record?.entries ?? [];
     const status = running ? readStatus(dir) : undefined;
     const kernel = loopback6Listening();
     for (const e of entries) {
