@@ -21,8 +21,11 @@
  *   other keys starve; the flock is still taken, for safety against
  *   standalone processes. A call waiting behind calls of its own key is
  *   never declined for the wait budget: a standalone run would only queue on
- *   the same flock, after paying Node's start. The budget counts only while
- *   it could have run. Calls of one key start in arrival order.
+ *   the same flock, after paying Node's start, nor while calls of its key
+ *   run beside it (one of them hands it its worker soon: with the etcd lane
+ *   full, a burst on one network must not spill to standalone processes).
+ *   The budget counts only while it could have run. Calls of one key start
+ *   in arrival order.
  * - A shared call that finds it needs the exclusive lock after all (a
  *   network's first container creates the bridge, its last one tears the
  *   rules down) lets its shared lock go and asks for a turn (the worker's
@@ -180,8 +183,10 @@ export class Pool {
       const expire = () => {
         const i = this.queue.indexOf(waiting);
         if (i < 0) return;
-        // behind calls of its own key: it waits for its lock, not for a worker
-        if (!this.keyAllows(job)) {
+        // behind or beside calls of its own key: it waits for its lock, or
+        // for one of them to hand it its worker, not for unrelated calls
+        // (a standalone run would pay Node's start for nothing)
+        if (job.key !== undefined && this.runningWith(job.key).length > 0) {
           waiting.budget = setTimeout(expire, this.opts.waitBudgetMs);
           return;
         }

@@ -19,15 +19,19 @@
  *    reachable from its owner's name. A crash before the link leaves an owner
  *    name whose address file is missing: every reader checks the two names
  *    share an inode, so it is ignored, and GC or the owner's DEL removes it.
- *  - last_reserved_ip.N is replaced by write-temp, fsync, rename; a stale
- *    temp file is never read and GC removes it.
+ *  - last_reserved_ip.N is replaced by write-temp, rename, without an fsync:
+ *    it is only round-robin's starting point, and a power cut that loses or
+ *    tears it costs nothing but that (an unreadable value is no hint); a
+ *    stale temp file is never read and GC removes it. One fsync less inside
+ *    the lock, which every ADD on the network queues for.
  *  - the directory is fsynced before the lock is released, so whatever the
  *    next holder of the lock sees is also what survives a power loss.
  *  - the lock is flock(2) on an open file: the kernel drops it when the
  *    holder dies, so a killed plugin never leaves the network locked.
  *
  * Cost of an ADD: open/readdir/close, then per new address a stat, a
- * write+fsync, a link and the last_reserved rename, one directory fsync.
+ * write+fsync, a link and the last_reserved rename, one directory fsync:
+ * two fsyncs under the lock.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -133,7 +137,7 @@ export class LocalStore implements AllocationStore {
         if (errno(err) === 'EEXIST') return false;
         throw err;
       }
-      replaceDurable(path.join(this.dir, LAST_RESERVED_PREFIX + rangeSetId), name);
+      replaceHint(path.join(this.dir, LAST_RESERVED_PREFIX + rangeSetId), name);
     } catch (err) {
       throw ioError(`reserve ${name}`, err);
     }
@@ -324,9 +328,9 @@ function writeDurable(file: string, data: string): void {
   }
 }
 
-/** Atomic replace: readers see the old content or the new, never a torn file (0644, as host-local's). */
-function replaceDurable(file: string, data: string): void {
-  writeFileAtomic(file, data, { mode: 0o644 });
+/** Atomic replace of a hint: readers see the old content or the new, never a torn file (0644, as host-local's); not fsynced (see the header). */
+function replaceHint(file: string, data: string): void {
+  writeFileAtomic(file, data, { mode: 0o644, durable: false });
 }
 
 function fsyncDir(dir: string): void {

@@ -18,6 +18,12 @@ export interface AtomicWriteOptions {
   readonly unlessSame?: boolean;
   /** fsync the directory after the rename too, so the new name itself survives a power loss */
   readonly syncDir?: boolean;
+  /**
+   * false: no fsync before the rename, for a hint whose loss in a power cut
+   * costs nothing (the old content, or a torn or empty file, is read as no
+   * hint): readers still never see half a file while the system runs
+   */
+  readonly durable?: boolean;
 }
 
 /** Replaces `file` with `data` atomically; returns false when `unlessSame` found it already written. */
@@ -31,7 +37,7 @@ export function writeFileAtomic(file: string, data: string | Uint8Array, options
   try {
     try {
       fs.writeFileSync(fd, data); // loops until all is written
-      fs.fsyncSync(fd);
+      if (options.durable !== false) fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }

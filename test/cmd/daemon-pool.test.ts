@@ -247,6 +247,22 @@ describe('the pool, shared and exclusive calls of one key', () => {
     expect((await Promise.all([...calls, x])).map((o) => o.kind)).toEqual(['answer', 'crashed', 'answer', 'answer']);
   });
 
+  it('a shared call is not declined while calls of its key run beside it and unrelated calls hold the other workers (etcd stuck)', async () => {
+    const h = harness(2, 3, 5);
+    const stuck = h.run('etcd', undefined);
+    const s0 = h.run('s0', 'bridge:br0', 'shared');
+    const s1 = h.run('s1', 'bridge:br0', 'shared');
+    // many budgets long: s1 waits for s0's worker, not declined to a standalone run
+    await tick(60);
+    expect(h.running().sort()).toEqual(['etcd', 's0']);
+    h.busyWith('s0').answer('s0');
+    await tick();
+    expect(h.running().sort()).toEqual(['etcd', 's1']);
+    h.busyWith('s1').answer('s1');
+    h.busyWith('etcd').answer('etcd');
+    expect((await Promise.all([stuck, s0, s1])).map((o) => o.kind)).toEqual(['answer', 'answer', 'answer']);
+  });
+
   it('a shared call behind an exclusive one is not declined past the wait budget', async () => {
     const h = harness(4, 3, 5);
     const x = h.run('x', 'bridge:br0', 'exclusive');
