@@ -300,6 +300,22 @@ describe('macvlan names across two hosts with the etcd IPAM (records in etcd, on
     expect((await dnsKeys(N1)).sort()).toEqual([`${db.id}/eth0`, `${web.id}/eth0`].sort());
   }, 120_000);
 
+  it('an ADD failing after its record went to etcd takes the record back out, and its address', async () => {
+    const ips = async () => (await kv!.txn({ success: [{ get: `${keyPrefix}/networks/${N1}/ips/`, prefix: true }] }, Date.now() + 5000)).results[0]!.map((k) => k.key).sort();
+    const before = await ips();
+    // the host's records directory cannot be made (under a file): the step after the etcd write fails
+    const file = path.join(tmp, 'not-a-dir');
+    fs.writeFileSync(file, '');
+    const c = netns('mvclc');
+    const id = `broken-${path.basename(c.path)}`;
+    const r = await macvlan(B, 'ADD', c, { ...conf(B, N1), dns: { enabled: true, dataDir: path.join(file, 'dns') } }, id, 'IgnoreUnknown=1;K8S_POD_NAME=broken');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).not.toMatch(/undo "[^"]*" failed/);
+    expect((await dnsKeys(N1)).sort()).toEqual([`${db.id}/eth0`, `${web.id}/eth0`].sort());
+    expect(await ips()).toEqual(before);
+    expect(ipJson(['-n', c.name, 'link', 'show']).map((l) => l.ifname)).toEqual(['lo']);
+  }, 60_000);
+
   it('after DEL on B the name is gone on A; DEL again changes nothing', async () => {
     const d = await run(db, 'DEL');
     expect(d.status, `${JSON.stringify(d.json)}\n${d.stderr}`).toBe(0);
