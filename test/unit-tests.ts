@@ -38,6 +38,7 @@ export const UNIT_TESTS: readonly string[] = [
   'test/shared/cni/skel.test.ts',
   'test/shared/cni/version.test.ts',
   'test/shared/portproxy/entries.test.ts',
+  'test/shared/portproxy/hook.test.ts',
   'test/shared/portproxy/relay.test.ts',
   'test/shared/dns/config.test.ts',
   'test/shared/dns/server.test.ts',

@@ -157,11 +157,6 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
   function add(req: ProxyRequest, log: (msg: string) => void): void {
     const entries = proxyEntries(req.mappings, req.addrs);
     if (entries.length === 0) return del(req.owner);
-    if (!relayCommand()) {
-      const msg = 'this process cannot start the ::1 port relay (not the cni-ts executable or bundle)';
-      if (!entries.some((e) => e.explicit)) return log(`portmap: ${msg}: ::1 is not served`);
-      throw new CniError(ErrorCode.TryAgainLater, msg);
-    }
     const dir = dirOf();
     const file = recordFile(req.owner);
     const serial = withRecordsLock(dir, () => {
@@ -177,6 +172,14 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
           log(`portmap: ${describe(e)} is published on ::1 by ${describeOwner(r.record.owner)}: the wildcard mapping is served everywhere else`);
         }
       }
+      if (!relayCommand()) {
+        const msg = 'this process cannot start the ::1 port relay (not the cni-ts executable or bundle)';
+        if (!entries.some((e) => e.explicit)) {
+          log(`portmap: ${msg}: ::1 is not served`);
+          return undefined;
+        }
+        throw new CniError(ErrorCode.TryAgainLater, msg);
+      }
       // the record first, the serial last: the relay reloads when the serial
       // changes, and the status it then writes must cover this record
       putRecord(dir, { owner: req.owner, seq: readSerial(dir) + 1, ...(req.netns && { netns: req.netns }), entries });
@@ -185,6 +188,7 @@ export function portProxy(opts: PortProxyOptions): PortProxy {
       ensureRelay(dir);
       return seq;
     });
+    if (serial === undefined) return;
     const status = waitStatus(dir, serial, timeoutMs, { start: true });
     if (!status) {
       const msg = `the ::1 port relay did not serve ${describeOwner(req.owner)}'s mappings within ${timeoutMs} ms`;
