@@ -76,6 +76,14 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
     report.portmap = plans.length;
   });
   const names = recordedNetworks(t.bridge).map((n) => n.bridge).sort();
+  // The daemon's watch runs this on its main thread after every deletion in
+  // our tables (each network's first ADD flushes its chains): networks whose
+  // rules are all there need no lock, which a container's ADD holds shared
+  // for its whole run. Anything gone is checked again under the locks.
+  if (opts.onlyGone && recordedNetworks(t.bridge).every((n) => t.bridge.isCurrent(networkMarker(n)))) {
+    reloadOverlay(t, opts, report);
+    return report;
+  }
   const lock = t.networkLock ?? (<T>(bridge: string, fn: () => T): T => withFileLock(networkLockFile(bridge), fn));
   // Every recorded network's lock, always in name order (ADD and DEL hold
   // one at a time, so this order cannot deadlock with them); the records
