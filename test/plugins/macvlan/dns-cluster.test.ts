@@ -31,6 +31,7 @@ import { withNetns } from '../../../shared/netns/netns';
 import { BIN, ROOT, ipJson } from '../../../testkit/exec';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 import { ip, namespaceFactory, type Netns } from './fixtures';
+import { clusterStore } from '../../../ipam/client';
 
 const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-dnscl-'));
@@ -355,4 +356,38 @@ describe('macvlan names across two hosts with the etcd IPAM (records in etcd, on
     expect(left).toHaveLength(1);
     expect(left[0]).toMatch(/^other-/);
   }, 60_000);
+});
+
+describe('ipam/client.ts clusterStore: where a network\'s names are cluster-wide', () => {
+  const ctxOf = (config: object) => ({ config, stdinData: Buffer.from(JSON.stringify(config)), args: {} }) as unknown as Parameters<typeof clusterStore>[0];
+  const net = (ipam: object | undefined) => ({ cniVersion: '1.1.0', name: 'n1', type: 'macvlan', ...(ipam ? { ipam } : {}) });
+
+  it('is none without the etcd store: names stay on the host', async () => {
+    expect(await clusterStore(ctxOf(net(undefined)))).toBeUndefined();
+    expect(await clusterStore(ctxOf(net({ type: 'host-local', subnet: '10.9.0.0/24' })))).toBeUndefined();
+    expect(await clusterStore(ctxOf(net({ type: 'cluster-ipam', ranges: [[{ subnet: '10.9.0.0/24' }]] })))).toBeUndefined();
+  });
+
+  it('is the IPAM\'s prefix, node and connection fields (never a secret), with every range set\'s subnet', async () => {
+    const pw = path.join(tmp, 'password');
+    fs.writeFileSync(pw, 'the-secret', { mode: 0o600 });
+    const s = await clusterStore(
+      ctxOf(
+        net({
+          type: 'cluster-ipam',
+          store: 'etcd',
+          ranges: [[{ subnet: '10.9.0.0/24' }, { subnet: '10.10.0.0/24' }], [{ subnet: 'fd00:9::/64' }]],
+          etcd: { endpoints: ['http://127.0.0.1:1'], keyPrefix: '/p', nodeName: 'n-a', hostId: 'h', username: 'u', passwordFile: pw, insecure: true, requestTimeoutMs: 1234 },
+        }),
+      ),
+    );
+    expect(s?.scope).toEqual({ prefix: '/p', network: 'n1', subnets: ['10.9.0.0/24', '10.10.0.0/24', 'fd00:9::/64'], node: 'n-a', timeoutMs: 1234 });
+    expect(s?.etcd).toEqual({ endpoints: ['http://127.0.0.1:1'], username: 'u', passwordFile: pw, insecure: true, requestTimeoutMs: 1234 });
+    expect(JSON.stringify(s)).not.toContain('the-secret');
+  });
+
+  it('refuses a bad etcd section with code 7 before connecting', async () => {
+    const bad = net({ type: 'cluster-ipam', store: 'etcd', ranges: [[{ subnet: '10.9.0.0/24' }]], etcd: { endpoints: ['http://127.0.0.1:1'], password: 'inline', hostId: 'h', nodeName: 'n' } });
+    await expect(clusterStore(ctxOf(bad))).rejects.toMatchObject({ code: 7 });
+  });
 });
