@@ -285,6 +285,19 @@ describe('macvlan names across two hosts with the etcd IPAM (records in etcd, on
     expect(ask(db.c, 'other.dns.cni-ts')?.rcode).toBe('NXDOMAIN');
   }, 120_000);
 
+  it('with etcd unreachable from both hosts, local names still answer and the other host\'s from the snapshot', async () => {
+    for (const h of [A, B]) h.down.value = true;
+    // the resolvers' open watches break too
+    for (const r of relays) for (const sock of r.sockets) sock.destroy();
+    try {
+      expect(addrs(ask(web.c, 'web'))).toEqual([web.ip]);
+      expect(addrs(ask(web.c, 'db'))).toEqual([db.ip]);
+      expect(addrs(ask(db.c, 'web'))).toEqual([web.ip]);
+    } finally {
+      for (const h of [A, B]) h.down.value = false;
+    }
+  }, 60_000);
+
   // This kernel has no ipvlan (test/plugins/ipvlan/ipvlan.test.ts): what needs no ipvlan link is
   // tested here, that the ipvlan plugin reaches the same etcd records (its ADD runs the same
   // steps, shared/childlink.ts; its connectivity is the VM's test).
