@@ -160,6 +160,19 @@ describe('reload on FakeNft', () => {
     expect(reloadFirewall(tables(dir))).toEqual({ portmap: 2 });
   });
 
+  it("onlyGone takes no network's lock while every network's rules are current (ADDs hold it shared for their whole run), and takes it when one is gone", () => {
+    const locked: string[] = [];
+    const t: FirewallTables = { ...tables(dir), networkLock: (b, fn) => (locked.push(b), fn()) };
+    ensureNetworkRules(t.bridge, { bridge: 'br-a', subnets: ['10.1.0.0/24'], masquerade: true, internal: false });
+    ensureNetworkRules(t.bridge, { bridge: 'br-b', subnets: ['10.2.0.0/24'], masquerade: false, internal: false });
+    expect(reloadFirewall(t, { onlyGone: true })).toEqual({});
+    expect(locked).toEqual([]);
+    nft = new FakeNft(); // nft flush ruleset
+    const t2: FirewallTables = { ...tables(dir), networkLock: (b, fn) => (locked.push(b), fn()) };
+    expect(reloadFirewall(t2, { onlyGone: true })).toEqual({ bridge: 2 });
+    expect(locked).toEqual(['br-a', 'br-b']);
+  });
+
   it('onlyGone leaves current tables alone; a plain reload keeps the user chain and its rules', async () => {
     const t = tables(dir);
     await portmapAdd(t, 'c1', 8000);
