@@ -231,8 +231,8 @@ function explainRefusal<C extends ChildLinkConf>(k: ChildLinkKind<C>, e: unknown
 
 /**
  * CHECK of the names in etcd, as other hosts read them: the attachment's
- * record is there, valid, and names exactly the addresses of prevResult's
- * interface (code 999 otherwise).
+ * record is there, valid, and names exactly prevResult's addresses (all on
+ * the one child link; code 999 otherwise).
  */
 async function checkClusterRecord(kv: KV, scope: ClusterScope, att: CniContext<ChildLinkConf>): Promise<void> {
   const key = clusterKey(scope.prefix, scope.network, att.containerId, att.ifname);
