@@ -68,7 +68,9 @@ export interface ReloadOptions {
 export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): ReloadReport {
   const log = opts.log ?? (() => {});
   const report: ReloadReport = {};
-  t.portmap.withLock(() => {
+  // Current tables need no lock (see the bridge networks below): the watch
+  // runs on the daemon's main thread, which must never wait for a call.
+  if (!(opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker))) t.portmap.withLock(() => {
     const plans = recordedPlans(t.portmap, log);
     if (plans.length === 0) return;
     if (opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker)) return;
@@ -77,9 +79,10 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
   });
   const names = recordedNetworks(t.bridge).map((n) => n.bridge).sort();
   // The daemon's watch runs this on its main thread after every deletion in
-  // our tables (each network's first ADD flushes its chains): networks whose
-  // rules are all there need no lock, which a container's ADD holds shared
-  // for its whole run. Anything gone is checked again under the locks.
+  // our tables (each network's first ADD flushes its chains, every portmap
+  // DEL deletes): networks whose rules are all there need no lock, which a
+  // container's ADD holds shared for its whole run (a blocked main thread
+  // stalls every call). Anything gone is checked again under the locks.
   if (opts.onlyGone && recordedNetworks(t.bridge).every((n) => t.bridge.isCurrent(networkMarker(n)))) {
     reloadOverlay(t, opts, report);
     return report;

@@ -160,17 +160,22 @@ describe('reload on FakeNft', () => {
     expect(reloadFirewall(tables(dir))).toEqual({ portmap: 2 });
   });
 
-  it("onlyGone takes no network's lock while every network's rules are current (ADDs hold it shared for their whole run), and takes it when one is gone", () => {
+  it("onlyGone takes no lock while every table is current (the daemon's main thread runs it; calls hold those locks), and takes them when something is gone", async () => {
     const locked: string[] = [];
-    const t: FirewallTables = { ...tables(dir), networkLock: (b, fn) => (locked.push(b), fn()) };
+    const recording = (): FirewallTables => {
+      const mk = (ref: typeof PORTMAP_TABLE) =>
+        new OwnedTable(ref, { nft, lock: (fn) => (locked.push(ref.table), fn()), chain: (r, name) => nft.chainInfo(r.family, r.table, name), records: new FirewallRecords(() => path.join(dir, ref.table)) });
+      return { portmap: mk(PORTMAP_TABLE), bridge: mk(BRIDGE_TABLE), networkLock: (b, fn) => (locked.push(b), fn()) };
+    };
+    await portmapAdd(tables(dir), 'c1', 8000);
+    const t = recording();
     ensureNetworkRules(t.bridge, { bridge: 'br-a', subnets: ['10.1.0.0/24'], masquerade: true, internal: false });
     ensureNetworkRules(t.bridge, { bridge: 'br-b', subnets: ['10.2.0.0/24'], masquerade: false, internal: false });
     expect(reloadFirewall(t, { onlyGone: true })).toEqual({});
     expect(locked).toEqual([]);
     nft = new FakeNft(); // nft flush ruleset
-    const t2: FirewallTables = { ...tables(dir), networkLock: (b, fn) => (locked.push(b), fn()) };
-    expect(reloadFirewall(t2, { onlyGone: true })).toEqual({ bridge: 2 });
-    expect(locked).toEqual(['br-a', 'br-b']);
+    expect(reloadFirewall(recording(), { onlyGone: true })).toEqual({ portmap: 1, bridge: 2 });
+    expect(locked).toEqual([PORTMAP_TABLE.table, 'br-a', 'br-b']);
   });
 
   it('onlyGone leaves current tables alone; a plain reload keeps the user chain and its rules', async () => {
