@@ -12,7 +12,7 @@
  * namespace (see real.ts).
  */
 import type { Transaction } from './transaction';
-import type { Family, Listing } from './types';
+import type { ElementOp, Family, Listing, SetLayout } from './types';
 
 export type * from './types';
 
@@ -31,4 +31,12 @@ export interface Nft {
    * Returns undefined when the table does not exist.
    */
   list(family: Family, table: string): Listing | undefined;
+  /**
+   * Add and delete set/map elements of one table as one atomic batch, with
+   * no nft process (realNft: an nfnetlink batch, shared/netlink/
+   * nft-elements.ts; FakeNft: its model). The same semantics and NftError
+   * kinds as the `add element` / `delete element` lines of run(). Absent:
+   * OwnedTable renders the batch for run().
+   */
+  elements?(family: Family, table: string, layouts: Readonly<Record<string, SetLayout>>, ops: readonly ElementOp[]): void;
 }
