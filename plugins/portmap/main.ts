@@ -173,11 +173,18 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
       const held: Held[] = plans ? heldOfPlans(plans) : heldOfListing(table.list());
       const conflicts = findConflicts(held, plan.owner, plan.claims);
       if (conflicts.length) throw portConflict(conflicts);
-      // A skeleton just (re)written replaced the table: the batch refills
-      // it with every recorded owner's elements.
+      // A skeleton just (re)written may follow a flush or an older version:
+      // the batch then puts every recorded owner's elements back too. If
+      // the records disagree with what the table holds (a stale record),
+      // our own elements alone are tried.
       const rebuilt = ensureSkeleton(table);
       try {
-        table.runElements(addBatch(table, plan, held, rebuilt ? (plans ?? []) : undefined));
+        try {
+          table.runElements(addBatch(table, plan, held, rebuilt ? (plans ?? []) : undefined));
+        } catch (err) {
+          if (!rebuilt || !(err instanceof NftError) || err.kind !== 'exists') throw err;
+          table.runElements(addBatch(table, plan, held));
+        }
       } catch (err) {
         // The kernel refused a key another owner holds that the records did
         // not show (a writer that ignores them): name it from the table.

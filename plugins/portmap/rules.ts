@@ -6,14 +6,14 @@
  *     map wildcard6  inet_proto . inet_service : ipv6_addr . inet_service
  *     map hostip4    ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service     127.0.0.1 . tcp . 8080 : 10.1.0.5 . 80
  *     map hostip6    ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service
- *     set masq4      ipv4_addr . ipv4_addr . inet_proto . inet_service, flags interval    10.1.0.0/24 . 10.1.0.5 . tcp . 80-90
- *     set masq6      ipv6_addr . ipv6_addr . inet_proto . inet_service, flags interval
+ *     set masq_ports4  ipv4_addr . ipv4_addr . inet_proto . inet_service, flags interval  10.1.0.0/24 . 10.1.0.5 . tcp . 80-90
+ *     set masq_ports6  ipv6_addr . ipv6_addr . inet_proto . inet_service, flags interval
  *     chain prerouting   nat/prerouting  dstnat:  127.0.0.0/8 returns; else fib daddr type local jump dispatch
  *     chain output       nat/output      -100:    fib daddr type local jump dispatch, for connections from the host itself (localhost included)
  *     chain input        filter/input    filter:  the martian guard: 127.0.0.0/8 not from lo and not DNATed is dropped
  *     chain dispatch     DNAT by map lookup: a host-address claim first, then a wildcard one
  *                        (`dnat ip to ip daddr . meta l4proto . th dport map @hostip4`, ...)
- *     chain postrouting  nat/postrouting srcnat:  `ct status dnat ip saddr . ip daddr . meta l4proto . th dport @masq4 masquerade`
+ *     chain postrouting  nat/postrouting srcnat:  `ct status dnat ip saddr . ip daddr . meta l4proto . th dport @masq_ports4 masquerade`
  *
  * The rules are fixed (the skeleton, written once by `nft -f` and marked,
  * shared/nft/table.ts): a container's state is only ELEMENTS, every one
@@ -24,7 +24,7 @@
  * The DNAT target is the map's data (concatenated NAT data, container
  * address . container port), so a port range is one element per port, which
  * also shifts ports (8000-8010 -> 80-90) without a rule. Masquerading needs
- * no per-container rule either: masq4/masq6 hold (source range . container
+ * no per-container rule either: masq_ports4/6 hold (source range . container
  * address . protocol . container port range) for each published container
  * port, the sources being 127.0.0.0/8 (localhost, needs route_localnet, see
  * main.ts) and the container's own subnet (hairpin: itself or a neighbour
@@ -50,10 +50,11 @@
  * a key held by someone else), the table is listed once over netlink and
  * the elements carrying our owner tag go.
  *
- * The skeleton is written whole, replacing the table, whenever its marker is
- * not this version's (a new version, `nft flush ruleset`): the same batch of
- * elements that adds the ADD's own then re-adds every recorded owner's, as
- * `cni-ts firewall-reload` does (reloadPortmap).
+ * The skeleton is (re)written whenever its marker is not this version's (a
+ * new version, `nft flush ruleset`): its base chains are flushed and
+ * written again, an older version's maps removed, and the ADD's batch then
+ * re-adds every recorded owner's elements with its own, as `cni-ts
+ * firewall-reload` does (reloadPortmap).
  *
  * Loopback publishing (hostIP in 127.0.0.0/8, or a wildcard port reached
  * through 127.0.0.1) answers connections started on the host and nothing
@@ -88,8 +89,8 @@ export const SETS = {
   wildcard6: 'wildcard6',
   hostip4: 'hostip4',
   hostip6: 'hostip6',
-  masq4: 'masq4',
-  masq6: 'masq6',
+  masq4: 'masq_ports4',
+  masq6: 'masq_ports6',
 } as const;
 
 /** The sets' layouts, as the skeleton defines them (element batches lay keys out by them). */
@@ -186,7 +187,8 @@ export function planElements(plan: AddPlan): Elem[] {
  * The marker of this version's skeleton (sets, base chains and their
  * rules), in the owned tables' convention (shared/nft/table.ts): read over
  * netlink, so an ADD that finds it writes only elements. Any other marker
- * (or none) means the table is replaced whole and refilled from the records.
+ * (or none) means the skeleton is written again and the elements refilled
+ * from the records.
  */
 export const SKELETON_MARKER = { chain: 'skeleton', comment: 'cni-ts portmap skeleton v4' } as const;
 
@@ -206,11 +208,17 @@ export const GUARD_COMMENTS = {
   input: '127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)',
 } as const;
 
+/** The maps of the v1-v3 skeletons (verdict maps into per-container chains), removed by this one. */
+const OLD_MAPS: Record<string, string[]> = {
+  wildcard_ports: ['nf_proto', 'inet_proto', 'inet_service'],
+  hostip4_ports: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  hostip6_ports: ['ipv6_addr', 'inet_proto', 'inet_service'],
+  masq4: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  masq6: ['ipv6_addr', 'inet_proto', 'inet_service'],
+};
+const OLD_SKELETON_MARKERS = ['skeleton-v1', 'skeleton-v2'];
+
 function queueSkeleton(tx: TableTx): void {
-  // Replace whatever table is there (an older skeleton's chains and maps
-  // cannot be rewritten in place): add-then-delete works whether or not it exists.
-  tx.add({ kind: 'table' });
-  tx.delete({ kind: 'table' });
   tx.add({ kind: 'table', comment: 'cni-ts portmap: published container ports' });
   for (const [name, l] of Object.entries(LAYOUTS)) {
     if (l.value) tx.add({ kind: 'map', name, type: [...l.key], valueType: [...l.value] });
@@ -243,15 +251,30 @@ function queueSkeleton(tx: TableTx): void {
     ],
     input: [{ rule: MARTIAN_RULES[0] }, { rule: MARTIAN_RULES[1], comment: GUARD_COMMENTS.input }],
   };
-  for (const [chain, list] of Object.entries(rules)) for (const r of list) tx.add({ kind: 'rule', chain, ...r });
+  for (const [chain, list] of Object.entries(rules)) {
+    tx.flush({ kind: 'chain', name: chain });
+    for (const r of list) tx.add({ kind: 'rule', chain, ...r });
+  }
+  // An older skeleton's maps, no longer used by any rule once the chains
+  // above were flushed (add-then-delete: gone whether or not they were
+  // there). Its per-container chains are left, unreferenced; the records
+  // put its containers back (the ADD's or reload's batch).
+  for (const [name, type] of Object.entries(OLD_MAPS)) {
+    tx.add({ kind: 'map', name, type, valueType: 'verdict' });
+    tx.delete({ kind: 'map', name });
+  }
+  for (const name of OLD_SKELETON_MARKERS) {
+    tx.add({ kind: 'chain', name });
+    tx.delete({ kind: 'chain', name });
+  }
 }
 
 /** The skeleton in the owned tables' form (shared/nft/table.ts). */
 export const PORTMAP_SKELETON: Skeleton = { marker: SKELETON_MARKER, queue: queueSkeleton };
 
 /**
- * Write the skeleton unless its marker is current (one `nft -f`, replacing
- * the table). Returns whether it did: the table is then empty of elements.
+ * Write the skeleton unless its marker is current (one `nft -f`). Returns
+ * whether it did: elements may then be missing (a flush, an upgrade).
  */
 export function ensureSkeleton(table: OwnedTable): boolean {
   const tx = table.tx();
@@ -496,8 +519,8 @@ export function recordedPlans(table: OwnedTable, log: (msg: string) => void = ()
 
 /**
  * firewall-reload: the skeleton (its martian guard first in line, before
- * anything relies on route_localnet again), replacing the table, then every
- * recorded owner's elements in one batch. The skeleton is written even when
+ * anything relies on route_localnet again), then every recorded owner's
+ * elements in one batch. The skeleton is written even when
  * its marker is current, so a reload always converges on the records.
  */
 export function reloadPortmap(table: OwnedTable, plans: readonly AddPlan[]): void {
