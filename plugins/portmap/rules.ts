@@ -373,10 +373,10 @@ export function addBatch(table: OwnedTable, plan: AddPlan, held: readonly Held[]
   const wanted = planElements(plan);
   const wantedText = new Set(wanted.map(elemText));
   const ours = new Set(plan.addrs.map((a) => a.ip));
-  for (const h of held) {
-    const stale = h.tag === tag ? !wantedText.has(elemText(h)) : MASQ_SETS.includes(h.set) && ours.has(h.key[1]);
-    if (stale) b.release(h);
-  }
+  const stale = held.filter((h) => (h.tag === tag ? !wantedText.has(elemText(h)) : MASQ_SETS.includes(h.set) && ours.has(h.key[1])));
+  // released as every add then every delete (see releaseBatch)
+  for (const h of stale) b.add(h);
+  for (const h of stale) b.delete(h);
   for (const e of wanted) b.add(e);
   return b;
 }
@@ -402,8 +402,10 @@ function queueRebuild(b: ElementTx, plans: readonly AddPlan[]): void {
 
 /** DEL's batch when the owner's elements are known (its record): each released (see the header). */
 export function releaseBatch(table: OwnedTable, elems: readonly Elem[]): ElementTx {
+  // every add, then every delete: the same as pairs, in two messages rather than one per element
   const b = table.elementTx(LAYOUTS);
-  for (const e of elems) b.release(e);
+  for (const e of elems) b.add(e);
+  for (const e of elems) b.delete(e);
   return b;
 }
 

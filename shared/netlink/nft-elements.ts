@@ -180,7 +180,7 @@ function describe(op: ElementOp): string {
 /**
  * The batch's messages, BATCH_BEGIN and BATCH_END included: consecutive
  * ops of one verb and set share a message (up to CHUNK_BYTES of elements),
- * and every message but the frame asks for an ACK, so each gets an answer.
+ * and the last one asks for an ACK (see below).
  */
 export function elementBatch(family: NftFamily, table: string, layouts: Readonly<Record<string, SetLayout>>, ops: readonly ElementOp[]): BatchMessage[] {
   const gen = Buffer.from([NFPROTO[family], 0, 0, 0]);
@@ -192,7 +192,7 @@ export function elementBatch(family: NftFamily, table: string, layouts: Readonly
     const more = cur.count > 1 ? ` (and ${cur.count - 1} more)` : '';
     out.push({
       type: (NFNL_SUBSYS_NFTABLES << 8) | (cur.verb === 'add' ? NFT_MSG_NEWSETELEM : NFT_MSG_DELSETELEM),
-      flags: NLM_F_ACK | (cur.verb === 'add' ? NLM_F_CREATE : 0),
+      flags: cur.verb === 'add' ? NLM_F_CREATE : 0,
       familyHeader: gen,
       attrs: [attrString(NFTA_SET_ELEM_LIST_TABLE, table), attrString(NFTA_SET_ELEM_LIST_SET, cur.set), attrNested(NFTA_SET_ELEM_LIST_ELEMENTS, cur.elems, true)],
       op: `${cur.verb} element ${family} ${table} ${cur.set} { ${describe(cur.first)} }${more}`,
@@ -210,6 +210,9 @@ export function elementBatch(family: NftFamily, table: string, layouts: Readonly
     cur.count++;
   }
   flush();
+  // Failures are answered whatever the flags; one ACK, on the last
+  // message, says the batch is done (thousands would overflow the socket).
+  out[out.length - 1].flags |= NLM_F_ACK;
   out.push(frame(NFNL_MSG_BATCH_END, 'nft commit'));
   return out;
 }

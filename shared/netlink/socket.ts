@@ -89,10 +89,10 @@ export class NetlinkSocket {
 
   /**
    * Send several messages in one datagram (an nfnetlink batch: the caller
-   * frames it with BATCH_BEGIN/END) and wait for the reply of each message
-   * flagged NLM_F_ACK. An error reply to the first message (the batch
-   * header: the commit failed) or to any acked one throws, `op(i)` naming
-   * the i-th message.
+   * frames it with BATCH_BEGIN/END) and wait until each message flagged
+   * NLM_F_ACK has its answer (flag the last one: answers come in order).
+   * An error to the first message (the batch header: the commit failed) or
+   * to any other throws, `op(i)` naming the earliest failing message.
    */
   sendBatch(messages: Array<{ type: number; flags: number; familyHeader: Buffer; attrs: Attr[] }>, op: (i: number) => string): void {
     if (this.closed) throw new Error(`netlink socket closed (${op(0)})`);
@@ -102,23 +102,23 @@ export class NetlinkSocket {
     // The kernel refuses a datagram larger than the send buffer (EMSGSIZE).
     if (data.length + 4096 > 212992) native().setsockoptInt(this.fd, SOL_SOCKET, SO_SNDBUFFORCE, data.length + 4096);
     native().send(this.fd, data);
-    const waiting = new Map<number, number>();
-    messages.forEach((m, i) => {
-      if (m.flags & NLM_F_ACK) waiting.set(seqs[i], i);
-    });
-    let first: NetlinkError | undefined;
+    const index = new Map(seqs.map((seq, i) => [seq, i]));
+    const waiting = new Set(seqs.filter((_, i) => messages[i].flags & NLM_F_ACK));
+    // The kernel answers every message that fails, acked or not, and the
+    // acked ones that succeed, in message order once the batch is done.
+    let first: { i: number; err: NetlinkError } | undefined;
     while (waiting.size) {
       for (const m of decodeMessages(native().recv(this.fd))) {
-        if (m.type !== NLMSG_ERROR) continue;
-        const errno = -m.payload.readInt32LE(0);
-        if (m.seq === seqs[0] && errno !== 0) throw new NetlinkError(errno, op(0), extAckMessage(m));
-        const i = waiting.get(m.seq);
-        if (i === undefined) continue;
+        const i = index.get(m.seq);
+        if (m.type !== NLMSG_ERROR || i === undefined) continue;
         waiting.delete(m.seq);
-        if (errno !== 0) first ??= new NetlinkError(errno, op(i), extAckMessage(m));
+        const errno = -m.payload.readInt32LE(0);
+        if (errno === 0) continue;
+        if (i === 0) throw new NetlinkError(errno, op(0), extAckMessage(m));
+        if (!first || i < first.i) first = { i, err: new NetlinkError(errno, op(i), extAckMessage(m)) };
       }
     }
-    if (first) throw first;
+    if (first) throw first.err;
   }
 
   private nextSeq(): number {
