@@ -303,6 +303,17 @@ describe('portmap DEL', () => {
   });
 });
 
+describe('portmap DEL and element values', () => {
+  it("never deletes another container's claim, even when handed its exact mappings and address", async () => {
+    // element data is the container's address and port, which a prevResult
+    // can name: only DEL's own record or its owner tag may pick elements
+    await add({ ips: ['10.1.0.5/24'], mappings: [web] });
+    const before = nft.dump();
+    expect((await del({ ips: ['10.1.0.5/24'], mappings: [web] }, 'c2')).code).toBe(0);
+    expect(nft.dump()).toBe(before);
+  });
+});
+
 describe('portmap CHECK', () => {
   it('passes while the mappings are installed', async () => {
     await add({ ips: dual, mappings: [web, dns] });
