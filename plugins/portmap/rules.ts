@@ -78,6 +78,7 @@ import type { Listing, SetLayout } from '../../shared/nft/nft-interface';
 import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type ElementSpec, type ElementTx, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
 import { cidrContains } from '../../shared/ip';
 import { z } from 'zod';
+import { canonicalIp, formatCidr, isIp, networkOf, parseCidr } from '../../shared/netlink/ipaddr';
 import { allPorts, bucketClaims, overlapping, type Claim, type ContainerAddr } from './config';
 
 export const PORTMAP_TABLE = projectTable('inet', 'portmap');
@@ -470,6 +471,15 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
 // ---- records and reload (shared/nft/records.ts) ---------------------------------
 
 const family = z.enum(['ipv4', 'ipv6']);
+// Addresses in the canonical text nft prints, so a record's elements are the ones ADD wrote (and encode).
+const ip = z.string().refine((t) => isIp(t) && canonicalIp(t) === t, 'not a canonical IP address');
+const subnet = z.string().refine((t) => {
+  try {
+    return formatCidr(networkOf(parseCidr(t))) === t;
+  } catch {
+    return false;
+  }
+}, 'not a subnet');
 const planRecordSchema = z.object({
   owner: z.object({ network: z.string().min(1), containerID: z.string().min(1), ifname: z.string().min(1) }),
   claims: z.array(
@@ -477,13 +487,13 @@ const planRecordSchema = z.object({
       family,
       protocol: z.enum(['tcp', 'udp', 'sctp']),
       hostPort: z.number().int().min(1).max(65535),
-      hostIP: z.string().optional(),
-      containerIP: z.string(),
+      hostIP: ip.optional(),
+      containerIP: ip,
       containerPort: z.number().int().min(1).max(65535),
       range: z.number().int().min(2).max(65535).optional(),
     }),
   ),
-  addrs: z.array(z.object({ family, ip: z.string(), subnet: z.string() })),
+  addrs: z.array(z.object({ family, ip, subnet })),
   masq: z.object({ snat: z.boolean(), masqAll: z.boolean() }),
 });
 
