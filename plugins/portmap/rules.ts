@@ -403,9 +403,10 @@ function queueRebuild(b: ElementTx, plans: readonly AddPlan[]): void {
 
 /** DEL's batch when the owner's elements are known (its record): each released (see the header). */
 export function releaseBatch(table: OwnedTable, elems: readonly Elem[]): ElementTx {
-  // every add, then every delete: the same as pairs, in two messages rather than one per element
+  // every add, then every delete: the same as pairs, in two messages rather
+  // than one per element; the adds need no comment (data decides EEXIST)
   const b = table.elementTx(LAYOUTS);
-  for (const e of elems) b.add(e);
+  for (const e of elems) b.add({ set: e.set, key: e.key, ...(e.value && { value: e.value }) });
   for (const e of elems) b.delete(e);
   return b;
 }

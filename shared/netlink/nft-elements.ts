@@ -66,6 +66,17 @@ function fail(what: string): never {
 
 /** One field's first and last value as bytes of the type's width. */
 export function encodeField(type: FieldType, text: string): { start: Buffer; end: Buffer } {
+  // the common case first: a single port (a range publishes one element per port)
+  if (type === 'inet_proto' && PROTOS[text] !== undefined) {
+    const b = Buffer.from([PROTOS[text]]);
+    return { start: b, end: b };
+  }
+  if (type === 'inet_service' && /^\d{1,5}$/.test(text)) {
+    const v = Number(text);
+    if (v > 65535) fail(`bad ${type} "${text}"`);
+    const b = Buffer.from([v >> 8, v & 0xff]);
+    return { start: b, end: b };
+  }
   const width = WIDTH[type];
   if (type === 'ipv4_addr' || type === 'ipv6_addr') {
     const [addr, lenText, ...rest] = text.split('/');
@@ -113,16 +124,28 @@ export function encodeField(type: FieldType, text: string): { start: Buffer; end
  * concatenation with every field padded to 4 bytes. `end` differs from
  * `start` when a field is a prefix or a range.
  */
-export function encodeConcat(types: readonly FieldType[], parts: readonly string[]): { start: Buffer; end: Buffer; interval: boolean } {
+export function encodeConcat(
+  types: readonly FieldType[],
+  parts: readonly string[],
+  cache?: Map<string, { start: Buffer; end: Buffer }>,
+): { start: Buffer; end: Buffer; interval: boolean } {
   if (types.length !== parts.length) fail(`${parts.length} fields for a ${types.join(' . ')} key`);
+  // A batch repeats its addresses, protocols and comments element after element: each is parsed once.
+  const field = (t: FieldType, text: string): { start: Buffer; end: Buffer } => {
+    if (!cache || (t !== 'ipv4_addr' && t !== 'ipv6_addr')) return encodeField(t, text);
+    const k = `${t} ${text}`;
+    let f = cache.get(k);
+    if (!f) cache.set(k, (f = encodeField(t, text)));
+    return f;
+  };
   if (types.length === 1) {
-    const f = encodeField(types[0], parts[0]);
+    const f = field(types[0], parts[0]);
     return { ...f, interval: !f.start.equals(f.end) };
   }
   const starts: Buffer[] = [];
   const ends: Buffer[] = [];
   types.forEach((t, i) => {
-    const f = encodeField(t, parts[i]);
+    const f = field(t, parts[i]);
     const pad = Buffer.alloc((4 - (f.start.length % 4)) % 4);
     starts.push(f.start, pad);
     ends.push(f.end, pad);
@@ -139,23 +162,51 @@ export function commentUdata(comment: string): Buffer {
   return Buffer.concat([Buffer.from([NFTNL_UDATA_SET_ELEM_COMMENT, text.length]), text]);
 }
 
-const dataAttr = (type: number, b: Buffer): Attr => attrNested(type, [attrBytes(NFTA_DATA_VALUE, b)], true);
+const NLA_F_NESTED = 0x8000;
 
-/** One NFTA_LIST_ELEM of `op` in a set of `layout`. */
-export function elementAttr(layout: SetLayout, op: ElementOp): Attr {
-  const key = encodeConcat(layout.key, op.key);
+/** { nla(type|NESTED) { nla(NFTA_DATA_VALUE) bytes } } laid out directly: a batch holds thousands. */
+function nestedValue(type: number, b: Buffer): Buffer {
+  const inner = 4 + b.length;
+  const out = Buffer.alloc(4 + ((inner + 3) & ~3));
+  out.writeUInt16LE(4 + inner, 0);
+  out.writeUInt16LE(type | NLA_F_NESTED, 2);
+  out.writeUInt16LE(inner, 4);
+  out.writeUInt16LE(NFTA_DATA_VALUE, 6);
+  b.copy(out, 8);
+  return out;
+}
+
+function plainAttr(type: number, b: Buffer): Buffer {
+  const out = Buffer.alloc(4 + ((b.length + 3) & ~3));
+  out.writeUInt16LE(4 + b.length, 0);
+  out.writeUInt16LE(type, 2);
+  b.copy(out, 4);
+  return out;
+}
+
+/** One NFTA_LIST_ELEM of `op` in a set of `layout` (`cache`: field encodings shared across a batch). */
+export function elementAttr(layout: SetLayout, op: ElementOp, cache?: Map<string, { start: Buffer; end: Buffer }>): Attr {
+  const key = encodeConcat(layout.key, op.key, cache);
   if (key.interval && !layout.interval) fail(`set ${op.set} has no intervals: ${op.key.join(' . ')}`);
   if (layout.interval && layout.key.length < 2) fail(`set ${op.set}: single-field interval sets are not supported`);
-  const attrs: Attr[] = [dataAttr(NFTA_SET_ELEM_KEY, key.start)];
-  if (layout.interval) attrs.push(dataAttr(NFTA_SET_ELEM_KEY_END, key.end));
+  const parts: Buffer[] = [nestedValue(NFTA_SET_ELEM_KEY, key.start)];
+  if (layout.interval) parts.push(nestedValue(NFTA_SET_ELEM_KEY_END, key.end));
   if (op.verb === 'add' && layout.value) {
     if (!op.value) fail(`map ${op.set} needs a value for ${op.key.join(' . ')}`);
-    const v = encodeConcat(layout.value, op.value);
+    const v = encodeConcat(layout.value, op.value, cache);
     if (v.interval) fail(`map ${op.set}: a value cannot be an interval`);
-    attrs.push(dataAttr(NFTA_SET_ELEM_DATA, v.start));
+    parts.push(nestedValue(NFTA_SET_ELEM_DATA, v.start));
   }
-  if (op.verb === 'add' && op.comment !== undefined) attrs.push(attrBytes(NFTA_SET_ELEM_USERDATA, commentUdata(op.comment)));
-  return attrNested(NFTA_LIST_ELEM, attrs, true);
+  if (op.verb === 'add' && op.comment !== undefined) {
+    let udata = cache?.get(`comment ${op.comment}`)?.start;
+    if (!udata) {
+      udata = plainAttr(NFTA_SET_ELEM_USERDATA, commentUdata(op.comment));
+      cache?.set(`comment ${op.comment}`, { start: udata, end: udata });
+    }
+    parts.push(udata);
+  }
+  // the element's attributes already laid out: the codec copies them as the nested attribute's payload
+  return attrBytes(NFTA_LIST_ELEM | NLA_F_NESTED, Buffer.concat(parts));
 }
 
 export interface BatchMessage {
@@ -168,6 +219,7 @@ export interface BatchMessage {
 }
 
 function attrLen(a: Attr): number {
+  if (Buffer.isBuffer(a.value)) return (4 + a.value.length + 3) & ~3;
   const payload = Buffer.isBuffer(a.value) ? a.value.length : a.value.reduce((n, c) => n + attrLen(c), 0);
   return (4 + payload + 3) & ~3;
 }
@@ -199,9 +251,10 @@ export function elementBatch(family: NftFamily, table: string, layouts: Readonly
     });
     cur = undefined;
   };
+  const cache = new Map<string, { start: Buffer; end: Buffer }>();
   for (const op of ops) {
     const layout = layouts[op.set] ?? fail(`unknown set ${op.set}`);
-    const a = elementAttr(layout, op);
+    const a = elementAttr(layout, op, cache);
     const len = attrLen(a);
     if (cur && (cur.verb !== op.verb || cur.set !== op.set || cur.bytes + len > CHUNK_BYTES)) flush();
     cur ??= { verb: op.verb, set: op.set, elems: [], bytes: 0, first: op, count: 0 };
