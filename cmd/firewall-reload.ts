@@ -60,9 +60,10 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
   const log = opts.log ?? (() => {});
   const report: ReloadReport = {};
   t.portmap.withLock(() => {
+    // the marker first: one netlink request, while the records are a directory read
+    if (opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker)) return;
     const plans = recordedPlans(t.portmap, log);
     if (plans.length === 0) return;
-    if (opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker)) return;
     reloadPortmap(t.portmap, plans);
     report.portmap = plans.length;
   });

@@ -3,7 +3,8 @@
  *
  * Plugin code builds a Transaction (transaction.ts) and hands it to an `Nft`.
  * Two implementations: `realNft()` (real.ts) pipes the rendered script into
- * one `nft -f -`, which the kernel applies atomically; `FakeNft` (fake.ts)
+ * one `nft -f -`, which the kernel applies atomically (and writes element
+ * batches over netlink, with no process); `FakeNft` (fake.ts)
  * applies it to an in-memory model with the same errors, so bridge/portmap
  * logic is tested against golden `dump()` text without a kernel.
  *

@@ -4,6 +4,9 @@
  * One process per operation: run() pipes the whole Transaction into one
  * `nft -f -` (the kernel commits the batch atomically), list() is one
  * `nft -j -a list table`. Nothing is listed unless a caller asks.
+ * elements() starts no process: set/map elements go to the kernel as one
+ * nfnetlink batch (shared/netlink/nft-elements.ts), its NetlinkErrors
+ * turned into NftErrors of the kinds nft's messages give.
  *
  * Namespaces: with `netnsPath`, the JavaScript thread enters the namespace
  * (withNetns) around spawnSync. spawnSync forks from that thread, so the
