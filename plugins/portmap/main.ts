@@ -58,8 +58,8 @@ import {
   isStale,
   missingState,
   planElements,
-  recordKey,
   recordPlan,
+  recordedPlan,
   recordedPlans,
   releaseBatch,
   removeTagged,
@@ -130,13 +130,6 @@ function collisionConflict(claims: readonly Claim[]): CniError {
     'a requested host port was published by another container at the same time',
     `requested: ${claims.map(describeClaim).join(', ')}; nothing was applied`,
   );
-}
-
-/** The owner's recorded plan, when the table keeps records and it has one. */
-function ownRecord(table: OwnedTable, owner: Required<Owner>): AddPlan | undefined {
-  if (!table.records) return undefined;
-  const key = recordKey(owner);
-  return recordedPlans(table).find((p) => recordKey(p.owner) === key);
 }
 
 /**
@@ -236,7 +229,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     const owner = ownerOf(ctx);
     const table = deps.table();
     table.withLock(() => {
-      removeState(table, owner, ownRecord(table, owner));
+      removeState(table, owner, recordedPlan(table, owner));
       forgetPlan(table, owner);
     });
   }

@@ -511,6 +511,14 @@ export function forgetPlan(table: OwnedTable, owner: Required<Owner>): void {
   table.records?.remove(recordKey(owner));
 }
 
+/** One owner's recorded plan (one file read), if it has a valid one. */
+export function recordedPlan(table: OwnedTable, owner: Required<Owner>): AddPlan | undefined {
+  const key = recordKey(owner);
+  const r = table.records?.get(key);
+  const parsed = r && planRecordSchema.safeParse(r.value);
+  return parsed?.success && recordKey(parsed.data.owner) === key ? (parsed.data as AddPlan) : undefined;
+}
+
 /** Every recorded plan; records that do not parse, or whose key is not their owner's, are skipped and named. */
 export function recordedPlans(table: OwnedTable, log: (msg: string) => void = () => {}): AddPlan[] {
   const out: AddPlan[] = [];
