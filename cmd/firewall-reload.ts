@@ -5,7 +5,8 @@
  * an admin's mistake) removed them. No container is re-added: the records
  * are what each ADD installed, and DEL and GC forget them.
  *
- * One transaction per table, portmap's first: its skeleton carries the
+ * One transaction per table, portmap's first (its skeleton by `nft -f`,
+ * then its containers' elements as one netlink batch): its skeleton carries the
  * martian guard (plugins/portmap/rules.ts), and route_localnet, which a
  * flush leaves on, is safe only with the guard in place. Then the bridge
  * networks (forward isolation, masquerade, the operator's user chain,
@@ -27,7 +28,7 @@ import { realTable } from '../shared/nft/real';
 import type { OwnedTable } from '../shared/nft/table';
 import { watchTables } from '../shared/nft/watch';
 import { PORTMAP_LOCK_FILE } from '../shared/paths';
-import { PORTMAP_SKELETON, PORTMAP_TABLE, recordedPlans, reloadTransaction } from '../plugins/portmap/rules';
+import { PORTMAP_SKELETON, PORTMAP_TABLE, recordedPlans, reloadPortmap } from '../plugins/portmap/rules';
 import { BRIDGE_TABLE, networkLockFile, networkMarker, recordedNetworks, reloadTx } from '../plugins/bridge/firewall';
 import { GATEWAY_TABLE, realGatewayTable, reloadGatewayTable } from '../plugins/overlay/gateway';
 
@@ -70,11 +71,11 @@ export function reloadFirewall(t: FirewallTables, opts: ReloadOptions = {}): Rel
   const report: ReloadReport = {};
   // Current tables need no lock (see the bridge networks below): the watch
   // runs on the daemon's main thread, which must never wait for a call.
+  // The marker first: one netlink request, while the records are a directory read.
   if (!(opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker))) t.portmap.withLock(() => {
     const plans = recordedPlans(t.portmap, log);
     if (plans.length === 0) return;
-    if (opts.onlyGone && t.portmap.isCurrent(PORTMAP_SKELETON.marker)) return;
-    t.portmap.run(reloadTransaction(plans, t.portmap.list()));
+    reloadPortmap(t.portmap, plans);
     report.portmap = plans.length;
   });
   const names = recordedNetworks(t.bridge).map((n) => n.bridge).sort();

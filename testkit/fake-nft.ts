@@ -26,7 +26,7 @@
 import { OwnedTable } from '../shared/nft/table';
 import type { TableRef } from '../shared/nft/types';
 import { NftError, formatNftStderr, type NftErrorKind } from '../shared/nft/errors';
-import type { ChainType, Family, Hook, ListedElement, ListedSet, Listing, Nft, Policy } from '../shared/nft/nft-interface';
+import type { ChainType, ElementOp, Family, Hook, ListedElement, ListedSet, Listing, Nft, Policy, SetLayout } from '../shared/nft/nft-interface';
 import {
   FAMILIES,
   STD_PRIORITIES,
@@ -39,6 +39,7 @@ import {
   type NftMap,
   type NftSet,
   type Rule,
+  Transaction as BatchTx,
   type Transaction,
 } from '../shared/nft/transaction';
 
@@ -139,6 +140,10 @@ export class FakeNft implements Nft {
   execs = 0;
   /** Every script run() applied successfully, in order: what a test can assert on besides dump(). */
   readonly applied: string[] = [];
+  /** How many element batches elements() applied (netlink on a host: no nft process). */
+  batches = 0;
+  /** Every element batch applied, as the `add/delete element` lines nft would take for it. */
+  readonly appliedBatches: string[] = [];
 
   run(tx: Transaction): void {
     const script = tx.render();
@@ -146,6 +151,22 @@ export class FakeNft implements Nft {
     this.execs++;
     this.state = this.apply(tx.commands, script);
     this.applied.push(script);
+  }
+
+  /** Nft.elements: the batch as `add/delete element` lines, applied atomically to the model like run(), counted apart. */
+  elements(family: Family, table: string, layouts: Readonly<Record<string, SetLayout>>, ops: readonly ElementOp[]): void {
+    if (ops.length === 0) return;
+    const tx = new BatchTx();
+    for (const op of ops) {
+      if (!layouts[op.set]) throw new NftError('invalid', `nft element: unknown set ${op.set}`, '', -1);
+      const obj = { kind: 'element' as const, family, table, set: op.set, key: op.key };
+      if (op.verb === 'add') tx.add({ ...obj, ...(op.value && { value: op.value }), ...(op.comment !== undefined && { comment: op.comment }) });
+      else tx.delete(obj);
+    }
+    const script = tx.render();
+    this.state = this.apply(tx.commands, script);
+    this.batches++;
+    this.appliedBatches.push(script);
   }
 
   check(tx: Transaction): void {
@@ -208,6 +229,8 @@ export class FakeNft implements Nft {
     this.state = { tables: new Map(), nextTableHandle: 1 };
     this.execs = 0;
     this.applied.length = 0;
+    this.batches = 0;
+    this.appliedBatches.length = 0;
   }
 
   /**

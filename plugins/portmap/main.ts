@@ -9,18 +9,22 @@
  * need is guarded by a martian drop (rules.ts header). It creates no
  * interface and passes prevResult through unchanged.
  *
- * Every verb is at most one atomic `nft -f -` that changes something:
- *   ADD    list once (conflicts), then one transaction; under a host-wide
- *          lock so two ADDs cannot both see a port as free. Then, as the
- *          reference does, the conntrack entries of UDP flows to the
+ * A container's state is set and map elements only (rules.ts), so every
+ * verb changes the kernel with at most one atomic nfnetlink batch of
+ * elements, with no nft process and no listing on the usual path:
+ *   ADD    read the records (conflicts, naming the holder), then one batch;
+ *          under a host-wide lock so two ADDs cannot both see a port as
+ *          free. The skeleton is written with `nft -f` only when its
+ *          marker is not current (first ADD, a flush, a new version). Then,
+ *          as the reference does, the conntrack entries of UDP flows to the
  *          published ports are deleted (shared/netlink/conntrack.ts), so a
  *          client already sending there meets the new DNAT
- *   DEL    one transaction, no listing when prevResult and the mappings
- *          are given; otherwise (or if they do not match what is
- *          installed) list once and remove what jumps to our chains
- *   CHECK  list once and compare
- *   GC     list once, remove the chains and elements of this network's
- *          attachments that are not in cni.dev/valid-attachments
+ *   DEL    one batch releasing what the record lists; without a record (or
+ *          if the batch fails) list once over netlink and remove the
+ *          elements carrying the owner's tag
+ *   CHECK  list once (netlink) and compare
+ *   GC     list once, remove the elements of this network's attachments
+ *          that are not in cni.dev/valid-attachments
  *
  * ADD records its plan on disk and DEL and GC forget it (rules.ts, shared/nft/
  * records.ts): `cni-ts firewall-reload` rebuilds the table from those.
@@ -42,29 +46,31 @@ import { cidrContains, parsePrefixed } from '../../shared/ip';
 import { PORTMAP_LOCK_FILE } from '../../shared/paths';
 import { sysctlSet } from '../../shared/netns/netns';
 import { NftError } from '../../shared/nft/errors';
-import { ownerTag, tagMatches, type OwnedTable, type Owner } from '../../shared/nft/table';
+import { ownerTag, type OwnedTable, type Owner } from '../../shared/nft/table';
 import { realTable } from '../../shared/nft/real';
 import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
 import { kernelMappings, portProxy, type PortProxy, type ProxyRequest } from '../../shared/portproxy';
 import { allPorts, claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   PORTMAP_TABLE,
-  addTransaction,
-  delTransaction,
+  addBatch,
+  ensureSkeleton,
   findConflicts,
   forgetPlan,
-  recordPlan,
-  recordedPlans,
+  heldOfListing,
+  heldOfPlans,
   isClaimCollision,
-  isTableGone,
-  keysOf,
+  isStale,
   missingState,
-  ownerChains,
-  removeOwners,
-  staleOwners,
+  planElements,
+  recordPlan,
+  recordedPlan,
+  recordedPlans,
+  releaseBatch,
+  removeTagged,
   type AddPlan,
   type Conflict,
-  type Key,
+  type Held,
 } from './rules';
 
 export const PortmapErrorCode = {
@@ -135,21 +141,21 @@ function collisionConflict(claims: readonly Claim[]): CniError {
 }
 
 /**
- * Remove one owner's chains and elements: one transaction when `keys` are
- * all it holds, else (or when the keys are not all ours) by listing once.
+ * Remove one owner's elements: one batch releasing what `plan` installed
+ * when it is known, else (or when that batch fails: table gone, a key that
+ * is not ours) by listing once and removing what carries the owner's tag.
  */
-function removeState(table: OwnedTable, owner: Required<Owner>, keys: readonly Key[]): void {
-  try {
-    table.run(delTransaction(owner, keys));
-    return;
-  } catch (err) {
-    // DEL is idempotent: no table means nothing of ours is left.
-    if (isTableGone(err)) return;
-    // Keys that are not (all) ours, or elements we did not know of still
-    // jumping to our chains: fall back to reading the table once.
-    if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
+function removeState(table: OwnedTable, owner: Required<Owner>, plan: AddPlan | undefined): void {
+  if (plan) {
+    try {
+      table.runElements(releaseBatch(table, planElements(plan)));
+      return;
+    } catch (err) {
+      if (!(err instanceof NftError) || !['exists', 'busy', 'not-found'].includes(err.kind)) throw err;
+    }
   }
-  removeOwners(table, () => [ownerChains(owner)]);
+  const tag = ownerTag(owner);
+  removeTagged(table, (t) => t === tag);
 }
 
 /** What the ::1 relay is asked to serve for this attachment. */
@@ -183,24 +189,40 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     if (plan.claims.length === 0) return result;
     const table = deps.table();
     table.withLock(() => {
-      const listing = table.list();
-      const conflicts = findConflicts(listing, plan.owner, plan.claims);
+      // Who holds what: the records when the table keeps them (no listing),
+      // else the table itself, read once over netlink.
+      const plans = table.records ? recordedPlans(table) : undefined;
+      const held: Held[] = plans ? heldOfPlans(plans) : heldOfListing(table.list());
+      const conflicts = findConflicts(held, plan.owner, plan.claims);
       if (conflicts.length) throw portConflict(conflicts);
+      // A skeleton just (re)written may follow a flush or an older version:
+      // the batch then puts every recorded owner's elements back too. If
+      // the records disagree with what the table holds (a stale record),
+      // our own elements alone are tried.
+      const rebuilt = ensureSkeleton(table);
       try {
-        table.run(addTransaction(plan, listing, table));
+        try {
+          table.runElements(addBatch(table, plan, held, rebuilt ? (plans ?? []) : undefined));
+        } catch (err) {
+          if (!rebuilt || !(err instanceof NftError) || err.kind !== 'exists') throw err;
+          table.runElements(addBatch(table, plan, held));
+        }
       } catch (err) {
-        // Only a writer that ignores the lock can get here: the kernel
-        // refused an element another owner added since our listing.
-        if (isClaimCollision(err)) throw collisionConflict(plan.claims);
+        // The kernel refused a key another owner holds that the records did
+        // not show (a writer that ignores them): name it from the table.
+        if (isClaimCollision(err)) {
+          const found = findConflicts(heldOfListing(table.list()), plan.owner, plan.claims);
+          throw found.length ? portConflict(found) : collisionConflict(plan.claims);
+        }
         throw err;
       }
       try {
         recordPlan(table, plan);
       } catch (err) {
-        removeState(table, plan.owner, keysOf(plan.claims, ctx.config.snat));
+        removeState(table, plan.owner, plan);
         throw err;
       }
-      // route_localnet only once the transaction put the martian guard in
+      // route_localnet only once the skeleton put the martian guard in
       // place (rules.ts), so it is never on without it, not even when this
       // ADD fails; a failure here takes the ADD's state out again.
       const v4 = plan.claims.find((c) => c.family === 'ipv4');
@@ -208,7 +230,7 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
         try {
           deps.enableLocalnet(v4.containerIP);
         } catch (err) {
-          removeState(table, plan.owner, keysOf(plan.claims, ctx.config.snat));
+          removeState(table, plan.owner, plan);
           forgetPlan(table, plan.owner);
           throw err;
         }
@@ -230,20 +252,15 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
 
   async function del(ctx: Ctx): Promise<void> {
     // No rejectUnsupported here: an ADD that refused the config applied
-    // nothing, and the runtime's cleanup DEL must still succeed.
+    // nothing, and the runtime's cleanup DEL must still succeed. The record
+    // says what ADD installed; prevResult is not trusted to name keys (it
+    // could name another container's), the owner tag is.
     const owner = ownerOf(ctx);
     const table = deps.table();
-    // The keys an ADD with this prevResult and these mappings registered;
-    // anything unreadable just means we do not know them.
-    let keys: Key[] = [];
-    try {
-      const plan = planOf(ctx, ctx.prevResult);
-      keys = keysOf(plan.claims, ctx.config.snat);
-    } catch {
-      keys = [];
-    }
-    removeState(table, owner, keys);
-    forgetPlan(table, owner);
+    table.withLock(() => {
+      removeState(table, owner, recordedPlan(table, owner));
+      forgetPlan(table, owner);
+    });
     deps.proxy?.del(owner);
   }
 
@@ -270,10 +287,9 @@ export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {
     }
     const table = deps.table();
     table.withLock(() => {
-      removeOwners(table, (listing) => staleOwners(listing, ctx.config.name, keep));
+      removeTagged(table, (tag) => isStale(tag, ctx.config.name, keep));
       for (const p of recordedPlans(table)) {
-        const tag = ownerTag(p.owner);
-        if (p.owner.network === ctx.config.name && ![...keep].some((k) => tagMatches(tag, k))) forgetPlan(table, p.owner);
+        if (isStale(ownerTag(p.owner), ctx.config.name, keep)) forgetPlan(table, p.owner);
       }
     });
     deps.proxy?.gc(ctx.config.name, valid);

@@ -2,47 +2,59 @@
  * portmap's nftables state, in the project's own table:
  *
  *   table inet cni_ts_portmap
- *     map wildcard_ports  nf_proto . inet_proto . inet_service : verdict    e.g. ipv4 . tcp . 8080 : jump pm-<id>
- *     map hostip4_ports   ipv4_addr . inet_proto . inet_service : verdict   e.g. 127.0.0.1 . tcp . 8080 : jump pm-<id>
- *     map hostip6_ports   ipv6_addr . inet_proto . inet_service : verdict
- *     map masq4           ipv4_addr . inet_proto . inet_service : verdict   container ip . proto . container port : jump pm-<id>-masq
- *     map masq6           ipv6_addr . inet_proto . inet_service : verdict
+ *     map wildcard4  inet_proto . inet_service : ipv4_addr . inet_service                 tcp . 8080 : 10.1.0.5 . 80
+ *     map wildcard6  inet_proto . inet_service : ipv6_addr . inet_service
+ *     map hostip4    ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service     127.0.0.1 . tcp . 8080 : 10.1.0.5 . 80
+ *     map hostip6    ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service
+ *     set masq_ports4  ipv4_addr . ipv4_addr . inet_proto . inet_service, flags interval  10.1.0.0/24 . 10.1.0.5 . tcp . 80-90
+ *     set masq_ports6  ipv6_addr . ipv6_addr . inet_proto . inet_service, flags interval
  *     chain prerouting   nat/prerouting  dstnat:  127.0.0.0/8 returns; else fib daddr type local jump dispatch
  *     chain output       nat/output      -100:    fib daddr type local jump dispatch, for connections from the host itself (localhost included)
  *     chain input        filter/input    filter:  the martian guard: 127.0.0.0/8 not from lo and not DNATed is dropped
- *     chain dispatch     one lookup per map: a host-address claim first, then a wildcard one
- *     chain postrouting  nat/postrouting srcnat:  DNAT'ed connections -> the owner's masquerade chain
- *     chain pm-<id>      one container's DNAT rules           (every rule commented with its owner tag)
- *     chain pm-<id>-masq one container's masquerade rules     (localhost and hairpin sources)
+ *     chain dispatch     DNAT by map lookup: a host-address claim first, then a wildcard one
+ *                        (`dnat ip to ip daddr . meta l4proto . th dport map @hostip4`, ...)
+ *     chain postrouting  nat/postrouting srcnat:  `ct status dnat ip saddr . ip daddr . meta l4proto . th dport @masq_ports4 masquerade`
  *
- * <id> is a hash of network, container ID and ifname, so DEL can name the
- * chains without reading anything.
+ * The rules are fixed (the skeleton, written once by `nft -f` and marked,
+ * shared/nft/table.ts): a container's state is only ELEMENTS, every one
+ * commented with its owner tag, and ADD and DEL write them over netlink as
+ * one atomic nfnetlink batch (OwnedTable.runElements,
+ * shared/netlink/nft-elements.ts): no nft process, no ruleset listing.
  *
- * A port range (config.ts) is one DNAT rule (`tcp dport 8000-8999 dnat ip
- * to C`, or with an anonymous `tcp dport map` when container ports are
- * shifted: nft 1.0.6 has no port-offset NAT) and one element per port in
- * the maps, all in the ADD's one transaction: no rule per port, and every
- * port is a claim like any other (conflicts, DEL, CHECK, GC).
+ * The DNAT target is the map's data (concatenated NAT data, container
+ * address . container port), so a port range is one element per port, which
+ * also shifts ports (8000-8010 -> 80-90) without a rule. Masquerading needs
+ * no per-container rule either: masq_ports4/6 hold (source range . container
+ * address . protocol . container port range) for each published container
+ * port, the sources being 127.0.0.0/8 (localhost, needs route_localnet, see
+ * main.ts) and the container's own subnet (hairpin: itself or a neighbour
+ * on the bridge reaching it through a host address, whose replies must come
+ * back through the host to be un-NATed), or 0.0.0.0/0 and ::/0 with
+ * masqAll, and nothing with snat false. The lookup is on the connection's
+ * post-DNAT destination; a range of container ports is one interval.
  *
- * Reload: the ADD records its plan (shared/nft/records.ts) and DEL and GC
- * forget it; reloadTransaction rebuilds the skeleton (martian guard
- * included) and every recorded owner in one transaction.
+ * The maps are the port registry: a claim element's key is the host port,
+ * and adding a key that exists with other data fails in the kernel
+ * (EEXIST), so two containers can never hold the same key even when their
+ * ADDs race. The conflict check that names the holder (code 110), and finds
+ * overlaps between a wildcard and a host-address claim, reads the records
+ * (shared/nft/records.ts: each owner's plan) under the portmap lock, or,
+ * where a table keeps no records, a netlink listing (the element comments
+ * name the owner); a kernel refusal the records did not predict is named
+ * from a listing too.
  *
- * The maps are the port registry: an element is a claim and its value names
- * the owner. Adding an element that exists with another value fails in the
- * kernel (EEXIST), so two containers can never hold the same key even when
- * their ADDs race; overlaps between a wildcard and a host-address claim are
- * found in the listing ADD reads anyway (and ADDs are serialised by a lock).
+ * DEL releases the elements its record lists: for each `add element k : v`
+ * then `delete element k`, in one batch. The add is a no-op on our own
+ * element and fails on another value, so a DEL never deletes another
+ * container's claim. Without a record, or when the batch fails (table gone,
+ * a key held by someone else), the table is listed once over netlink and
+ * the elements carrying our owner tag go.
  *
- * DEL runs one transaction and lists nothing when it knows its keys
- * (prevResult and the mappings): for each key `add element k : jump mine`
- * then `delete element k`. The add is a no-op on our own element and fails
- * on someone else's, so we can never delete another container's claim, and
- * `delete chain` at the end fails while anything still jumps to our chain.
- * Either failure means the keys were not the whole story: then the table is
- * listed once and everything that jumps to our chains goes. The batch starts
- * with `add chain`, which fails only when the table itself is gone, and that
- * is the other way DEL is done.
+ * The skeleton is (re)written whenever its marker is not this version's (a
+ * new version, `nft flush ruleset`): its base chains are flushed and
+ * written again, an older version's maps removed, and the ADD's batch then
+ * re-adds every recorded owner's elements with its own, as `cni-ts
+ * firewall-reload` does (reloadPortmap).
  *
  * Loopback publishing (hostIP in 127.0.0.0/8, or a wildcard port reached
  * through 127.0.0.1) answers connections started on the host and nothing
@@ -58,96 +70,54 @@
  * lo and is not part of a DNATed connection (the replies of the host's own
  * localhost connections are), as kubelet's KUBE-FIREWALL does, but keyed on
  * the interface rather than the source address, which a sender can forge.
- * Both are skeleton rules, written in the same transaction as everything
- * else; main.ts turns route_localnet on only after that transaction.
- *
- * Masquerading needs no packet marks: the postrouting lookup on the
- * connection's post-DNAT destination (the container's address and port)
- * leads to the owner's chain, which masquerades sources from 127.0.0.0/8
- * (needs route_localnet, see main.ts) and from the container's own subnet
- * (hairpin: itself or a neighbour on the bridge reaching it through a host
- * address, whose replies must come back through the host to be un-NATed).
+ * Both are skeleton rules, in place before any element is added (the
+ * marker is checked first); main.ts turns route_localnet on only after.
  */
-import { createHash } from 'node:crypto';
 import { NftError } from '../../shared/nft/errors';
-import type { Listing } from '../../shared/nft/nft-interface';
-import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
+import type { Listing, SetLayout } from '../../shared/nft/nft-interface';
+import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type ElementSpec, type ElementTx, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
+import { cidrContains } from '../../shared/ip';
 import { z } from 'zod';
-import { allPorts, bucketClaims, overlapping, type Claim, type ContainerAddr, type IpFamily } from './config';
+import { canonicalIp, formatCidr, isIp, networkOf, parseCidr } from '../../shared/netlink/ipaddr';
+import { allPorts, bucketClaims, overlapping, type Claim, type ContainerAddr } from './config';
 
 export const PORTMAP_TABLE = projectTable('inet', 'portmap');
 export const TABLE = PORTMAP_TABLE.table;
 export const T = PORTMAP_TABLE;
 
-export const MAPS = {
-  wildcard: 'wildcard_ports',
-  hostip4: 'hostip4_ports',
-  hostip6: 'hostip6_ports',
-  masq4: 'masq4',
-  masq6: 'masq6',
+export const SETS = {
+  wildcard4: 'wildcard4',
+  wildcard6: 'wildcard6',
+  hostip4: 'hostip4',
+  hostip6: 'hostip6',
+  masq4: 'masq_ports4',
+  masq6: 'masq_ports6',
 } as const;
 
-export const MAP_TYPES: Record<string, string[]> = {
-  [MAPS.wildcard]: ['nf_proto', 'inet_proto', 'inet_service'],
-  [MAPS.hostip4]: ['ipv4_addr', 'inet_proto', 'inet_service'],
-  [MAPS.hostip6]: ['ipv6_addr', 'inet_proto', 'inet_service'],
-  [MAPS.masq4]: ['ipv4_addr', 'inet_proto', 'inet_service'],
-  [MAPS.masq6]: ['ipv6_addr', 'inet_proto', 'inet_service'],
+/** The sets' layouts, as the skeleton defines them (element batches lay keys out by them). */
+export const LAYOUTS: Readonly<Record<string, SetLayout>> = {
+  [SETS.wildcard4]: { key: ['inet_proto', 'inet_service'], value: ['ipv4_addr', 'inet_service'] },
+  [SETS.wildcard6]: { key: ['inet_proto', 'inet_service'], value: ['ipv6_addr', 'inet_service'] },
+  [SETS.hostip4]: { key: ['ipv4_addr', 'inet_proto', 'inet_service'], value: ['ipv4_addr', 'inet_service'] },
+  [SETS.hostip6]: { key: ['ipv6_addr', 'inet_proto', 'inet_service'], value: ['ipv6_addr', 'inet_service'] },
+  [SETS.masq4]: { key: ['ipv4_addr', 'ipv4_addr', 'inet_proto', 'inet_service'], interval: true },
+  [SETS.masq6]: { key: ['ipv6_addr', 'ipv6_addr', 'inet_proto', 'inet_service'], interval: true },
 };
 
-const CLAIM_MAPS: readonly string[] = [MAPS.wildcard, MAPS.hostip4, MAPS.hostip6];
-const ALL_MAPS: readonly string[] = Object.keys(MAP_TYPES);
+const CLAIM_SETS: readonly string[] = [SETS.wildcard4, SETS.wildcard6, SETS.hostip4, SETS.hostip6];
+const MASQ_SETS: readonly string[] = [SETS.masq4, SETS.masq6];
 
-/** The two chains one attachment owns. */
-export interface OwnerChains {
-  dnat: string;
-  masq: string;
-}
+/** An element of our sets, with the owner tag it carries as its comment. */
+export type Elem = ElementSpec & { key: string[]; value?: string[] };
 
-export function ownerChains(owner: Required<Owner>): OwnerChains {
-  const id = createHash('sha256').update(`${owner.network}\n${owner.containerID}\n${owner.ifname}`).digest('hex').slice(0, 16);
-  return { dnat: `pm-${id}`, masq: `pm-${id}-masq` };
-}
+export const elemText = (e: Pick<ElementSpec, 'set' | 'key'>): string => `${e.set} ${e.key.join(' . ')}`;
 
-const DNAT_CHAIN_RE = /^pm-[0-9a-f]{16}$/;
-
-/** An element of one of our maps, as text in the form nft prints it. */
-export interface Key {
-  map: string;
-  key: string[];
-}
-
-/** The claim's element: where its host port is registered. */
-export function claimKey(c: Claim): Key {
-  if (!c.hostIP) return { map: MAPS.wildcard, key: [c.family, c.protocol, String(c.hostPort)] };
-  return { map: c.family === 'ipv4' ? MAPS.hostip4 : MAPS.hostip6, key: [c.hostIP, c.protocol, String(c.hostPort)] };
-}
-
-/** The element that sends the claim's forwarded connections to the owner's masquerade chain. */
-export function masqKey(c: Claim): Key {
-  return { map: c.family === 'ipv4' ? MAPS.masq4 : MAPS.masq6, key: [c.containerIP, c.protocol, String(c.containerPort)] };
-}
-
-const keyText = (k: Key): string => `${k.map} ${k.key.join(' . ')}`;
-
-function uniqueKeys<K extends Key>(keys: readonly K[]): K[] {
-  const seen = new Map<string, K>();
-  for (const k of keys) seen.set(keyText(k), k);
-  return [...seen.values()];
-}
-
-export function dnatRule(c: Claim): string {
-  const ip = c.family === 'ipv4' ? 'ip' : 'ip6';
-  const match = c.hostIP ? `${ip} daddr ${c.hostIP}` : `meta nfproto ${c.family}`;
-  const addr = c.family === 'ipv4' ? c.containerIP : `[${c.containerIP}]`;
-  if (c.range && c.range > 1) {
-    const ports = `${c.hostPort}-${c.hostPort + c.range - 1}`;
-    // Same ports on both sides: DNAT keeps the destination port.
-    if (c.containerPort === c.hostPort) return `${match} ${c.protocol} dport ${ports} dnat ${ip} to ${addr}`;
-    const pairs = allPorts([c]).map((p, i) => `${c.hostPort + i} : ${p.containerPort}`);
-    return `${match} ${c.protocol} dport ${ports} dnat ${ip} to ${addr} : ${c.protocol} dport map { ${pairs.join(', ')} }`;
-  }
-  return `${match} ${c.protocol} dport ${c.hostPort} dnat ${ip} to ${addr}:${c.containerPort}`;
+/** A single-port claim's element: its host port registered, its DNAT target as the data. */
+export function claimElement(c: Claim, tag?: string): Elem {
+  const v4 = c.family === 'ipv4';
+  const set = c.hostIP ? (v4 ? SETS.hostip4 : SETS.hostip6) : v4 ? SETS.wildcard4 : SETS.wildcard6;
+  const key = c.hostIP ? [c.hostIP, c.protocol, String(c.hostPort)] : [c.protocol, String(c.hostPort)];
+  return { set, key, value: [c.containerIP, String(c.containerPort)], ...(tag !== undefined && { comment: tag }) };
 }
 
 export interface MasqOptions {
@@ -157,31 +127,71 @@ export interface MasqOptions {
   masqAll: boolean;
 }
 
-/** The owner's masquerade rules for the families it publishes. */
-export function masqRules(addrs: readonly ContainerAddr[], families: ReadonlySet<IpFamily>, opts: MasqOptions): string[] {
-  if (!opts.snat) return [];
-  const rules: string[] = [];
-  for (const a of addrs) {
-    if (!families.has(a.family)) continue;
-    if (opts.masqAll) rules.push(`meta nfproto ${a.family} masquerade`);
-    else if (a.family === 'ipv4') rules.push(`ip saddr { 127.0.0.0/8, ${a.subnet} } masquerade`);
-    // No ::1 here: the kernel never lets a packet from ::1 leave lo (see config.ts).
-    else rules.push(`ip6 saddr ${a.subnet} masquerade`);
-  }
-  return rules;
+/** A prefix as nft prints it: a full-width one is the bare address. */
+function prefixText(cidr: string): string {
+  const [addr, len] = cidr.split('/');
+  return len === undefined || Number(len) === (addr.includes(':') ? 128 : 32) ? addr : cidr;
 }
 
-/**
- * The marker of this version's skeleton (maps, base chains and their
- * lookups), in the owned tables' convention (shared/nft/table.ts): read
- * over netlink, so an ADD that finds it queues only its own rules. A
- * changed skeleton gets a new comment, so an old table is rewritten once,
- * in place, keeping every container's chains and elements.
- */
-export const SKELETON_MARKER = { chain: 'skeleton', comment: 'cni-ts portmap skeleton v3' } as const;
+/** Sorted distinct ports as nft prints intervals of them: "80", "80-90". */
+function portIntervals(ports: readonly number[]): string[] {
+  const sorted = [...new Set(ports)].sort((a, b) => a - b);
+  const out: string[] = [];
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j] + 1) j++;
+    out.push(i === j ? String(sorted[i]) : `${sorted[i]}-${sorted[j]}`);
+    i = j + 1;
+  }
+  return out;
+}
 
-/** Markers of earlier skeletons (a chain each, by name): removed when this version's is written. */
-const OLD_SKELETON_MARKERS = ['skeleton-v1', 'skeleton-v2'];
+/** The masquerade elements of an owner's claims (see the header): none with snat false. */
+export function masqElements(claims: readonly Claim[], addrs: readonly ContainerAddr[], opts: MasqOptions, tag?: string): Elem[] {
+  if (!opts.snat) return [];
+  const out: Elem[] = [];
+  for (const a of addrs) {
+    const mine = allPorts(claims).filter((c) => c.family === a.family && c.containerIP === a.ip);
+    if (!mine.length) continue;
+    let sources: string[];
+    if (opts.masqAll) sources = [a.family === 'ipv4' ? '0.0.0.0/0' : '::/0'];
+    // No ::1 for IPv6: the kernel never lets a packet from ::1 leave lo (see config.ts).
+    else if (a.family === 'ipv6' || cidrContains(a.subnet, '127.0.0.1')) sources = [prefixText(a.subnet)];
+    else sources = ['127.0.0.0/8', prefixText(a.subnet)];
+    const set = a.family === 'ipv4' ? SETS.masq4 : SETS.masq6;
+    for (const proto of ['tcp', 'udp', 'sctp'] as const) {
+      const ports = mine.filter((c) => c.protocol === proto).map((c) => c.containerPort);
+      for (const range of portIntervals(ports)) for (const src of sources) out.push({ set, key: [src, a.ip, proto, range], ...(tag !== undefined && { comment: tag }) });
+    }
+  }
+  return out;
+}
+
+export interface AddPlan {
+  owner: Required<Owner>;
+  claims: readonly Claim[];
+  addrs: readonly ContainerAddr[];
+  masq: MasqOptions;
+}
+
+/** Every element an owner's ADD installs, each once, commented with its tag. */
+export function planElements(plan: AddPlan): Elem[] {
+  const tag = ownerTag(plan.owner);
+  const seen = new Map<string, Elem>();
+  for (const e of [...allPorts(plan.claims).map((c) => claimElement(c, tag)), ...masqElements(plan.claims, plan.addrs, plan.masq, tag)]) seen.set(elemText(e), e);
+  return [...seen.values()];
+}
+
+// ---- the skeleton ------------------------------------------------------------------
+
+/**
+ * The marker of this version's skeleton (sets, base chains and their
+ * rules), in the owned tables' convention (shared/nft/table.ts): read over
+ * netlink, so an ADD that finds it writes only elements. Any other marker
+ * (or none) means the skeleton is written again and the elements refilled
+ * from the records.
+ */
+export const SKELETON_MARKER = { chain: 'skeleton', comment: 'cni-ts portmap skeleton v4' } as const;
 
 /** Loopback destinations are dispatched in the output path only (see the header). */
 export const LOOPBACK_PREROUTING_RULE = 'ip daddr 127.0.0.0/8 return';
@@ -199,9 +209,22 @@ export const GUARD_COMMENTS = {
   input: '127.0.0.0/8 from outside lo, not DNATed: dropped (route_localnet guard)',
 } as const;
 
+/** The maps of the v1-v3 skeletons (verdict maps into per-container chains), removed by this one. */
+const OLD_MAPS: Record<string, string[]> = {
+  wildcard_ports: ['nf_proto', 'inet_proto', 'inet_service'],
+  hostip4_ports: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  hostip6_ports: ['ipv6_addr', 'inet_proto', 'inet_service'],
+  masq4: ['ipv4_addr', 'inet_proto', 'inet_service'],
+  masq6: ['ipv6_addr', 'inet_proto', 'inet_service'],
+};
+const OLD_SKELETON_MARKERS = ['skeleton-v1', 'skeleton-v2'];
+
 function queueSkeleton(tx: TableTx): void {
   tx.add({ kind: 'table', comment: 'cni-ts portmap: published container ports' });
-  for (const name of ALL_MAPS) tx.add({ kind: 'map', name, type: MAP_TYPES[name], valueType: 'verdict' });
+  for (const [name, l] of Object.entries(LAYOUTS)) {
+    if (l.value) tx.add({ kind: 'map', name, type: [...l.key], valueType: [...l.value] });
+    else tx.add({ kind: 'set', name, type: [...l.key], ...(l.interval && { flags: ['interval'] as const }) });
+  }
   tx.add({ kind: 'chain', name: 'dispatch' });
   tx.add({ kind: 'chain', name: 'prerouting', type: 'nat', hook: 'prerouting', priority: 'dstnat', policy: 'accept' });
   // nft 1.0.6 names "dstnat" only on prerouting; -100 is the same priority.
@@ -210,9 +233,10 @@ function queueSkeleton(tx: TableTx): void {
   tx.add({ kind: 'chain', name: 'input', type: 'filter', hook: 'input', priority: 'filter', policy: 'accept' });
   const rules: Record<string, Array<{ rule: string; comment?: string }>> = {
     dispatch: [
-      { rule: `ip daddr . meta l4proto . th dport vmap @${MAPS.hostip4}` },
-      { rule: `ip6 daddr . meta l4proto . th dport vmap @${MAPS.hostip6}` },
-      { rule: `meta nfproto . meta l4proto . th dport vmap @${MAPS.wildcard}` },
+      { rule: `dnat ip to ip daddr . meta l4proto . th dport map @${SETS.hostip4}` },
+      { rule: `dnat ip6 to ip6 daddr . meta l4proto . th dport map @${SETS.hostip6}` },
+      { rule: `meta nfproto ipv4 dnat ip to meta l4proto . th dport map @${SETS.wildcard4}` },
+      { rule: `meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @${SETS.wildcard6}` },
     ],
     prerouting: [
       { rule: LOOPBACK_PREROUTING_RULE, comment: GUARD_COMMENTS.prerouting },
@@ -223,8 +247,8 @@ function queueSkeleton(tx: TableTx): void {
       { rule: 'fib daddr type local jump dispatch' },
     ],
     postrouting: [
-      { rule: `ct status dnat ip daddr . meta l4proto . th dport vmap @${MAPS.masq4}` },
-      { rule: `ct status dnat ip6 daddr . meta l4proto . th dport vmap @${MAPS.masq6}` },
+      { rule: `ct status dnat ip saddr . ip daddr . meta l4proto . th dport @${SETS.masq4} masquerade` },
+      { rule: `ct status dnat ip6 saddr . ip6 daddr . meta l4proto . th dport @${SETS.masq6} masquerade` },
     ],
     input: [{ rule: MARTIAN_RULES[0] }, { rule: MARTIAN_RULES[1], comment: GUARD_COMMENTS.input }],
   };
@@ -232,7 +256,14 @@ function queueSkeleton(tx: TableTx): void {
     tx.flush({ kind: 'chain', name: chain });
     for (const r of list) tx.add({ kind: 'rule', chain, ...r });
   }
-  // add-then-delete: removes an older marker whether or not it is there
+  // An older skeleton's maps, no longer used by any rule once the chains
+  // above were flushed (add-then-delete: gone whether or not they were
+  // there). Its per-container chains are left, unreferenced; the records
+  // put its containers back (the ADD's or reload's batch).
+  for (const [name, type] of Object.entries(OLD_MAPS)) {
+    tx.add({ kind: 'map', name, type, valueType: 'verdict' });
+    tx.delete({ kind: 'map', name });
+  }
   for (const name of OLD_SKELETON_MARKERS) {
     tx.add({ kind: 'chain', name });
     tx.delete({ kind: 'chain', name });
@@ -242,107 +273,41 @@ function queueSkeleton(tx: TableTx): void {
 /** The skeleton in the owned tables' form (shared/nft/table.ts). */
 export const PORTMAP_SKELETON: Skeleton = { marker: SKELETON_MARKER, queue: queueSkeleton };
 
-const jumpTo = (chain: string): string => `jump ${chain}`;
+/**
+ * Write the skeleton unless its marker is current (one `nft -f`). Returns
+ * whether it did: elements may then be missing (a flush, an upgrade).
+ */
+export function ensureSkeleton(table: OwnedTable): boolean {
+  const tx = table.tx();
+  if (!table.ensureSkeleton(tx, PORTMAP_SKELETON)) return false;
+  table.run(tx);
+  return true;
+}
 
-/** Every element of our maps whose value jumps to one of `chains`. */
-function elementsJumpingTo(listing: Listing, chains: readonly string[]): Key[] {
-  const values = new Set(chains.map(jumpTo));
-  const out: Key[] = [];
-  for (const s of listing.sets) {
-    if (!ALL_MAPS.includes(s.name)) continue;
-    for (const e of s.elements) if (e.value !== undefined && values.has(e.value)) out.push({ map: s.name, key: splitKey(e.key) });
+// ---- what is held: from the records or a listing ---------------------------------------
+
+/** An element in the table (or recorded), with the owner tag it carries. */
+export interface Held extends Elem {
+  tag?: string;
+}
+
+const splitText = (text: string): string[] => text.split(' . ').map((p) => p.trim());
+
+/** Every element of our sets in a listing. */
+export function heldOfListing(listing: Listing | undefined): Held[] {
+  const out: Held[] = [];
+  for (const s of listing?.sets ?? []) {
+    if (!LAYOUTS[s.name]) continue;
+    for (const e of s.elements) {
+      out.push({ set: s.name, key: splitText(e.key), ...(e.value !== undefined && { value: splitText(e.value) }), ...(e.comment !== undefined && { tag: e.comment, comment: e.comment }) });
+    }
   }
   return out;
 }
 
-function splitKey(text: string): string[] {
-  return text.split(' . ').map((p) => p.trim());
-}
-
-export interface AddPlan {
-  owner: Required<Owner>;
-  claims: readonly Claim[];
-  addrs: readonly ContainerAddr[];
-  masq: MasqOptions;
-}
-
-/**
- * The ADD transaction: skeleton, the owner's chains rewritten, its elements
- * added, and elements of an earlier ADD of the same owner that the new
- * request no longer has removed (found in `listing`). Masquerade elements
- * for our address held by another owner are stale (the address is ours now,
- * IPAM says so) and are taken over.
- */
-export function addTransaction(plan: AddPlan, listing: Listing | undefined, table?: OwnedTable): TableTx {
-  const tx = new TableTx(PORTMAP_TABLE);
-  // Rewriting the base chains deletes their rules, which makes the kernel
-  // wait for a grace period (about 10 ms): only when the table's marker
-  // does not say the skeleton is in place (no table: always).
-  if (table && listing) table.ensureSkeleton(tx, PORTMAP_SKELETON);
-  else {
-    PORTMAP_SKELETON.queue(tx);
-    tx.marker(PORTMAP_SKELETON.marker);
-  }
-  return queueOwner(tx, plan, listing);
-}
-
-/** One owner's chains rewritten and its elements added (see addTransaction). */
-function queueOwner(tx: TableTx, plan: AddPlan, listing: Listing | undefined, taken?: Map<string, string>): TableTx {
-  const chains = ownerChains(plan.owner);
-  const tag = ownerTag(plan.owner);
-  const families = new Set(plan.claims.map((c) => c.family));
-  const dnat = plan.claims.map((c) => ({ rule: dnatRule(c), comment: tag }));
-  const masq = masqRules(plan.addrs, families, plan.masq).map((rule) => ({ rule, comment: tag }));
-  for (const [name, rules] of [
-    [chains.dnat, dnat],
-    [chains.masq, masq],
-  ] as const) {
-    tx.add({ kind: 'chain', name });
-    tx.flush({ kind: 'chain', name });
-    for (const r of rules) tx.add({ kind: 'rule', chain: name, ...r });
-  }
-
-  const ports = allPorts(plan.claims);
-  const wanted = uniqueKeys<Key & { value: string }>([
-    ...ports.map((c) => ({ ...claimKey(c), value: chains.dnat })),
-    ...(masq.length ? ports.map((c) => ({ ...masqKey(c), value: chains.masq })) : []),
-  ]);
-  const wantedText = new Set(wanted.map(keyText));
-  if (listing) {
-    for (const k of elementsJumpingTo(listing, [chains.dnat, chains.masq])) {
-      if (!wantedText.has(keyText(k))) tx.delete({ kind: 'element', set: k.map, key: k.key });
-    }
-    const index = elementIndex(listing);
-    for (const k of wanted) {
-      if (k.map !== MAPS.masq4 && k.map !== MAPS.masq6) continue;
-      const held = index.get(keyText(k));
-      if (held !== undefined && held !== jumpTo(k.value)) tx.delete({ kind: 'element', set: k.map, key: k.key });
-    }
-  }
-  for (const k of wanted) {
-    // reload: a key an earlier record of the same batch holds stays with it
-    // (only a stale record can collide; the kernel would refuse the batch)
-    if (taken) {
-      const held = taken.get(keyText(k));
-      if (held !== undefined && held !== k.value) continue;
-      taken.set(keyText(k), k.value);
-    }
-    tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(k.value) });
-  }
-  return tx;
-}
-
-/**
- * The values of our maps' elements by keyText, built once per listing so
- * that looking up every key of a request is linear, not elements x keys.
- */
-function elementIndex(listing: Listing): Map<string, string | undefined> {
-  const index = new Map<string, string | undefined>();
-  for (const s of listing.sets) {
-    if (!ALL_MAPS.includes(s.name)) continue;
-    for (const e of s.elements) index.set(keyText({ map: s.name, key: splitKey(e.key) }), e.value);
-  }
-  return index;
+/** Every element the plans installed. */
+export function heldOfPlans(plans: readonly AddPlan[]): Held[] {
+  return plans.flatMap((p) => planElements(p).map((e) => ({ ...e, tag: e.comment })));
 }
 
 /** Another owner's claim in the way of one of ours. */
@@ -350,126 +315,134 @@ export interface Conflict {
   claim: Claim;
   /** what the other owner holds, e.g. "tcp 0.0.0.0:8080" */
   held: string;
-  /** the other owner's tag ("cni-ts:<network>:<containerID>:<ifname>"), when its chain says */
+  /** the other owner's tag ("cni-ts:<network>:<containerID>:<ifname>"), when known */
   ownerTag?: string;
 }
 
+type PortOf = Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>;
+
 /** Decode one of our claim elements back into the part of a Claim that decides overlaps. */
-function claimOfElement(map: string, key: string): Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'> | undefined {
-  const [a, proto, portText] = splitKey(key);
-  const hostPort = Number(portText);
+function claimOfElement(e: Pick<Elem, 'set' | 'key'>): PortOf | undefined {
+  const idx = e.set === SETS.hostip4 || e.set === SETS.hostip6 ? 1 : 0;
+  const proto = e.key[idx];
+  const hostPort = Number(e.key[idx + 1]);
   if (!Number.isInteger(hostPort) || (proto !== 'tcp' && proto !== 'udp' && proto !== 'sctp')) return undefined;
-  if (map === MAPS.wildcard) return a === 'ipv4' || a === 'ipv6' ? { family: a, protocol: proto, hostPort } : undefined;
-  if (map === MAPS.hostip4) return { family: 'ipv4', protocol: proto, hostPort, hostIP: a };
-  if (map === MAPS.hostip6) return { family: 'ipv6', protocol: proto, hostPort, hostIP: a };
+  if (e.set === SETS.wildcard4) return { family: 'ipv4', protocol: proto, hostPort };
+  if (e.set === SETS.wildcard6) return { family: 'ipv6', protocol: proto, hostPort };
+  if (e.set === SETS.hostip4) return { family: 'ipv4', protocol: proto, hostPort, hostIP: e.key[0] };
+  if (e.set === SETS.hostip6) return { family: 'ipv6', protocol: proto, hostPort, hostIP: e.key[0] };
   return undefined;
 }
 
-/** The owner tags of the DNAT chains in a listing, read from their rules' comments. */
-function chainOwnerTags(listing: Listing): Map<string, string> {
-  const tags = new Map<string, string>();
-  for (const c of listing.chains) {
-    const tag = c.rules.find((r) => r.comment)?.comment;
-    if (tag) tags.set(c.name, tag);
-  }
-  return tags;
-}
-
 /** Claims of other owners that overlap ours (same family, protocol and port; same or wildcard host address). */
-export function findConflicts(listing: Listing | undefined, owner: Required<Owner>, claims: readonly Claim[]): Conflict[] {
-  if (!listing) return [];
-  const mine = jumpTo(ownerChains(owner).dnat);
+export function findConflicts(held: readonly Held[], owner: Required<Owner>, claims: readonly Claim[]): Conflict[] {
+  const mine = ownerTag(owner);
   const buckets = bucketClaims(allPorts(claims));
-  let tags: Map<string, string> | undefined;
   const out: Conflict[] = [];
-  for (const s of listing.sets) {
-    if (!CLAIM_MAPS.includes(s.name)) continue;
-    for (const e of s.elements) {
-      if (e.value === undefined || e.value === mine) continue;
-      const held = claimOfElement(s.name, e.key);
-      if (!held) continue;
-      for (const c of overlapping(buckets, held)) {
-        const conflict: Conflict = { claim: c, held: describeHeld(held) };
-        const target = /^jump (\S+)$/.exec(e.value)?.[1];
-        tags ??= chainOwnerTags(listing);
-        const tag = target ? tags.get(target) : undefined;
-        if (tag) conflict.ownerTag = tag;
-        out.push(conflict);
-      }
-    }
+  for (const h of held) {
+    if (h.tag === mine || !CLAIM_SETS.includes(h.set)) continue;
+    const port = claimOfElement(h);
+    if (!port) continue;
+    for (const c of overlapping(buckets, port)) out.push({ claim: c, held: describeHeld(port), ...(h.tag !== undefined && { ownerTag: h.tag }) });
   }
   return out;
 }
 
-function describeHeld(h: Pick<Claim, 'family' | 'protocol' | 'hostPort' | 'hostIP'>): string {
+function describeHeld(h: PortOf): string {
   const host = h.hostIP ? (h.family === 'ipv6' ? `[${h.hostIP}]` : h.hostIP) : h.family === 'ipv6' ? '[::]' : '0.0.0.0';
   return `${h.protocol} ${host}:${h.hostPort}`;
 }
 
 /** Whether `err` is the kernel refusing one of our claim elements because another owner holds the key. */
 export function isClaimCollision(err: unknown): boolean {
-  return err instanceof NftError && err.kind === 'exists' && /^add element /.test(err.command ?? '') && CLAIM_MAPS.some((m) => (err.command ?? '').includes(` ${m} {`));
+  return err instanceof NftError && err.kind === 'exists' && /^add element /.test(err.command ?? '') && CLAIM_SETS.some((m) => (err.command ?? '').includes(` ${m} {`));
+}
+
+// ---- the element batches ---------------------------------------------------------------
+
+/**
+ * ADD's batch: the owner's elements added; elements it held before (`held`,
+ * its tag) that the request no longer has released; masquerade elements of
+ * its container addresses held by another owner released too (the address
+ * is ours now, IPAM says so: they are stale). With `rebuild` (the skeleton
+ * was just written), every recorded owner's elements first.
+ */
+export function addBatch(table: OwnedTable, plan: AddPlan, held: readonly Held[], rebuild?: readonly AddPlan[]): ElementTx {
+  const b = table.elementTx(LAYOUTS);
+  const tag = ownerTag(plan.owner);
+  if (rebuild) queueRebuild(b, rebuild.filter((p) => ownerTag(p.owner) !== tag));
+  const wanted = planElements(plan);
+  const wantedText = new Set(wanted.map(elemText));
+  const ours = new Set(plan.addrs.map((a) => a.ip));
+  const stale = held.filter((h) => (h.tag === tag ? !wantedText.has(elemText(h)) : MASQ_SETS.includes(h.set) && ours.has(h.key[1])));
+  // released as every add then every delete (see releaseBatch)
+  for (const h of stale) b.add(h);
+  for (const h of stale) b.delete(h);
+  for (const e of wanted) b.add(e);
+  return b;
 }
 
 /**
- * DEL's one transaction when the keys are known (see the header). `keys`
- * may be empty: the chains alone are then destroyed, which fails (EBUSY)
- * if elements still jump to them.
+ * Every plan's elements, for a table just rebuilt: a key an earlier plan
+ * holds stays with it (only stale records can collide, and the kernel would
+ * refuse the batch), and so does a container address's masquerading.
  */
-export function delTransaction(owner: Required<Owner>, keys: readonly Key[]): TableTx {
-  const tx = new TableTx(PORTMAP_TABLE);
-  const chains = ownerChains(owner);
-  // First line: fails with ENOENT only when the table is gone.
-  tx.add({ kind: 'chain', name: chains.dnat });
-  tx.add({ kind: 'chain', name: chains.masq });
-  for (const k of uniqueKeys(keys)) {
-    const target = k.map === MAPS.masq4 || k.map === MAPS.masq6 ? chains.masq : chains.dnat;
-    tx.add({ kind: 'element', set: k.map, key: k.key, value: jumpTo(target) });
-    tx.delete({ kind: 'element', set: k.map, key: k.key });
+function queueRebuild(b: ElementTx, plans: readonly AddPlan[]): void {
+  const taken = new Map<string, string>();
+  for (const plan of plans) {
+    const tag = ownerTag(plan.owner);
+    for (const e of planElements(plan)) {
+      const slot = MASQ_SETS.includes(e.set) ? `${e.set} ${e.key[1]}` : elemText(e);
+      const holder = taken.get(slot);
+      if (holder !== undefined && holder !== tag) continue;
+      taken.set(slot, tag);
+      b.add(e);
+    }
   }
-  for (const name of [chains.dnat, chains.masq]) {
-    tx.flush({ kind: 'chain', name });
-    tx.delete({ kind: 'chain', name });
+}
+
+/** DEL's batch when the owner's elements are known (its record): each released (see the header). */
+export function releaseBatch(table: OwnedTable, elems: readonly Elem[]): ElementTx {
+  // every add, then every delete: the same as pairs, in two messages rather
+  // than one per element; the adds need no comment (data decides EEXIST)
+  const b = table.elementTx(LAYOUTS);
+  for (const e of elems) b.add({ set: e.set, key: e.key, ...(e.value && { value: e.value }) });
+  for (const e of elems) b.delete(e);
+  return b;
+}
+
+/**
+ * Remove every element whose owner tag `pick` selects, reading the table
+ * once over netlink; a concurrent writer that makes the batch fail means a
+ * fresh listing and another try. Returns the tags removed (none when the
+ * table does not exist).
+ */
+export function removeTagged(table: OwnedTable, pick: (tag: string) => boolean, retries = 3): Set<string> {
+  for (let attempt = 0; ; attempt++) {
+    const listing = table.list();
+    const removed = new Set<string>();
+    if (!listing) return removed;
+    const b = table.elementTx(LAYOUTS);
+    for (const h of heldOfListing(listing)) {
+      if (h.tag === undefined || !pick(h.tag)) continue;
+      b.delete(h);
+      removed.add(h.tag);
+    }
+    try {
+      table.runElements(b);
+      return removed;
+    } catch (err) {
+      const conflict = err instanceof NftError && (err.kind === 'busy' || err.kind === 'not-found' || err.kind === 'exists');
+      if (!conflict || attempt >= retries) throw err;
+    }
   }
-  return tx;
 }
 
-/** The keys an ADD with these claims registered. */
-export function keysOf(claims: readonly Claim[], snat: boolean): Key[] {
-  const ports = allPorts(claims);
-  return [...ports.map(claimKey), ...(snat ? ports.map(masqKey) : [])];
-}
-
-/** Whether DEL's transaction failed only because the table does not exist (its first line). */
-export function isTableGone(err: unknown): boolean {
-  return err instanceof NftError && err.kind === 'not-found' && err.line === 1;
-}
-
-/**
- * Remove the owners' chains and every element that jumps to them, reading
- * the table once (OwnedTable.releaseOwner: one transaction, a fresh
- * listing after a conflict with a concurrent writer).
- */
-export function removeOwners(table: OwnedTable, pick: (listing: Listing) => OwnerChains[]): void {
-  table.releaseOwner(undefined, { chains: (listing) => pick(listing).flatMap((o) => [o.dnat, o.masq]) });
-}
-
-/**
- * GC: the DNAT chains of `network` whose owner tag is not one of `keep`.
- * Ownership is read from the rules' comments; chains of other networks
- * (another tag prefix) are never touched.
- */
-export function staleOwners(listing: Listing, network: string, keep: ReadonlySet<string>): OwnerChains[] {
+/** GC: whether an element's owner tag is an attachment of `network` that is not one of `keep`. */
+export function isStale(tag: string, network: string, keep: ReadonlySet<string>): boolean {
   const net = networkTag(network);
-  const out: OwnerChains[] = [];
-  for (const c of listing.chains) {
-    if (!DNAT_CHAIN_RE.test(c.name)) continue;
-    const tag = c.rules.find((r) => r.comment)?.comment;
-    if (!tag || !tagMatches(tag, net) || tag === net) continue;
-    if ([...keep].some((k) => tagMatches(tag, k))) continue;
-    out.push({ dnat: c.name, masq: `${c.name}-masq` });
-  }
-  return out;
+  if (!tagMatches(tag, net) || tag === net) return false;
+  return ![...keep].some((k) => tagMatches(tag, k));
 }
 
 /** What CHECK found missing, empty when everything is installed. */
@@ -484,23 +457,14 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
     const chain = chains.get(name);
     if (chain && !chain.rules.some((r) => r.comment === comment)) problems.push(`chain ${name} lacks its guard rule ("${comment}")`);
   }
-  const own = ownerChains(plan.owner);
-  const dnat = chains.get(own.dnat);
-  if (!dnat) problems.push(`chain ${own.dnat} (DNAT rules of this container) is missing`);
-  else if (dnat.rules.length !== plan.claims.length) problems.push(`chain ${own.dnat} holds ${dnat.rules.length} rules, expected ${plan.claims.length}`);
-  const families = new Set(plan.claims.map((c) => c.family));
-  const masqCount = masqRules(plan.addrs, families, plan.masq).length;
-  const masq = chains.get(own.masq);
-  if (!masq) problems.push(`chain ${own.masq} (masquerade rules of this container) is missing`);
-  else if (masq.rules.length !== masqCount) problems.push(`chain ${own.masq} holds ${masq.rules.length} rules, expected ${masqCount}`);
-  const ports = allPorts(plan.claims);
-  const expect: Array<[Key, string]> = ports.map((c) => [claimKey(c), own.dnat]);
-  if (masqCount) for (const c of ports) expect.push([masqKey(c), own.masq]);
-  const index = elementIndex(listing);
-  for (const [k, chain] of expect) {
-    const value = index.get(keyText(k));
-    if (value === undefined) problems.push(`element ${k.key.join(' . ')} is missing from map ${k.map}`);
-    else if (value !== jumpTo(chain)) problems.push(`element ${k.key.join(' . ')} of map ${k.map} is "${value}", expected "${jumpTo(chain)}"`);
+  const index = new Map(heldOfListing(listing).map((h) => [elemText(h), h]));
+  const tag = ownerTag(plan.owner);
+  for (const e of planElements(plan)) {
+    const h = index.get(elemText(e));
+    const what = `element ${e.key.join(' . ')}`;
+    if (!h) problems.push(`${what} is missing from ${e.set}`);
+    else if ((h.value ?? []).join(' . ') !== (e.value ?? []).join(' . ')) problems.push(`${what} of ${e.set} is "${(h.value ?? []).join(' . ')}", expected "${(e.value ?? []).join(' . ')}"`);
+    else if (h.tag !== tag) problems.push(`${what} of ${e.set} belongs to "${h.tag ?? 'nobody'}"`);
   }
   return problems;
 }
@@ -508,6 +472,15 @@ export function missingState(listing: Listing | undefined, plan: AddPlan): strin
 // ---- records and reload (shared/nft/records.ts) ---------------------------------
 
 const family = z.enum(['ipv4', 'ipv6']);
+// Addresses in the canonical text nft prints, so a record's elements are the ones ADD wrote (and encode).
+const ip = z.string().refine((t) => isIp(t) && canonicalIp(t) === t, 'not a canonical IP address');
+const subnet = z.string().refine((t) => {
+  try {
+    return formatCidr(networkOf(parseCidr(t))) === t;
+  } catch {
+    return false;
+  }
+}, 'not a subnet');
 const planRecordSchema = z.object({
   owner: z.object({ network: z.string().min(1), containerID: z.string().min(1), ifname: z.string().min(1) }),
   claims: z.array(
@@ -515,13 +488,13 @@ const planRecordSchema = z.object({
       family,
       protocol: z.enum(['tcp', 'udp', 'sctp']),
       hostPort: z.number().int().min(1).max(65535),
-      hostIP: z.string().optional(),
-      containerIP: z.string(),
+      hostIP: ip.optional(),
+      containerIP: ip,
       containerPort: z.number().int().min(1).max(65535),
       range: z.number().int().min(2).max(65535).optional(),
     }),
   ),
-  addrs: z.array(z.object({ family, ip: z.string(), subnet: z.string() })),
+  addrs: z.array(z.object({ family, ip, subnet })),
   masq: z.object({ snat: z.boolean(), masqAll: z.boolean() }),
 });
 
@@ -536,6 +509,14 @@ export function recordPlan(table: OwnedTable, plan: AddPlan): void {
 /** Forget an owner's record (DEL, GC, a failed ADD). */
 export function forgetPlan(table: OwnedTable, owner: Required<Owner>): void {
   table.records?.remove(recordKey(owner));
+}
+
+/** One owner's recorded plan (one file read), if it has a valid one. */
+export function recordedPlan(table: OwnedTable, owner: Required<Owner>): AddPlan | undefined {
+  const key = recordKey(owner);
+  const r = table.records?.get(key);
+  const parsed = r && planRecordSchema.safeParse(r.value);
+  return parsed?.success && recordKey(parsed.data.owner) === key ? (parsed.data as AddPlan) : undefined;
 }
 
 /** Every recorded plan; records that do not parse, or whose key is not their owner's, are skipped and named. */
@@ -559,15 +540,16 @@ export function recordedPlans(table: OwnedTable, log: (msg: string) => void = ()
 
 /**
  * firewall-reload: the skeleton (its martian guard first in line, before
- * anything relies on route_localnet again) and every recorded owner's
- * chains and elements, in one transaction. With the table still in place
- * this converges like a repeated ADD of each owner.
+ * anything relies on route_localnet again), then every recorded owner's
+ * elements in one batch. The skeleton is written even when
+ * its marker is current, so a reload always converges on the records.
  */
-export function reloadTransaction(plans: readonly AddPlan[], listing: Listing | undefined): TableTx {
-  const tx = new TableTx(PORTMAP_TABLE);
+export function reloadPortmap(table: OwnedTable, plans: readonly AddPlan[]): void {
+  const tx = table.tx();
   PORTMAP_SKELETON.queue(tx);
   tx.marker(PORTMAP_SKELETON.marker);
-  const taken = new Map<string, string>();
-  for (const plan of plans) queueOwner(tx, plan, listing, taken);
-  return tx;
+  table.run(tx);
+  const b = table.elementTx(LAYOUTS);
+  queueRebuild(b, plans);
+  table.runElements(b);
 }

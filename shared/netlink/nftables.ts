@@ -1,6 +1,7 @@
 /**
  * Read-only nf_tables queries over NETLINK_NETFILTER. Rules are still
- * written with `nft -f -` (one atomic transaction per operation); these
+ * written with `nft -f -` (one atomic transaction per operation), set and
+ * map elements by nft-elements.ts (one nfnetlink batch); these
  * read in microseconds what `nft -j list` reads for a process and about
  * 10 ms: one chain (existence and comment: the owned tables' markers) and a
  * whole table in the shape real.ts parses from `nft -j` (nftListTable: the
@@ -133,6 +134,7 @@ const NFTA_SET_USERDATA = 13;
 const NFTA_SET_HANDLE = 16;
 const NFTA_SET_ELEM_FLAGS = 3;
 const NFTA_SET_ELEM_USERDATA = 6;
+const NFTA_SET_ELEM_KEY_END = 10;
 const NFTA_GEN_ID = 1;
 const NFT_SET_ANONYMOUS = 0x1;
 const NFT_SET_CONSTANT = 0x2;
@@ -327,7 +329,9 @@ function listElements(sock: NetlinkSocket, family: NftFamily, table: string, r: 
         continue;
       }
       if (!key) continue;
-      const el: ListedElement = { key: fieldsText(r.keyTypes, key) };
+      // a concatenation with ranges (pipapo): every field's first and last value
+      const keyEnd = elem.get(NFTA_SET_ELEM_KEY_END) && decodeAttrs(elem.get(NFTA_SET_ELEM_KEY_END)!).get(NFTA_DATA_VALUE);
+      const el: ListedElement = { key: keyEnd && r.keyTypes.length > 1 ? fieldRangesText(r.keyTypes, key, keyEnd) : fieldsText(r.keyTypes, key) };
       const data = elem.get(NFTA_SET_ELEM_DATA);
       if (data) {
         const d = decodeAttrs(data);
@@ -347,8 +351,39 @@ function listElements(sock: NetlinkSocket, family: NftFamily, table: string, r: 
       out.push(el);
     }
   }
-  if (r.interval) return out.map((e) => ({ ...e, key: intervalText(r.keyTypes, e.key, ends) }));
+  if (r.interval && r.keyTypes.length === 1) return out.map((e) => ({ ...e, key: intervalText(r.keyTypes, e.key, ends) }));
   return out;
+}
+
+/**
+ * A concatenated range element as nft prints it: each field whose first and
+ * last value differ as a prefix ("10.0.0.0/8", "0.0.0.0/0") when it is
+ * one, else as "first-last".
+ */
+export function fieldRangesText(ids: readonly number[], start: Buffer, end: Buffer): string {
+  const out: string[] = [];
+  let off = 0;
+  for (const id of ids) {
+    const width = DATATYPES[id]?.width ?? 4;
+    const a = start.subarray(off, off + width);
+    const b = end.subarray(off, off + width);
+    off += (width + 3) & ~3;
+    const text = (x: Buffer): string => fieldsText([id], x);
+    if (a.equals(b)) {
+      out.push(text(a));
+      continue;
+    }
+    if (id === 7 || id === 8) {
+      const lo = BigInt(`0x${a.toString('hex')}`);
+      const size = BigInt(`0x${b.toString('hex')}`) - lo + 1n;
+      if ((size & (size - 1n)) === 0n && lo % size === 0n) {
+        out.push(`${text(a)}/${width * 8 - (size.toString(2).length - 1)}`);
+        continue;
+      }
+    }
+    out.push(`${text(a)}-${text(b)}`);
+  }
+  return out.join(' . ');
 }
 
 /** An interval's start as nft prints it: "10.0.0.0/24" when it is a prefix, "a-b" otherwise (end is exclusive in the kernel). */

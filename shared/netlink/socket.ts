@@ -22,6 +22,9 @@ import {
   NLM_F_REQUEST,
   SOL_NETLINK,
 } from './consts';
+
+const SOL_SOCKET = 1;
+const SO_SNDBUFFORCE = 32;
 import { Attr, Message, decodeAttrs, decodeMessages, encodeMessage, readString } from './codec';
 import { NetlinkError } from './errors';
 
@@ -82,6 +85,40 @@ export class NetlinkSocket {
       if (interrupted && attempt < 5) continue;
       return messages;
     }
+  }
+
+  /**
+   * Send several messages in one datagram (an nfnetlink batch: the caller
+   * frames it with BATCH_BEGIN/END) and wait until each message flagged
+   * NLM_F_ACK has its answer (flag the last one: answers come in order).
+   * An error to the first message (the batch header: the commit failed) or
+   * to any other throws, `op(i)` naming the earliest failing message.
+   */
+  sendBatch(messages: Array<{ type: number; flags: number; familyHeader: Buffer; attrs: Attr[] }>, op: (i: number) => string): void {
+    if (this.closed) throw new Error(`netlink socket closed (${op(0)})`);
+    const seqs = messages.map(() => this.nextSeq());
+    const bufs = messages.map((m, i) => encodeMessage({ type: m.type, flags: m.flags | NLM_F_REQUEST, seq: seqs[i], pid: 0 }, m.familyHeader, m.attrs));
+    const data = Buffer.concat(bufs);
+    // The kernel refuses a datagram larger than the send buffer (EMSGSIZE).
+    if (data.length + 4096 > 212992) native().setsockoptInt(this.fd, SOL_SOCKET, SO_SNDBUFFORCE, data.length + 4096);
+    native().send(this.fd, data);
+    const index = new Map(seqs.map((seq, i) => [seq, i]));
+    const waiting = new Set(seqs.filter((_, i) => messages[i].flags & NLM_F_ACK));
+    // The kernel answers every message that fails, acked or not, and the
+    // acked ones that succeed, in message order once the batch is done.
+    let first: { i: number; err: NetlinkError } | undefined;
+    while (waiting.size) {
+      for (const m of decodeMessages(native().recv(this.fd))) {
+        const i = index.get(m.seq);
+        if (m.type !== NLMSG_ERROR || i === undefined) continue;
+        waiting.delete(m.seq);
+        const errno = -m.payload.readInt32LE(0);
+        if (errno === 0) continue;
+        if (i === 0) throw new NetlinkError(errno, op(0), extAckMessage(m));
+        if (!first || i < first.i) first = { i, err: new NetlinkError(errno, op(i), extAckMessage(m)) };
+      }
+    }
+    if (first) throw first.err;
   }
 
   private nextSeq(): number {

@@ -3,7 +3,8 @@
  *
  * Plugin code builds a Transaction (transaction.ts) and hands it to an `Nft`.
  * Two implementations: `realNft()` (real.ts) pipes the rendered script into
- * one `nft -f -`, which the kernel applies atomically; `FakeNft` (fake.ts)
+ * one `nft -f -`, which the kernel applies atomically (and writes element
+ * batches over netlink, with no process); `FakeNft` (fake.ts)
  * applies it to an in-memory model with the same errors, so bridge/portmap
  * logic is tested against golden `dump()` text without a kernel.
  *
@@ -12,7 +13,7 @@
  * namespace (see real.ts).
  */
 import type { Transaction } from './transaction';
-import type { Family, Listing } from './types';
+import type { ElementOp, Family, Listing, SetLayout } from './types';
 
 export type * from './types';
 
@@ -31,4 +32,12 @@ export interface Nft {
    * Returns undefined when the table does not exist.
    */
   list(family: Family, table: string): Listing | undefined;
+  /**
+   * Add and delete set/map elements of one table as one atomic batch, with
+   * no nft process (realNft: an nfnetlink batch, shared/netlink/
+   * nft-elements.ts; FakeNft: its model). The same semantics and NftError
+   * kinds as the `add element` / `delete element` lines of run(). Absent:
+   * OwnedTable renders the batch for run().
+   */
+  elements?(family: Family, table: string, layouts: Readonly<Record<string, SetLayout>>, ops: readonly ElementOp[]): void;
 }

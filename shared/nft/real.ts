@@ -4,6 +4,9 @@
  * One process per operation: run() pipes the whole Transaction into one
  * `nft -f -` (the kernel commits the batch atomically), list() is one
  * `nft -j -a list table`. Nothing is listed unless a caller asks.
+ * elements() starts no process: set/map elements go to the kernel as one
+ * nfnetlink batch (shared/netlink/nft-elements.ts), its NetlinkErrors
+ * turned into NftErrors of the kinds nft's messages give.
  *
  * Namespaces: with `netnsPath`, the JavaScript thread enters the namespace
  * (withNetns) around spawnSync. spawnSync forks from that thread, so the
@@ -19,8 +22,13 @@
 import { spawnSync } from '../spawn';
 import * as fs from 'node:fs';
 import { withNetns } from '../netns/netns';
-import { NftError, parseNftFailure } from './errors';
+import { NftError, kindOf, parseNftFailure } from './errors';
+
+/** strerror texts of the errnos an element batch meets, as nft prints them (errors.ts derives the kind). */
+const ERRNO_TEXT: Record<number, string> = { 2: 'No such file or directory', 16: 'Device or resource busy', 17: 'File exists', 22: 'Invalid argument', 95: 'Operation not supported' };
 import type {
+  ElementOp,
+  SetLayout,
   ChainType,
   Family,
   Hook,
@@ -38,6 +46,8 @@ import { OwnedTable } from './table';
 import { recordsFor } from './records';
 import type { TableRef } from './types';
 import { nftGetChain, nftListTable } from '../netlink/nftables';
+import { nftElementBatch } from '../netlink/nft-elements';
+import { NetlinkError } from '../netlink/errors';
 
 export interface RealNftOptions {
   /** Run nft inside this network namespace (a /var/run/netns/X or /proc/PID/ns/net path). */
@@ -84,6 +94,16 @@ class RealNft implements Nft {
     } catch (err) {
       if (err instanceof NftError && err.kind === 'not-found') return undefined;
       throw err;
+    }
+  }
+
+  elements(family: Family, table: string, layouts: Readonly<Record<string, SetLayout>>, ops: readonly ElementOp[]): void {
+    try {
+      nftElementBatch(family, table, layouts, ops, this.netnsPath);
+    } catch (err) {
+      if (!(err instanceof NetlinkError)) throw new NftError('invalid', (err as Error).message, '', -1);
+      const detail = ERRNO_TEXT[err.errno] ?? `${err.code}${err.kernelMessage ? ` (${err.kernelMessage})` : ''}`;
+      throw new NftError(kindOf(detail), detail, '', -1, undefined, err.op);
     }
   }
 

@@ -58,6 +58,16 @@ export class FirewallRecords {
     writeFileAtomic(file, text, { unlessSame: true });
   }
 
+  /** The record of `key` alone (one file read); undefined when there is none or it is not a record of that key. */
+  get(key: string): FirewallRecord | undefined {
+    try {
+      const rec = JSON.parse(fs.readFileSync(this.file(key), 'utf8')) as Partial<FirewallRecord>;
+      return rec.key === key ? { key, value: rec.value } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Remove the record of `key`; a missing record is fine (DEL is idempotent). */
   remove(key: string): void {
     fs.rmSync(this.file(key), { force: true });

@@ -8,6 +8,10 @@
  *                   any a caller passes), so one table's code cannot write
  *                   into another's
  *   run(tx)         one atomic `nft -f -`
+ *   runElements(b)  an ElementTx: set/map elements added and deleted as one
+ *                   atomic nfnetlink batch, with no nft process and no
+ *                   ruleset listing (realNft.elements), for the per-owner
+ *                   state that changes on every ADD and DEL
  *   list()          the table as a Listing: over netlink on a real host
  *                   (microseconds, no process) or through the Nft (`nft -j`,
  *                   or the fake); both give chains with their rules'
@@ -41,7 +45,7 @@ import { NftError } from './errors';
 import type { Nft } from './nft-interface';
 import type { FirewallRecords } from './records';
 import { Transaction, type Chain, type ChainRef, type Element, type NftObject, type Rule, type RuleRef, type SetRef, type Table } from './transaction';
-import type { Family, Listing, TableRef } from './types';
+import type { ElementOp, Family, Listing, SetLayout, TableRef } from './types';
 
 /** Every table this project creates starts with this. */
 export const TABLE_PREFIX = 'cni_ts_';
@@ -179,6 +183,59 @@ export class TableTx extends Transaction {
   }
 }
 
+// ---- an element batch bound to one table -------------------------------------------
+
+/** One element of a bound batch: the set names a layout the batch knows. */
+export interface ElementSpec {
+  set: string;
+  key: readonly string[];
+  value?: readonly string[];
+  comment?: string;
+}
+
+/**
+ * Element adds and deletes of one table, applied by OwnedTable.runElements
+ * as one atomic batch. `layouts` are the table's sets, as its skeleton
+ * defines them: the real implementation lays keys out by them.
+ */
+export class ElementTx {
+  readonly ops: ElementOp[] = [];
+
+  constructor(
+    readonly ref: TableRef,
+    readonly layouts: Readonly<Record<string, SetLayout>>,
+  ) {}
+
+  get size(): number {
+    return this.ops.length;
+  }
+
+  private push(op: ElementOp): this {
+    if (!this.layouts[op.set]) throw new NftError('invalid', `set ${op.set} is not one of ${this.ref.family} ${this.ref.table}'s`, '', -1);
+    this.ops.push(op);
+    return this;
+  }
+
+  /** `add element`: a no-op when the key holds this value already, 'exists' when it holds another. */
+  add(e: ElementSpec): this {
+    return this.push({ verb: 'add', ...e });
+  }
+
+  /** `delete element`: 'not-found' when the key is absent. */
+  delete(e: Pick<ElementSpec, 'set' | 'key'>): this {
+    return this.push({ verb: 'delete', set: e.set, key: e.key });
+  }
+
+  /**
+   * Delete an element only if it holds `e.value` (or is absent): add, then
+   * delete. The add is a no-op on our own element and fails ('exists') on
+   * another value, so a release never removes someone else's key.
+   */
+  release(e: ElementSpec): this {
+    return this.add(e).delete(e);
+  }
+}
+
 // ---- the owned table ------------------------------------------------------------
 
 /** An empty chain whose comment says what was written (see the header). */
@@ -253,6 +310,30 @@ export class OwnedTable implements TableRef {
   /** One atomic `nft -f -` (nothing when tx is empty). */
   run(tx: Transaction): void {
     this.deps.nft.run(tx);
+  }
+
+  /** A new element batch of this table's sets. */
+  elementTx(layouts: Readonly<Record<string, SetLayout>>): ElementTx {
+    return new ElementTx(this.ref, layouts);
+  }
+
+  /**
+   * Apply an element batch atomically (nothing when empty): over netlink
+   * where the Nft can (realNft, FakeNft), else as `add/delete element`
+   * lines of one `nft -f -`.
+   */
+  runElements(b: ElementTx): void {
+    if (b.size === 0) return;
+    if (b.ref.family !== this.family || b.ref.table !== this.table) {
+      throw new NftError('invalid', `an element batch of ${b.ref.family} ${b.ref.table} cannot run on ${this.family} ${this.table}`, '', -1);
+    }
+    if (this.deps.nft.elements) return this.deps.nft.elements(this.family, this.table, b.layouts, b.ops);
+    const tx = this.tx();
+    for (const op of b.ops) {
+      if (op.verb === 'add') tx.add({ kind: 'element', set: op.set, key: op.key, ...(op.value && { value: op.value }), ...(op.comment !== undefined && { comment: op.comment }) });
+      else tx.delete({ kind: 'element', set: op.set, key: op.key });
+    }
+    this.run(tx);
   }
 
   /** The table as it is now; undefined when it does not exist. */

@@ -69,3 +69,24 @@ export type ChainType = 'filter' | 'nat' | 'route';
 export type Hook = 'prerouting' | 'input' | 'forward' | 'output' | 'postrouting';
 export type Policy = 'accept' | 'drop';
 export type SetFlag = 'constant' | 'interval' | 'timeout' | 'dynamic';
+
+/** Field types of set and map elements written over netlink (nft's names). */
+export type FieldType = 'nf_proto' | 'inet_proto' | 'inet_service' | 'ipv4_addr' | 'ipv6_addr';
+
+/** A set's layout, as its definition gives it: key fields, value fields (maps), concatenated ranges (`flags interval`). */
+export interface SetLayout {
+  key: readonly FieldType[];
+  value?: readonly FieldType[];
+  interval?: boolean;
+}
+
+/** One `add element` / `delete element` of an element batch, as nft text per field. */
+export interface ElementOp {
+  verb: 'add' | 'delete';
+  set: string;
+  /** One nft text per key field: "10.1.0.0/24", "tcp", "8000-8010". */
+  key: readonly string[];
+  /** Maps: one nft text per value field (ignored on delete). */
+  value?: readonly string[];
+  comment?: string;
+}

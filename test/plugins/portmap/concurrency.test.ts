@@ -62,11 +62,11 @@ describe('portmap under concurrency', () => {
     const confOf = (i: number) => portmapConf({ ips: [ipOf(i)], mappings: [{ hostPort: 20000 + i, containerPort: 80, protocol: 'tcp' }] });
     const adds = await Promise.all(Array.from({ length: N }, (_, i) => portmap('ADD', `c${i}`, confOf(i))));
     expect(adds.map((a) => a.status)).toEqual(Array(N).fill(0));
-    const listed = sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'map', 'inet', 'cni_ts_portmap', 'wildcard_ports']);
-    expect(listed.match(/ipv4 \. tcp \. 2\d{4}/g)).toHaveLength(N);
+    const listed = sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'map', 'inet', 'cni_ts_portmap', 'wildcard4']);
+    expect(listed.match(/tcp \. 2\d{4} comment/g)).toHaveLength(N);
     const dels = await Promise.all(Array.from({ length: N }, (_, i) => portmap('DEL', `c${i}`, confOf(i))));
     expect(dels.map((d) => d.status)).toEqual(Array(N).fill(0));
-    expect(sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'cni_ts_portmap'])).not.toMatch(/pm-|elements/);
+    expect(sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'cni_ts_portmap'])).not.toMatch(/elements/);
   });
 
   it('ADDs racing for one host port leave exactly one owner; the others get code 110', async () => {
@@ -75,7 +75,8 @@ describe('portmap under concurrency', () => {
     const winners = adds.filter((a) => a.status === 0);
     expect(winners).toHaveLength(1);
     expect(adds.filter((a) => a.status !== 0).map((a) => a.out?.code)).toEqual(Array(7).fill(110));
-    const listed = sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'cni_ts_portmap']);
-    expect(listed.match(/dnat ip to/g)).toHaveLength(1);
+    const listed = sh(['ip', 'netns', 'exec', ns, 'nft', 'list', 'map', 'inet', 'cni_ts_portmap', 'wildcard4']);
+    const winner = `r${adds.findIndex((a) => a.status === 0)}`;
+    expect(listed.match(/tcp \. 30000 comment "([^"]*)"/g)).toEqual([`tcp . 30000 comment "cni-ts:net1:${winner}:eth0"`]);
   });
 });

@@ -11,7 +11,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { FakeNft } from '../../../testkit/fake-nft';
 import { Transaction } from '../../../shared/nft/transaction';
 import { MAX_PORT_MAPPINGS, claimsFor } from '../../../plugins/portmap/config';
-import { GUARD_COMMENTS, T, findConflicts, ownerChains } from '../../../plugins/portmap/rules';
+import { GUARD_COMMENTS, T, findConflicts, heldOfListing } from '../../../plugins/portmap/rules';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
 
 const TABLE = 'cni_ts_portmap';
@@ -66,7 +66,7 @@ describe('portmap loopback guards', () => {
     expect((await add({ ips, mappings: [web] })).code).toBe(0);
     const text = nft.dump('inet', TABLE);
     expect(text).not.toContain('skeleton-v1');
-    expect(text).toContain('chain skeleton {\n\t\tcomment "cni-ts portmap skeleton v3"\n\t}');
+    expect(text).toContain('chain skeleton {\n\t\tcomment "cni-ts portmap skeleton v4"\n\t}');
     expect(text).toContain(`chain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr 127.0.0.0/8 return`);
     expect(text).toContain('chain input {');
   });
@@ -121,29 +121,30 @@ describe('portmap input bounds', () => {
       /portMappings\[5\] competes with portMappings\[0\]/,
     );
 
-    const theirs = ownerChains({ network: 'n', containerID: 'x', ifname: 'eth0' }).dnat;
+    const theirs = 'cni-ts:n:x:eth0';
+    const to = 'fd00::9 . 80';
     const listing = {
       family: 'inet' as const,
       table: TABLE,
       chains: [],
       sets: [
-        { kind: 'map' as const, name: 'wildcard_ports', handle: 0, type: '', valueType: 'verdict', flags: [], elements: [{ key: 'ipv6 . udp . 82', value: `jump ${theirs}` }] },
+        { kind: 'map' as const, name: 'wildcard6', handle: 0, type: '', valueType: '', flags: [], elements: [{ key: 'udp . 82', value: to, comment: theirs }] },
         {
           kind: 'map' as const,
-          name: 'hostip4_ports',
+          name: 'hostip4',
           handle: 0,
           type: '',
-          valueType: 'verdict',
+          valueType: '',
           flags: [],
           elements: [
-            { key: '127.0.0.2 . tcp . 81', value: `jump ${theirs}` },
-            { key: '10.9.9.9 . tcp . 80', value: `jump ${theirs}` },
-            { key: '10.9.9.9 . tcp . 81', value: `jump ${theirs}` },
+            { key: '127.0.0.2 . tcp . 81', value: '10.9.0.9 . 80', comment: theirs },
+            { key: '10.9.9.9 . tcp . 80', value: '10.9.0.9 . 80', comment: theirs },
+            { key: '10.9.9.9 . tcp . 81', value: '10.9.0.9 . 80', comment: theirs },
           ],
         },
       ],
     };
-    const found = findConflicts(listing, { network: 'n', containerID: 'me', ifname: 'eth0' }, claims).map((c) => `${c.held} <- ${c.claim.family} ${c.claim.hostIP ?? '*'}:${c.claim.hostPort}`);
+    const found = findConflicts(heldOfListing(listing), { network: 'n', containerID: 'me', ifname: 'eth0' }, claims).map((c) => `${c.held} <- ${c.claim.family} ${c.claim.hostIP ?? '*'}:${c.claim.hostPort}`);
     expect(found.sort()).toEqual(['tcp 10.9.9.9:80 <- ipv4 *:80', 'tcp 127.0.0.2:81 <- ipv4 127.0.0.2:81', 'udp [::]:82 <- ipv6 *:82'].sort());
   });
 });

@@ -7,6 +7,10 @@
 import { runPlugin } from '../../../shared/cni/skel';
 import type { Listing, Nft } from '../../../shared/nft/nft-interface';
 import { OwnedTable } from '../../../shared/nft/table';
+import { FirewallRecords } from '../../../shared/nft/records';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { FakeNft } from '../../../testkit/fake-nft';
 import { makePlugin, type PortmapDeps } from '../../../plugins/portmap/main';
 import { PORTMAP_TABLE } from '../../../plugins/portmap/rules';
@@ -20,12 +24,16 @@ export interface FakeHost {
   markers?: (chain: string) => { comment?: string } | undefined;
   /** How the table is read (realTable: netlink); absent: through nft. */
   list?: () => Listing | undefined;
+  /** The table's records (a fresh temporary directory), as realTable keeps them on a host; undefined: none kept. */
+  records?: FirewallRecords;
 }
 
-export function fakeHost(nft: Nft): FakeHost {
+export function fakeHost(nft: Nft, opts: { records?: boolean } = {}): FakeHost {
+  const dir = opts.records === false ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'portmap-records-'));
   const host: FakeHost = {
     localnet: [],
     locks: 0,
+    ...(dir && { records: new FirewallRecords(() => dir) }),
     // a FakeNft's markers read from its model, as realTable reads the kernel's over netlink
     ...(nft instanceof FakeNft && { markers: (name: string) => nft.chainInfo(PORTMAP_TABLE.family, PORTMAP_TABLE.table, name) }),
     deps: {
@@ -38,6 +46,7 @@ export function fakeHost(nft: Nft): FakeHost {
           },
           ...(host.markers && { chain: (_ref, name) => host.markers!(name) }),
           ...(host.list && { list: () => host.list!() }),
+          ...(host.records && { records: host.records }),
         }),
       enableLocalnet: (ip) => {
         host.localnet.push(ip);

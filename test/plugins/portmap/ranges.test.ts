@@ -1,6 +1,7 @@
 /**
- * Port ranges (Docker's `-p 8000-8010:80-90`, netavark's `range`): one DNAT
- * rule and one map element per port, all in the ADD's one transaction; a
+ * Port ranges (Docker's `-p 8000-8010:80-90`, netavark's `range`): one map
+ * element per port (its DNAT target as data), one masquerade interval, all
+ * in the ADD's one element batch; a
  * range overlapping a held port is refused with code 110 naming the holder;
  * DEL removes it. Logic on FakeNft, then real traffic on a kernel.
  */
@@ -9,13 +10,11 @@ import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeNft } from '../../../testkit/fake-nft';
-import { ownerChains } from '../../../plugins/portmap/rules';
 import { claimsFor, containerAddrs } from '../../../plugins/portmap/config';
 import { ResultCache, Runtime, SpawnInvoker, parseNetworkConfig, type RuntimeConf } from '../../../conformance/libcni';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
 import { ask, buildPlugins, randomId, sh, startServer, trySh, writeNetTools, type NetTools, type PluginDirs } from './kernel';
 
-const C1 = ownerChains({ network: 'net1', containerID: 'c1', ifname: 'eth0' }).dnat;
 const range = (hostPort: number, containerPort: number, n: number, extra: Record<string, unknown> = {}) => ({ hostPort, containerPort, protocol: 'tcp', range: n, ...extra });
 
 let nft: FakeNft;
@@ -30,22 +29,18 @@ describe('port ranges on the fake', () => {
     host = fakeHost(nft);
   });
 
-  it('publishes 8000-8010 -> 80-90 as one DNAT rule and one element per port, in one transaction', async () => {
+  it('publishes 8000-8010 -> 80-90 as one element per port and one masquerade interval, in one batch', async () => {
     expect((await add([range(8000, 80, 11)])).code).toBe(0);
-    expect(nft.applied).toHaveLength(1);
-    const chain = nft.list('inet', 'cni_ts_portmap')!.chains.find((c) => c.name === C1)!;
-    expect(chain.rules).toHaveLength(1);
-    const dump = nft.dump();
-    expect(dump).toContain('meta nfproto ipv4 tcp dport 8000-8010 dnat ip to 10.1.0.5 : tcp dport map { 8000 : 80, 8001 : 81, 8002 : 82');
-    expect(dump).toContain('8010 : 90 }');
-    expect(elements('wildcard_ports').sort()).toEqual(Array.from({ length: 11 }, (_, i) => `ipv4 . tcp . ${8000 + i}`).sort());
-    expect(elements('masq4')).toHaveLength(11);
+    expect(nft.batches).toBe(1);
+    const values = (nft.list('inet', 'cni_ts_portmap')?.sets.find((s) => s.name === 'wildcard4')?.elements ?? []).map((e) => `${e.key} : ${e.value}`);
+    expect(values.sort()).toEqual(Array.from({ length: 11 }, (_, i) => `tcp . ${8000 + i} : 10.1.0.5 . ${80 + i}`).sort());
+    expect(elements('masq_ports4')).toEqual(['127.0.0.0/8 . 10.1.0.5 . tcp . 80-90', '10.1.0.0/24 . 10.1.0.5 . tcp . 80-90']);
     expect((await call(host, { command: 'CHECK', conf: portmapConf({ mappings: [range(8000, 80, 11)], ips: ['10.1.0.5/24'] }) })).code).toBe(0);
   });
 
-  it('keeps the port when both sides of the range are the same (no port map)', async () => {
+  it('keeps the port when both sides of the range are the same', async () => {
     expect((await add([range(9000, 9000, 3)])).code).toBe(0);
-    expect(nft.dump()).toContain('meta nfproto ipv4 tcp dport 9000-9002 dnat ip to 10.1.0.5 comment');
+    expect(nft.dump()).toContain('tcp . 9000 comment "cni-ts:net1:c1:eth0" : 10.1.0.5 . 9000, tcp . 9001 comment "cni-ts:net1:c1:eth0" : 10.1.0.5 . 9001');
   });
 
   it('refuses a range over a port another container holds with code 110 naming it, applying nothing', async () => {
@@ -68,19 +63,20 @@ describe('port ranges on the fake', () => {
   it('DEL removes every port of the range', async () => {
     await add([range(8000, 80, 11), { hostPort: 7000, containerPort: 70, protocol: 'udp' }]);
     expect((await del([range(8000, 80, 11), { hostPort: 7000, containerPort: 70, protocol: 'udp' }])).code).toBe(0);
-    expect(elements('wildcard_ports')).toEqual([]);
-    expect(elements('masq4')).toEqual([]);
-    expect(nft.list('inet', 'cni_ts_portmap')!.chains.map((c) => c.name)).not.toContain(C1);
-    // and without the mappings (the table is read once)
+    expect(elements('wildcard4')).toEqual([]);
+    expect(elements('masq_ports4')).toEqual([]);
+    // and without the mappings nor a record (the table is read once)
     await add([range(8000, 80, 11)]);
+    host.records!.remove('cni-ts:net1:c1:eth0');
     expect((await call(host, { command: 'DEL', containerId: 'c1', conf: portmapConf({}) })).code).toBe(0);
-    expect(elements('wildcard_ports')).toEqual([]);
+    expect(elements('wildcard4')).toEqual([]);
   });
 
   it('refuses a range past port 65535, and two mappings of one request whose ranges overlap, with code 7', async () => {
     expect((await add([range(65530, 80, 10)])).out?.code).toBe(7);
     expect((await add([range(8000, 80, 11), range(8010, 180, 5)])).out?.code).toBe(7);
     expect(nft.applied).toHaveLength(0);
+    expect(nft.batches).toBe(0);
   });
 
   it('counts an exact repeat of a range once', () => {
@@ -144,8 +140,9 @@ describe('port ranges on a kernel', () => {
     expect(ask(tools, OUTSIDE, 'tcp', `10.${x}.2.1`, 28105)).toBe('C');
     // 28104 goes to 8084, where nothing listens
     expect(ask(tools, OUTSIDE, 'tcp', `10.${x}.2.1`, 28104)).toBe('ERR:ECONNREFUSED');
-    const table = sh(['ip', 'netns', 'exec', HOST, 'nft', 'list', 'table', 'inet', 'cni_ts_portmap']);
-    expect(table.match(/dnat ip to/g)).toHaveLength(1);
+    // no rule per container: ten elements, each with its own target port
+    const table = sh(['ip', 'netns', 'exec', HOST, 'nft', 'list', 'map', 'inet', 'cni_ts_portmap', 'wildcard4']);
+    expect(table.match(/tcp \. 281\d\d comment "[^"]+" : 10\.\d+\.1\.\d+ \. 80\d\d/g)).toHaveLength(10);
     runtime.del(list(), rt);
     expect(ask(tools, OUTSIDE, 'tcp', `10.${x}.2.1`, 28105, { waitMs: 1500 })).not.toBe('C');
   }, 60_000);

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NftError } from '../../../shared/nft/errors';
 import { FakeNft } from '../../../testkit/fake-nft';
-import type { Listing, Nft, TableRef } from '../../../shared/nft/nft-interface';
+import type { ElementOp, Listing, Nft, TableRef } from '../../../shared/nft/nft-interface';
 import { OwnedTable, TableTx, ownerTag, type Skeleton } from '../../../shared/nft/table';
 import { realNft, realTable } from '../../../shared/nft/real';
 import { nftListTable } from '../../../shared/netlink/nftables';
@@ -476,5 +476,45 @@ describe('the host', () => {
   it('has none of the tables these tests created', () => {
     expect(tableSeq).toBeGreaterThan(10);
     expect(hostTables().filter((name) => name.includes(suffix))).toEqual([]);
+  });
+});
+
+describe('element batches (Nft.elements): FakeNft as realNft over netlink', () => {
+  const layouts = {
+    ports: { key: ['ipv4_addr', 'inet_proto', 'inet_service'], value: ['ipv4_addr', 'inet_service'] },
+    srcs: { key: ['ipv4_addr', 'ipv4_addr', 'inet_proto', 'inet_service'], interval: true },
+  } as const;
+  const setup = (t: TableRef): Transaction =>
+    new Transaction()
+      .add({ kind: 'table', ...t })
+      .add({ kind: 'map', ...t, name: 'ports', type: ['ipv4_addr', 'inet_proto', 'inet_service'], valueType: ['ipv4_addr', 'inet_service'] })
+      .add({ kind: 'set', ...t, name: 'srcs', type: ['ipv4_addr', 'ipv4_addr', 'inet_proto', 'inet_service'], flags: ['interval'] });
+  const elementsOf = (l: Listing | undefined) => Object.fromEntries((sortedElements(l)?.sets ?? []).map((s) => [s.name, s.elements]));
+  const ops: ElementOp[] = [
+    { verb: 'add' as const, set: 'ports', key: ['192.168.1.5', 'tcp', '8080'], value: ['10.88.0.2', '80'], comment: 'cni-ts:n:a' },
+    { verb: 'add' as const, set: 'ports', key: ['192.168.1.5', 'udp', '53'], value: ['10.88.0.3', '5353'] },
+    { verb: 'add' as const, set: 'srcs', key: ['10.88.0.0/16', '10.88.0.2', 'tcp', '80-90'], comment: 'cni-ts:n:a' },
+    { verb: 'add' as const, set: 'srcs', key: ['127.0.0.0/8', '10.88.0.2', 'tcp', '80'] },
+  ];
+
+  it('apply the same batch to the same listing, and fail it with the same kinds, applying nothing', () => {
+    const t = fresh();
+    const fake = new FakeNft();
+    real.run(setup(t));
+    fake.run(setup(t));
+    for (const nft of [real, fake]) nft.elements!(t.family, t.table, layouts, ops);
+    expect(elementsOf(nftListTable(t.family, t.table, nsPath))).toEqual(elementsOf(fake.list(t.family, t.table)));
+    expect(elementsOf(real.list(t.family, t.table))).toEqual(elementsOf(fake.list(t.family, t.table)));
+    const bad: ElementOp[][] = [
+      [{ verb: 'add', set: 'ports', key: ['192.168.1.5', 'tcp', '8080'], value: ['10.88.0.9', '80'] }],
+      [ops[1], { verb: 'delete', set: 'ports', key: ['192.168.1.5', 'tcp', '1'] }],
+    ];
+    for (const [i, batch] of bad.entries()) {
+      const kinds = [real, fake].map((nft) => failure(() => nft.elements!(t.family, t.table, layouts, [{ ...ops[3], verb: 'delete' }, ...batch])).kind);
+      expect(kinds).toEqual([i === 0 ? 'exists' : 'not-found', i === 0 ? 'exists' : 'not-found']);
+    }
+    expect(elementsOf(nftListTable(t.family, t.table, nsPath))).toEqual(elementsOf(fake.list(t.family, t.table)));
+    expect(fake.batches).toBe(1);
+    real.run(new Transaction().delete({ kind: 'table', ...t }));
   });
 });
