@@ -7,7 +7,10 @@
  *   /run/cni-ts/firewall/<netns>/<family>-<table>/<sha256(key)>.json   {"key": ..., "value": ...}
  *
  * <netns> is the network namespace whose nf_tables the table lives in
- * ("<st_dev>-<st_ino>" of its nsfs file): plugins may run for several
+ * ("<st_dev>-<st_ino>-<cookie>" of its nsfs file and its SO_NETNS_COOKIE:
+ * the kernel reuses a freed namespace's inode, never its cookie, so the
+ * records of a namespace that is gone are never read back into a later one
+ * that happens to get its inode): plugins may run for several
  * "hosts" (a test's namespace, a nested node), and a reload must only ever
  * rebuild the tables of its own namespace from that namespace's records.
  * Volatile (tmpfs) on purpose: the containers the records describe do not
@@ -26,16 +29,22 @@ import * as path from 'node:path';
 import { FIREWALL_STATE_DIR } from '../paths';
 import type { TableRef } from './types';
 import { writeFileAtomic } from '../sys/file';
+import { native } from '../sys/native';
 
 export interface FirewallRecord {
   key: string;
   value: unknown;
 }
 
-/** "<st_dev>-<st_ino>" of a network namespace file; default: the calling thread's. */
+/** "<st_dev>-<st_ino>-<netns cookie>" of a network namespace file; default: the calling thread's. */
 export function netnsId(netnsPath = '/proc/thread-self/ns/net'): string {
-  const st = fs.statSync(netnsPath);
-  return `${st.dev}-${st.ino}`;
+  const fd = fs.openSync(netnsPath, 'r');
+  try {
+    const st = fs.fstatSync(fd);
+    return `${st.dev}-${st.ino}-${native().netnsCookie(fd)}`;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export class FirewallRecords {

@@ -38,6 +38,8 @@ export interface NativeBinding {
   socket(protocol: number): number;
   /** the same socket, created inside the network namespace open at nsFd */
   socketAt(nsFd: number, protocol: number): number;
+  /** SO_NETNS_COOKIE of the network namespace open at nsFd: unique for the boot, never reused like an inode */
+  netnsCookie(nsFd: number): bigint;
   /** an inet socket (SOCK_DGRAM=2 / SOCK_STREAM=1) created and bound to address:port inside the network namespace open at nsFd (IP_FREEBIND, non-blocking, close-on-exec) */
   inetSocketAt(nsFd: number, type: number, address: string, port: number): number;
   /** bind to the given multicast groups; returns the kernel-assigned port id */

@@ -201,6 +201,43 @@ static napi_value nl_bind(napi_env env, napi_callback_info info) {
   return make_int(env, addr.nl_pid);
 }
 
+/* netnsCookie(nsFd) -> bigint: the namespace's SO_NETNS_COOKIE, read from a
+ * socket created inside it. Unlike the nsfs inode, which the kernel reuses
+ * once a namespace is freed, the cookie is never handed out twice during a
+ * boot: state keyed by it can never be mistaken for a later namespace's. */
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+static napi_value nl_netns_cookie(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home < 0) return throw_errno(env, "open", errno);
+  if (setns(a[0], CLONE_NEWNET) < 0) {
+    int e = errno;
+    close(home);
+    return throw_errno(env, "setns", e);
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+  int socket_errno = errno;
+  if (setns(home, CLONE_NEWNET) < 0) {
+    /* as in socketAt: never continue in the wrong namespace */
+    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
+    abort();
+  }
+  close(home);
+  if (fd < 0) return throw_errno(env, "socket", socket_errno);
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  int rc = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
+  int e = errno;
+  close(fd);
+  if (rc < 0) return throw_errno(env, "getsockopt", e);
+  napi_value out;
+  napi_create_bigint_uint64(env, cookie, &out);
+  return out;
+}
+
 /* setsockoptInt(fd, level, option, value) */
 static napi_value nl_setsockopt_int(napi_env env, napi_callback_info info) {
   int32_t a[4];
@@ -482,6 +519,7 @@ static napi_value nl_poll_events(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   EXPORT("socket", nl_socket);
   EXPORT("socketAt", nl_socket_at);
+  EXPORT("netnsCookie", nl_netns_cookie);
   EXPORT("inetSocketAt", nl_inet_socket_at);
   EXPORT("bind", nl_bind);
   EXPORT("setsockoptInt", nl_setsockopt_int);

@@ -74,6 +74,43 @@ describe('firewall records', () => {
   });
 });
 
+describe('firewall records of a namespace that is gone', () => {
+  // The kernel hands a freed namespace's nsfs inode to the next namespace
+  // (lowest free number), so records keyed by the inode alone would be read
+  // back into a stranger's table: the key carries the namespace's cookie,
+  // which is never reused. Namespaces are freed asynchronously, hence the
+  // tries until an inode repeats.
+  it('are never read back in a later namespace that gets the same inode', async () => {
+    const ns = `recreuse-${process.pid}`;
+    const inode = (p: string) => fs.statSync(p).ino;
+    execFileSync('ip', ['netns', 'add', ns]);
+    const first = `/var/run/netns/${ns}`;
+    const oldIno = inode(first);
+    const old = recordsFor(projectTable('inet', 'x'), { root: dir, netnsPath: first });
+    old.put('owner', { port: 30000 });
+    const oldDir = old.dir;
+    execFileSync('ip', ['netns', 'del', ns]);
+    let reused = false;
+    try {
+      for (let i = 0; i < 200 && !reused; i++) {
+        execFileSync('ip', ['netns', 'add', ns]);
+        if (inode(first) === oldIno) {
+          reused = true;
+          break;
+        }
+        execFileSync('ip', ['netns', 'del', ns]);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(reused, 'the kernel never reused the inode: nothing to show').toBe(true);
+      const later = recordsFor(projectTable('inet', 'x'), { root: dir, netnsPath: first });
+      expect(later.dir).not.toBe(oldDir);
+      expect(later.all()).toEqual([]);
+    } finally {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    }
+  });
+});
+
 describe('TableTx.append', () => {
   it("queues another transaction's commands of the same table, and refuses another table's", () => {
     const a = new TableTx(projectTable('inet', 'a')).add({ kind: 'chain', name: 'one' });
