@@ -89,6 +89,12 @@ export const schema = netConfBase.extend({
   snat: z.boolean().default(true),
   /** masquerade every forwarded connection, so containers see the host as the client */
   masqAll: z.boolean().default(false),
+  /**
+   * serve wildcard mappings on [::1] too, through the userspace relay (Docker's
+   * userland proxy does by default). Off by default: the relay is a process per
+   * host and every ADD waits for it; an explicit hostIP "::1" is always served.
+   */
+  ipv6Localhost: z.boolean().default(false),
   /** the reference's iptables mark bit: we masquerade without marks, so it is accepted and unused */
   markMasqBit: z.number().int().min(0).max(31).optional(),
   backend: z.string().optional(),

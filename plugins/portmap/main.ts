@@ -49,7 +49,7 @@ import { NftError } from '../../shared/nft/errors';
 import { ownerTag, type OwnedTable, type Owner } from '../../shared/nft/table';
 import { realTable } from '../../shared/nft/real';
 import { IPPROTO, conntrackDeleteByDstPorts } from '../../shared/netlink/conntrack';
-import { kernelMappings, portProxy, type PortProxy, type ProxyRequest } from '../../shared/portproxy';
+import { kernelMappings, loopback6Mappings, portProxy, type PortProxy, type ProxyRequest } from '../../shared/portproxy';
 import { allPorts, claimsFor, containerAddrs, describeClaim, rejectUnsupported, schema, type Claim, type PortmapConf } from './config';
 import {
   PORTMAP_TABLE,
@@ -158,9 +158,11 @@ function removeState(table: OwnedTable, owner: Required<Owner>, plan: AddPlan | 
   removeTagged(table, (t) => t === tag);
 }
 
-/** What the ::1 relay is asked to serve for this attachment. */
+/** What the ::1 relay is asked to serve for this attachment: explicit ::1 mappings, and wildcard ones with ipv6Localhost. */
 function proxyOf(ctx: Ctx): ProxyRequest {
-  return { owner: ownerOf(ctx), netns: ctx.netns, mappings: ctx.config.runtimeConfig?.portMappings ?? [], addrs: containerAddrs(ctx.prevResult, ctx.ifname) };
+  const all = ctx.config.runtimeConfig?.portMappings ?? [];
+  const mappings = ctx.config.ipv6Localhost ? all : loopback6Mappings(all);
+  return { owner: ownerOf(ctx), netns: ctx.netns, mappings, addrs: containerAddrs(ctx.prevResult, ctx.ifname) };
 }
 
 export function makePlugin(deps: PortmapDeps): Plugin<PortmapConf> {

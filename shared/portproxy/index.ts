@@ -6,8 +6,10 @@
  *  - hostIP "::1": served by the relay only (the kernel cannot DNAT from
  *    ::1). A port the relay cannot bind (another process holds [::1]:port,
  *    or another container published it there) fails the ADD.
- *  - no hostIP, or "::": the kernel publishes it (portmap's DNAT) and the
- *    relay adds ::1, as Docker's docker-proxy does. A port taken on ::1 only
+ *  - no hostIP, or "::": the kernel publishes it (portmap's DNAT) and, when
+ *    the config asks for it (portmap's ipv6Localhost: the caller passes only
+ *    the explicit ones otherwise), the relay adds ::1, as Docker's
+ *    docker-proxy does. A port taken on ::1 only
  *    is logged and skipped: the kernel's part still works, and the ADD that
  *    succeeded before ::1 was served must not start failing (README).
  *  - tcp and udp only; the target is the container's IPv6 address, else its
@@ -54,6 +56,11 @@ function hostIpIs(m: ProxyMapping, addr: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The mappings published on ::1 explicitly (hostIP "::1"). */
+export function loopback6Mappings<M extends ProxyMapping>(mappings: readonly M[]): M[] {
+  return mappings.filter((m) => hostIpIs(m, '::1'));
 }
 
 /** The mappings the kernel serves: all but those on ::1, which the relay serves alone. */

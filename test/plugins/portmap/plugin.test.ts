@@ -7,6 +7,7 @@ import { FakeNft } from '../../../testkit/fake-nft';
 import type { Family, Listing, Nft } from '../../../shared/nft/nft-interface';
 import type { Transaction } from '../../../shared/nft/transaction';
 import { call, fakeHost, portmapConf, type FakeHost } from './harness';
+import type { ProxyRequest } from '../../../shared/portproxy';
 
 const TABLE = 'cni_ts_portmap';
 const C1 = 'cni-ts:net1:c1:eth0';
@@ -184,6 +185,28 @@ describe('portmap ADD', () => {
     const r = await add({ ips: ['10.1.0.5/24'], mappings: [{ ...web, hostPort: 9090 }] });
     expect(r.code).toBe(0);
     expect(elements().filter((e) => e.startsWith('masq'))).toEqual([`masq_ports4 127.0.0.0/8 . 10.1.0.5 . tcp . 80 @${C1}`, `masq_ports4 10.1.0.0/24 . 10.1.0.5 . tcp . 80 @${C1}`]);
+  });
+});
+
+describe('portmap and the ::1 relay', () => {
+  // what portmap asks the relay (shared/portproxy) to serve, recorded
+  function recordingProxy(): ProxyRequest[] {
+    const asked: ProxyRequest[] = [];
+    host.deps.proxy = { add: (req) => void asked.push(req), del: () => {}, check: () => {}, gc: () => {} };
+    return asked;
+  }
+
+  it('asks it for explicit ::1 mappings only, unless ipv6Localhost also puts wildcard ones there', async () => {
+    const asked = recordingProxy();
+    const lo6 = { hostPort: 8443, containerPort: 443, protocol: 'tcp', hostIP: '::1' };
+    expect((await add({ ips: dual, mappings: [web, lo6] })).code).toBe(0);
+    expect(asked.at(-1)!.mappings).toEqual([lo6]);
+    // another container, other ports
+    const web2 = { ...web, hostPort: 9080 };
+    const lo62 = { ...lo6, hostPort: 9443 };
+    const r = await add({ ips: ['10.1.0.6/24', 'fd00:1::6/64'], mappings: [web2, lo62], extra: { ipv6Localhost: true } }, 'c2');
+    expect(r.code, JSON.stringify(r.out)).toBe(0);
+    expect(asked.at(-1)!.mappings).toEqual([web2, lo62]);
   });
 });
 

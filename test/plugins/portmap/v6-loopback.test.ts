@@ -80,6 +80,8 @@ function networkList(name: string, bridge: string, subnet: string, stateDir: str
   raw.name = name;
   raw.plugins[0].bridge = bridge;
   raw.plugins[0].ipam = { ...(raw.plugins[0].ipam as object), dataDir: path.join(stateDir, 'ipam'), ranges: [[{ subnet }]] };
+  // wildcard mappings on ::1 too (off by default)
+  raw.plugins[1].ipv6Localhost = true;
   return parseNetworkConfig(raw);
 }
 
