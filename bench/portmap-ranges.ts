@@ -9,7 +9,9 @@
  * table lookups over netlink, inside a private network namespace standing
  * in for the host (its tables, its records; the machine's are untouched).
  * route_localnet is not switched (enableLocalnet is a no-op): it is one
- * sysctl write either way. Prints medians and the ratio; never pass/fail.
+ * sysctl write either way. Then the same through the packaged executable
+ * (bin/portmap: the shim and a daemon, and standalone), the time a runtime
+ * waits for. Prints medians and the ratios; never pass/fail.
  *
  *   BENCHES=portmap-ranges bash bench/run.sh     (or: npx tsx bench/portmap-ranges.ts)
  */
@@ -21,7 +23,7 @@ import { runPlugin } from '../shared/cni/skel';
 import { realTable } from '../shared/nft/real';
 import { makePlugin } from '../plugins/portmap/main';
 import { PORTMAP_TABLE } from '../plugins/portmap/rules';
-import { median } from './lib';
+import { callIn, median, standalone, startDaemon, type Mode } from './lib';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 20);
 const root = process.cwd();
@@ -67,8 +69,44 @@ async function call(command: 'ADD' | 'DEL', n: number): Promise<number> {
   return ms;
 }
 
+/** The same ADD/DEL through bin/portmap, called from the bench's namespace as a runtime would. */
+function packaged(mode: Mode, sizes: number[]): void {
+  const side = (n: number) => ({
+    binary: path.join(root, 'bin/portmap'),
+    env: mode.env,
+    cniPath: path.join(root, 'bin'),
+    netns: `${ns}-c`,
+    conf: JSON.stringify({
+      cniVersion: '1.1.0',
+      name: 'bench-e2e',
+      type: 'portmap',
+      capabilities: { portMappings: true },
+      runtimeConfig: { portMappings: [{ hostPort: 20000, containerPort: 30000, protocol: 'tcp', range: n }] },
+      prevResult: { cniVersion: '1.1.0', interfaces: [{ name: 'eth0', sandbox: `${netnsPath}-c` }], ips: [{ address: '10.1.0.5/24', interface: 0 }] },
+    }),
+  });
+  const rounds = Math.max(5, Math.floor(ROUNDS / 2));
+  const add: Record<number, number[]> = { 10: [], 1000: [] };
+  const del: Record<number, number[]> = { 10: [], 1000: [] };
+  for (const n of sizes) {
+    callIn(ns, side(n), 'ADD', n);
+    callIn(ns, side(n), 'DEL', n);
+  }
+  for (let i = 0; i < rounds; i++) {
+    for (const n of i % 2 ? sizes : [...sizes].reverse()) {
+      add[n].push(callIn(ns, side(n), 'ADD', n).ms);
+      del[n].push(callIn(ns, side(n), 'DEL', n).ms);
+    }
+  }
+  console.log(`through bin/portmap (${mode.label}), ${rounds} rounds, medians (ms):`);
+  for (const n of sizes) console.log(`  ${String(n).padStart(4)} ports   ADD ${median(add[n]).toFixed(1)}   DEL ${median(del[n]).toFixed(1)}`);
+  console.log(`  ratio 1000/10: ADD ${(median(add[1000]) / median(add[10])).toFixed(2)}x   DEL ${(median(del[1000]) / median(del[10])).toFixed(2)}x   (goal: at most 2x)`);
+}
+
 async function main(): Promise<void> {
   execFileSync('ip', ['netns', 'add', ns]);
+  // the container's, for the packaged calls (a plugin refuses its own namespace as CNI_NETNS)
+  execFileSync('ip', ['netns', 'add', `${ns}-c`]);
   try {
     const sizes = [10, 1000];
     const add: Record<number, number[]> = { 10: [], 1000: [] };
@@ -87,7 +125,14 @@ async function main(): Promise<void> {
     console.log(`portmap port range, ${ROUNDS} rounds, medians (ms):`);
     for (const n of sizes) console.log(`  ${String(n).padStart(4)} ports   ADD ${median(add[n]).toFixed(1)}   DEL ${median(del[n]).toFixed(1)}`);
     console.log(`  ratio 1000/10: ADD ${(median(add[1000]) / median(add[10])).toFixed(2)}x   DEL ${(median(del[1000]) / median(del[10])).toFixed(2)}x   (goal: at most 2x)`);
+    const daemon = startDaemon(root, ns, path.join(tmp, 'daemon.sock'));
+    try {
+      for (const mode of [daemon, standalone]) packaged(mode, sizes);
+    } finally {
+      daemon.stop();
+    }
   } finally {
+    execFileSync('ip', ['netns', 'del', `${ns}-c`]);
     execFileSync('ip', ['netns', 'del', ns]);
     fs.rmSync(tmp, { recursive: true, force: true });
   }
