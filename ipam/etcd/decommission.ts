@@ -14,7 +14,9 @@
  * Decommissioning is the operator's explicit word that NODE is gone for
  * good: it frees all of NODE's allocations in the network, releases its
  * blocks (keeping a block while another host's borrowed address is in it),
- * its GC sightings, and, once NODE holds no block in any network under the
+ * its GC sightings, the DNS names its containers published in the network
+ * (shared/dns/cluster.ts: other hosts' resolvers would answer them for
+ * good), and, once NODE holds no block in any network under the
  * key prefix, its node-name registration, so the name can be used again. It
  * is refused while NODE's liveness key exists (stop cni-ts there first, or
  * let its lease run out). Every write compares the liveness key at version
@@ -45,6 +47,7 @@ import {
   type HeldAddress,
 } from './keys';
 import { EtcdKV, type Compare, type KeyValue, type KV, type Op } from '../../shared/etcd/kv';
+import { clusterPrefix, clusterRecordSchema } from '../../shared/dns/cluster';
 
 export interface MaintOptions {
   readonly dryRun: boolean;
@@ -86,6 +89,8 @@ export interface HostReport {
   keptBlocks: string[];
   /** the node-name registration removed (dry-run: would be) */
   registrationRemoved: boolean;
+  /** DNS names of the node's containers removed from the network (dry-run: would be), as "containerId/ifname" */
+  namesRemoved: string[];
 }
 
 export interface MaintReport {
@@ -169,6 +174,7 @@ class Maintenance {
         releasedBlocks: [],
         keptBlocks: [],
         registrationRemoved: false,
+        namesRemoved: [],
       };
       hosts.push(report);
       if (node !== target) continue;
@@ -287,6 +293,7 @@ class Maintenance {
       { delete: goneKey(this.prefix, node, this.network) },
       { delete: `${this.net}/leaks/${node}/`, prefix: true },
     ]);
+    await this.removeNames(node, report);
     if (blocksLeft === 0 && snap.hosts.has(node) && (await this.holdsNoBlockElsewhere(node))) {
       const registered = snap.hosts.get(node)!;
       await this.write(node, [{ key: registered.key, target: 'mod', value: registered.modRevision }], [
@@ -294,6 +301,28 @@ class Maintenance {
         { delete: goneKey(this.prefix, node), prefix: true },
       ]);
       report.registrationRemoved = true;
+    }
+  }
+
+  /**
+   * The DNS records the node's containers published in the network (the
+   * records say which host wrote them; one that is malformed or another
+   * host's is left alone), each deleted at the revision it was read.
+   */
+  private async removeNames(node: string, report: HostReport): Promise<void> {
+    const { results } = await this.kv.txn({ success: [{ get: clusterPrefix(this.prefix, this.network), prefix: true }] }, this.deadline());
+    const mine: KeyValue[] = [];
+    for (const kv of results[0]!) {
+      const r = readRecord(clusterRecordSchema, kv, this.log);
+      if (r?.host === node) mine.push(kv);
+    }
+    for (const batch of batches(mine, TXN_BATCH_OPS)) {
+      await this.write(
+        node,
+        batch.map((kv) => ({ key: kv.key, target: 'mod' as const, value: kv.modRevision })),
+        batch.map((kv) => ({ delete: kv.key })),
+      );
+      report.namesRemoved.push(...batch.map((kv) => kv.key.slice(clusterPrefix(this.prefix, this.network).length)));
     }
   }
 

@@ -45,6 +45,7 @@ export function formatReport(r: MaintReport): string[] {
         if (h.freed.length) parts.push(`${would}free ${h.freed.join(', ')}`);
         if (h.releasedBlocks.length) parts.push(`${would}release block(s) ${h.releasedBlocks.join(', ')}`);
         if (h.keptBlocks.length) parts.push(`keep block(s) ${h.keptBlocks.join(', ')} (other hosts' borrowed addresses are in them; run decommission again once they are released)`);
+        if (h.namesRemoved.length) parts.push(`${would}remove the DNS names of ${h.namesRemoved.join(', ')}`);
         if (h.registrationRemoved) parts.push(`${would}remove its registration`);
         lines.push(`  ${h.node}: decommissioned, ${held}: ${parts.join('; ') || 'nothing held'}`);
         break;

@@ -16,6 +16,10 @@
  *   running, while etcd is down answers the cluster names from it; local
  *   names come from the host's own records and never depend on etcd.
  * - A failed read is retried every retryMs until etcd answers again.
+ * - Every resyncMs the prefix is read anyway: after etcd comes back, the
+ *   watch reconnects on its own backoff (seconds to tens of seconds), and a
+ *   change made in between (a DEL on another host) would otherwise go
+ *   unseen until the next event.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -29,6 +33,7 @@ import type { DnsEntry, LoadedNetwork } from './records';
 
 export const SNAPSHOT_DIR = 'cluster';
 export const DEFAULT_RETRY_MS = 2000;
+export const DEFAULT_RESYNC_MS = 5000;
 
 const snapshotSchema = z.object({ network: z.string(), prefix: z.string(), records: z.array(z.unknown()) });
 
@@ -52,6 +57,8 @@ export interface ClusterWatchOptions {
   /** something the resolver answers changed */
   onChange: () => void;
   retryMs?: number;
+  /** how often the prefix is read even without a watch event (default DEFAULT_RESYNC_MS) */
+  resyncMs?: number;
 }
 
 interface Watched {
@@ -63,6 +70,7 @@ interface Watched {
   reading: boolean;
   again: boolean;
   timer?: NodeJS.Timeout;
+  resync?: NodeJS.Timeout;
   failing: boolean;
   closed: boolean;
 }
@@ -128,6 +136,8 @@ export class ClusterWatch {
     }
     void this.read(w);
     this.startWatch(w);
+    w.resync = setInterval(() => void this.read(w), this.opts.resyncMs ?? DEFAULT_RESYNC_MS);
+    w.resync.unref();
   }
 
   private startWatch(w: Watched): void {
@@ -147,6 +157,7 @@ export class ClusterWatch {
   private stop(w: Watched): void {
     w.closed = true;
     if (w.timer) clearTimeout(w.timer);
+    if (w.resync) clearInterval(w.resync);
     void w.watch?.cancel().catch(() => {});
     try {
       w.kv?.close();

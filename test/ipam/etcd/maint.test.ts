@@ -10,6 +10,7 @@ import { runMaint, type MaintReport } from '../../../ipam/etcd/decommission';
 import { maintMain } from '../../../ipam/etcd/maint';
 import { EtcdStore, type EtcdStoreOptions } from '../../../ipam/etcd/store';
 import { formatIP } from '../../../shared/ip';
+import { putOp, recordOf } from '../../../shared/dns/cluster';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 
 let etcd: EtcdServer;
@@ -142,6 +143,23 @@ describe('ipam-maint', () => {
     expect(hostReport(done, 'node-b').freed.sort()).toEqual([...ipsB].sort());
     expect((await keys(p)).filter((k) => k.key.includes('node-b') || k.value.includes('node-b'))).toEqual([]);
     expect((await keys(p)).some((k) => k.key.endsWith(`/ips/${ipA}`))).toBe(true);
+  });
+
+  it("decommission removes the DNS names the node's containers published in the network, and no other host's", async () => {
+    const p = prefix();
+    const b = host(p, '10.47.0.0/24', 'node-b');
+    const ipB = await add(b, 'b1');
+    await expire(p, 'node-b');
+    // as a macvlan/overlay ADD with dns writes them (shared/dns/cluster.ts)
+    const scopeOf = (node: string) => ({ network: 'net1', node });
+    const rec = (node: string, id: string, ip: string) => recordOf(scopeOf(node), { containerId: id, ifname: 'eth0', names: [id], v4: [ip], v6: [] });
+    await raw.txn({ success: [putOp(p, rec('node-b', 'b1', ipB)), putOp(p, rec('node-a', 'a1', '10.47.0.200'))] }, Date.now() + 5000);
+    const dry = await maint(p, '10.47.0.0/24', true, {}, 'node-b');
+    expect(hostReport(dry, 'node-b').namesRemoved).toEqual(['b1/eth0']);
+    expect((await keys(p)).filter((k) => k.key.includes('/dns/')).length).toBe(2);
+    const done = await maint(p, '10.47.0.0/24', false, {}, 'node-b');
+    expect(hostReport(done, 'node-b').namesRemoved).toEqual(['b1/eth0']);
+    expect((await keys(p)).filter((k) => k.key.includes('/dns/')).map((k) => k.key)).toEqual([`${p}/dns/net1/a1/eth0`]);
   });
 
   it('a dry run of decommission writes nothing', async () => {

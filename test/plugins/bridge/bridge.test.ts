@@ -80,6 +80,10 @@ function snapshot(net: Network, c?: Container): string {
 }
 
 describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
+  // Traffic does not depend on the result's version: the tests that only
+  // send packets run once, under the newest version (the result's shape is
+  // checked under every version above and below).
+  const trafficIt = (name: string, fn: () => void | Promise<void>) => (v === VERSIONS[VERSIONS.length - 1] ? it(name, fn) : undefined);
   it('ADD returns the bridge, the host veth and the container interface, with its address, gateway and default route', () => {
     const net = lab.network();
     const a = attach(net, v);
@@ -107,7 +111,7 @@ describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
     detach(a, v);
   });
 
-  it('two containers ping each other and the gateway', () => {
+  trafficIt('two containers ping each other and the gateway', () => {
     const net = lab.network();
     const a = attach(net, v);
     const b = attach(net, v);
@@ -131,7 +135,7 @@ describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
     detach(a, v);
   });
 
-  it('ipMasq installs the masquerade rule and lets containers reach a network that has no route back', () => {
+  trafficIt('ipMasq installs the masquerade rule and lets containers reach a network that has no route back', () => {
     const out = lab.outside(false);
     const masq = lab.network({ ipMasq: true });
     const plain = lab.network({ ipMasq: false });
@@ -154,7 +158,7 @@ describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
     detach(b, v);
   });
 
-  it('an internal network has no default route, no gateway, and nothing it sends through the host gets out', () => {
+  trafficIt('an internal network has no default route, no gateway, and nothing it sends through the host gets out', () => {
     const out = lab.outside(true);
     const other = lab.network();
     const internal = lab.network({ internal: true });
@@ -182,7 +186,7 @@ describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
     for (const x of [o, a, b]) detach(x, v);
   });
 
-  it('icc=false isolates the containers of one bridge from each other but not from the gateway', () => {
+  trafficIt('icc=false isolates the containers of one bridge from each other but not from the gateway', () => {
     const net = lab.network({ icc: false });
     const a = attach(net, v);
     const b = attach(net, v);
@@ -195,7 +199,7 @@ describe.each(VERSIONS)('bridge plugin, cniVersion %s', (v) => {
     detach(b, v);
   });
 
-  it('two bridge networks cannot reach each other even with gateways and ip_forward on, while the host routes them elsewhere', () => {
+  trafficIt('two bridge networks cannot reach each other even with gateways and ip_forward on, while the host routes them elsewhere', () => {
     const out = lab.outside(true);
     const n1 = lab.network();
     const n2 = lab.network();

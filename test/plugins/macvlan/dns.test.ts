@@ -228,4 +228,26 @@ describe('macvlan networks with dns.enabled (127.0.0.11 inside the container)', 
     del(other);
     expect(tablesIn(other.c.name)).toEqual([]);
   });
+
+  it('examples/macvlan-dns.conflist as users copy it: two containers resolve each other by name', () => {
+    const list = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../examples/macvlan-dns.conflist'), 'utf8'));
+    // only where state goes (this test's directories) and the upstream (nothing forwarded leaves the test) differ
+    const example = {
+      cniVersion: list.cniVersion,
+      name: `${list.name}-t`,
+      ...list.plugins[0],
+      dns: { ...list.plugins[0].dns, dataDir: dnsDir, upstream: ['127.0.0.1:9'] },
+      ipam: { ...list.plugins[0].ipam, dataDir: path.join(tmp, 'example') },
+    };
+    const a = attach(example, 'exa');
+    const b = attach(example, 'exb');
+    try {
+      expect(a.result.dns).toEqual({ nameservers: ['127.0.0.11'], search: ['dns.cni-ts'] });
+      expect(addrs(ask(a.c, 'exb'))).toEqual([b.ip]);
+      expect(addrs(ask(b.c, 'exa.dns.cni-ts'))).toEqual([a.ip]);
+    } finally {
+      del(a);
+      del(b);
+    }
+  });
 });

@@ -149,4 +149,44 @@ describe('overlay names across three simulated hosts, from etcd', () => {
     expect(await resolves(c[2]!, 'web1', [])).toEqual([]);
     expect(lookup(c[0]!, 'web2')).toEqual([ip.get('web2')]);
   }, 120_000);
+
+  it('examples/overlay-dns.conflist as users copy it (pointed at the lab): containers on two hosts resolve each other', async () => {
+    const list = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../examples/overlay-dns.conflist'), 'utf8'));
+    const p = list.plugins[0];
+    const example = (h: number) => {
+      const lb = lab.conf(h, list.name, p.subnet) as { nodeName: string; stateDir: string; hostIdFile: string; etcd: { endpoints: string[] }; ipam: { etcd: { nodeName: string; hostId: string } } };
+      return {
+        ...p,
+        cniVersion: list.cniVersion,
+        name: list.name,
+        nodeName: lb.nodeName,
+        stateDir: lb.stateDir,
+        hostIdFile: lb.hostIdFile,
+        dns: { ...p.dns, dataDir: dnsDir(h) },
+        runtimeConfig: { aliases: [`ex${h}`] },
+        etcd: { ...p.etcd, endpoints: lb.etcd.endpoints, keyPrefix: lab.prefix },
+        ipam: { ...p.ipam, etcd: { ...p.ipam.etcd, endpoints: lb.etcd.endpoints, keyPrefix: `${lab.prefix}-ex`, nodeName: lb.ipam.etcd.nodeName, hostId: lb.ipam.etcd.hostId } },
+      };
+    };
+    const made: Array<{ h: number; container: string; result: any }> = [];
+    try {
+      for (const h of [0, 2]) {
+        const container = lab.addContainer();
+        c.push(container);
+        const r = lab.plugin(h, 'ADD', container, example(h));
+        expect(r.status, r.stdout + r.stderr).toBe(0);
+        expect(r.json.cniVersion).toBe('1.0.0');
+        made.push({ h, container, result: r.json });
+        const dir = `/etc/netns/${container}`;
+        fs.mkdirSync(dir, { recursive: true });
+        etcNetns.push(dir);
+        fs.writeFileSync(path.join(dir, 'resolv.conf'), `nameserver ${r.json.dns.nameservers.join('\nnameserver ')}\nsearch ${r.json.dns.search.join(' ')}\n`);
+      }
+      const addrOf = (m: { result: any }) => m.result.ips[0].address.split('/')[0] as string;
+      expect(await resolves(made[0]!.container, 'ex2', [addrOf(made[1]!)])).toEqual([addrOf(made[1]!)]);
+      expect(await resolves(made[1]!.container, 'ex0.dns.cni-ts', [addrOf(made[0]!)])).toEqual([addrOf(made[0]!)]);
+    } finally {
+      for (const m of made) lab.plugin(m.h, 'DEL', m.container, { ...example(m.h), prevResult: m.result });
+    }
+  }, 120_000);
 });
