@@ -17,102 +17,69 @@ import { DEFAULT_DATA_DIR } from '../shared/dns/config';
 import { LOCK_FILE, PID_FILE } from '../shared/dns/launch';
 import { loadAll, readSerial, withLock, writeLoaded } from '../shared/dns/records';
 import { Resolver } from '../shared/dns/server';
+import { parseFlags, UsageError } from '../shared/flags';
 import { stderrLog } from '../shared/log';
-import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
-import { writeFileAtomic } from '../shared/sys/file';
+import { serveSingleton, takeSingletonLock } from '../shared/sys/singleton';
 
-interface Args {
-  dir: string;
-  lockFd?: number;
-  exitWhenEmpty: boolean;
-  resolvConf?: string;
-}
+const FLAGS = {
+  dir: { type: 'string', default: DEFAULT_DATA_DIR },
+  'lock-fd': { type: 'integer', min: 3, max: 1 << 20 },
+  'exit-when-empty': { type: 'boolean' },
+  'resolv-conf': { type: 'string' },
+} as const;
 
-function parseArgs(argv: string[]): Args {
-  const out: Args = { dir: DEFAULT_DATA_DIR, exitWhenEmpty: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === '--dir') out.dir = value();
-    else if (a === '--lock-fd') out.lockFd = Number(value());
-    else if (a === '--exit-when-empty') out.exitWhenEmpty = true;
-    else if (a === '--resolv-conf') out.resolvConf = value();
-    else throw new Error(`unknown argument ${a}`);
-  }
-  if (!path.isAbsolute(out.dir)) throw new Error('--dir must be absolute');
-  if (out.lockFd !== undefined && !(Number.isInteger(out.lockFd) && out.lockFd > 2)) throw new Error('--lock-fd must be a descriptor above 2');
-  return out;
-}
+const USAGE = 'usage: cni-ts dns [--dir DIR] [--lock-fd N] [--exit-when-empty] [--resolv-conf FILE]';
 
 const log = (msg: string) => stderrLog(`${new Date().toISOString()} ${msg}`);
 
 export async function dnsMain(argv: string[]): Promise<number> {
-  let args: Args;
+  let dir: string;
+  let lockFdArg: number | undefined;
+  let exitWhenEmpty: boolean;
+  let resolvConf: string | undefined;
   try {
-    args = parseArgs(argv);
+    const { values } = parseFlags(argv, FLAGS);
+    dir = values.dir;
+    lockFdArg = values['lock-fd'];
+    exitWhenEmpty = values['exit-when-empty'] ?? false;
+    resolvConf = values['resolv-conf'];
+    if (!path.isAbsolute(dir)) throw new UsageError('--dir must be absolute');
   } catch (e) {
-    stderrLog(`cni-ts dns: ${(e as Error).message}\nusage: cni-ts dns [--dir DIR] [--exit-when-empty] [--resolv-conf FILE]`);
+    if (!(e instanceof UsageError)) throw e;
+    stderrLog(`cni-ts dns: ${e.message}\n${USAGE}`);
     return 2;
   }
-  fs.mkdirSync(args.dir, { recursive: true, mode: 0o700 });
-  const lockFd = args.lockFd ?? fs.openSync(path.join(args.dir, LOCK_FILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-  try {
-    // for an inherited descriptor this confirms we hold it (a second flock by the holder succeeds)
-    flock(lockFd, LOCK_EX | LOCK_NB);
-  } catch {
-    log(`cni-ts dns: another resolver serves ${args.dir}`);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const lockFd = takeSingletonLock(path.join(dir, LOCK_FILE), lockFdArg);
+  if (lockFd === undefined) {
+    log(`cni-ts dns: another resolver serves ${dir}`);
     return 1;
   }
 
   // records the resolver drops itself (a container namespace gone) go through reload: serial, exit when empty
-  const resolver = new Resolver({ dir: args.dir, resolvConf: args.resolvConf, log, recordsChanged: () => void reload() });
-  const pidFile = path.join(args.dir, PID_FILE);
-  let reloading = false;
-  let again = false;
-  const stop = (code: number) => {
-    fs.rmSync(pidFile, { force: true });
-    process.exit(code);
-  };
-  const reload = async (): Promise<void> => {
-    if (reloading) {
-      again = true;
-      return;
-    }
-    reloading = true;
-    try {
-      do {
-        again = false;
-        // the serial first: records changed after it are picked up by the next reload
-        const serial = readSerial(args.dir);
-        await resolver.reload();
-        writeLoaded(args.dir, serial);
-        log(`cni-ts dns: serving records serial ${serial}: networks [${resolver.networks().join(', ')}]`);
-        if (args.exitWhenEmpty && resolver.networks().length === 0) {
-          // decided under the records lock: an ADD writes and signals under it too
-          withLock(args.dir, () => {
-            if (loadAll(args.dir).length === 0) {
-              log('cni-ts dns: no DNS network has records left; exiting');
-              stop(0);
-            }
-          });
-          again = true;
+  const resolver = new Resolver({ dir, resolvConf, log, recordsChanged: () => void server.reload() });
+  const server = serveSingleton({
+    pidFile: path.join(dir, PID_FILE),
+    lockFd,
+    pass: async ({ stop }) => {
+      // the serial first: records changed after it are picked up by the next reload
+      const serial = readSerial(dir);
+      await resolver.reload();
+      writeLoaded(dir, serial);
+      log(`cni-ts dns: serving records serial ${serial}: networks [${resolver.networks().join(', ')}]`);
+      if (!exitWhenEmpty || resolver.networks().length > 0) return false;
+      // decided under the records lock: an ADD writes and signals under it too
+      withLock(dir, () => {
+        if (loadAll(dir).length === 0) {
+          log('cni-ts dns: no DNS network has records left; exiting');
+          stop(0);
         }
-      } while (again);
-    } finally {
-      reloading = false;
-    }
-  };
-  // the handler first, then the pid file (launch.ts relies on this order)
-  process.on('SIGHUP', () => void reload());
-  process.on('SIGTERM', () => stop(0));
-  process.on('SIGINT', () => stop(0));
-  writeFileAtomic(pidFile, `${process.pid}\n`);
-  await reload();
-  log(`cni-ts dns: serving ${args.dir} (pid ${process.pid}): networks [${resolver.networks().join(', ')}], listening on [${resolver.listening().join(', ')}]`);
+      });
+      return true;
+    },
+  });
+  await server.reload();
+  log(`cni-ts dns: serving ${dir} (pid ${process.pid}): networks [${resolver.networks().join(', ')}], listening on [${resolver.listening().join(', ')}]`);
   // the listeners keep the process alive; with none yet, so does this
   setInterval(() => {}, 1 << 30);
   return new Promise<number>(() => {});

@@ -21,8 +21,7 @@ import { netnsId } from '../shared/nft/records';
 import { RELAY_LOCK, RELAY_PID } from '../shared/portproxy/launch';
 import { PORT_PROXY_ROOT, SERIAL_FILE, loadRecords, portProxyDir, pruneGone, readSerial, withRecordsLock, writeStatus } from '../shared/portproxy/records';
 import { Relay } from '../shared/portproxy/relay';
-import { LOCK_EX, LOCK_NB, flock } from '../shared/sys';
-import { writeFileAtomic } from '../shared/sys/file';
+import { serveSingleton, takeSingletonLock } from '../shared/sys/singleton';
 
 const FLAGS = {
   dir: { type: 'string' },
@@ -57,60 +56,35 @@ export async function portProxyMain(argv: string[]): Promise<number> {
     return 2;
   }
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const lockFd = lockFdArg ?? fs.openSync(path.join(dir, RELAY_LOCK), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-  try {
-    // for an inherited descriptor this confirms we hold it (a second flock by the holder succeeds)
-    flock(lockFd, LOCK_EX | LOCK_NB);
-  } catch {
+  const lockFd = takeSingletonLock(path.join(dir, RELAY_LOCK), lockFdArg);
+  if (lockFd === undefined) {
     log(`cni-ts port-proxy: another relay serves ${dir}`);
     return 1;
   }
 
   const relay = new Relay({ dir, log, udpIdleMs });
-  const pidFile = path.join(dir, RELAY_PID);
-  const stop = (code: number): never => {
-    fs.rmSync(pidFile, { force: true });
-    // the relay lock goes first: a writer holding the records lock then
-    // sees no relay and starts a new one (launch.ts)
-    fs.closeSync(lockFd);
-    process.exit(code);
-  };
-  let reloading = false;
-  let again = false;
-  const reload = async (): Promise<void> => {
-    if (reloading) {
-      again = true;
-      return;
-    }
-    reloading = true;
-    try {
-      do {
-        again = false;
-        // the serial first: records changed after it are picked up by the next reload
-        const serial = readSerial(dir);
-        const served = await relay.reload();
-        writeStatus(dir, { serial, pid: process.pid, ...served });
-        log(`cni-ts port-proxy: serial ${serial}: listening on [${served.listening.map((l) => `${l.protocol}/${l.hostPort}`).join(', ')}]${served.failed.length ? `, not bound: [${served.failed.map((f) => `${f.protocol}/${f.hostPort} ${f.error}`).join(', ')}]` : ''}`);
-        if (relay.size === 0) {
-          // decided under the records lock: an ADD writes its record and
-          // starts or signals us under it too, so its record is either seen
-          // here or brings a SIGHUP that reloads again (`again`)
-          withRecordsLock(dir, () => {
-            if (loadRecords(dir).length > 0) return;
-            log('cni-ts port-proxy: nothing left to serve; exiting');
-            stop(0);
-          });
-        }
-      } while (again);
-    } finally {
-      reloading = false;
-    }
-  };
-  // the handler first, then the pid file (launch.ts relies on this order)
-  process.on('SIGHUP', () => void reload());
-  process.on('SIGTERM', () => stop(0));
-  process.on('SIGINT', () => stop(0));
-  writeFileAtomic(pidFile, `${process.pid}\n`);
+  const server = serveSingleton({
+    pidFile: path.join(dir, RELAY_PID),
+    lockFd,
+    pass: async ({ stop }) => {
+      // the serial first: records changed after it are picked up by the next reload
+      const serial = readSerial(dir);
+      const served = await relay.reload();
+      writeStatus(dir, { serial, pid: process.pid, ...served });
+      log(`cni-ts port-proxy: serial ${serial}: listening on [${served.listening.map((l) => `${l.protocol}/${l.hostPort}`).join(', ')}]${served.failed.length ? `, not bound: [${served.failed.map((f) => `${f.protocol}/${f.hostPort} ${f.error}`).join(', ')}]` : ''}`);
+      if (relay.size > 0) return false;
+      // decided under the records lock: an ADD writes its record and starts
+      // or signals us under it too, so its record is either seen here or
+      // brings a SIGHUP that reloads again
+      withRecordsLock(dir, () => {
+        if (loadRecords(dir).length > 0) return;
+        log('cni-ts port-proxy: nothing left to serve; exiting');
+        stop(0);
+      });
+      return false;
+    },
+  });
+  const reload = () => server.reload();
   // a change of the serial (every writer bumps it) reloads too, should a signal be lost
   fs.watch(dir, (_event, name) => {
     if (name === SERIAL_FILE) void reload();

@@ -33,7 +33,7 @@ import type { Attachment } from '../cni/types';
 import { CniError, ErrorCode } from '../cni/errors';
 import type { KV, KeyValue, Op } from '../etcd/kv';
 import { cidrContains, isIPv4, isIPv6 } from '../ip';
-import { fieldsSchema } from '../etcd/connection';
+import { fieldsSchema, type ConnectionFields } from '../etcd/connection';
 import { isDnsName } from './config';
 import type { DnsEntry } from './records';
 
@@ -84,14 +84,7 @@ export const clusterRefSchema = z
 export type ClusterRef = z.infer<typeof clusterRefSchema>;
 
 /** The fields of an etcd section the resolver may be given (never an inline password: connection.ts refuses it anyway). */
-export interface EtcdFields {
-  readonly endpoints?: readonly string[];
-  readonly caFile?: string;
-  readonly certFile?: string;
-  readonly keyFile?: string;
-  readonly username?: string;
-  readonly passwordFile?: string;
-  readonly insecure?: boolean;
+export interface EtcdFields extends Omit<ConnectionFields, 'password'> {
   readonly requestTimeoutMs?: number;
 }
 

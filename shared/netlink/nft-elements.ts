@@ -31,26 +31,15 @@ import { AF_INET, AF_INET6 } from './consts';
 import { parseIp } from './ipaddr';
 import { NFPROTO, openNetfilterSocket, type NftFamily } from './nftables';
 import type { ElementOp, FieldType, SetLayout } from '../nft/types';
+import {
+  NFNL_SUBSYS_NFTABLES, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_LIST_ELEM,
+  NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_DATA_VALUE, NFTA_SET_ELEM_USERDATA, NFTA_SET_ELEM_KEY_END,
+  NFTNL_UDATA_SET_ELEM_COMMENT, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM,
+  NLM_F_ACK, NLM_F_CREATE,
+} from './nft-consts';
 
 export type { ElementOp, FieldType, SetLayout };
 
-const NFNL_SUBSYS_NFTABLES = 10;
-const NFNL_MSG_BATCH_BEGIN = 0x10;
-const NFNL_MSG_BATCH_END = 0x11;
-const NFT_MSG_NEWSETELEM = 12;
-const NFT_MSG_DELSETELEM = 14;
-const NLM_F_ACK = 0x4;
-const NLM_F_CREATE = 0x400;
-const NFTA_SET_ELEM_LIST_TABLE = 1;
-const NFTA_SET_ELEM_LIST_SET = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS = 3;
-const NFTA_LIST_ELEM = 1;
-const NFTA_SET_ELEM_KEY = 1;
-const NFTA_SET_ELEM_DATA = 2;
-const NFTA_SET_ELEM_USERDATA = 6;
-const NFTA_SET_ELEM_KEY_END = 10;
-const NFTA_DATA_VALUE = 1;
-const NFTNL_UDATA_SET_ELEM_COMMENT = 0;
 /** nla_len is 16 bits: a message's element list must stay below 64 KiB. */
 const CHUNK_BYTES = 48 * 1024;
 

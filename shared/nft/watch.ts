@@ -30,10 +30,10 @@ import { native } from '../sys/native';
 import { decodeAttrs, decodeMessages, readString } from '../netlink/codec';
 import { NETLINK_NETFILTER } from '../netlink/nftables';
 import { TABLE_PREFIX } from './table';
+import { NFNL_SUBSYS_NFTABLES } from '../netlink/nft-consts';
 
 /** NFNLGRP_NFTABLES (linux/netfilter/nfnetlink.h): the nf_tables change notifications. */
 export const NFNLGRP_NFTABLES = 7;
-const NFNL_SUBSYS_NFTABLES = 10;
 /** NFT_MSG_DEL* (linux/netfilter/nf_tables.h): table, chain, rule, set, element. */
 const DEL_TYPES = new Set([2, 5, 8, 11, 14]);
 /** NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,SET_ELEM_LIST_TABLE}: all 1. */

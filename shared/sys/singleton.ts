@@ -21,6 +21,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_EX, LOCK_NB, flock } from './flock';
+import { writeFileAtomic } from './file';
 
 const SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -151,4 +152,69 @@ export class Singleton {
 /** A synchronous pause for the short polls of callers that wait on a helper's status file. */
 export function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * The helper's own side: holds the directory's lock (the descriptor
+ * inherited from ensure() as --lock-fd, which a second flock by the holder
+ * confirms, or the lock file taken now); undefined when another helper
+ * holds it.
+ */
+export function takeSingletonLock(lockFile: string, inheritedFd?: number): number | undefined {
+  const fd = inheritedFd ?? fs.openSync(lockFile, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  try {
+    flock(fd, LOCK_EX | LOCK_NB);
+    return fd;
+  } catch {
+    if (inheritedFd === undefined) fs.closeSync(fd);
+    return undefined;
+  }
+}
+
+export interface SingletonServer {
+  /** run a pass now, or once more after the running one (passes never overlap) */
+  reload(): Promise<void>;
+  /** remove the pid file, let the lock go, exit */
+  stop(code: number): never;
+}
+
+/**
+ * A helper's life around its passes: `pass` reads the records and serves
+ * them (true: run again at once); reloads asked for during a pass coalesce
+ * into one more. SIGHUP reloads, SIGTERM/SIGINT stop. The pid file is
+ * written after the handlers are installed (Singleton.ensure's callers
+ * signal it, and rely on that order). stop lets the lock go before the
+ * process exits: a caller holding the helper's records lock then sees no
+ * helper and starts a new one.
+ */
+export function serveSingleton(o: { pidFile: string; lockFd: number; pass: (server: SingletonServer) => Promise<boolean> }): SingletonServer {
+  let reloading = false;
+  let again = false;
+  const server: SingletonServer = {
+    stop(code: number): never {
+      fs.rmSync(o.pidFile, { force: true });
+      fs.closeSync(o.lockFd);
+      process.exit(code);
+    },
+    async reload(): Promise<void> {
+      if (reloading) {
+        again = true;
+        return;
+      }
+      reloading = true;
+      try {
+        do {
+          again = false;
+          if (await o.pass(server)) again = true;
+        } while (again);
+      } finally {
+        reloading = false;
+      }
+    },
+  };
+  process.on('SIGHUP', () => void server.reload());
+  process.on('SIGTERM', () => server.stop(0));
+  process.on('SIGINT', () => server.stop(0));
+  writeFileAtomic(o.pidFile, `${process.pid}\n`);
+  return server;
 }

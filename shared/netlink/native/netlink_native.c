@@ -80,22 +80,27 @@ static napi_value nl_socket(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
-/* socketAt(nsFd, protocol) -> fd: a netlink socket created inside another
- * network namespace. A socket stays bound to the namespace it was created in,
- * so after this returns the thread is back home and the socket still talks to
- * the target namespace's kernel state. */
-static napi_value nl_socket_at(napi_env env, napi_callback_info info) {
-  int32_t a[2];
-  if (arg_int(env, info, 2, a)) return NULL;
+/* The three calls that make a socket inside another network namespace
+ * (socketAt, inetSocketAt, netnsCookie) go there and back through these
+ * (netnsCreate, which unshares instead of entering, comes back the same way):
+ * enter_netns returns the descriptor of home (or -1 with a JavaScript error
+ * thrown, nothing changed), leave_netns returns and closes it. */
+static int enter_netns(napi_env env, int target) {
   int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) return throw_errno(env, "open", errno);
-  if (setns(a[0], CLONE_NEWNET) < 0) {
+  if (home < 0) {
+    throw_errno(env, "open", errno);
+    return -1;
+  }
+  if (setns(target, CLONE_NEWNET) < 0) {
     int e = errno;
     close(home);
-    return throw_errno(env, "setns", e);
+    throw_errno(env, "setns", e);
+    return -1;
   }
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, a[1]);
-  int socket_errno = errno;
+  return home;
+}
+
+static void leave_netns(int home) {
   if (setns(home, CLONE_NEWNET) < 0) {
     /* Cannot return to the original namespace: continuing would run every
      * later step in the wrong namespace, so fail hard. */
@@ -103,6 +108,20 @@ static napi_value nl_socket_at(napi_env env, napi_callback_info info) {
     abort();
   }
   close(home);
+}
+
+/* socketAt(nsFd, protocol) -> fd: a netlink socket created inside another
+ * network namespace. A socket stays bound to the namespace it was created in,
+ * so after this returns the thread is back home and the socket still talks to
+ * the target namespace's kernel state. */
+static napi_value nl_socket_at(napi_env env, napi_callback_info info) {
+  int32_t a[2];
+  if (arg_int(env, info, 2, a)) return NULL;
+  int home = enter_netns(env, a[0]);
+  if (home < 0) return NULL;
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, a[1]);
+  int socket_errno = errno;
+  leave_netns(home);
   if (fd < 0) return throw_errno(env, "socket", socket_errno);
   return make_int(env, fd);
 }
@@ -152,13 +171,8 @@ static napi_value nl_inet_socket_at(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "inetSocketAt: not an IP address");
     return NULL;
   }
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) return throw_errno(env, "open", errno);
-  if (setns(ns_fd, CLONE_NEWNET) < 0) {
-    int e = errno;
-    close(home);
-    return throw_errno(env, "setns", e);
-  }
+  int home = enter_netns(env, ns_fd);
+  if (home < 0) return NULL;
   const char *failed = NULL;
   int fail_errno = 0;
   int fd = socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -177,12 +191,7 @@ static napi_value nl_inet_socket_at(napi_env env, napi_callback_info info) {
     }
     if (failed) close(fd);
   }
-  if (setns(home, CLONE_NEWNET) < 0) {
-    /* as in socketAt: never continue in the wrong namespace */
-    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
-    abort();
-  }
-  close(home);
+  leave_netns(home);
   if (failed) return throw_errno(env, failed, fail_errno);
   return make_int(env, fd);
 }
@@ -211,21 +220,11 @@ static napi_value nl_bind(napi_env env, napi_callback_info info) {
 static napi_value nl_netns_cookie(napi_env env, napi_callback_info info) {
   int32_t a[1];
   if (arg_int(env, info, 1, a)) return NULL;
-  int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (home < 0) return throw_errno(env, "open", errno);
-  if (setns(a[0], CLONE_NEWNET) < 0) {
-    int e = errno;
-    close(home);
-    return throw_errno(env, "setns", e);
-  }
+  int home = enter_netns(env, a[0]);
+  if (home < 0) return NULL;
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
   int socket_errno = errno;
-  if (setns(home, CLONE_NEWNET) < 0) {
-    /* as in socketAt: never continue in the wrong namespace */
-    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
-    abort();
-  }
-  close(home);
+  leave_netns(home);
   if (fd < 0) return throw_errno(env, "socket", socket_errno);
   uint64_t cookie = 0;
   socklen_t len = sizeof cookie;
@@ -369,11 +368,7 @@ static napi_value nl_netns_create(napi_env env, napi_callback_info info) {
   }
   int mount_errno = 0;
   if (mount("/proc/thread-self/ns/net", target, "none", MS_BIND, NULL) < 0) mount_errno = errno;
-  if (setns(home, CLONE_NEWNET) < 0) {
-    fprintf(stderr, "netlink-ts: cannot return to original netns: %s\n", strerror(errno));
-    abort();
-  }
-  close(home);
+  leave_netns(home);
   if (mount_errno) return throw_errno(env, "mount", mount_errno);
   return NULL;
 }
