@@ -27,7 +27,6 @@
  * routable from outside a namespace unless the container turns on
  * route_localnet, and even then its neighbours get nothing from us.
  */
-import { randomInt } from 'node:crypto';
 import type * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as dnsPacket from 'dns-packet';
@@ -37,6 +36,7 @@ import { tcpServerAt, udpSocketAt } from '../sys/inet-socket';
 import { projectTable } from '../nft/table';
 import { realTable } from '../nft/real';
 import type { NetnsRef } from './records';
+import { askFromNetns } from './ask-in-netns';
 
 export type { NetnsRef };
 
@@ -194,32 +194,5 @@ export class NetnsListener {
  * redirect): CHECK and tests. Undefined when nothing answered in time.
  */
 export async function askInNetns(netnsPath: string, name: string, type: 'A' | 'AAAA', timeoutMs = 1000): Promise<dnsPacket.DecodedPacket | undefined> {
-  const fd = fs.openSync(netnsPath, fs.constants.O_RDONLY);
-  let sock: dgram.Socket;
-  try {
-    sock = await udpSocketAt(fd, '127.0.0.1', 0);
-  } finally {
-    fs.closeSync(fd);
-  }
-  const id = randomInt(0, 65536);
-  const packet = dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }] });
-  return new Promise((resolve) => {
-    const finish = (r: dnsPacket.DecodedPacket | undefined) => {
-      clearTimeout(timer);
-      sock.close();
-      resolve(r);
-    };
-    const timer = setTimeout(() => finish(undefined), timeoutMs);
-    sock.on('message', (msg, rinfo) => {
-      if (rinfo.address !== EMBEDDED_DNS || rinfo.port !== 53) return;
-      try {
-        const d = dnsPacket.decode(msg);
-        if (d.id === id) finish(d);
-      } catch {
-        /* not a DNS message: keep waiting */
-      }
-    });
-    sock.on('error', () => finish(undefined));
-    sock.send(packet, 53, EMBEDDED_DNS);
-  });
+  return askFromNetns(netnsPath, '127.0.0.1', EMBEDDED_DNS, name, type, timeoutMs);
 }
