@@ -5,7 +5,8 @@
  * restarted resolver loses nothing. One resolver per records directory,
  * started and found through the one singleton helper (shared/sys/singleton.ts).
  */
-import { Singleton, sleepSync } from '../sys/singleton';
+import { sleepSync } from '../sys';
+import { Singleton } from '../sys/singleton';
 import { LOADED_FILE, readSerial } from './records';
 
 export { selfCommand } from '../sys/singleton';

@@ -6,7 +6,8 @@
  * namespace), signalled (SIGHUP) by later changes.
  */
 import * as path from 'node:path';
-import { Singleton, selfCommand, sleepSync } from '../sys/singleton';
+import { sleepSync } from '../sys';
+import { Singleton, selfCommand } from '../sys/singleton';
 import { readStatus, type ProxyStatus } from './records';
 
 export const RELAY_LOCK = 'relay.lock';

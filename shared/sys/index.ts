@@ -21,6 +21,6 @@ export {
   pidfdNsInode,
   pollEvents,
 } from './peer';
-export { readAllSync, writeAllSync } from './stdio';
+export { readAllSync, sleepSync, writeAllSync } from './stdio';
 export { assetCacheDir } from './native';
 export type { NativeError } from './native';

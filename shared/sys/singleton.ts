@@ -149,11 +149,6 @@ export class Singleton {
   }
 }
 
-/** A synchronous pause for the short polls of callers that wait on a helper's status file. */
-export function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 /**
  * The helper's own side: holds the directory's lock (the descriptor
  * inherited from ensure() as --lock-fd, which a second flock by the holder

@@ -49,5 +49,10 @@ export function writeAllSync(fd: number, s: string): void {
 
 /** Sleep 1 ms without spinning (only for EAGAIN on non-blocking stdio). */
 function pause(): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  sleepSync(1);
+}
+
+/** A synchronous pause without spinning: EAGAIN on stdio, and the short polls of callers waiting on a helper's status file. */
+export function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
