@@ -38,6 +38,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { alive, median, sweepStale } from './lib';
+import { type CallOutcome, runChains } from './spawn-chains';
 import { startDaemon as startTestDaemon } from '../testkit/daemon';
 import { type Containerd, buildImage, importImage, makeBusyboxRootfs, mountNamespace as testMountNamespace, startContainerd as startTestContainerd } from '../testkit/containerd';
 import { plugins } from '../cmd/plugins';
@@ -364,41 +365,15 @@ function ctrVariant(key: string, label: string, cd: Containerd, opts: { ours: bo
 
 // -------------------------------------------------------------------- burst
 
-interface CallTime {
-  plugin: string;
-  /** as the bench saw it: from its spawn() to the close (includes the bench's own queue of spawns) */
-  ms: number;
-  /** the call itself: GNU time's elapsed wall time of the plugin process, from its exec to its exit (10 ms resolution) */
-  callMs: number;
-  status: number | null;
-  peakKb: number;
-  stdout: string;
-}
-
-function callTimed(binary: string, env: Record<string, string>, stdin: string): Promise<CallTime> {
-  return new Promise((resolve) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn('/usr/bin/time', ['-f', '%e %M', binary], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    child.stdin!.end(stdin);
-    child.on('close', (status) => {
-      const lines = stderr.trim().split('\n');
-      const [elapsed, peak] = (lines[lines.length - 1] ?? '').split(' ');
-      resolve({ plugin: path.basename(binary), ms: Number(process.hrtime.bigint() - t0) / 1e6, callMs: Number(elapsed) * 1000, status, peakKb: Number(peak) || 0, stdout });
-    });
-  });
-}
-
 /**
  * BURST containers at once on one network of the default install: per
  * container bridge ADD then portmap ADD (with the bridge's result and a
  * published port), as libcni runs a list; then the DELs in reverse. Called
- * from the host's namespaces, like a runtime.
+ * from the host's namespaces, like a runtime, and started the way a Go
+ * runtime starts plugins (bench/spawn-chains.c: vfork, no copy of the
+ * benchmark's own process), each call timed from its spawn to its exit.
  */
-async function burst(inst: DefaultInstall): Promise<{ add: CallTime[]; del: CallTime[]; addWall: number; delWall: number }> {
+function burst(inst: DefaultInstall): { add: CallOutcome[]; del: CallOutcome[]; addWall: number; delWall: number } {
   const netnses = Array.from({ length: BURST }, (_, i) => `${tag}-b${i}`);
   for (const ns of netnses) {
     execFileSync('ip', ['netns', 'add', ns]);
@@ -410,59 +385,56 @@ async function burst(inst: DefaultInstall): Promise<{ add: CallTime[]; del: Call
   const basePort = nextPort;
   nextPort += BURST;
   const conf = (prevResult?: unknown) => JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0], ...(prevResult ? { prevResult } : {}) });
-  // what libcni hands portmap: its config, the published port, the bridge's result
-  const portConf = (i: number, prevResult: unknown) =>
-    JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[1], runtimeConfig: { portMappings: [{ hostPort: basePort + i, containerPort: 80, protocol: 'tcp' }] }, prevResult });
-  const env = (cmd: string, i: number) => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: `${tag}-b${i}`, CNI_NETNS: `/var/run/netns/${netnses[i]}`, CNI_IFNAME: 'eth0', CNI_PATH: inst.dir, ...inst.env });
+  // what libcni hands portmap: its config, the published port, the bridge's
+  // result (@PREV@: the launcher puts the bridge call's stdout there)
+  const portConf = (i: number, prevResult: string) =>
+    JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[1], runtimeConfig: { portMappings: [{ hostPort: basePort + i, containerPort: 80, protocol: 'tcp' }] }, prevResult: '@@' }).replace('"@@"', prevResult);
+  const env = (cmd: string, i: number) => ({ PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: cmd, CNI_CONTAINERID: `${tag}-b${i}`, CNI_NETNS: `/var/run/netns/${netnses[i]}`, CNI_IFNAME: 'eth0', CNI_PATH: inst.dir, ...inst.env });
+  const bridgeBin = path.join(inst.dir, 'bridge');
+  const portmapBin = path.join(inst.dir, 'portmap');
   // The daemon up and warm first (the shim starts it on a first call, and
   // calls made before it listens run standalone): a burst measures a running
   // node, not a cold start. STATUS is forwarded to the daemon, changes nothing.
   for (let i = 0; i < 50; i++) {
-    const s = await callTimed(path.join(inst.dir, 'bridge'), { CNI_COMMAND: 'STATUS', CNI_PATH: inst.dir, ...inst.env }, conf());
-    if (s.status === 0 && s.peakKb > 0 && s.peakKb < 8 * 1024) break;
-    await new Promise((r) => setTimeout(r, 200));
+    const [s] = runChains([[{ binary: bridgeBin, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'STATUS', CNI_PATH: inst.dir, ...inst.env }, stdin: conf() }]]);
+    if (s.status === 0 && servedByDaemon(s)) break;
+    execFileSync('sleep', ['0.2']);
   }
-  const add: CallTime[] = [];
-  const del: CallTime[] = [];
-  const results: unknown[] = [];
   const t0 = process.hrtime.bigint();
-  await Promise.all(
-    netnses.map(async (_, i) => {
-      const b = await callTimed(path.join(inst.dir, 'bridge'), env('ADD', i), conf());
-      add.push(b);
-      if (b.status !== 0) return;
-      const result = JSON.parse(b.stdout);
-      results[i] = result;
-      add.push(await callTimed(path.join(inst.dir, 'portmap'), env('ADD', i), portConf(i, result)));
-    }),
-  );
+  const add = runChains(netnses.map((_, i) => [
+    { binary: bridgeBin, env: env('ADD', i), stdin: conf() },
+    { binary: portmapBin, env: env('ADD', i), stdin: portConf(i, '@PREV@') },
+  ]));
   const t1 = process.hrtime.bigint();
-  await Promise.all(
-    netnses.map(async (_, i) => {
-      if (results[i]) del.push(await callTimed(path.join(inst.dir, 'portmap'), env('DEL', i), portConf(i, results[i])));
-      del.push(await callTimed(path.join(inst.dir, 'bridge'), env('DEL', i), conf(results[i])));
-    }),
-  );
+  const results: string[] = [];
+  for (const c of add) if (c.step === 0 && c.status === 0) results[c.chain] = c.stdout.trim();
+  const del = runChains(netnses.map((_, i) => [
+    ...(results[i] ? [{ binary: portmapBin, env: env('DEL', i), stdin: portConf(i, results[i]) }] : []),
+    { binary: bridgeBin, env: env('DEL', i), stdin: conf(results[i] ? JSON.parse(results[i]) : undefined) },
+  ]));
   const t2 = process.hrtime.bigint();
   return { add, del, addWall: Number(t1 - t0) / 1e6, delWall: Number(t2 - t1) / 1e6 };
 }
 
-function printBurst(b: Awaited<ReturnType<typeof burst>>): void {
-  const ok = (xs: CallTime[]) => xs.filter((x) => x.status === 0).length;
-  const slowest = (xs: CallTime[]) => Math.max(...xs.map((x) => x.ms));
-  const slowestCall = (xs: CallTime[]) => Math.max(...xs.map((x) => x.callMs));
-  const viaDaemon = (xs: CallTime[]) => xs.filter((x) => x.peakKb > 0 && x.peakKb < 8 * 1024).length;
-  const byPlugin = (xs: CallTime[], p: string) => xs.filter((x) => x.plugin === p).map((x) => x.ms);
-  const phase = (xs: CallTime[]) =>
+/** The shim's own peak (under 8 MB) when the daemon answered; a standalone call is a Node process of 40 MB and more. */
+const servedByDaemon = (c: CallOutcome) => c.peakKb > 0 && c.peakKb < 8 * 1024;
+
+function printBurst(b: ReturnType<typeof burst>): void {
+  const ok = (xs: CallOutcome[]) => xs.filter((x) => x.status === 0).length;
+  const slowest = (xs: CallOutcome[]) => Math.max(...xs.map((x) => x.ms));
+  const pluginOf = (x: CallOutcome) => path.basename(x.binary);
+  const byPlugin = (xs: CallOutcome[], p: string) => xs.filter((x) => pluginOf(x) === p).map((x) => x.ms);
+  const phase = (xs: CallOutcome[]) =>
     ['bridge', 'portmap'].map((p) => `${p} median ${median(byPlugin(xs, p)).toFixed(0)} ms / slowest ${Math.max(...byPlugin(xs, p)).toFixed(0)} ms`).join(', ');
   console.log('');
-  console.log(`${BURST} containers at once on one network, default install (bridge then portmap each, ${2 * BURST} calls per phase):`);
-  console.log(`  ADD: ${ok(b.add)}/${b.add.length} answered ok, slowest call ${slowest(b.add).toFixed(0)} ms, median ${median(b.add.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.addWall.toFixed(0)} ms; ${viaDaemon(b.add)} served by the daemon`);
-  console.log(`       ${phase(b.add)}`);
-  console.log(`       per call (the plugin process, exec to exit): slowest ${slowestCall(b.add).toFixed(0)} ms, median ${median(b.add.map((x) => x.callMs)).toFixed(0)} ms`);
-  console.log(`  DEL: ${ok(b.del)}/${b.del.length} answered ok, slowest call ${slowest(b.del).toFixed(0)} ms, median ${median(b.del.map((x) => x.ms)).toFixed(0)} ms, all done in ${b.delWall.toFixed(0)} ms; ${viaDaemon(b.del)} served by the daemon`);
-  console.log(`       ${phase(b.del)}`);
-  console.log(`       per call (the plugin process, exec to exit): slowest ${slowestCall(b.del).toFixed(0)} ms, median ${median(b.del.map((x) => x.callMs)).toFixed(0)} ms`);
+  console.log(`${BURST} containers at once on one network, default install (bridge then portmap each, ${2 * BURST} calls per phase;`);
+  console.log('  each call timed from its spawn to its exit, spawned as a Go runtime spawns plugins):');
+  for (const [name, xs, wall] of [['ADD', b.add, b.addWall], ['DEL', b.del, b.delWall]] as const) {
+    console.log(`  ${name}: ${ok(xs)}/${xs.length} answered ok, slowest call ${slowest(xs).toFixed(0)} ms, median ${median(xs.map((x) => x.ms)).toFixed(0)} ms, all done in ${wall.toFixed(0)} ms; ${xs.filter(servedByDaemon).length} served by the daemon`);
+    console.log(`       ${phase(xs)}`);
+    const failed = xs.find((x) => x.status !== 0);
+    if (failed) console.log(`       first failure (${pluginOf(failed)}, status ${failed.status}): ${(failed.stdout + failed.stderr).trim().slice(0, 400)}`);
+  }
   if (ok(b.add) !== b.add.length || ok(b.del) !== b.del.length) process.exitCode = 1;
 }
 
@@ -495,7 +467,7 @@ async function main(): Promise<void> {
   }
   cleanups.push(() => variants.forEach((v) => v.cleanup()));
   if (only?.length === 1 && only[0] === 'burst') {
-    printBurst(await burst(oursDefault));
+    printBurst(burst(oursDefault));
     return;
   }
 
@@ -529,7 +501,7 @@ async function main(): Promise<void> {
   console.log(`podman: ours standalone / netavark ${ratio('b', 'c')}, ours standalone / reference ${ratio('b', 'd')}`);
   console.log(`containerd: ours default / reference ${ratio('e', 'f')}`);
 
-  if (BURST > 0 && want('a')) printBurst(await burst(oursDefault));
+  if (BURST > 0 && want('a')) printBurst(burst(oursDefault));
   if (ctrOurs?.install) console.log(`\n(containerd, ours: daemon ${ctrOurs.install.how}, peak ${mb(ctrOurs.install.daemonPeakKb())} MB)`);
 }
 
