@@ -10,10 +10,14 @@
  * container's resolv.conf names 127.0.0.11.
  *
  * Which namespace: the record keeps the netns path the runtime gave
- * (CNI_NETNS) with its device and inode as ADD saw them. The resolver opens
- * the path, and uses it only when it is still that namespace (a
- * /proc/PID/ns/net whose process died and whose PID was reused is another
- * namespace, maybe the host's: refused), and never its own namespace. From
+ * (CNI_NETNS) with its device, inode and SO_NETNS_COOKIE as ADD saw them.
+ * The resolver opens the path, and uses it only when it is still that
+ * namespace (a /proc/PID/ns/net whose process died and whose PID was reused
+ * is another namespace, maybe the host's: refused), and never its own
+ * namespace. The inode alone does not say so: the kernel hands a freed
+ * namespace's inode number to a later namespace, which may be bound at the
+ * same path; the cookie is never reused during a boot, so a record matches
+ * only the namespace ADD saw (a record without a cookie matches none). From
  * then on it holds the descriptor's namespace, not the path: the sockets
  * are made through the descriptor and nft runs in /proc/self/fd/N, so a
  * path swapped meanwhile changes nothing.
@@ -32,6 +36,7 @@ import * as fs from 'node:fs';
 import * as dnsPacket from 'dns-packet';
 import type * as net from 'node:net';
 import { CLONE_NEWNET, nsType } from '../sys';
+import { native } from '../sys/native';
 import { tcpServerAt, udpSocketAt } from '../sys/inet-socket';
 import { projectTable } from '../nft/table';
 import { realTable } from '../nft/real';
@@ -48,7 +53,12 @@ const CHAIN = 'output';
 
 /** One key per namespace (listeners are per namespace, whatever the number of its attachments). */
 export function netnsKey(ref: NetnsRef): string {
-  return `${ref.dev}:${ref.ino}`;
+  return `${ref.dev}:${ref.ino}:${ref.cookie}`;
+}
+
+/** The SO_NETNS_COOKIE of the network namespace open at fd, as a record keeps it. */
+function cookieOf(fd: number): string {
+  return native().netnsCookie(fd).toString();
 }
 
 /** ADD: the namespace at path, as it is now (it must be a network namespace). */
@@ -57,25 +67,48 @@ export function netnsRefOf(path: string): NetnsRef {
   try {
     if (nsType(fd) !== CLONE_NEWNET) throw new Error(`${path} is not a network namespace`);
     const st = fs.fstatSync(fd);
-    return { path, dev: st.dev, ino: st.ino };
+    return { path, dev: st.dev, ino: st.ino, cookie: cookieOf(fd) };
   } finally {
     fs.closeSync(fd);
   }
 }
 
-/** Whether ref's path still names the namespace ADD recorded. */
+/**
+ * Whether the network namespace open at fd is the one ref records: device,
+ * inode and cookie. A ref without a cookie (an older record) is none.
+ * Throws when fd is not a namespace file.
+ */
+function isRecorded(fd: number, ref: NetnsRef): boolean {
+  if (typeof ref.cookie !== 'string' || !ref.cookie) return false;
+  const st = fs.fstatSync(fd);
+  if (st.dev !== ref.dev || st.ino !== ref.ino) return false;
+  return nsType(fd) === CLONE_NEWNET && cookieOf(fd) === ref.cookie;
+}
+
+/** Whether ref's path still names the namespace ADD recorded (a later namespace reusing its inode there does not). */
 export function netnsAlive(ref: NetnsRef): boolean {
+  let fd: number;
   try {
+    // the cheap look first: most paths either still match or are gone
     const st = fs.statSync(ref.path);
-    return st.dev === ref.dev && st.ino === ref.ino;
+    if (st.dev !== ref.dev || st.ino !== ref.ino) return false;
+    fd = fs.openSync(ref.path, fs.constants.O_RDONLY);
   } catch {
     return false;
+  }
+  try {
+    return isRecorded(fd, ref);
+  } catch {
+    return false;
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
 /**
  * An open descriptor of the recorded namespace, or undefined when the path
- * is gone, names another namespace (or not one), or names ours.
+ * is gone, names another namespace (or not one; another with the recorded
+ * inode too: the cookie differs), or names ours.
  */
 export function openRecordedNetns(ref: NetnsRef): number | undefined {
   let fd: number;
@@ -87,7 +120,7 @@ export function openRecordedNetns(ref: NetnsRef): number | undefined {
   try {
     const st = fs.fstatSync(fd);
     const own = fs.statSync('/proc/thread-self/ns/net');
-    const ok = st.dev === ref.dev && st.ino === ref.ino && !(st.dev === own.dev && st.ino === own.ino) && nsType(fd) === CLONE_NEWNET;
+    const ok = !(st.dev === own.dev && st.ino === own.ino) && isRecorded(fd, ref);
     if (ok) return fd;
   } catch {
     // not a namespace file

@@ -47,11 +47,20 @@ export const networkSchema = z.object({
 });
 export type DnsNetwork = z.infer<typeof networkSchema>;
 
-/** A container's network namespace as ADD saw it (CNI_NETNS, its device and inode): where a 127.0.0.11 listener goes (netns-listener.ts). */
+/**
+ * A container's network namespace as ADD saw it (CNI_NETNS, its device and
+ * inode, and its SO_NETNS_COOKIE as decimal text): where a 127.0.0.11
+ * listener goes (netns-listener.ts). The kernel reuses a freed namespace's
+ * inode, never its cookie (unique for the boot), so only the three together
+ * name one namespace. A record without the cookie (written before it was
+ * kept) fails this schema: it is skipped as any invalid record, and no
+ * listener is opened for it.
+ */
 export const netnsRefSchema = z.object({
   path: z.string().startsWith('/').max(4096),
   dev: z.number().int().nonnegative(),
   ino: z.number().int().nonnegative(),
+  cookie: z.string().regex(/^[1-9][0-9]{0,19}$/),
 });
 export type NetnsRef = z.infer<typeof netnsRefSchema>;
 

@@ -7,8 +7,10 @@
  * keeps working; removal closes the listener and removes the redirect; a
  * restarted resolver answers again; a namespace that goes away takes its
  * listener and record with it; a record naming a namespace that is not the
- * one recorded is not listened in; malformed queries get an error or
- * nothing. Nothing changes in this process's own namespace.
+ * one recorded is not listened in, even a later namespace at the same path
+ * that got the recorded inode back (its cookie differs), and a record
+ * without a cookie (an older version's) is skipped; malformed queries get
+ * an error or nothing. Nothing changes in this process's own namespace.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -17,8 +19,8 @@ import * as path from 'node:path';
 import * as dnsPacket from 'dns-packet';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { addressesOf } from '../../../shared/dns/client';
-import { EMBEDDED_DNS, REDIRECT_TABLE, answersFrom, askInNetns, netnsRefOf, openRecordedNetns } from '../../../shared/dns/netns-listener';
-import { getEntry, putEntry, removeEntry, type DnsNetwork } from '../../../shared/dns/records';
+import { EMBEDDED_DNS, REDIRECT_TABLE, answersFrom, askInNetns, netnsAlive, netnsRefOf, openRecordedNetns, type NetnsRef } from '../../../shared/dns/netns-listener';
+import { entryFile, getEntry, putEntry, removeEntry, type DnsNetwork } from '../../../shared/dns/records';
 import { MAX_TCP_PER_CLIENT, Resolver } from '../../../shared/dns/server';
 import { inetSocketAt, udpSocketAt } from '../../../shared/sys/inet-socket';
 import { native } from '../../../shared/sys/native';
@@ -109,7 +111,46 @@ describe('openRecordedNetns', () => {
     expect(openRecordedNetns({ ...ref, ino: ref.ino + 1 })).toBeUndefined();
     expect(openRecordedNetns({ ...ref, dev: ref.dev + 1 })).toBeUndefined();
     expect(openRecordedNetns(netnsRefOf('/proc/self/ns/net'))).toBeUndefined();
-    expect(openRecordedNetns({ path: '/dev/null', dev: fs.statSync('/dev/null').dev, ino: fs.statSync('/dev/null').ino })).toBeUndefined();
+    expect(openRecordedNetns({ path: '/dev/null', dev: fs.statSync('/dev/null').dev, ino: fs.statSync('/dev/null').ino, cookie: ref.cookie })).toBeUndefined();
+    // the same device and inode with another cookie, and without one (a record from before the cookie)
+    expect(openRecordedNetns({ ...ref, cookie: (BigInt(ref.cookie) + 1n).toString() })).toBeUndefined();
+    const { cookie: _, ...legacy } = ref;
+    expect(openRecordedNetns(legacy as unknown as NetnsRef)).toBeUndefined();
+    expect(netnsAlive(ref)).toBe(true);
+    expect(netnsAlive(legacy as unknown as NetnsRef)).toBe(false);
+  });
+
+  it('refuses a later namespace bound at the recorded path that got the recorded inode back', () => {
+    const name = uniqueName('h3reuse');
+    const p = addNetns(name);
+    made.push(name);
+    const ref = netnsRefOf(p);
+    // the recorded namespace goes; the kernel frees its inode number (asynchronously) and hands it out again
+    let reused = false;
+    for (let i = 0; i < 200 && !reused; i++) {
+      delNetns(name);
+      addNetns(name);
+      reused = fs.statSync(p).ino === ref.ino;
+    }
+    let recorded: NetnsRef = ref;
+    if (!reused) {
+      // never repeated here: the same situation built directly, the live namespace's device and inode with a gone one's cookie
+      const gone = uniqueName('h3gone');
+      const cookie = netnsRefOf(addNetns(gone)).cookie;
+      delNetns(gone);
+      recorded = { ...netnsRefOf(p), cookie };
+    }
+    console.log(`inode reuse at ${p}: ${reused ? 'observed' : 'not observed, constructed'}`);
+    // the path names a namespace with the recorded device and inode: only the cookie tells it is another one
+    const now = netnsRefOf(p);
+    expect({ dev: now.dev, ino: now.ino }).toEqual({ dev: recorded.dev, ino: recorded.ino });
+    expect(now.cookie).not.toBe(recorded.cookie);
+    expect(openRecordedNetns(recorded)).toBeUndefined();
+    expect(netnsAlive(recorded)).toBe(false);
+    // the namespace now there is opened by its own record
+    const fd = openRecordedNetns(now);
+    expect(fd).toBeGreaterThan(2);
+    fs.closeSync(fd!);
   });
 });
 
@@ -279,6 +320,34 @@ describe('the resolver at 127.0.0.11 inside containers', () => {
     expect(paths).not.toContain(other.path);
     expect(paths).not.toContain('/proc/self/ns/net');
     expect(tablesIn(other.name)).toEqual([]);
+  });
+
+  it('never listens in a namespace whose device and inode match the record but whose cookie does not (a reused inode); the record is dropped', async () => {
+    const other = netns('h3reuse');
+    // other's device and inode with b's cookie: what a record of a gone namespace looks like once other got its inode
+    const ref = { ...netnsRefOf(other.path), cookie: netnsRefOf(b.path).cookie };
+    putEntry(dir, X, { containerId: 'e'.repeat(20), ifname: 'eth0', names: ['echo'], v4: ['10.91.0.10'], v6: [], netns: ref });
+    await resolver.reload();
+    expect(resolver.listeningInNetns().map((x) => x.path)).not.toContain(other.path);
+    expect(tablesIn(other.name)).toEqual([]);
+    for (let i = 0; i < 200 && getEntry(dir, 'h3x', 'e'.repeat(20), 'eth0'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(getEntry(dir, 'h3x', 'e'.repeat(20), 'eth0')).toBeUndefined();
+    expect(addressesOf(await askInNetns(b.path, 'alpha', 'A'))).toEqual(['10.91.0.2']);
+  });
+
+  it('a record without a cookie (an older version\'s) is skipped and logged, no listener opened, and the resolver keeps answering', async () => {
+    const other = netns('h3legacy');
+    const { cookie: _, ...legacy } = netnsRefOf(other.path);
+    const id = 'g'.repeat(20);
+    const record = { containerId: id, ifname: 'eth0', names: ['golf'], v4: ['10.91.0.12'], v6: [], netns: legacy };
+    fs.writeFileSync(path.join(dir, 'networks', 'h3x', entryFile(id, 'eth0')), JSON.stringify(record));
+    await resolver.reload();
+    expect(logs.some((m) => m.includes('skipping invalid record h3x/'))).toBe(true);
+    expect(resolver.listeningInNetns().map((x) => x.path)).not.toContain(other.path);
+    expect(tablesIn(other.name)).toEqual([]);
+    const r = (await askInNetns(a.path, 'golf.dns.cni-ts', 'A')) as (dnsPacket.DecodedPacket & { rcode: string }) | undefined;
+    expect(r?.rcode).toBe('NXDOMAIN');
+    expect(addressesOf(await askInNetns(a.path, 'bravo', 'A'))).toEqual(['10.91.0.3']);
   });
 
   it('malformed queries get an error answer or nothing, and the resolver keeps answering', async () => {
