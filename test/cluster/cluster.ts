@@ -27,6 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BIN } from '../../testkit/exec';
 import { ETCD_IP, type Lab, type PluginCall } from '../../testkit/overlay/lab';
+import { removeLivenessRecords } from '../../testkit/liveness';
 
 const LIBFAKETIME_CANDIDATES = [
   '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1',
@@ -141,28 +142,9 @@ export class Cluster {
     });
   }
 
-  /**
-   * Removes the records the etcd IPAM stores of this run wrote for the
-   * host's liveness keeper (ipam/etcd/liveness.ts): they sit in one
-   * directory per machine, outside the lab's, and name this run's key
-   * prefix. Records of anything else stay.
-   */
-  removeLivenessRecords(dir = '/var/lib/cni-ts/ipam-etcd'): void {
-    let files: string[];
-    try {
-      files = fs.readdirSync(dir);
-    } catch {
-      return;
-    }
-    for (const f of files) {
-      const file = path.join(dir, f);
-      try {
-        const rec = JSON.parse(fs.readFileSync(file, 'utf8')) as { keyPrefix?: unknown };
-        if (typeof rec.keyPrefix === 'string' && rec.keyPrefix.startsWith(`${this.lab.prefix}-`)) fs.rmSync(file, { force: true });
-      } catch {
-        // not a record of ours
-      }
-    }
+  /** Removes the liveness records this run's etcd IPAM stores wrote (testkit/liveness.ts). */
+  removeLivenessRecords(): void {
+    removeLivenessRecords(`${this.lab.prefix}-`);
   }
 
   /** No new agent or call from now on; the calls under way are killed (their pids are ours). */
