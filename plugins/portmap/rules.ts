@@ -73,6 +73,7 @@
  * Both are skeleton rules, in place before any element is added (the
  * marker is checked first); main.ts turns route_localnet on only after.
  */
+import type { FirewallRecord } from '../../shared/nft/records';
 import { NftError } from '../../shared/nft/errors';
 import type { Listing, SetLayout } from '../../shared/nft/nft-interface';
 import { TableTx, networkTag, ownerTag, projectTable, tagMatches, type ElementSpec, type ElementTx, type OwnedTable, type Owner, type Skeleton } from '../../shared/nft/table';
@@ -305,9 +306,19 @@ export function heldOfListing(listing: Listing | undefined): Held[] {
   return out;
 }
 
+/** What each plan holds, by plan: recorded plans are shared and frozen (checkedPlan), so a worker works it out once per record. */
+const heldBefore = new WeakMap<AddPlan, Held[]>();
+
 /** Every element the plans installed. */
 export function heldOfPlans(plans: readonly AddPlan[]): Held[] {
-  return plans.flatMap((p) => planElements(p).map((e) => ({ ...e, tag: e.comment })));
+  return plans.flatMap((p) => {
+    let held = heldBefore.get(p);
+    if (!held) {
+      held = planElements(p).map((e) => ({ ...e, tag: e.comment }));
+      if (Object.isFrozen(p)) heldBefore.set(p, deepFreeze(held));
+    }
+    return held;
+  });
 }
 
 /** Another owner's claim in the way of one of ours. */
@@ -519,20 +530,45 @@ export function recordedPlan(table: OwnedTable, owner: Required<Owner>): AddPlan
   return parsed?.success && recordKey(parsed.data.owner) === key ? (parsed.data as AddPlan) : undefined;
 }
 
+/**
+ * Plans checked before, by the record value they were checked from: records
+ * hands out the same value object while its file is unchanged (records.ts),
+ * so a daemon worker checks each record once, not on every ADD. Frozen: a
+ * plan is shared by every call that reads it.
+ */
+const checkedBefore = new WeakMap<object, AddPlan | null>();
+
+function checkedPlan(r: FirewallRecord): AddPlan | null {
+  const cacheable = typeof r.value === 'object' && r.value !== null;
+  const before = cacheable ? checkedBefore.get(r.value as object) : undefined;
+  if (before !== undefined) return before;
+  const parsed = planRecordSchema.safeParse(r.value);
+  let plan: AddPlan | null = null;
+  if (parsed.success) {
+    try {
+      if (recordKey(parsed.data.owner) === r.key) plan = deepFreeze(parsed.data as AddPlan);
+    } catch {
+      plan = null;
+    }
+  }
+  if (cacheable) checkedBefore.set(r.value as object, plan);
+  return plan;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v)) deepFreeze(x);
+  }
+  return v;
+}
+
 /** Every recorded plan; records that do not parse, or whose key is not their owner's, are skipped and named. */
 export function recordedPlans(table: OwnedTable, log: (msg: string) => void = () => {}): AddPlan[] {
   const out: AddPlan[] = [];
   for (const r of table.records?.all() ?? []) {
-    const parsed = planRecordSchema.safeParse(r.value);
-    let ok = parsed.success;
-    if (parsed.success) {
-      try {
-        ok = recordKey(parsed.data.owner) === r.key;
-      } catch {
-        ok = false;
-      }
-    }
-    if (ok && parsed.success) out.push(parsed.data as AddPlan);
+    const plan = checkedPlan(r);
+    if (plan) out.push(plan);
     else log(`portmap: record ${JSON.stringify(r.key)} is not a portmap record; skipped`);
   }
   return out;

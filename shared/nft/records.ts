@@ -47,6 +47,11 @@ export function netnsId(netnsPath = '/proc/thread-self/ns/net'): string {
   }
 }
 
+/** A record's file name: a digest of its key, so no key can name a path. */
+function fileNameOf(key: string): string {
+  return `${createHash('sha256').update(key).digest('hex').slice(0, 32)}.json`;
+}
+
 export class FirewallRecords {
   /** `dir` is the table's own directory (see recordsFor). */
   constructor(private readonly dirOf: () => string) {}
@@ -55,16 +60,17 @@ export class FirewallRecords {
     return this.dirOf();
   }
 
-  private file(key: string): string {
-    return path.join(this.dir, `${createHash('sha256').update(key).digest('hex').slice(0, 32)}.json`);
+  /** The record file of `key` in `dir` (the table's directory, resolved once per operation: it stats the namespace). */
+  private file(key: string, dir = this.dir): string {
+    return path.join(dir, fileNameOf(key));
   }
 
   /** Write (or replace) the record of `key` atomically; nothing is written when it already holds `value`. */
   put(key: string, value: unknown): void {
     const text = JSON.stringify({ key, value } satisfies FirewallRecord);
-    const file = this.file(key);
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    writeFileAtomic(file, text, { unlessSame: true });
+    const dir = this.dir;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileAtomic(this.file(key, dir), text, { unlessSame: true });
   }
 
   /** The record of `key` alone (one file read); undefined when there is none or it is not a record of that key. */
@@ -84,25 +90,66 @@ export class FirewallRecords {
 
   /** Every record, in key order; files that are not records (a torn temporary, a stray) are skipped. */
   all(): FirewallRecord[] {
+    const dir = this.dir;
     let names: string[];
     try {
-      names = fs.readdirSync(this.dir);
+      names = fs.readdirSync(dir);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
     const out: FirewallRecord[] = [];
+    const listed = new Set<string>();
     for (const name of names) {
       if (!/^[0-9a-f]{32}\.json$/.test(name)) continue;
+      const file = path.join(dir, name);
+      listed.add(file);
       try {
-        const rec = JSON.parse(fs.readFileSync(path.join(this.dir, name), 'utf8')) as Partial<FirewallRecord>;
-        if (typeof rec.key === 'string' && this.file(rec.key).endsWith(name)) out.push({ key: rec.key, value: rec.value });
+        const rec = readRecord(file, name);
+        if (rec) out.push(rec);
       } catch {
         // a record removed while we listed, or not JSON: not a record
       }
     }
+    forgetUnlisted(dir, listed);
     return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
+}
+
+/**
+ * Records read before, by file, for a process that reads them again and
+ * again (a daemon worker: every portmap ADD reads every record of the
+ * table). A record is only ever replaced by renaming a new file over it, so
+ * a file whose inode, size and times are unchanged holds what was read
+ * last time; the stat costs less than reading and parsing it again. The
+ * object handed out is the same while the file is (readers of records never
+ * change them: see recordedPlans, which keeps its own checked copy by it).
+ */
+const readBefore = new Map<string, { stamp: string; rec: FirewallRecord | undefined }>();
+const RACY_MS = 100;
+
+/** The record in `file` (named `name`), or undefined when it is not a record of the key its name is the digest of. */
+function readRecord(file: string, name: string): FirewallRecord | undefined {
+  const st = fs.statSync(file, { bigint: true });
+  const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  const before = readBefore.get(file);
+  if (before?.stamp === stamp) return before.rec;
+  // Read after the stat: if the file was replaced in between, the newer
+  // content is kept under the older stamp, and the next read reads again.
+  const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as Partial<FirewallRecord>;
+  const rec = typeof parsed.key === 'string' && fileNameOf(parsed.key) === name ? { key: parsed.key, value: parsed.value } : undefined;
+  // File times tick coarsely (a few ms): a file changed in place within the
+  // same tick as this read would keep its stamp. Only a file left alone for
+  // a while is kept (git's "racily clean" rule).
+  if (Date.now() - Number(st.mtimeNs / 1_000_000n) > RACY_MS) readBefore.set(file, { stamp, rec });
+  else readBefore.delete(file);
+  return rec;
+}
+
+/** Drop what was read before from files of dir that are gone. */
+function forgetUnlisted(dir: string, listed: ReadonlySet<string>): void {
+  const prefix = dir + path.sep;
+  for (const file of readBefore.keys()) if (file.startsWith(prefix) && !listed.has(file)) readBefore.delete(file);
 }
 
 /** The records of table `ref` in the namespace at netnsPath (the calling thread's by default), under root. */

@@ -59,6 +59,30 @@ describe('firewall records', () => {
     expect(new FirewallRecords(() => path.join(dir, 'missing')).all()).toEqual([]);
   });
 
+  it('are read again exactly when their file changed (a worker keeps what it read)', async () => {
+    const r = new FirewallRecords(() => path.join(dir, 't'));
+    r.put('a', { n: 1 });
+    r.put('b', { n: 2 });
+    // just written: read anew every time (a change in the same time tick would keep its stamp)
+    expect(r.all()[0].value).not.toBe(r.all()[0].value);
+    await new Promise((res) => setTimeout(res, 150));
+    const first = r.all();
+    expect(r.all()[0].value).toBe(first[0].value);
+    r.put('a', { n: 3 });
+    expect(r.all()).toEqual([
+      { key: 'a', value: { n: 3 } },
+      { key: 'b', value: { n: 2 } },
+    ]);
+    // changed in place, same size, by someone else
+    const [fileB] = fs.readdirSync(r.dir).filter((f) => JSON.parse(fs.readFileSync(path.join(r.dir, f), 'utf8')).key === 'b');
+    await new Promise((res) => setTimeout(res, 150));
+    expect(r.all()[1].value).toEqual({ n: 2 });
+    fs.writeFileSync(path.join(r.dir, fileB), JSON.stringify({ key: 'b', value: { n: 5 } }));
+    expect(r.all()[1].value).toEqual({ n: 5 });
+    r.remove('b');
+    expect(r.all().map((x) => x.key)).toEqual(['a']);
+  });
+
   it('live in a directory per network namespace and table', () => {
     const here = recordsFor(projectTable('inet', 'x'), { root: dir });
     expect(here.dir).toBe(path.join(dir, netnsId('/proc/self/ns/net'), 'inet-cni_ts_x'));
