@@ -13,36 +13,25 @@
  * allocation, still reads the address files.
  *
  * Crash safety, i.e. what a kill -9 or power loss at any instruction leaves:
- *  - reserve writes the owner link's content first, then link(2)s the
- *    address file to it. link is atomic and fails if the address is taken,
- *    so no address is ever handed out twice, and an address file is always
+ *  - reserve writes and fsyncs the owner link's content first, then link(2)s
+ *    the address file to it. link is atomic and fails if the address is
+ *    taken, so an address file is either absent or complete, and always
  *    reachable from its owner's name. A crash before the link leaves an owner
  *    name whose address file is missing: every reader checks the two names
  *    share an inode, so it is ignored, and GC or the owner's DEL removes it.
- *  - the fsyncs (the new owner files' content, then the directory) come
- *    after the lock is released and before the operation returns: every ADD
- *    on the network queues for the lock, and two fsyncs held it for a few ms
- *    each (a burst of 50 ADDs waited on them in turn). Nothing another
- *    holder decides depends on them: link(2) and unlink(2) are seen by the
- *    next holder at once, fsynced or not. A power cut between the link and
- *    the content's fsync can leave an address file that is empty after the
- *    reboot (another operation's directory fsync may have made the link
- *    durable first); an empty file names no owner, so GC frees it, and the
- *    call that wrote it never returned: no runtime was told of that address.
  *  - last_reserved_ip.N is replaced by write-temp, rename, without an fsync:
  *    it is only round-robin's starting point, and a power cut that loses or
  *    tears it costs nothing but that (an unreadable value is no hint); a
  *    stale temp file is never read and GC removes it. One fsync less inside
  *    the lock, which every ADD on the network queues for.
- *  - an operation that changed the directory fsyncs it before it returns;
- *    one fsync of the directory makes every entry in it durable, the next
- *    holder's too, so what a returned call reported survives a power loss.
+ *  - the directory is fsynced before the lock is released, so whatever the
+ *    next holder of the lock sees is also what survives a power loss.
  *  - the lock is flock(2) on an open file: the kernel drops it when the
  *    holder dies, so a killed plugin never leaves the network locked.
  *
  * Cost of an ADD: open/readdir/close, then per new address a stat, a
- * write, a link and the last_reserved rename under the lock; after it, an
- * fsync per new address and one of the directory.
+ * write+fsync, a link and the last_reserved rename, one directory fsync:
+ * two fsyncs under the lock.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -62,14 +51,10 @@ const NAME_MAX = 255;
 export interface LocalStoreOptions {
   /** flock(2); injectable so logic tests can run without the native binding */
   flock?: (fd: number, operation: number) => void;
-  /** fsync(2); injectable so a test can see when it runs */
-  fsync?: (fd: number) => void;
 }
 
 export class LocalStore implements AllocationStore {
   private dirty = false;
-  /** owner files written by this operation, open, to fsync once the lock is released */
-  private unsynced: number[] = [];
   private locked = false;
   private closed = false;
 
@@ -78,7 +63,6 @@ export class LocalStore implements AllocationStore {
     readonly dir: string,
     private readonly lockFd: number,
     private readonly flock: (fd: number, operation: number) => void,
-    private readonly fsync: (fd: number) => void,
   ) {}
 
   /** Opens (creating if needed) the store of one network; does not lock it. */
@@ -96,14 +80,13 @@ export class LocalStore implements AllocationStore {
     } catch (err) {
       throw ioError(`open the store in ${dir}`, err);
     }
-    return new LocalStore(dir, lockFd, options.flock ?? flock, options.fsync ?? fs.fsyncSync);
+    return new LocalStore(dir, lockFd, options.flock ?? flock);
   }
 
   /**
    * Runs fn holding the network's file lock (flock(2) on dataDir/<network>/lock,
-   * as host-local takes it, so the two never interleave), releases the lock
-   * however fn ends, then makes what fn wrote durable (the header says why
-   * after the lock): an fsync failure fails the operation.
+   * as host-local takes it, so the two never interleave), then fsyncs the
+   * directory if fn changed it and releases the lock, however fn ends.
    */
   async withinOperation<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closed) throw new CniError(ErrorCode.Internal, 'local IPAM store used after close');
@@ -114,45 +97,18 @@ export class LocalStore implements AllocationStore {
     // the kernel queues waiters without the latency of polling.
     this.flock(this.lockFd, LOCK_EX);
     this.locked = true;
-    let result: T;
     try {
-      result = await fn();
-    } catch (err) {
-      this.unlock();
-      this.syncQuietly();
-      throw err;
-    }
-    this.unlock();
-    this.sync();
-    return result;
-  }
-
-  private unlock(): void {
-    this.locked = false;
-    this.flock(this.lockFd, LOCK_UN);
-  }
-
-  /** fsync the owner files this operation wrote, then the directory if it changed. */
-  private sync(): void {
-    const fds = this.unsynced.splice(0);
-    const dirty = this.dirty;
-    this.dirty = false;
-    try {
-      for (const fd of fds) this.fsync(fd);
-      if (dirty) fsyncDir(this.dir, this.fsync);
-    } catch (err) {
-      throw ioError('make the allocation durable (fsync)', err);
+      return await fn();
     } finally {
-      for (const fd of fds) fs.closeSync(fd);
-    }
-  }
-
-  /** sync() after a failed operation: its own error is the one to report. */
-  private syncQuietly(): void {
-    try {
-      this.sync();
-    } catch {
-      // the operation failed already
+      try {
+        if (this.dirty) {
+          fsyncDir(this.dir);
+          this.dirty = false;
+        }
+      } finally {
+        this.locked = false;
+        this.flock(this.lockFd, LOCK_UN);
+      }
     }
   }
 
@@ -161,7 +117,6 @@ export class LocalStore implements AllocationStore {
     this.closed = true;
     // closing the descriptor drops the lock if an operation still held it
     fs.closeSync(this.lockFd);
-    for (const fd of this.unsynced.splice(0)) fs.closeSync(fd);
   }
 
   async reserve(containerId: string, ifname: string, ip: IP, rangeSetId: string): Promise<boolean> {
@@ -173,7 +128,7 @@ export class LocalStore implements AllocationStore {
     if (fs.existsSync(file)) return false;
     const link = path.join(this.dir, ownerPrefix(containerId, ifname) + name);
     try {
-      this.unsynced.push(writeOwnerFile(link, `${containerId.trim()}\r\n${ifname}`));
+      writeDurable(link, `${containerId.trim()}\r\n${ifname}`);
       this.dirty = true;
       try {
         fs.linkSync(link, file);
@@ -363,16 +318,14 @@ function sameFile(a: string, b: string): boolean {
   }
 }
 
-/** Write an owner file; returns its descriptor, still open, for the fsync after the lock (withinOperation). */
-function writeOwnerFile(file: string, data: string): number {
+function writeDurable(file: string, data: string): void {
   const fd = fs.openSync(file, 'w', 0o644);
   try {
     fs.writeSync(fd, data);
-  } catch (err) {
+    fs.fsyncSync(fd);
+  } finally {
     fs.closeSync(fd);
-    throw err;
   }
-  return fd;
 }
 
 /** Atomic replace of a hint: readers see the old content or the new, never a torn file (0644, as host-local's); not fsynced (see the header). */
@@ -380,10 +333,10 @@ function replaceHint(file: string, data: string): void {
   writeFileAtomic(file, data, { mode: 0o644, durable: false });
 }
 
-function fsyncDir(dir: string, fsync: (fd: number) => void = fs.fsyncSync): void {
+function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   try {
-    fsync(fd);
+    fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }

@@ -202,45 +202,6 @@ describe('LocalStore', () => {
     expect(() => LocalStore.open(data, '../x')).toThrow(CniError);
   });
 
-  it('fsyncs the new owner file and then the directory after releasing the lock, before the operation returns', async () => {
-    const data = tmpDir();
-    const events: string[] = [];
-    const store = LocalStore.open(data, 'net', {
-      flock: (fd, op) => {
-        native().flock(fd, op);
-        events.push(op === LOCK_UN ? 'unlock' : 'lock');
-      },
-      fsync: (fd) => {
-        // what the descriptor is: the directory, or an owner file
-        const target = fs.readlinkSync(`/proc/self/fd/${fd}`);
-        events.push(`fsync ${path.basename(target).startsWith('owner@') ? 'owner' : path.basename(target)}`);
-        // the lock is free while we fsync: the next ADD on the network does not wait for the disk
-        expect(lockedElsewhere(path.join(data, 'net'))).toBe(false);
-        fs.fsyncSync(fd);
-      },
-    });
-    await take(store, 'c1');
-    events.push('returned');
-    expect(events).toEqual(['lock', 'unlock', 'fsync owner', 'fsync net', 'returned']);
-    events.length = 0;
-    await release(store, owner('c1'));
-    expect(events).toEqual(['lock', 'unlock', 'fsync net']);
-    await store.close();
-  });
-
-  it('frees an address file left empty by a power cut (linked, content never written back) at GC', async () => {
-    const data = tmpDir();
-    const store = LocalStore.open(data, 'net');
-    const ip = await take(store, 'c1');
-    await take(store, 'c2');
-    // what a reboot can leave of an ADD that never returned: the link durable, the content not
-    fs.truncateSync(path.join(data, 'net', ip), 0);
-    await collectGarbage(store, [owner('c2')]);
-    expect(fs.existsSync(path.join(data, 'net', ip))).toBe(false);
-    expect(await take(store, 'c3', 'eth0', ip)).toBe(ip);
-    await store.close();
-  });
-
   it('releases its flock after a failed allocation', async () => {
     const data = tmpDir();
     const store = LocalStore.open(data, 'net');
