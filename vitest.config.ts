@@ -21,6 +21,8 @@ export default defineConfig({
     include: unitOnly ? [...UNIT_TESTS] : ['test/**/*.test.ts'],
     exclude: ['test/vm/guest/**', 'node_modules/**'],
     fileParallelism: false,
+    // removes the liveness records a file's etcd-IPAM calls leave (test/setup.ts)
+    setupFiles: ['test/setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],

@@ -28,3 +28,17 @@ export function removeLivenessRecords(keyPrefix: string, dir = LIVENESS_DIR): vo
     }
   }
 }
+
+/** The record files in dir now (none when it is missing or unreadable: an unprivileged unit run). */
+export function livenessRecordFiles(dir = LIVENESS_DIR): Set<string> {
+  try {
+    return new Set(fs.readdirSync(dir).filter((f) => f.endsWith('.json')));
+  } catch {
+    return new Set();
+  }
+}
+
+/** Remove the record files of dir that are not in `before`. */
+export function removeLivenessRecordsSince(before: ReadonlySet<string>, dir = LIVENESS_DIR): void {
+  for (const f of livenessRecordFiles(dir)) if (!before.has(f)) fs.rmSync(path.join(dir, f), { force: true });
+}
