@@ -208,6 +208,28 @@ export class Lab {
     };
   }
 
+  /**
+   * An overlay example conflist's plugin as a user copies it, pointed at this
+   * lab for host i: its etcd, node names, state, host ID and key prefixes;
+   * everything else as the example has it, then `extra`.
+   */
+  exampleConf(i: number, file: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+    const list = JSON.parse(fs.readFileSync(file, 'utf8')) as { cniVersion: string; name: string; plugins: Record<string, any>[] };
+    const p = list.plugins[0]!;
+    const lb = this.conf(i, list.name, p.subnet ?? p.subnets[0]) as { nodeName: string; stateDir: string; hostIdFile: string; etcd: { endpoints: string[] }; ipam: { etcd: { nodeName: string; hostId: string } } };
+    return {
+      ...p,
+      cniVersion: list.cniVersion,
+      name: list.name,
+      nodeName: lb.nodeName,
+      stateDir: lb.stateDir,
+      hostIdFile: lb.hostIdFile,
+      etcd: { ...p.etcd, endpoints: lb.etcd.endpoints, keyPrefix: this.prefix },
+      ipam: { ...p.ipam, etcd: { ...p.ipam.etcd, endpoints: lb.etcd.endpoints, keyPrefix: `${this.prefix}-ex`, nodeName: lb.ipam.etcd.nodeName, hostId: lb.ipam.etcd.hostId } },
+      ...extra,
+    };
+  }
+
   plugin(i: number, command: string, container: string, conf: object, ifname = 'eth0', netns = this.nsPath(container)): PluginCall {
     const r = spawnSync(process.execPath, [this.runner, this.nsPath(this.hosts[i]), 'plugin'], {
       env: this.env({ CNI_COMMAND: command, CNI_CONTAINERID: container, CNI_NETNS: netns, CNI_IFNAME: ifname, CNI_PATH: '/nonexistent' }),

@@ -151,23 +151,9 @@ describe('overlay names across three simulated hosts, from etcd', () => {
   }, 120_000);
 
   it('examples/overlay-dns.conflist as users copy it (pointed at the lab): containers on two hosts resolve each other', async () => {
-    const list = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../examples/overlay-dns.conflist'), 'utf8'));
-    const p = list.plugins[0];
-    const example = (h: number) => {
-      const lb = lab.conf(h, list.name, p.subnet) as { nodeName: string; stateDir: string; hostIdFile: string; etcd: { endpoints: string[] }; ipam: { etcd: { nodeName: string; hostId: string } } };
-      return {
-        ...p,
-        cniVersion: list.cniVersion,
-        name: list.name,
-        nodeName: lb.nodeName,
-        stateDir: lb.stateDir,
-        hostIdFile: lb.hostIdFile,
-        dns: { ...p.dns, dataDir: dnsDir(h) },
-        runtimeConfig: { aliases: [`ex${h}`] },
-        etcd: { ...p.etcd, endpoints: lb.etcd.endpoints, keyPrefix: lab.prefix },
-        ipam: { ...p.ipam, etcd: { ...p.ipam.etcd, endpoints: lb.etcd.endpoints, keyPrefix: `${lab.prefix}-ex`, nodeName: lb.ipam.etcd.nodeName, hostId: lb.ipam.etcd.hostId } },
-      };
-    };
+    const file = path.join(__dirname, '../../../examples/overlay-dns.conflist');
+    const dnsOf = (JSON.parse(fs.readFileSync(file, 'utf8')) as { plugins: { dns: object }[] }).plugins[0]!.dns;
+    const example = (h: number) => lab.exampleConf(h, file, { dns: { ...dnsOf, dataDir: dnsDir(h) }, runtimeConfig: { aliases: [`ex${h}`] } });
     const made: Array<{ h: number; container: string; result: any }> = [];
     try {
       for (const h of [0, 2]) {

@@ -271,21 +271,7 @@ describe('examples/overlay-dualstack.conflist on two simulated hosts', () => {
   afterAll(() => lab.tearDown());
 
   /** The example as a user copies it, pointed at the lab: its etcd, node names, state and key prefixes. */
-  function example(host: number) {
-    const list = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples/overlay-dualstack.conflist'), 'utf8'));
-    const p = list.plugins[0];
-    const lb = lab.conf(host, list.name, p.subnets[0]) as { nodeName: string; stateDir: string; hostIdFile: string; etcd: { endpoints: string[] }; ipam: { etcd: { nodeName: string; hostId: string } } };
-    return {
-      ...p,
-      cniVersion: list.cniVersion,
-      name: list.name,
-      nodeName: lb.nodeName,
-      stateDir: lb.stateDir,
-      hostIdFile: lb.hostIdFile,
-      etcd: { ...p.etcd, endpoints: lb.etcd.endpoints, keyPrefix: lab.prefix },
-      ipam: { ...p.ipam, etcd: { ...p.ipam.etcd, endpoints: lb.etcd.endpoints, keyPrefix: `${lab.prefix}-ex`, nodeName: lb.ipam.etcd.nodeName, hostId: lb.ipam.etcd.hostId } },
-    };
-  }
+  const example = (host: number) => lab.exampleConf(host, path.join(ROOT, 'examples/overlay-dualstack.conflist'));
 
   it('ADD on both hosts gives each container both families; they ping each other over both; DEL cleans up', async () => {
     const c = [lab.addContainer(), lab.addContainer()];
