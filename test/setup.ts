@@ -4,8 +4,7 @@
  * appears while a file runs was written by that file's etcd-IPAM calls:
  * it names a test's etcd, gone once the file ends, and left behind it would
  * make every daemon started later load etcd3 and keep retrying it. The
- * suite removes them after each file; the tests that know their key prefix
- * also remove their own.
+ * suite removes them after each file.
  */
 import { afterAll, beforeAll } from 'vitest';
 import { livenessRecordFiles, removeLivenessRecordsSince } from '../testkit/liveness';

@@ -269,7 +269,6 @@ describe('a three-host cluster under chaos (etcd killed, an agent killed, a cloc
       if (running) await Promise.race([running.catch(() => undefined), sleep(10_000)]);
     } finally {
       await lab.tearDown();
-      cluster?.removeLivenessRecords();
     }
   });
 

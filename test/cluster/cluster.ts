@@ -27,7 +27,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BIN } from '../../testkit/exec';
 import { ETCD_IP, type Lab, type PluginCall } from '../../testkit/overlay/lab';
-import { removeLivenessRecords } from '../../testkit/liveness';
 
 const LIBFAKETIME_CANDIDATES = [
   '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1',
@@ -140,11 +139,6 @@ export class Cluster {
         resolve({ status: code ?? -1, json, stdout, stderr: signal ? `${stderr}killed by ${signal}` : stderr });
       });
     });
-  }
-
-  /** Removes the liveness records this run's etcd IPAM stores wrote (testkit/liveness.ts). */
-  removeLivenessRecords(): void {
-    removeLivenessRecords(`${this.lab.prefix}-`);
   }
 
   /** No new agent or call from now on; the calls under way are killed (their pids are ours). */

@@ -32,7 +32,6 @@ import { BIN, ROOT, ipJson } from '../../../testkit/exec';
 import { startEtcd, type EtcdServer } from '../../../testkit/etcd-server';
 import { ip, namespaceFactory, type Netns } from './fixtures';
 import { clusterStore } from '../../../ipam/client';
-import { removeLivenessRecords } from '../../../testkit/liveness';
 
 const netns = namespaceFactory();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cni-macvlan-dnscl-'));
@@ -81,7 +80,6 @@ afterAll(async () => {
   await Promise.all(relays.map((r) => new Promise((res) => r.server.close(res))));
   kv?.close();
   await etcd?.stop();
-  removeLivenessRecords(keyPrefix);
   if (process.env.CNI_TS_TEST_DNS_LOG) for (const f of fs.readdirSync(tmp)) if (f.startsWith('resolver-')) process.stderr.write(fs.readFileSync(path.join(tmp, f), 'utf8'));
   fs.rmSync(tmp, { recursive: true, force: true });
 }, 60_000);
